@@ -1,0 +1,365 @@
+//! `#[parallel]`: parse, check, generate.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type};
+
+pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
+    let func: ItemFn = match syn::parse2(item.clone()) {
+        Ok(func) => func,
+        Err(err) => return with_error(item, err),
+    };
+    match check_options(args).and_then(|()| Parallel::parse(&func)) {
+        Ok(parsed) => generate(&func, &parsed),
+        Err(err) => with_error(item, err),
+    }
+}
+
+/// The user's item, untouched, followed by the errors: one mistake gives
+/// one message, and the function stays usable for IDEs.
+fn with_error(item: TokenStream, err: syn::Error) -> TokenStream {
+    let err = err.into_compile_error();
+    quote!(#item #err)
+}
+
+fn check_options(args: TokenStream) -> syn::Result<()> {
+    match args.into_iter().next() {
+        None => Ok(()),
+        Some(first) => Err(syn::Error::new_spanned(
+            first,
+            "`#[parallel]` takes no options",
+        )),
+    }
+}
+
+/// A checked `#[parallel]` function.
+struct Parallel<'a> {
+    /// The channel's types as the child sees them, if the first parameter
+    /// is a `Channel`.
+    channel: Option<(Type, Type)>,
+    /// The other parameters: the name used in the generated functions, and
+    /// the type.
+    params: Vec<(Ident, &'a Type)>,
+    output: Type,
+}
+
+impl<'a> Parallel<'a> {
+    fn parse(func: &'a ItemFn) -> syn::Result<Self> {
+        let mut errors = Errors::default();
+        let sig = &func.sig;
+        if let Some(kw) = &sig.asyncness {
+            errors.push(kw, "`#[parallel]` functions cannot be `async`");
+        }
+        if let Some(kw) = &sig.unsafety {
+            errors.push(kw, "`#[parallel]` functions cannot be `unsafe`");
+        }
+        if let Some(abi) = &sig.abi {
+            errors.push(abi, "`#[parallel]` functions cannot be `extern`");
+        }
+        if let Some(kw) = &sig.constness {
+            errors.push(kw, "`#[parallel]` functions cannot be `const`");
+        }
+        if !sig.generics.params.is_empty() {
+            errors.push(
+                &sig.generics,
+                "`#[parallel]` functions cannot be generic: the child must know the concrete types",
+            );
+        } else if let Some(clause) = &sig.generics.where_clause {
+            errors.push(
+                clause,
+                "`#[parallel]` functions cannot have a `where` clause",
+            );
+        }
+        if let Some(variadic) = &sig.variadic {
+            errors.push(variadic, "`#[parallel]` functions cannot be variadic");
+        }
+
+        let mut channel = None;
+        let mut params = Vec::new();
+        for (i, input) in sig.inputs.iter().enumerate() {
+            let typed = match input {
+                FnArg::Receiver(receiver) => {
+                    errors.push(
+                        receiver,
+                        "`#[parallel]` cannot be used on methods; write a free function that takes the value as an argument",
+                    );
+                    continue;
+                }
+                FnArg::Typed(typed) => typed,
+            };
+            let ty = &*typed.ty;
+            if let Some(ends) = channel_types(ty) {
+                match ends {
+                    Ok(ends) if i == 0 => channel = Some(ends),
+                    Ok(_) => errors.push(ty, "the `Channel` must be the first parameter"),
+                    Err(err) => errors.0.push(err),
+                }
+                continue;
+            }
+            check_owned(ty, "parameters", &mut errors);
+            let name = match &*typed.pat {
+                Pat::Ident(pat) if pat.subpat.is_none() => {
+                    format_ident!("{}", pat.ident.to_string().trim_start_matches("r#"))
+                }
+                _ => format_ident!("arg{}", i),
+            };
+            params.push((name, ty));
+        }
+
+        let output = match &sig.output {
+            ReturnType::Default => syn::parse_quote!(()),
+            ReturnType::Type(_, ty) => {
+                check_owned(ty, "return types", &mut errors);
+                (**ty).clone()
+            }
+        };
+        errors.finish()?;
+        Ok(Self {
+            channel,
+            params,
+            output,
+        })
+    }
+}
+
+/// `Some` if `ty` is written `Channel<..>` (under any path): the child's
+/// send and receive types, `()` where left out.
+fn channel_types(ty: &Type) -> Option<syn::Result<(Type, Type)>> {
+    let Type::Path(path) = ty else { return None };
+    let last = path.path.segments.last()?;
+    if last.ident != "Channel" {
+        return None;
+    }
+    let unit: Type = syn::parse_quote!(());
+    let types: Vec<Type> = match &last.arguments {
+        PathArguments::None => Vec::new(),
+        PathArguments::AngleBracketed(args) => {
+            let mut types = Vec::new();
+            for arg in &args.args {
+                match arg {
+                    GenericArgument::Type(ty) => types.push(ty.clone()),
+                    other => {
+                        return Some(Err(syn::Error::new_spanned(
+                            other,
+                            "expected a type: `Channel<Send, Recv>`",
+                        )));
+                    }
+                }
+            }
+            types
+        }
+        PathArguments::Parenthesized(args) => {
+            return Some(Err(syn::Error::new_spanned(
+                args,
+                "expected `Channel<Send, Recv>`",
+            )));
+        }
+    };
+    if types.len() > 2 {
+        return Some(Err(syn::Error::new_spanned(
+            &last.arguments,
+            "a `Channel` has two types: `Channel<Send, Recv>`",
+        )));
+    }
+    let mut types = types.into_iter();
+    let send = types.next().unwrap_or_else(|| unit.clone());
+    let recv = types.next().unwrap_or(unit);
+    Some(Ok((send, recv)))
+}
+
+/// Values cross a process boundary by value: no references, no `impl Trait`.
+fn check_owned(ty: &Type, what: &str, errors: &mut Errors) {
+    match ty {
+        Type::Reference(reference) => errors.push(
+            reference,
+            format!(
+                "`#[parallel]` {what} must be owned: a reference cannot cross into another process"
+            ),
+        ),
+        Type::ImplTrait(imp) => errors.push(
+            imp,
+            format!(
+                "`#[parallel]` {what} cannot be `impl Trait`: the child must know the concrete type"
+            ),
+        ),
+        Type::Paren(inner) => check_owned(&inner.elem, what, errors),
+        Type::Group(inner) => check_owned(&inner.elem, what, errors),
+        Type::Tuple(tuple) => {
+            for elem in &tuple.elems {
+                check_owned(elem, what, errors);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[derive(Default)]
+struct Errors(Vec<syn::Error>);
+
+impl Errors {
+    fn push(&mut self, tokens: impl quote::ToTokens, message: impl std::fmt::Display) {
+        self.0.push(syn::Error::new_spanned(tokens, message));
+    }
+
+    fn finish(self) -> syn::Result<()> {
+        self.0
+            .into_iter()
+            .reduce(|mut all, err| {
+                all.combine(err);
+                all
+            })
+            .map_or(Ok(()), Err)
+    }
+}
+
+fn generate(func: &ItemFn, parsed: &Parallel<'_>) -> TokenStream {
+    let vis = &func.vis;
+    let ident = &func.sig.ident;
+    let ret = &parsed.output;
+    let names: Vec<_> = parsed.params.iter().map(|(name, _)| name).collect();
+    let types: Vec<_> = parsed.params.iter().map(|(_, ty)| *ty).collect();
+    let signature = {
+        let inputs = &func.sig.inputs;
+        quote!(fn #ident(#inputs) -> #ret).to_string()
+    };
+    // The parent's end mirrors the child's: it sends what the child
+    // receives and receives what the child sends.
+    let (send, recv, run) = match &parsed.channel {
+        Some((child_send, child_recv)) => (
+            quote!(#child_recv),
+            quote!(#child_send),
+            quote! {
+                ::pproc::__private::run_channel_entry(cx, |ch, (#(#names,)*): (#(#types,)*)| super::#ident(ch, #(#names),*))
+            },
+        ),
+        None => (
+            quote!(()),
+            quote!(()),
+            quote! {
+                ::pproc::__private::run_entry(cx, |(#(#names,)*): (#(#types,)*)| super::#ident(#(#names),*))
+            },
+        ),
+    };
+    let asserts = types
+        .iter()
+        .map(|ty| quote_spanned!(ty.span()=> ::pproc::__private::assert_arg::<#ty>();));
+    let ret_span = match &func.sig.output {
+        ReturnType::Type(_, ty) => ty.span(),
+        ReturnType::Default => Span::call_site(),
+    };
+    let assert_ret = quote_spanned!(ret_span=> ::pproc::__private::assert_result::<#ret>(););
+    let asserts_channel = parsed.channel.iter().flat_map(|(s, v)| {
+        [
+            quote_spanned!(s.span()=> ::pproc::__private::assert_message::<#s>();),
+            quote_spanned!(v.span()=> ::pproc::__private::assert_message::<#v>();),
+        ]
+    });
+    let doc_mod =
+        format!(" Runs [`{ident}`](fn@{ident}) in a child process. Generated by `#[parallel]`.");
+    let doc_start = format!(" Runs [`{ident}`](fn@super::{ident}) in a new child process.");
+    let doc_call = format!(" A deferred, serializable call of [`{ident}`](fn@super::{ident}).");
+
+    quote! {
+        #func
+
+        #[doc = #doc_mod]
+        #[allow(unreachable_pub, clippy::pedantic, clippy::all)]
+        #vis mod #ident {
+            #[allow(unused_imports)]
+            use super::*;
+
+            /// The name the function is registered under: its module path.
+            pub const NAME: &str = ::core::module_path!();
+
+            #[doc = #doc_start]
+            ///
+            /// # Errors
+            ///
+            /// As [`pproc::Builder::start`](::pproc::Builder::start).
+            pub fn start(#(#names: #types),*) -> ::pproc::Result<::pproc::Handle<#ret, #send, #recv>> {
+                self::call(#(#names),*).start()
+            }
+
+            #[doc = #doc_call]
+            #[must_use]
+            pub fn call(#(#names: #types),*) -> ::pproc::Call<#ret, #send, #recv> {
+                ::pproc::__private::call(NAME, &(#(#names,)*))
+            }
+
+            const _: () = {
+                #(#asserts)*
+                #assert_ret
+                #(#asserts_channel)*
+            };
+
+            const _: () = {
+                fn __pproc_entry(cx: ::pproc::__private::Context) {
+                    #run
+                }
+                ::pproc::__private::inventory::submit! {
+                    ::pproc::__private::Entry::new(NAME, #signature, __pproc_entry)
+                }
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(item: TokenStream) -> String {
+        let func: ItemFn = syn::parse2(item).unwrap();
+        Parallel::parse(&func)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn accepts_plain_and_channel_functions() {
+        let func: ItemFn = syn::parse_quote!(
+            fn f(ch: pproc::Channel<u8, String>, a: u32, (b, c): (u8, u8)) -> u64 {
+                0
+            }
+        );
+        let parsed = Parallel::parse(&func).unwrap();
+        assert!(parsed.channel.is_some());
+        let names: Vec<_> = parsed.params.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(names, ["a", "arg2"]);
+    }
+
+    #[test]
+    fn channel_defaults_to_unit() {
+        let ty: Type = syn::parse_quote!(Channel<u8>);
+        let (send, recv) = channel_types(&ty).unwrap().unwrap();
+        assert_eq!(quote!(#send).to_string(), "u8");
+        assert_eq!(quote!(#recv).to_string(), "()");
+        assert!(channel_types(&syn::parse_quote!(Vec<u8>)).is_none());
+    }
+
+    #[test]
+    fn reports_every_problem() {
+        let msg = errors(quote!(
+            async fn f<T>(x: &str) {}
+        ));
+        assert!(msg.contains("async"), "{msg}");
+        let func: ItemFn = syn::parse2(quote!(
+            async fn f<T>(x: &str, y: impl Copy) {}
+        ))
+        .unwrap();
+        let err = Parallel::parse(&func).err().unwrap();
+        assert_eq!(err.into_iter().count(), 4);
+    }
+
+    #[test]
+    fn channel_must_come_first() {
+        assert!(
+            errors(quote!(
+                fn f(a: u8, ch: Channel<u8, u8>) {}
+            ))
+            .contains("first parameter")
+        );
+    }
+}

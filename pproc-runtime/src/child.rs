@@ -1,0 +1,290 @@
+//! Child mode: a constructor that runs before `main`, finds the registered
+//! function the parent asked for, runs it and exits.
+
+use std::cell::RefCell;
+use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::channel::Channel;
+use crate::conn::{Conn, Deadline, Wake, decode, tag};
+use crate::error::Error;
+use crate::{registry, spawn};
+
+/// Exit status of a child whose environment or first frame was malformed, or
+/// whose parent vanished before sending the arguments.
+pub const EXIT_PROTOCOL: i32 = 120;
+/// Exit status of a child asked to run a name that is not registered.
+pub const EXIT_UNREGISTERED: i32 = 121;
+/// Exit status of a child whose build differs from its parent's.
+pub const EXIT_VERSION_SKEW: i32 = 122;
+
+/// Why a child could not run its function, sent in a `FAIL` frame.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum Failure {
+    Unregistered { name: String },
+    VersionSkew { parent: u64, child: u64 },
+    Codec { message: String },
+}
+
+impl From<Failure> for Error {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Unregistered { name } => Self::Unregistered { name },
+            Failure::VersionSkew { parent, child } => Self::VersionSkew { parent, child },
+            Failure::Codec { message } => Self::Codec { message },
+        }
+    }
+}
+
+/// A panic's message and location, as sent in a `PANIC` frame.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct PanicReport {
+    pub(crate) message: String,
+    pub(crate) location: Option<String>,
+}
+
+/// What a registered function's shim gets: its arguments and the channel.
+///
+/// Not public API.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Context {
+    args: Vec<u8>,
+    conn: Arc<Mutex<Conn>>,
+}
+
+pub(crate) fn lock(conn: &Mutex<Conn>) -> MutexGuard<'_, Conn> {
+    conn.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs a return-value function: decodes its arguments, calls it under
+/// `catch_unwind` and sends its result or its panic.
+///
+/// Not public API: the shim `#[parallel]` generates calls it.
+#[doc(hidden)]
+pub fn run_entry<A, R>(cx: Context, f: impl FnOnce(A) -> R)
+where
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    run(cx, |args, _| f(args));
+}
+
+/// Runs a channel-style function, handing it the child's end of the channel
+/// as its first argument.
+///
+/// Not public API: the shim `#[parallel]` generates calls it.
+#[doc(hidden)]
+pub fn run_channel_entry<S, V, A, R>(cx: Context, f: impl FnOnce(Channel<S, V>, A) -> R)
+where
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    run(cx, |args, conn| f(Channel::new(conn), args));
+}
+
+fn run<A, R>(cx: Context, f: impl FnOnce(A, Arc<Mutex<Conn>>) -> R)
+where
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    let conn = Arc::clone(&cx.conn);
+    let args = match decode::<A>(&cx.args) {
+        Ok(args) => args,
+        Err(err) => {
+            let message = format!("the arguments do not decode: {err}");
+            let _ = lock(&conn).send_value(tag::FAIL, &Failure::Codec { message });
+            return;
+        }
+    };
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| f(args, Arc::clone(&cx.conn))));
+    let mut conn = lock(&conn);
+    // The parent may be gone; then there is nobody to tell.
+    let _ = match outcome {
+        Ok(value) => match conn.send_value(tag::RESULT, &value) {
+            Err(Error::Codec { message }) => {
+                let message = format!("the result does not encode: {message}");
+                conn.send_value(tag::FAIL, &Failure::Codec { message })
+            }
+            other => other,
+        },
+        Err(payload) => {
+            let report = LAST_PANIC
+                .with_borrow_mut(Option::take)
+                .unwrap_or_else(|| PanicReport {
+                    message: payload_text(payload.as_ref()),
+                    location: None,
+                });
+            conn.send_value(tag::PANIC, &report)
+        }
+    };
+}
+
+fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "Box<dyn Any>".to_owned())
+}
+
+thread_local! {
+    /// The last panic on this thread, recorded by the hook for `run`.
+    static LAST_PANIC: RefCell<Option<PanicReport>> = const { RefCell::new(None) };
+}
+
+/// The channel of this child, once dispatch has set it up; the panic hook
+/// reports through it when panics abort.
+static CHILD_CONN: std::sync::OnceLock<Arc<Mutex<Conn>>> = std::sync::OnceLock::new();
+
+fn install_panic_hook() {
+    let previous = panic::take_hook();
+    panic::set_hook(Box::new(move |info| {
+        let report = PanicReport {
+            message: info.payload_as_str().unwrap_or("Box<dyn Any>").to_owned(),
+            location: info.location().map(ToString::to_string),
+        };
+        if cfg!(panic = "abort") {
+            // Nothing will catch this panic: report it now, before the abort.
+            if let Some(conn) = CHILD_CONN.get()
+                && let Ok(mut conn) = conn.try_lock()
+            {
+                let _ = conn.send_value(tag::PANIC, &report);
+            }
+        } else {
+            LAST_PANIC.set(Some(report));
+        }
+        previous(info);
+    }));
+}
+
+/// Runs before `main` in every program that links pproc. In a parent it
+/// returns at once; in a child it never returns.
+extern "C" fn dispatch() {
+    let Some(spec) = std::env::var_os(spawn::ENV) else {
+        return;
+    };
+    // SAFETY: constructors run before `main`, while the process has one
+    // thread, so nothing reads the environment concurrently.
+    unsafe { std::env::remove_var(spawn::ENV) };
+    let code = panic::catch_unwind(|| child_main(&spec.to_string_lossy())).unwrap_or(EXIT_PROTOCOL);
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    std::process::exit(code);
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static DISPATCH: extern "C" fn() = dispatch;
+
+/// The parsed `PPROC_CHILD` variable.
+struct Spec<'a> {
+    fd: i32,
+    parent: i32,
+    fingerprint: u64,
+    name: &'a str,
+}
+
+fn parse(spec: &str) -> Option<Spec<'_>> {
+    let mut parts = spec.splitn(4, ' ');
+    Some(Spec {
+        fd: parts.next()?.parse().ok()?,
+        parent: parts.next()?.parse().ok()?,
+        fingerprint: u64::from_str_radix(parts.next()?, 16).ok()?,
+        name: parts.next()?,
+    })
+}
+
+fn child_main(spec: &str) -> i32 {
+    let Some(spec) = parse(spec) else {
+        return EXIT_PROTOCOL;
+    };
+    // Die with the parent, and check for the race where it died before the
+    // request took effect: then we have been re-parented already.
+    if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
+        || nix::unistd::getppid().as_raw() != spec.parent
+    {
+        return EXIT_PROTOCOL;
+    }
+    // As Rust's runtime does for `main`: writes to a closed pipe fail with
+    // EPIPE instead of killing the process.
+    // SAFETY: setting a signal to SIG_IGN installs no handler code.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigIgn,
+        );
+    }
+    // SAFETY: the parent placed our end of the socketpair at this
+    // descriptor with a posix_spawn dup2 action; nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(spec.fd) };
+    // Keep the channel out of processes that user code starts.
+    let cloexec = nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC);
+    if nix::fcntl::fcntl(&fd, cloexec).is_err() {
+        return EXIT_PROTOCOL;
+    }
+    let Ok(mut conn) = Conn::new(fd) else {
+        return EXIT_PROTOCOL;
+    };
+    let ours = registry::fingerprint();
+    if ours != spec.fingerprint {
+        let failure = Failure::VersionSkew {
+            parent: spec.fingerprint,
+            child: ours,
+        };
+        let _ = conn.send_value(tag::FAIL, &failure);
+        return EXIT_VERSION_SKEW;
+    }
+    let Some(entry) = registry::lookup(spec.name) else {
+        let failure = Failure::Unregistered {
+            name: spec.name.to_owned(),
+        };
+        let _ = conn.send_value(tag::FAIL, &failure);
+        return EXIT_UNREGISTERED;
+    };
+    let Some(args) = first_frame(&mut conn) else {
+        return EXIT_PROTOCOL;
+    };
+    let conn = Arc::new(Mutex::new(conn));
+    let _ = CHILD_CONN.set(Arc::clone(&conn));
+    install_panic_hook();
+    entry.run(Context { args, conn });
+    0
+}
+
+/// Waits for the `ARGS` frame; `None` if the parent went away or sent
+/// something else.
+fn first_frame(conn: &mut Conn) -> Option<Vec<u8>> {
+    loop {
+        match conn.with_frame(|tag, body| (tag == tag::ARGS).then(|| body.to_vec())) {
+            Ok(Some(args)) => return args,
+            Ok(None) if !conn.is_eof() => {}
+            _ => return None,
+        }
+        match conn.wait(None, Deadline::Never) {
+            Ok(Wake::Socket) => {
+                conn.fill().ok()?;
+            }
+            _ => return None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_parses_names_with_colons() {
+        let spec = parse("3 42 00000000000000ff my_crate::m::add").unwrap();
+        assert_eq!((spec.fd, spec.parent, spec.fingerprint), (3, 42, 255));
+        assert_eq!(spec.name, "my_crate::m::add");
+        assert!(parse("3 42 zz name").is_none());
+        assert!(parse("3 42").is_none());
+    }
+}

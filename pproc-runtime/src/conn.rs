@@ -1,0 +1,515 @@
+//! Framing over a non-blocking Unix stream socket.
+//!
+//! A frame is a little-endian `u32` body length followed by the body: one tag
+//! byte and the bincode payload. Writes never deadlock against a peer that is
+//! writing too: while a write waits for room, whatever the peer sends is read
+//! into the receive buffer, so both ends keep draining each other.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{MsgFlags, recv, send};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+
+/// The default limit on a frame's body, in bytes: larger frames are refused
+/// before anything is allocated for them.
+pub const DEFAULT_MAX_FRAME: usize = 1 << 30;
+
+/// Bytes before the body: its length.
+const HEADER: usize = 4;
+
+/// Frame tags. Parent to child: `ARGS`, then `DATA`. Child to parent: `DATA`,
+/// then exactly one of `RESULT`, `PANIC` or `FAIL`.
+pub(crate) mod tag {
+    pub(crate) const ARGS: u8 = 1;
+    pub(crate) const DATA: u8 = 2;
+    pub(crate) const RESULT: u8 = 3;
+    pub(crate) const PANIC: u8 = 4;
+    pub(crate) const FAIL: u8 = 5;
+}
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Serializes `value` with the wire configuration.
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    bincode::serde::encode_to_vec(value, config()).map_err(Error::codec)
+}
+
+/// Deserializes a whole payload; trailing bytes mean the types disagree.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let (value, used) =
+        bincode::serde::decode_from_slice::<T, _>(bytes, config()).map_err(Error::codec)?;
+    if used == bytes.len() {
+        Ok(value)
+    } else {
+        Err(Error::codec(format_args!(
+            "{} trailing bytes after a value of type `{}`",
+            bytes.len() - used,
+            std::any::type_name::<T>()
+        )))
+    }
+}
+
+/// When a blocking operation gives up.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Deadline {
+    /// Wait as long as it takes.
+    Never,
+    /// Do not wait at all.
+    Now,
+    /// Wait until this instant.
+    At(Instant),
+}
+
+impl Deadline {
+    pub(crate) fn after(timeout: Duration) -> Self {
+        Instant::now()
+            .checked_add(timeout)
+            .map_or(Self::Never, Self::At)
+    }
+
+    fn poll_timeout(self) -> Option<PollTimeout> {
+        match self {
+            Self::Never => Some(PollTimeout::NONE),
+            Self::Now => Some(PollTimeout::ZERO),
+            Self::At(at) => {
+                let left = at.checked_duration_since(Instant::now())?;
+                // Round up, so that a wait never ends before its deadline.
+                let millis = left.as_nanos().div_ceil(1_000_000);
+                Some(
+                    PollTimeout::try_from(millis.min(i32::MAX as u128) as i32)
+                        .unwrap_or(PollTimeout::MAX),
+                )
+            }
+        }
+    }
+}
+
+/// Polls `fds` until one is ready or the deadline passes, retrying `EINTR`.
+/// Returns `false` on timeout.
+pub(crate) fn poll_until(fds: &mut [PollFd<'_>], deadline: Deadline) -> Result<bool> {
+    loop {
+        let Some(timeout) = deadline.poll_timeout() else {
+            return Ok(false);
+        };
+        match poll(fds, timeout) {
+            Ok(0) if matches!(deadline, Deadline::Now) => return Ok(false),
+            Ok(0) => {}
+            Ok(_) => return Ok(true),
+            Err(Errno::EINTR) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+/// What [`Conn::wait`] saw.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// The socket is readable (data or end of stream).
+    Socket,
+    /// The watched process exited.
+    Exited,
+    /// The deadline passed.
+    Timeout,
+}
+
+/// One end of a framed connection.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    fd: OwnedFd,
+    /// Received bytes; `rbuf[rpos..]` is not parsed yet.
+    rbuf: Vec<u8>,
+    rpos: usize,
+    max_frame: usize,
+    eof: bool,
+    /// Set when the stream lost its framing (an oversized length): nothing
+    /// more can be read from it.
+    broken: Option<String>,
+    /// An error met while filling a batch, returned by the next receive.
+    deferred: Option<Error>,
+}
+
+/// How [`Conn::recv_data`] ended.
+#[derive(Debug)]
+pub(crate) enum Step<V> {
+    /// A `DATA` frame, decoded.
+    Data(V),
+    /// The peer closed its end; everything it sent was read.
+    Closed,
+    /// The watched process exited; everything it sent was read.
+    Exited,
+    /// The deadline passed.
+    Timeout,
+}
+
+impl Conn {
+    /// Wraps a connected stream socket, switching it to non-blocking mode.
+    pub(crate) fn new(fd: OwnedFd) -> Result<Self> {
+        let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)?;
+        let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+        Ok(Self {
+            fd,
+            rbuf: Vec::new(),
+            rpos: 0,
+            max_frame: DEFAULT_MAX_FRAME,
+            eof: false,
+            broken: None,
+            deferred: None,
+        })
+    }
+
+    pub(crate) fn set_max_frame(&mut self, bytes: usize) {
+        self.max_frame = bytes;
+    }
+
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Whether the peer closed its end and every byte it sent was read.
+    pub(crate) fn is_eof(&self) -> bool {
+        self.eof && self.rpos == self.rbuf.len()
+    }
+
+    /// Sends one frame whose payload is `value` serialized.
+    pub(crate) fn send_value<T: Serialize + ?Sized>(&mut self, tag: u8, value: &T) -> Result<()> {
+        let mut frame = vec![0; HEADER + 1];
+        frame[HEADER] = tag;
+        bincode::serde::encode_into_std_write(value, &mut frame, config()).map_err(Error::codec)?;
+        self.send_frame(frame)
+    }
+
+    /// Sends one frame whose payload is already serialized.
+    pub(crate) fn send_bytes(&mut self, tag: u8, payload: &[u8]) -> Result<()> {
+        let mut frame = Vec::with_capacity(HEADER + 1 + payload.len());
+        frame.extend_from_slice(&[0; HEADER]);
+        frame.push(tag);
+        frame.extend_from_slice(payload);
+        self.send_frame(frame)
+    }
+
+    /// Fills in the length of a frame built as `[0; HEADER] tag payload` and
+    /// writes it whole.
+    fn send_frame(&mut self, mut frame: Vec<u8>) -> Result<()> {
+        let body = u32::try_from(frame.len() - HEADER).map_err(|_| {
+            Error::codec(format_args!(
+                "a frame of {} bytes exceeds the protocol's 4 GiB limit",
+                frame.len() - HEADER
+            ))
+        })?;
+        frame[..HEADER].copy_from_slice(&body.to_le_bytes());
+        self.write_all(&frame)
+    }
+
+    fn write_all(&mut self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            match send(self.fd.as_raw_fd(), data, MsgFlags::MSG_NOSIGNAL) {
+                Ok(n) => data = &data[n..],
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => {
+                    let mut fds = [PollFd::new(
+                        self.fd.as_fd(),
+                        PollFlags::POLLOUT | PollFlags::POLLIN,
+                    )];
+                    poll_until(&mut fds, Deadline::Never)?;
+                    let revents = fds[0].revents().unwrap_or(PollFlags::empty());
+                    if revents.intersects(PollFlags::POLLIN) && !self.eof {
+                        // Drain the peer while we wait for room, or two
+                        // writers would wait on each other forever.
+                        self.fill()?;
+                    }
+                }
+                Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(Error::Disconnected),
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads whatever the socket holds now into the receive buffer, without
+    /// blocking. Returns the number of bytes read.
+    pub(crate) fn fill(&mut self) -> Result<usize> {
+        let mut total = 0;
+        loop {
+            if self.rpos > 0 && self.rpos == self.rbuf.len() {
+                self.rbuf.clear();
+                self.rpos = 0;
+            } else if self.rpos > 0 && self.rpos >= self.rbuf.len() / 2 {
+                self.rbuf.drain(..self.rpos);
+                self.rpos = 0;
+            }
+            // Read a whole pending frame at once where its length is known.
+            let want = self.missing().clamp(64 * 1024, 4 << 20);
+            let start = self.rbuf.len();
+            self.rbuf.resize(start + want, 0);
+            let got = recv(
+                self.fd.as_raw_fd(),
+                &mut self.rbuf[start..],
+                MsgFlags::empty(),
+            );
+            match got {
+                Ok(0) => {
+                    self.rbuf.truncate(start);
+                    self.eof = true;
+                    return Ok(total);
+                }
+                Ok(n) => {
+                    self.rbuf.truncate(start + n);
+                    total += n;
+                    if n < want {
+                        return Ok(total);
+                    }
+                }
+                Err(err) => {
+                    self.rbuf.truncate(start);
+                    match err {
+                        Errno::EINTR => {}
+                        Errno::EAGAIN => return Ok(total),
+                        Errno::ECONNRESET => {
+                            self.eof = true;
+                            return Ok(total);
+                        }
+                        err => return Err(err.into()),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Bytes still missing from the frame at the head of the buffer, once
+    /// its length is known and within the limit.
+    fn missing(&self) -> usize {
+        let have = self.rbuf.len() - self.rpos;
+        match self.head_len() {
+            Some(len) if len <= self.max_frame => (HEADER + len).saturating_sub(have),
+            _ => 0,
+        }
+    }
+
+    fn head_len(&self) -> Option<usize> {
+        let head = self.rbuf.get(self.rpos..self.rpos + HEADER)?;
+        let len = u32::from_le_bytes(head.try_into().ok()?);
+        Some(len as usize)
+    }
+
+    /// Hands the next complete frame, if there is one, to `f` and consumes
+    /// it. A length over the limit breaks the stream for good.
+    pub(crate) fn with_frame<T>(&mut self, f: impl FnOnce(u8, &[u8]) -> T) -> Result<Option<T>> {
+        if let Some(why) = &self.broken {
+            return Err(Error::codec(why));
+        }
+        let Some(len) = self.head_len() else {
+            return self.truncated();
+        };
+        if len > self.max_frame {
+            let why = format!(
+                "a frame of {len} bytes exceeds the limit of {} bytes",
+                self.max_frame
+            );
+            self.broken = Some(why.clone());
+            return Err(Error::Codec { message: why });
+        }
+        if len == 0 {
+            self.broken = Some("an empty frame has no tag".into());
+            return Err(Error::codec("an empty frame has no tag"));
+        }
+        let start = self.rpos + HEADER;
+        let Some(body) = self.rbuf.get(start..start + len) else {
+            return self.truncated();
+        };
+        let out = f(body[0], &body[1..]);
+        self.rpos = start + len;
+        Ok(Some(out))
+    }
+
+    /// No complete frame: fine, unless the peer closed in the middle of one.
+    fn truncated<T>(&mut self) -> Result<Option<T>> {
+        if self.eof && self.rpos < self.rbuf.len() {
+            let why = format!(
+                "the peer closed the channel in the middle of a frame ({} bytes left over)",
+                self.rbuf.len() - self.rpos
+            );
+            self.broken = Some(why.clone());
+            return Err(Error::Codec { message: why });
+        }
+        Ok(None)
+    }
+
+    /// Receives the next `DATA` frame through `data`, handing any other
+    /// frame to `control`.
+    /// `exit`, a pidfd, ends the wait when the peer process exits.
+    pub(crate) fn recv_data<V>(
+        &mut self,
+        deadline: Deadline,
+        exit: Option<BorrowedFd<'_>>,
+        mut data: impl FnMut(&[u8]) -> Result<V>,
+        mut control: impl FnMut(u8, &[u8]) -> Result<()>,
+    ) -> Result<Step<V>> {
+        if let Some(err) = self.deferred.take() {
+            return Err(err);
+        }
+        let mut exited = false;
+        loop {
+            let frame = self.with_frame(|tag, body| {
+                if tag == tag::DATA {
+                    Some(data(body))
+                } else {
+                    control(tag, body).err().map(Err)
+                }
+            })?;
+            match frame {
+                Some(Some(value)) => return value.map(Step::Data),
+                Some(None) => continue,
+                None => {}
+            }
+            if self.is_eof() {
+                return Ok(Step::Closed);
+            }
+            if exited {
+                return Ok(Step::Exited);
+            }
+            match self.wait(exit, deadline)? {
+                Wake::Socket => {
+                    self.fill()?;
+                }
+                Wake::Exited => {
+                    // Whatever it wrote before exiting is in the socket now.
+                    exited = true;
+                    self.fill()?;
+                }
+                Wake::Timeout => return Ok(Step::Timeout),
+            }
+        }
+    }
+
+    /// Keeps `err` for the next receive.
+    pub(crate) fn defer(&mut self, err: Error) {
+        self.deferred = Some(err);
+    }
+
+    /// Waits until the socket is readable, `exit` (a pidfd) is readable, or
+    /// the deadline passes.
+    pub(crate) fn wait(&self, exit: Option<BorrowedFd<'_>>, deadline: Deadline) -> Result<Wake> {
+        let mut fds = vec![PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+        if let Some(exit) = exit {
+            fds.push(PollFd::new(exit, PollFlags::POLLIN));
+        }
+        if !poll_until(&mut fds, deadline)? {
+            return Ok(Wake::Timeout);
+        }
+        let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+        if ready(&fds[0]) {
+            Ok(Wake::Socket)
+        } else {
+            Ok(Wake::Exited)
+        }
+    }
+}
+
+impl AsFd for Conn {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Creates a connected pair of close-on-exec stream sockets.
+pub(crate) fn socketpair() -> Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|err| Error::Spawn(io::Error::from(err)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (Conn, Conn) {
+        let (a, b) = socketpair().unwrap();
+        (Conn::new(a).unwrap(), Conn::new(b).unwrap())
+    }
+
+    fn next(conn: &mut Conn) -> Result<Option<(u8, Vec<u8>)>> {
+        conn.with_frame(|tag, body| (tag, body.to_vec()))
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let (mut a, mut b) = pair();
+        a.send_value(tag::DATA, &(1u8, "two".to_string())).unwrap();
+        a.send_bytes(tag::RESULT, &[]).unwrap();
+        b.fill().unwrap();
+        let (t, body) = next(&mut b).unwrap().unwrap();
+        assert_eq!(t, tag::DATA);
+        assert_eq!(decode::<(u8, String)>(&body).unwrap(), (1, "two".into()));
+        assert_eq!(next(&mut b).unwrap(), Some((tag::RESULT, vec![])));
+        assert_eq!(next(&mut b).unwrap(), None);
+    }
+
+    #[test]
+    fn oversized_length_is_refused_and_breaks_the_stream() {
+        let (mut a, mut b) = pair();
+        b.set_max_frame(16);
+        a.send_bytes(tag::DATA, &[7; 32]).unwrap();
+        b.fill().unwrap();
+        assert!(matches!(next(&mut b), Err(Error::Codec { .. })));
+        assert!(matches!(next(&mut b), Err(Error::Codec { .. })));
+    }
+
+    #[test]
+    fn trailing_bytes_are_a_codec_error() {
+        let bytes = encode(&(1u32, 2u32)).unwrap();
+        assert!(matches!(decode::<u32>(&bytes), Err(Error::Codec { .. })));
+    }
+
+    #[test]
+    fn truncated_frame_at_eof_is_a_codec_error() {
+        let (a, mut b) = pair();
+        nix::unistd::write(&a.fd, &[10, 0, 0, 0, tag::DATA, 1]).unwrap();
+        drop(a);
+        // The first read returns the bytes; the next one sees the end.
+        b.fill().unwrap();
+        b.fill().unwrap();
+        assert!(matches!(next(&mut b), Err(Error::Codec { .. })));
+    }
+
+    #[test]
+    fn big_writes_both_ways_do_not_deadlock() {
+        let (mut a, mut b) = pair();
+        let payload = vec![5u8; 8 << 20];
+        let other = payload.clone();
+        let t = std::thread::spawn(move || {
+            b.send_bytes(tag::DATA, &other).unwrap();
+            loop {
+                if let Some(len) = b.with_frame(|_, body| body.len()).unwrap() {
+                    return len;
+                }
+                b.wait(None, Deadline::Never).unwrap();
+                b.fill().unwrap();
+            }
+        });
+        a.send_bytes(tag::DATA, &payload).unwrap();
+        let got = loop {
+            if let Some(len) = a.with_frame(|_, body| body.len()).unwrap() {
+                break len;
+            }
+            a.wait(None, Deadline::Never).unwrap();
+            a.fill().unwrap();
+        };
+        assert_eq!(got, 8 << 20);
+        assert_eq!(t.join().unwrap(), 8 << 20);
+    }
+}

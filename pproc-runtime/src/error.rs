@@ -1,0 +1,157 @@
+//! The one error type of pproc.
+
+use std::fmt;
+use std::io;
+
+/// What went wrong with a child process or its channel.
+///
+/// Every fallible operation of pproc returns this one type, so callers match on
+/// one enum across spawning, joining, sending and receiving. It is
+/// `Send + Sync + 'static` and works with `?`, `anyhow` and `thiserror`.
+///
+/// # Examples
+///
+/// ```
+/// use pproc::{parallel, Error};
+///
+/// #[parallel]
+/// fn fails(n: u32) -> u32 {
+///     assert!(n < 10, "n is too large: {n}");
+///     n
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// match fails::start(12)?.join() {
+///     Err(Error::Panicked { message, .. }) => assert_eq!(message, "n is too large: 12"),
+///     other => panic!("unexpected {other:?}"),
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The operation did not complete before its deadline. The child is left
+    /// running and the handle stays usable.
+    #[error("timed out")]
+    Timeout,
+    /// The child panicked; its message and location were sent back.
+    #[error("child panicked: {message}{}", location.as_ref().map(|l| format!(" at {l}")).unwrap_or_default())]
+    Panicked {
+        /// The panic's message, as `panic!` formatted it.
+        message: String,
+        /// `file:line:column` of the panic, when known.
+        location: Option<String>,
+    },
+    /// The child was killed by a signal (`kill`, an abort, the OOM killer).
+    #[error("child was killed by signal {signal} ({})", signal_name(*signal))]
+    Signaled {
+        /// The signal number, such as 9 for `SIGKILL`.
+        signal: i32,
+    },
+    /// The child exited before sending a result.
+    #[error("child exited with status {code} without a result")]
+    Exited {
+        /// The child's exit status.
+        code: i32,
+    },
+    /// The peer closed its end of the channel mid-conversation.
+    #[error("the other end of the channel is gone")]
+    Disconnected,
+    /// A frame did not decode, did not encode, or exceeded the frame limit.
+    #[error("codec error: {message}")]
+    Codec {
+        /// What was wrong with the frame.
+        message: String,
+    },
+    /// The child process could not be started.
+    #[error("failed to start a child process: {0}")]
+    Spawn(#[source] io::Error),
+    /// An operating-system call on a channel or a process failed.
+    #[error("i/o error: {0}")]
+    Io(#[source] io::Error),
+    /// No `#[parallel]` function of that name is registered in the executable.
+    #[error("no `#[parallel]` function named `{name}` is registered in this executable")]
+    Unregistered {
+        /// The name that was asked for.
+        name: String,
+    },
+    /// The parent and the child are different builds of the program.
+    #[error(
+        "parent and child are different builds (parent {parent:016x}, child {child:016x}): rebuild and run one executable"
+    )]
+    VersionSkew {
+        /// The parent's build fingerprint.
+        parent: u64,
+        /// The child's build fingerprint.
+        child: u64,
+    },
+}
+
+impl Error {
+    /// Whether this is [`Error::Timeout`].
+    #[must_use]
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout)
+    }
+
+    /// Whether this is [`Error::Disconnected`].
+    #[must_use]
+    pub fn is_disconnected(&self) -> bool {
+        matches!(self, Self::Disconnected)
+    }
+
+    /// Whether this is [`Error::Panicked`].
+    #[must_use]
+    pub fn is_panic(&self) -> bool {
+        matches!(self, Self::Panicked { .. })
+    }
+
+    pub(crate) fn codec(message: impl fmt::Display) -> Self {
+        Self::Codec {
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<nix::Error> for Error {
+    fn from(err: nix::Error) -> Self {
+        Self::Io(io::Error::from(err))
+    }
+}
+
+/// The conventional name of a signal, or `"unknown signal"`.
+fn signal_name(signal: i32) -> &'static str {
+    nix::sys::signal::Signal::try_from(signal).map_or("unknown signal", |s| s.as_str())
+}
+
+/// The result type of pproc operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_is_lowercase_and_carries_detail() {
+        let err = Error::Panicked {
+            message: "boom".into(),
+            location: Some("src/lib.rs:3:5".into()),
+        };
+        assert_eq!(err.to_string(), "child panicked: boom at src/lib.rs:3:5");
+        assert_eq!(
+            Error::Signaled { signal: 9 }.to_string(),
+            "child was killed by signal 9 (SIGKILL)"
+        );
+        assert_eq!(
+            Error::Exited { code: 3 }.to_string(),
+            "child exited with status 3 without a result"
+        );
+    }
+
+    #[test]
+    fn error_is_send_sync_static() {
+        fn check<T: std::error::Error + Send + Sync + 'static>() {}
+        check::<Error>();
+    }
+}

@@ -1,0 +1,25 @@
+//! The runtime of [pproc](https://docs.rs/pproc): spawning, dispatch,
+//! channels, framing and serialization.
+//!
+//! Depend on `pproc`, which re-exports everything here with its macros; this
+//! crate's items are documented there.
+
+mod call;
+mod channel;
+mod child;
+mod conn;
+mod error;
+mod handle;
+mod registry;
+mod spawn;
+
+#[doc(hidden)]
+pub mod private;
+
+pub use call::{Builder, Call};
+pub use channel::{Channel, Iter};
+pub use child::{EXIT_PROTOCOL, EXIT_UNREGISTERED, EXIT_VERSION_SKEW};
+pub use conn::DEFAULT_MAX_FRAME;
+pub use error::{Error, Result};
+pub use handle::Handle;
+pub use registry::{is_registered, registered};

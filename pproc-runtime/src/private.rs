@@ -1,0 +1,25 @@
+//! Not public API. Used by code that `#[parallel]` generates.
+
+pub use crate::child::{Context, run_channel_entry, run_entry};
+pub use crate::registry::Entry;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::call::Call;
+
+/// Builds the typed call of a generated `call` function.
+pub fn call<R, S, V, A: Serialize>(name: &'static str, args: &A) -> Call<R, S, V> {
+    Call::new(name, args)
+}
+
+/// Fails to compile, at the argument's span, unless `T` can cross a process
+/// boundary.
+pub const fn assert_arg<T: Serialize + DeserializeOwned>() {}
+
+/// Fails to compile, at the return type's span, unless `T` can cross a
+/// process boundary.
+pub const fn assert_result<T: Serialize + DeserializeOwned>() {}
+
+/// Fails to compile unless `T` can travel over a channel.
+pub const fn assert_message<T: Serialize + DeserializeOwned>() {}

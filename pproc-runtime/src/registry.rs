@@ -1,0 +1,188 @@
+//! The registry of `#[parallel]` functions, filled by `inventory` before
+//! `main`, and the build fingerprint that parent and child compare.
+
+use std::sync::OnceLock;
+
+use crate::child::Context;
+
+/// One registered `#[parallel]` function.
+///
+/// Not public API: `#[parallel]` submits one per function.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Entry {
+    name: &'static str,
+    signature: &'static str,
+    run: fn(Context),
+}
+
+impl Entry {
+    /// A registration: the function's full path, its signature as written
+    /// (part of the build fingerprint) and its child-side shim.
+    #[must_use]
+    pub const fn new(name: &'static str, signature: &'static str, run: fn(Context)) -> Self {
+        Self {
+            name,
+            signature,
+            run,
+        }
+    }
+
+    pub(crate) fn run(&self, cx: Context) {
+        (self.run)(cx);
+    }
+}
+
+inventory::collect!(Entry);
+
+/// The entry registered under `name`.
+pub(crate) fn lookup(name: &str) -> Option<&'static Entry> {
+    inventory::iter::<Entry>
+        .into_iter()
+        .find(|entry| entry.name == name)
+}
+
+/// Whether a `#[parallel]` function named `name` is registered in this
+/// executable.
+#[must_use]
+pub fn is_registered(name: &str) -> bool {
+    lookup(name).is_some()
+}
+
+/// The names of every `#[parallel]` function registered in this executable,
+/// sorted.
+#[must_use]
+pub fn registered() -> Vec<&'static str> {
+    let mut names: Vec<_> = inventory::iter::<Entry>
+        .into_iter()
+        .map(|entry| entry.name)
+        .collect();
+    names.sort_unstable();
+    names
+}
+
+/// Identifies this build: the linker's GNU build-id where there is one, and
+/// the registered names and signatures. Parent and child must agree on it.
+pub(crate) fn fingerprint() -> u64 {
+    static FINGERPRINT: OnceLock<u64> = OnceLock::new();
+    *FINGERPRINT.get_or_init(|| {
+        let mut entries: Vec<_> = inventory::iter::<Entry>
+            .into_iter()
+            .map(|entry| (entry.name, entry.signature))
+            .collect();
+        entries.sort_unstable();
+        let mut hash = Fnv::new();
+        hash.write(&build_id().unwrap_or_default());
+        for (name, signature) in entries {
+            hash.write(name.as_bytes());
+            hash.write(&[0]);
+            hash.write(signature.as_bytes());
+            hash.write(&[0]);
+        }
+        hash.0
+    })
+}
+
+/// 64-bit FNV-1a: tiny, stable across Rust versions (unlike `DefaultHasher`),
+/// and good enough to tell builds apart.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// The main executable's `NT_GNU_BUILD_ID` note, if the linker wrote one.
+fn build_id() -> Option<Vec<u8>> {
+    unsafe extern "C" fn visit(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: `dl_iterate_phdr` passes a valid `dl_phdr_info` for each
+        // loaded object, and `data` is the `Option<Vec<u8>>` we passed below.
+        // The first object is the main executable; its program headers and
+        // the segments they describe are mapped for the life of the process.
+        unsafe {
+            let info = &*info;
+            let out = &mut *data.cast::<Option<Vec<u8>>>();
+            let headers = std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum));
+            for header in headers.iter().filter(|h| h.p_type == libc::PT_NOTE) {
+                let start = (info.dlpi_addr as usize + header.p_vaddr as usize) as *const u8;
+                let notes = std::slice::from_raw_parts(start, header.p_memsz as usize);
+                if let Some(id) = find_build_id(notes) {
+                    *out = Some(id.to_vec());
+                    break;
+                }
+            }
+        }
+        // Stop after the main executable.
+        1
+    }
+    let mut out: Option<Vec<u8>> = None;
+    // SAFETY: `visit` only reads the structures the loader hands it and
+    // writes to `out`, which outlives the call.
+    unsafe {
+        libc::dl_iterate_phdr(Some(visit), (&raw mut out).cast());
+    }
+    out
+}
+
+/// Walks ELF notes (`namesz`, `descsz`, `type`, name, desc, each 4-aligned)
+/// for the GNU build-id.
+fn find_build_id(mut notes: &[u8]) -> Option<&[u8]> {
+    const NT_GNU_BUILD_ID: u32 = 3;
+    let word = |b: &[u8], i: usize| -> Option<usize> {
+        Some(u32::from_ne_bytes(b.get(i..i + 4)?.try_into().ok()?) as usize)
+    };
+    while notes.len() >= 12 {
+        let (namesz, descsz, kind) = (word(notes, 0)?, word(notes, 4)?, word(notes, 8)?);
+        let name_end = 12 + namesz.next_multiple_of(4);
+        let desc_end = name_end + descsz.next_multiple_of(4);
+        let name = notes.get(12..12 + namesz)?;
+        let desc = notes.get(name_end..name_end + descsz)?;
+        if kind as u32 == NT_GNU_BUILD_ID && name == b"GNU\0" {
+            return Some(desc);
+        }
+        notes = notes.get(desc_end..)?;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_test_binary_has_a_build_id() {
+        let id = build_id().expect("the linker writes a build-id");
+        assert!(id.len() >= 8, "{id:?}");
+        assert_eq!(fingerprint(), fingerprint());
+    }
+
+    #[test]
+    fn notes_are_walked_past_other_kinds() {
+        let mut notes = Vec::new();
+        for (kind, name, desc) in [
+            (1u32, &b"GNU\0"[..], &[1u8, 2, 3][..]),
+            (3, b"GNU\0", &[9, 8, 7, 6, 5]),
+        ] {
+            notes.extend_from_slice(&(name.len() as u32).to_ne_bytes());
+            notes.extend_from_slice(&(desc.len() as u32).to_ne_bytes());
+            notes.extend_from_slice(&kind.to_ne_bytes());
+            notes.extend_from_slice(name);
+            notes.extend_from_slice(desc);
+            notes.resize(notes.len().next_multiple_of(4), 0);
+        }
+        assert_eq!(find_build_id(&notes), Some(&[9, 8, 7, 6, 5][..]));
+        assert_eq!(find_build_id(&notes[..20]), None);
+    }
+}

@@ -1,0 +1,178 @@
+//! Re-executing the current program as a child that runs one registered
+//! function.
+//!
+//! The child's end of a socketpair is put at [`CHILD_FD`] by a `posix_spawn`
+//! dup2 file action, so it exists in that child only; the parent's copies are
+//! close-on-exec. glibc's `posix_spawn` uses `CLONE_VFORK`, so starting a
+//! child costs the same whatever the parent's size.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+
+use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags, posix_spawn};
+use nix::sys::signal::SigSet;
+use nix::unistd::Pid;
+
+use crate::error::{Error, Result};
+
+/// The environment variable that tells a re-executed program to act as a
+/// child: `"<fd> <parent pid> <fingerprint> <name>"`. The child removes it
+/// before running user code, so processes it starts do not inherit it.
+pub(crate) const ENV: &str = "PPROC_CHILD";
+
+/// The descriptor at which a child finds its channel.
+pub(crate) const CHILD_FD: RawFd = 3;
+
+/// A started child, before it is wrapped in a handle.
+pub(crate) struct Spawned {
+    pub(crate) pid: Pid,
+    pub(crate) pidfd: Option<OwnedFd>,
+}
+
+/// What the spawner thread needs for one child.
+struct Request {
+    program: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    child_fd: RawFd,
+    reply: mpsc::SyncSender<nix::Result<Pid>>,
+}
+
+/// Starts `program` (by default this executable) as a child that runs the
+/// function registered as `name`, with `channel` as its end of the socket.
+pub(crate) fn spawn(
+    name: &str,
+    program: Option<&Path>,
+    channel: &OwnedFd,
+    fingerprint: u64,
+) -> Result<Spawned> {
+    let spawn_err = |err: io::Error| Error::Spawn(err);
+    let program = cstring(program.map_or(OsStr::new("/proc/self/exe"), Path::as_os_str))
+        .map_err(spawn_err)?;
+    // The parent's argv is not passed on: only its name, for `ps`.
+    let argv0 = std::env::args_os()
+        .next()
+        .unwrap_or_else(|| OsString::from("pproc-child"));
+    let argv = vec![cstring(&argv0).map_err(spawn_err)?];
+    let mut envp = Vec::new();
+    for (key, value) in std::env::vars_os() {
+        if key != ENV {
+            let mut pair = key.into_vec();
+            pair.push(b'=');
+            pair.extend_from_slice(value.as_bytes());
+            // Variables with interior NULs cannot exist in a real
+            // environment; skip rather than fail.
+            if let Ok(pair) = CString::new(pair) {
+                envp.push(pair);
+            }
+        }
+    }
+    let spec = format!(
+        "{ENV}={CHILD_FD} {} {fingerprint:016x} {name}",
+        std::process::id()
+    );
+    envp.push(CString::new(spec).map_err(|err| spawn_err(io::Error::other(err)))?);
+
+    let (reply, answer) = mpsc::sync_channel(1);
+    let request = Request {
+        program,
+        argv,
+        envp,
+        child_fd: channel.as_raw_fd(),
+        reply,
+    };
+    spawner()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .send(request)
+        .map_err(|_| spawn_err(io::Error::other("the spawner thread is gone")))?;
+    let pid = answer
+        .recv()
+        .map_err(|_| spawn_err(io::Error::other("the spawner thread is gone")))?
+        .map_err(|err| spawn_err(err.into()))?;
+    Ok(Spawned {
+        pid,
+        pidfd: pidfd_open(pid),
+    })
+}
+
+fn cstring(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes()).map_err(io::Error::other)
+}
+
+/// The sender to the one thread that starts every child of this process.
+///
+/// `PR_SET_PDEATHSIG` fires when the *thread* that created a child ends, not
+/// the process: children started from a short-lived thread would be killed
+/// with it. A dedicated thread that lives as long as the process avoids that.
+fn spawner() -> &'static Mutex<mpsc::Sender<Request>> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name("pproc-spawner".into())
+            .spawn(move || {
+                for request in rx {
+                    let result = spawn_now(&request);
+                    // The requester may have given up; nothing to do then.
+                    let _ = request.reply.send(result);
+                }
+            })
+            .map_or_else(
+                |err| {
+                    // Without a thread, requests fail with a clear error
+                    // instead of hanging: the receiver is dropped here.
+                    let (dead, _) = mpsc::channel();
+                    drop(err);
+                    Mutex::new(dead)
+                },
+                |_| Mutex::new(tx),
+            )
+    })
+}
+
+fn spawn_now(request: &Request) -> nix::Result<Pid> {
+    let mut actions = PosixSpawnFileActions::init()?;
+    let mut child_fd = request.child_fd;
+    let mut moved = None;
+    if child_fd == CHILD_FD {
+        // dup2 onto itself would leave close-on-exec set: move it first.
+        let fd = nix::fcntl::fcntl(
+            // SAFETY: the requester keeps the descriptor open until we reply.
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(child_fd) },
+            nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(CHILD_FD + 1),
+        )?;
+        // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that we own.
+        moved = Some(unsafe { OwnedFd::from_raw_fd(fd) });
+        child_fd = fd;
+    }
+    actions.add_dup2(child_fd, CHILD_FD)?;
+    let mut attr = PosixSpawnAttr::init()?;
+    // The child starts with no blocked signals, whatever this thread's mask.
+    attr.set_sigmask(&SigSet::empty())?;
+    attr.set_flags(PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK)?;
+    let pid = posix_spawn(
+        request.program.as_c_str(),
+        &actions,
+        &attr,
+        &request.argv,
+        &request.envp,
+    );
+    drop(moved);
+    pid
+}
+
+/// A pidfd for `pid`, or `None` where the kernel has none (before 5.3).
+fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
+    // (close-on-exec) or -1; nix has no wrapper for it.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    let fd = RawFd::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: the syscall returned a new descriptor that nothing else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}

@@ -1,0 +1,109 @@
+//! Run ordinary Rust functions in parallel child processes.
+//!
+//! Annotate a function with [`#[parallel]`](macro@parallel) and call the
+//! generated `name::start(args…)`: the function runs in a new child process,
+//! a re-execution of the current program that is dispatched by name before
+//! `main` runs, and its result comes back through [`Handle::join`].
+//!
+//! ```
+//! use pproc::{parallel, Handle};
+//!
+//! #[parallel]
+//! fn add(a: i64, b: i64) -> i64 {
+//!     a + b
+//! }
+//!
+//! # fn main() -> pproc::Result<()> {
+//! let h: Handle<i64> = add::start(2, 3)?; // a new child process
+//! assert_eq!(h.join()?, 5);
+//! assert_eq!(add(2, 3), 5); // still an ordinary function
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Processes, not threads: a child that panics, aborts, leaks or is killed
+//! cannot take the parent with it, and the parent gets a clear [`Error`]
+//! instead.
+//!
+//! # Child mode
+//!
+//! `start` re-executes `/proc/self/exe` with the channel at a known
+//! descriptor and the function's registered name in the environment. A
+//! constructor in the runtime sees this before `main` runs, runs the named
+//! function with the arguments sent as the first frame, sends its result
+//! back and exits. So there is no `init()` to call: binaries, examples,
+//! integration and unit tests, doctests and benches all work as they are.
+//!
+//! In the child, user code runs before Rust's `main` machinery: the
+//! parent's command-line arguments are not passed on, so `std::env::args()`
+//! is empty there. The child's standard streams are the parent's; its
+//! `println!` never touches the protocol. A child dies with its parent.
+//!
+//! # Channels
+//!
+//! A function whose first parameter is a [`Channel<S, V>`](Channel) can talk
+//! to its parent while it runs, pprocess style: the child sends `S` and
+//! receives `V`, and the parent's [`Handle<R, V, S>`](Handle) mirrors it.
+//! Both ends may send and receive at any time, in any sizes, without
+//! deadlock. Values are framed (a 4-byte length, then bincode) over a Unix
+//! socket; a frame larger than the limit ([`Builder::max_frame`]) is refused
+//! before it is allocated.
+//!
+//! ```
+//! use pproc::{parallel, Channel};
+//!
+//! #[parallel]
+//! fn count_to(ch: Channel<u64, String>, n: u64) -> usize {
+//!     let greeting = ch.recv().unwrap();
+//!     for i in 0..n {
+//!         ch.send(&i).unwrap();
+//!     }
+//!     greeting.len()
+//! }
+//!
+//! # fn main() -> pproc::Result<()> {
+//! let h = count_to::start(3)?; // Handle<usize, String, u64>
+//! h.send(&"hello".to_string())?;
+//! let got: Vec<u64> = (0..3).map(|_| h.recv()).collect::<Result<_, _>>()?;
+//! assert_eq!(got, [0, 1, 2]);
+//! assert_eq!(h.join()?, 5);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Errors
+//!
+//! Every operation returns the one [`Error`]: a child's panic arrives as
+//! [`Error::Panicked`] with its message and location, a kill as
+//! [`Error::Signaled`], an exit without a result as [`Error::Exited`], a
+//! frame that does not decode as [`Error::Codec`]. None of them panics the
+//! parent, every child is reaped and every descriptor closed: dropping a
+//! [`Handle`] kills a child that is still running and reaps it.
+//!
+//! # Testing
+//!
+//! Tests need nothing special: a `#[parallel]` function defined in a test
+//! crate, a unit-test module or a doctest is started the same way.
+//! `#[parallel]` functions must be module items, not items of a function
+//! body.
+//!
+//! # Platform support
+//!
+//! Linux, where children are started with `posix_spawn` (its cost does not
+//! grow with the parent's memory), watched through pidfds and killed with
+//! their parent through `PR_SET_PDEATHSIG`.
+#![doc(test(attr(deny(warnings))))]
+
+#[doc(inline)]
+pub use pproc_macros::parallel;
+pub use pproc_runtime::{
+    Builder, Call, Channel, DEFAULT_MAX_FRAME, EXIT_PROTOCOL, EXIT_UNREGISTERED, EXIT_VERSION_SKEW,
+    Error, Handle, Iter, Result, is_registered, registered,
+};
+
+// Not public API. Used by code that `#[parallel]` generates.
+#[doc(hidden)]
+pub mod __private {
+    pub use ::inventory;
+    pub use pproc_runtime::private::*;
+}
