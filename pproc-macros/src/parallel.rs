@@ -6,19 +6,19 @@ use syn::spanned::Spanned;
 use syn::{FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type};
 
 pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
-    let func: ItemFn = match syn::parse2(item.clone()) {
+    let func: ItemFn = match syn::parse2(item) {
         Ok(func) => func,
-        Err(err) => return with_error(item, err),
+        Err(err) => return err.into_compile_error(),
     };
     match check_options(args).and_then(|()| Parallel::parse(&func)) {
         Ok(parsed) => generate(&func, &parsed),
-        Err(err) => with_error(item, err),
+        Err(err) => with_error(&func, err),
     }
 }
 
 /// The user's item, untouched, followed by the errors: one mistake gives
 /// one message, and the function stays usable for IDEs.
-fn with_error(item: TokenStream, err: syn::Error) -> TokenStream {
+fn with_error(item: &ItemFn, err: syn::Error) -> TokenStream {
     let err = err.into_compile_error();
     quote!(#item #err)
 }

@@ -134,6 +134,7 @@ impl<S, V: DeserializeOwned> Channel<S, V> {
 
     /// An iterator over received values that ends when the parent closes
     /// its end, or after yielding an error.
+    #[must_use]
     pub fn iter(&self) -> Iter<'_, V> {
         Iter::new(move || self.recv())
     }

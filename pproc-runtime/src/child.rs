@@ -93,8 +93,8 @@ where
     A: DeserializeOwned,
     R: Serialize,
 {
-    let conn = Arc::clone(&cx.conn);
-    let args = match decode::<A>(&cx.args) {
+    let Context { args, conn } = cx;
+    let args = match decode::<A>(&args) {
         Ok(args) => args,
         Err(err) => {
             let message = format!("the arguments do not decode: {err}");
@@ -102,7 +102,9 @@ where
             return;
         }
     };
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| f(args, Arc::clone(&cx.conn))));
+    IN_ENTRY.set(true);
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| f(args, Arc::clone(&conn))));
+    IN_ENTRY.set(false);
     let mut conn = lock(&conn);
     // The parent may be gone; then there is nobody to tell.
     let _ = match outcome {
@@ -136,6 +138,9 @@ fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
 thread_local! {
     /// The last panic on this thread, recorded by the hook for `run`.
     static LAST_PANIC: RefCell<Option<PanicReport>> = const { RefCell::new(None) };
+    /// Set on the thread that runs the entry function: its panics are
+    /// reported to the parent, not printed.
+    static IN_ENTRY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// The channel of this child, once dispatch has set it up; the panic hook
@@ -149,6 +154,7 @@ fn install_panic_hook() {
             message: info.payload_as_str().unwrap_or("Box<dyn Any>").to_owned(),
             location: info.location().map(ToString::to_string),
         };
+        let in_entry = IN_ENTRY.get();
         if cfg!(panic = "abort") {
             // Nothing will catch this panic: report it now, before the abort.
             if let Some(conn) = CHILD_CONN.get()
@@ -159,7 +165,11 @@ fn install_panic_hook() {
         } else {
             LAST_PANIC.set(Some(report));
         }
-        previous(info);
+        // The entry's panic is data for the parent (`Error::Panicked`);
+        // panics on the child's other threads are printed as usual.
+        if !in_entry {
+            previous(info);
+        }
     }));
 }
 

@@ -84,10 +84,7 @@ impl Deadline {
                 let left = at.checked_duration_since(Instant::now())?;
                 // Round up, so that a wait never ends before its deadline.
                 let millis = left.as_nanos().div_ceil(1_000_000);
-                Some(
-                    PollTimeout::try_from(millis.min(i32::MAX as u128) as i32)
-                        .unwrap_or(PollTimeout::MAX),
-                )
+                Some(PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX))
             }
         }
     }
@@ -102,9 +99,8 @@ pub(crate) fn poll_until(fds: &mut [PollFd<'_>], deadline: Deadline) -> Result<b
         };
         match poll(fds, timeout) {
             Ok(0) if matches!(deadline, Deadline::Now) => return Ok(false),
-            Ok(0) => {}
+            Ok(0) | Err(Errno::EINTR) => {}
             Ok(_) => return Ok(true),
-            Err(Errno::EINTR) => {}
             Err(err) => return Err(err.into()),
         }
     }

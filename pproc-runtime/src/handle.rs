@@ -447,6 +447,7 @@ impl<R, S, V: DeserializeOwned> Handle<R, S, V> {
     /// An iterator over the values the child sends. It ends when the child
     /// is done sending; an abnormal end (a panic, a kill) is yielded as a
     /// last `Err`.
+    #[must_use]
     pub fn iter(&self) -> Iter<'_, V> {
         Iter::new(move || self.recv())
     }

@@ -23,3 +23,9 @@ pub const fn assert_result<T: Serialize + DeserializeOwned>() {}
 
 /// Fails to compile unless `T` can travel over a channel.
 pub const fn assert_message<T: Serialize + DeserializeOwned>() {}
+
+/// This build's fingerprint, as children check it.
+#[must_use]
+pub fn fingerprint() -> u64 {
+    crate::registry::fingerprint()
+}

@@ -116,8 +116,14 @@ fn build_id() -> Option<Vec<u8>> {
             let out = &mut *data.cast::<Option<Vec<u8>>>();
             let headers = std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum));
             for header in headers.iter().filter(|h| h.p_type == libc::PT_NOTE) {
-                let start = (info.dlpi_addr as usize + header.p_vaddr as usize) as *const u8;
-                let notes = std::slice::from_raw_parts(start, header.p_memsz as usize);
+                let (Ok(base), Ok(offset), Ok(len)) = (
+                    usize::try_from(info.dlpi_addr),
+                    usize::try_from(header.p_vaddr),
+                    usize::try_from(header.p_memsz),
+                ) else {
+                    continue;
+                };
+                let notes = std::slice::from_raw_parts((base + offset) as *const u8, len);
                 if let Some(id) = find_build_id(notes) {
                     *out = Some(id.to_vec());
                     break;
@@ -139,7 +145,7 @@ fn build_id() -> Option<Vec<u8>> {
 /// Walks ELF notes (`namesz`, `descsz`, `type`, name, desc, each 4-aligned)
 /// for the GNU build-id.
 fn find_build_id(mut notes: &[u8]) -> Option<&[u8]> {
-    const NT_GNU_BUILD_ID: u32 = 3;
+    const NT_GNU_BUILD_ID: usize = 3;
     let word = |b: &[u8], i: usize| -> Option<usize> {
         Some(u32::from_ne_bytes(b.get(i..i + 4)?.try_into().ok()?) as usize)
     };
@@ -149,7 +155,7 @@ fn find_build_id(mut notes: &[u8]) -> Option<&[u8]> {
         let desc_end = name_end + descsz.next_multiple_of(4);
         let name = notes.get(12..12 + namesz)?;
         let desc = notes.get(name_end..name_end + descsz)?;
-        if kind as u32 == NT_GNU_BUILD_ID && name == b"GNU\0" {
+        if kind == NT_GNU_BUILD_ID && name == b"GNU\0" {
             return Some(desc);
         }
         notes = notes.get(desc_end..)?;
@@ -175,8 +181,8 @@ mod tests {
             (1u32, &b"GNU\0"[..], &[1u8, 2, 3][..]),
             (3, b"GNU\0", &[9, 8, 7, 6, 5]),
         ] {
-            notes.extend_from_slice(&(name.len() as u32).to_ne_bytes());
-            notes.extend_from_slice(&(desc.len() as u32).to_ne_bytes());
+            notes.extend_from_slice(&u32::try_from(name.len()).unwrap().to_ne_bytes());
+            notes.extend_from_slice(&u32::try_from(desc.len()).unwrap().to_ne_bytes());
             notes.extend_from_slice(&kind.to_ne_bytes());
             notes.extend_from_slice(name);
             notes.extend_from_slice(desc);

@@ -1,0 +1,120 @@
+//! No zombies, no leaked descriptors, no orphans: after hundreds of
+//! children, however they ended, this process looks as it did before.
+//!
+//! One test per concern, run one at a time: they count this process's
+//! descriptors and children, which other tests running beside them would
+//! change.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use pproc::{Channel, Error, parallel};
+use pproc_workspace::{children, open_fds, process_state};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+#[parallel]
+fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+#[parallel]
+fn sleeps() -> u8 {
+    std::thread::sleep(Duration::from_secs(600));
+    0
+}
+
+#[parallel]
+fn boom() {
+    panic!("boom");
+}
+
+/// Starts a grandchild that sleeps, reports its pid, then sleeps too.
+#[parallel]
+fn middle(ch: Channel<u32, ()>) {
+    let grandchild = sleeps::start().expect("a grandchild starts");
+    ch.send(&grandchild.pid()).expect("the parent listens");
+    std::thread::sleep(Duration::from_secs(600));
+    drop(grandchild);
+}
+
+fn wait_gone(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // A zombie is dead; only its parent (here: init) can reap it.
+    while !matches!(process_state(pid), None | Some('Z' | 'X')) {
+        assert!(Instant::now() < deadline, "process {pid} is still alive");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn hundreds_of_children_leave_nothing_behind() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Warm up: the spawner thread and lazy statics are created once.
+    add::start(0, 0).unwrap().join().unwrap();
+    let fds = open_fds();
+    assert_eq!(children(), Vec::<u32>::new());
+
+    for round in 0..60 {
+        // Joined.
+        assert_eq!(add::start(round, 1).unwrap().join().unwrap(), round + 1);
+        // Panicked.
+        assert!(matches!(
+            boom::start().unwrap().join(),
+            Err(Error::Panicked { .. })
+        ));
+        // Killed.
+        let h = sleeps::start().unwrap();
+        h.kill().unwrap();
+        assert!(matches!(h.join(), Err(Error::Signaled { signal: 9 })));
+        // Dropped while running.
+        drop(sleeps::start().unwrap());
+        // Timed out, then dropped.
+        let mut h = sleeps::start().unwrap();
+        assert!(
+            h.join_timeout(Duration::from_millis(1))
+                .unwrap_err()
+                .is_timeout()
+        );
+        drop(h);
+    }
+    // 64 at once, dropped without joining.
+    let many: Vec<_> = (0..64).map(|_| sleeps::start().unwrap()).collect();
+    assert_eq!(children().len(), 64);
+    drop(many);
+
+    assert_eq!(
+        children(),
+        Vec::<u32>::new(),
+        "zombies or live children remain"
+    );
+    assert_eq!(open_fds(), fds, "descriptors leaked");
+}
+
+#[test]
+fn dropping_a_handle_kills_and_reaps() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let h = sleeps::start().unwrap();
+    let pid = h.pid();
+    assert!(matches!(process_state(pid), Some('R' | 'S')));
+    drop(h);
+    assert_eq!(process_state(pid), None, "the child was not reaped");
+}
+
+#[test]
+fn grandchildren_die_with_their_parent() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let h = middle::start().unwrap();
+    let grandchild = h.recv().unwrap();
+    assert!(matches!(process_state(grandchild), Some('R' | 'S')));
+    // However the middle process dies, its child dies with it.
+    h.kill().unwrap();
+    assert!(matches!(h.join(), Err(Error::Signaled { signal: 9 })));
+    wait_gone(grandchild);
+}
