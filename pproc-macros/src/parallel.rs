@@ -99,9 +99,7 @@ impl<'a> Parallel<'a> {
             }
             check_owned(ty, "parameters", &mut errors);
             let name = match &*typed.pat {
-                Pat::Ident(pat) if pat.subpat.is_none() => {
-                    format_ident!("{}", pat.ident.to_string().trim_start_matches("r#"))
-                }
+                Pat::Ident(pat) if pat.subpat.is_none() => pat.ident.clone(),
                 _ => format_ident!("arg{}", i),
             };
             params.push((name, ty));
@@ -269,6 +267,14 @@ fn generate(func: &ItemFn, parsed: &Parallel<'_>) -> TokenStream {
             #[allow(unused_imports)]
             use super::*;
 
+            // First, so that a type that cannot cross processes is reported
+            // at its own span before anything else.
+            const _: () = {
+                #(#asserts)*
+                #assert_ret
+                #(#asserts_channel)*
+            };
+
             /// The name the function is registered under: its module path.
             pub const NAME: &str = ::core::module_path!();
 
@@ -286,12 +292,6 @@ fn generate(func: &ItemFn, parsed: &Parallel<'_>) -> TokenStream {
             pub fn call(#(#names: #types),*) -> ::pproc::Call<#ret, #send, #recv> {
                 ::pproc::__private::call(NAME, &(#(#names,)*))
             }
-
-            const _: () = {
-                #(#asserts)*
-                #assert_ret
-                #(#asserts_channel)*
-            };
 
             const _: () = {
                 fn __pproc_entry(cx: ::pproc::__private::Context) {

@@ -1,0 +1,69 @@
+//! Every `#[parallel]` form compiles without a warning under strict lints,
+//! and runs.
+#![deny(warnings, missing_docs, unreachable_pub, rust_2018_idioms)]
+#![deny(clippy::all, clippy::pedantic)]
+
+use pproc::{Channel, parallel};
+use serde::{Deserialize, Serialize};
+
+/// A value of the user's own type.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    /// Across.
+    pub x: i32,
+    /// Down.
+    pub y: i32,
+}
+
+/// Public, with arguments of the user's types.
+#[parallel]
+#[must_use]
+pub fn shift(mut p: Point, by: i32) -> Point {
+    p.x += by;
+    p.y += by;
+    p
+}
+
+/// Crate-visible, no arguments, no result.
+#[parallel]
+pub(crate) fn idle() {}
+
+/// Private, with patterns and a raw identifier.
+#[parallel]
+fn patterns((a, b): (u8, u8), mut r#type: String) -> String {
+    r#type.push(char::from(a + b));
+    r#type
+}
+
+/// A channel with both types, and one with defaults.
+#[parallel]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "a channel-style function owns its end of the channel"
+)]
+fn talk(ch: Channel<u32, String>) -> usize {
+    let line = ch.recv().unwrap_or_default();
+    ch.send(&7).ok();
+    line.len()
+}
+
+#[parallel]
+fn quiet(_ch: pproc::Channel) -> bool {
+    true
+}
+
+#[test]
+fn every_form_runs() -> pproc::Result<()> {
+    assert_eq!(
+        shift::start(Point { x: 1, y: 2 }, 3)?.join()?,
+        Point { x: 4, y: 5 }
+    );
+    idle::start()?.join()?;
+    assert_eq!(patterns::start((32, 33), "x".into())?.join()?, "xA");
+    let h = talk::start()?;
+    h.send(&"four".to_string())?;
+    assert_eq!(h.recv()?, 7);
+    assert_eq!(h.join()?, 4);
+    assert!(quiet::start()?.join()?);
+    Ok(())
+}

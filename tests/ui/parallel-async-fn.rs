@@ -1,0 +1,8 @@
+use pproc::parallel;
+
+#[parallel]
+async fn fetch(x: u32) -> u32 {
+    x
+}
+
+fn main() {}

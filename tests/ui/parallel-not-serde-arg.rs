@@ -1,0 +1,12 @@
+use pproc::parallel;
+
+struct Config {
+    depth: u32,
+}
+
+#[parallel]
+fn depth(config: Config) -> u32 {
+    config.depth
+}
+
+fn main() {}
