@@ -79,3 +79,8 @@ mod tests {
         assert_eq!(process_state(u32::MAX), None);
     }
 }
+
+/// The examples in README.md, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
