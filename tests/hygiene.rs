@@ -38,6 +38,12 @@ fn middle(ch: Channel<u32, ()>) {
     drop(grandchild);
 }
 
+/// What the child's registry holds when it runs.
+#[parallel]
+fn child_registry() -> Vec<String> {
+    pproc::registered().into_iter().map(String::from).collect()
+}
+
 fn wait_gone(pid: u32) {
     let deadline = Instant::now() + Duration::from_secs(30);
     // A zombie is dead; only its parent (here: init) can reap it.
@@ -117,4 +123,25 @@ fn grandchildren_die_with_their_parent() {
     h.kill().unwrap();
     assert!(matches!(h.join(), Err(Error::Signaled { signal: 9 })));
     wait_gone(grandchild);
+}
+
+/// Regression: with fat LTO, constructors no longer run in link order, and
+/// the dispatcher ran before some registrations (from a library crate, here
+/// `pproc_workspace`). The child must see every function its parent sees.
+#[test]
+fn children_see_the_whole_registry() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let parent: Vec<String> = pproc::registered().into_iter().map(String::from).collect();
+    assert!(
+        parent
+            .iter()
+            .any(|name| name == pproc_workspace::double::NAME)
+    );
+    assert_eq!(child_registry::start().unwrap().join().unwrap(), parent);
+    assert_eq!(
+        pproc_workspace::double::start(4).unwrap().join().unwrap(),
+        8
+    );
 }

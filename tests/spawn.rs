@@ -58,6 +58,15 @@ fn parent_of_add(a: i64) -> (i64, u32) {
     (h.join().expect("the grandchild returns"), grandchild)
 }
 
+/// Starts a call it was sent: calls cross process boundaries too.
+#[parallel]
+fn run_call(call: Call<i64>) -> i64 {
+    call.start()
+        .expect("the call starts")
+        .join()
+        .expect("the call returns")
+}
+
 #[parallel]
 fn chatty(lines: u32) -> u32 {
     for i in 0..lines {
@@ -128,6 +137,14 @@ fn calls_are_deferred_and_serializable() {
     let copy = call.clone();
     assert_eq!(call.start().unwrap().join().unwrap(), 42);
     assert_eq!(copy.start().unwrap().join().unwrap(), 42);
+}
+
+#[test]
+fn a_call_sent_to_a_child_runs_there() {
+    assert_eq!(
+        run_call::start(add::call(40, 2)).unwrap().join().unwrap(),
+        42
+    );
 }
 
 #[test]

@@ -173,12 +173,23 @@ fn install_panic_hook() {
     }));
 }
 
+/// The signature glibc calls `.init_array` entries with.
+type Constructor =
+    unsafe extern "C" fn(libc::c_int, *const *const libc::c_char, *const *const libc::c_char);
+
 /// Runs before `main` in every program that links pproc. In a parent it
 /// returns at once; in a child it never returns.
-extern "C" fn dispatch() {
+extern "C" fn dispatch(
+    count: libc::c_int,
+    args: *const *const libc::c_char,
+    env: *const *const libc::c_char,
+) {
     let Some(spec) = std::env::var_os(spawn::ENV) else {
         return;
     };
+    // SAFETY: we are a constructor called by the loader with its own
+    // arguments, and we never return to it (see below).
+    unsafe { run_later_constructors(count, args, env) };
     // SAFETY: constructors run before `main`, while the process has one
     // thread, so nothing reads the environment concurrently.
     unsafe { std::env::remove_var(spawn::ENV) };
@@ -190,7 +201,56 @@ extern "C" fn dispatch() {
 
 #[used]
 #[unsafe(link_section = ".init_array")]
-static DISPATCH: extern "C" fn() = dispatch;
+static DISPATCH: Constructor = dispatch;
+
+unsafe extern "C" {
+    // Defined by the linker around the executable's `.init_array`.
+    static __init_array_start: [usize; 0];
+    static __init_array_end: [usize; 0];
+}
+
+/// Runs the constructors that come after ours in `.init_array`, so that
+/// every `inventory` registration is in before the child looks a name up.
+///
+/// The linker orders constructors by link order, which fat LTO does not
+/// keep: a registration can come after this dispatcher. A child never
+/// returns to the loader, so each of these runs exactly once, in order.
+///
+/// # Safety
+///
+/// Only for `dispatch`, called by the loader with its arguments, which then
+/// never returns.
+unsafe fn run_later_constructors(
+    count: libc::c_int,
+    args: *const *const libc::c_char,
+    env: *const *const libc::c_char,
+) {
+    // SAFETY: the linker defines both symbols around `.init_array`, an
+    // array of function addresses (relocated at load time) that lives for
+    // the whole process; `end` is not before `start`.
+    let entries = unsafe {
+        let start = (&raw const __init_array_start).cast::<usize>();
+        let end = (&raw const __init_array_end).cast::<usize>();
+        let len = usize::try_from(end.offset_from(start)).unwrap_or(0);
+        std::slice::from_raw_parts(start, len)
+    };
+    let ours = dispatch as Constructor as usize;
+    let Some(at) = entries.iter().position(|&entry| entry == ours) else {
+        return;
+    };
+    // 0 and -1 are the old terminators some toolchains still emit.
+    for &entry in entries[at + 1..]
+        .iter()
+        .filter(|&&e| e != 0 && e != usize::MAX)
+    {
+        // SAFETY: every other entry is a constructor that the loader would
+        // call next, with these arguments; it will not be called again.
+        unsafe {
+            let constructor = std::mem::transmute::<usize, Constructor>(entry);
+            constructor(count, args, env);
+        }
+    }
+}
 
 /// The parsed `PPROC_CHILD` variable.
 struct Spec<'a> {
