@@ -143,17 +143,26 @@ fn join_timeout_keeps_values_for_recv() {
 #[test]
 fn recv_batch_waits_for_the_first_then_fills() {
     let h = bursts::start(5, 2).unwrap();
-    // Five are queued at once: a batch of three takes three.
+    // Five are sent at once: a batch of three takes three, then two.
     assert_eq!(h.recv_batch(3, Duration::from_secs(30)).unwrap(), [0, 1, 2]);
-    // Two are left; the batch gives up filling after its timeout.
-    let start = Instant::now();
-    assert_eq!(h.recv_batch(10, Duration::from_millis(50)).unwrap(), [3, 4]);
-    assert!(start.elapsed() >= Duration::from_millis(50));
+    assert_eq!(h.recv_batch(2, Duration::from_secs(30)).unwrap(), [3, 4]);
     assert_eq!(h.recv_batch(0, Duration::ZERO).unwrap(), Vec::<u32>::new());
     h.send(&()).unwrap();
-    // The child sends two more and ends: the batch ends with them.
+    // The child sends two more and ends: the batch ends with them, and the
+    // end is reported by the next receive.
     assert_eq!(h.recv_batch(10, Duration::from_secs(30)).unwrap(), [5, 6]);
     assert!(matches!(h.recv(), Err(Error::Disconnected)));
+    h.join().unwrap();
+}
+
+#[test]
+fn recv_batch_gives_up_filling_after_its_timeout() {
+    // One value, then the child waits for the parent: nothing more can come.
+    let h = bursts::start(1, 0).unwrap();
+    let start = Instant::now();
+    assert_eq!(h.recv_batch(10, Duration::from_millis(50)).unwrap(), [0]);
+    assert!(start.elapsed() >= Duration::from_millis(50));
+    h.send(&()).unwrap();
     h.join().unwrap();
 }
 

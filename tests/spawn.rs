@@ -77,6 +77,11 @@ fn chatty(lines: u32) -> u32 {
 }
 
 #[parallel]
+fn child_args() -> Vec<String> {
+    std::env::args().collect()
+}
+
+#[parallel]
 fn child_env() -> Option<String> {
     std::env::var("PPROC_CHILD").ok()
 }
@@ -166,6 +171,13 @@ fn sixty_four_children_at_once() {
 #[test]
 fn child_output_does_not_touch_the_protocol() {
     assert_eq!(chatty::start(3).unwrap().join().unwrap(), 3);
+}
+
+#[test]
+fn the_parents_arguments_are_not_passed_on() {
+    let args = child_args::start().unwrap().join().unwrap();
+    assert_eq!(args.len(), 1, "{args:?}");
+    assert_eq!(Some(&args[0]), std::env::args().next().as_ref());
 }
 
 #[test]

@@ -34,10 +34,11 @@
 //! back and exits. So there is no `init()` to call: binaries, examples,
 //! integration and unit tests, doctests and benches all work as they are.
 //!
-//! In the child, user code runs before Rust's `main` machinery: the
-//! parent's command-line arguments are not passed on, so `std::env::args()`
-//! is empty there. The child's standard streams are the parent's; its
-//! `println!` never touches the protocol. A child dies with its parent.
+//! In the child, the function runs from that constructor, after the
+//! program's other constructors and instead of `main`. The parent's
+//! command-line arguments are not passed on: `std::env::args()` holds only
+//! the program's name there. The child's standard streams are the parent's;
+//! its `println!` never touches the protocol. A child dies with its parent.
 //!
 //! # Channels
 //!
