@@ -61,6 +61,12 @@ impl<R, S, V> Call<R, S, V> {
         }
     }
 
+    /// The name and the serialized arguments (or why they did not
+    /// serialize).
+    pub(crate) fn into_parts(self) -> (String, Result<Vec<u8>, String>) {
+        (self.name, self.args)
+    }
+
     /// The registered name of the function to call.
     #[must_use]
     pub fn name(&self) -> &str {
@@ -164,13 +170,22 @@ impl Builder {
     /// [`Error::Codec`] if the arguments did not serialize,
     /// [`Error::Spawn`] if the process could not be started.
     pub fn start<R, S, V>(&self, call: Call<R, S, V>) -> Result<Handle<R, S, V>> {
-        let args = call.args.map_err(|message| Error::Codec { message })?;
-        if self.program.is_none() && !registry::is_registered(&call.name) {
-            return Err(Error::Unregistered { name: call.name });
+        self.start_raw(call.name, call.args).map(Handle::cast)
+    }
+
+    /// Starts the function registered as `name` with serialized `args`.
+    pub(crate) fn start_raw(
+        &self,
+        name: String,
+        args: Result<Vec<u8>, String>,
+    ) -> Result<Handle<(), (), ()>> {
+        let args = args.map_err(|message| Error::Codec { message })?;
+        if self.program.is_none() && !registry::is_registered(&name) {
+            return Err(Error::Unregistered { name });
         }
         let (ours, theirs) = conn::socketpair()?;
         let spawned = spawn::spawn(
-            &call.name,
+            &name,
             self.program.as_deref(),
             &theirs,
             registry::fingerprint(),
@@ -178,7 +193,7 @@ impl Builder {
         drop(theirs);
         let mut conn = Conn::new(ours)?;
         conn.set_max_frame(self.max_frame);
-        let handle = Handle::new(call.name, conn, spawned);
+        let handle = Handle::new(name, conn, spawned);
         handle.send_args(&args)?;
         Ok(handle)
     }

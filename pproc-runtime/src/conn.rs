@@ -76,7 +76,7 @@ impl Deadline {
             .map_or(Self::Never, Self::At)
     }
 
-    fn poll_timeout(self) -> Option<PollTimeout> {
+    pub(crate) fn poll_timeout(self) -> Option<PollTimeout> {
         match self {
             Self::Never => Some(PollTimeout::NONE),
             Self::Now => Some(PollTimeout::ZERO),

@@ -226,8 +226,13 @@ impl Inner {
     }
 
     fn result<R: DeserializeOwned>(&self, status: Status) -> Result<R> {
+        decode(self.result_bytes(status)?)
+    }
+
+    /// The serialized result, or how the child failed.
+    fn result_bytes(&self, status: Status) -> Result<&[u8]> {
         match &self.outcome {
-            Some(Outcome::Value(bytes)) => decode(bytes),
+            Some(Outcome::Value(bytes)) => Ok(bytes),
             Some(other) => Err(other.error().unwrap_or(Error::Disconnected)),
             None => Err(status.into()),
         }
@@ -291,6 +296,40 @@ impl<R, S, V> Handle<R, S, V> {
             }),
             _types: PhantomData,
         }
+    }
+
+    /// The same handle with other type parameters: an exchange holds
+    /// handles of many functions, and decodes each with its own types.
+    pub(crate) fn cast<R2, S2, V2>(self) -> Handle<R2, S2, V2> {
+        Handle {
+            inner: self.inner,
+            name: self.name,
+            pid: self.pid,
+            _types: PhantomData,
+        }
+    }
+
+    /// Without blocking: the serialized result once the child has ended,
+    /// `Err(Timeout)` while it runs.
+    pub(crate) fn poll_result(&mut self) -> Result<Vec<u8>> {
+        let inner = self.inner_mut();
+        let status = inner.settle(Deadline::Now, false)?;
+        inner.result_bytes(status).map(<[u8]>::to_vec)
+    }
+
+    /// Whether nothing more can be read from the socket: the result (or
+    /// the end of the stream) is in, only the exit remains to be seen.
+    pub(crate) fn is_drained(&mut self) -> bool {
+        let inner = self.inner_mut();
+        inner.outcome.is_some() || inner.conn.is_eof()
+    }
+
+    /// The descriptors that become readable when the child has something to
+    /// say (its socket) and when it exits (its pidfd, where there is one).
+    pub(crate) fn watch_fds(&mut self) -> (RawFd, Option<RawFd>) {
+        let inner = self.inner_mut();
+        let socket = inner.conn.raw_fd();
+        (socket, inner.child.exit_fd().map(|fd| fd.as_raw_fd()))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

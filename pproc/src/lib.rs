@@ -99,7 +99,7 @@
 pub use pproc_macros::parallel;
 pub use pproc_runtime::{
     Builder, Call, Channel, DEFAULT_MAX_FRAME, EXIT_PROTOCOL, EXIT_UNREGISTERED, EXIT_VERSION_SKEW,
-    Error, Handle, Iter, Result, is_registered, registered,
+    Error, Exchange, Handle, Iter, Origin, Result, Store, is_registered, registered,
 };
 
 // Not public API. Used by code that `#[parallel]` generates.

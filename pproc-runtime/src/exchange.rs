@@ -1,0 +1,581 @@
+//! pprocess's `Exchange`: many children at once, their results stored as
+//! they arrive, with a limit on how many run at a time.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::os::fd::BorrowedFd;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use serde::de::DeserializeOwned;
+
+use crate::call::{Builder, Call};
+use crate::conn::{Deadline, decode};
+use crate::error::{Error, Result};
+use crate::handle::Handle;
+
+/// Where a stored value came from.
+#[derive(Clone, Copy, Debug)]
+pub struct Origin<'a> {
+    name: &'a str,
+    index: usize,
+    pid: Option<u32>,
+}
+
+impl Origin<'_> {
+    /// The registered name of the function that produced the value.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        self.name
+    }
+
+    /// The position of the call among those given to the exchange (by
+    /// [`Exchange::start`] or [`Exchange::add`]), from 0.
+    #[must_use]
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The child's process id, or `None` if the call never started.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+}
+
+/// What an [`Exchange`] does with each result: pprocess's `store_data`.
+///
+/// `#[derive(Exchange)]` implements it for a struct of collections; it is
+/// implemented for `Vec<T>`, which keeps results in the order they arrive.
+///
+/// # Examples
+///
+/// ```
+/// use pproc::{parallel, Error, Exchange, Origin, Store};
+///
+/// #[parallel]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// /// Sums the results and counts the failures instead of stopping.
+/// #[derive(Default)]
+/// struct Sum {
+///     total: u64,
+///     failures: usize,
+/// }
+///
+/// impl Store<u64> for Sum {
+///     fn store(&mut self, value: u64, _origin: &Origin<'_>) -> pproc::Result<()> {
+///         self.total += value;
+///         Ok(())
+///     }
+///
+///     fn failed(&mut self, _error: Error, _origin: &Origin<'_>) -> pproc::Result<()> {
+///         self.failures += 1;
+///         Ok(())
+///     }
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// let mut ex = Exchange::new(Sum::default()).limit(2);
+/// for i in 0..10 {
+///     ex.start(square::call(i))?;
+/// }
+/// let sum = ex.finish()?;
+/// assert_eq!((sum.total, sum.failures), (285, 0));
+/// # Ok(())
+/// # }
+/// ```
+pub trait Store<T> {
+    /// Stores one result.
+    ///
+    /// # Errors
+    ///
+    /// An error stops the exchange, as a failed call does by default.
+    fn store(&mut self, value: T, origin: &Origin<'_>) -> Result<()>;
+
+    /// Called when a call fails (a panic, a kill, a result that does not
+    /// decode, a child that could not start). The default returns the
+    /// error, which stops the exchange: the other children are killed and
+    /// reaped and the method that met the failure returns it. Return
+    /// `Ok(())` to record the failure and go on.
+    ///
+    /// # Errors
+    ///
+    /// As [`store`](Self::store).
+    fn failed(&mut self, error: Error, origin: &Origin<'_>) -> Result<()> {
+        let _ = origin;
+        Err(error)
+    }
+}
+
+impl<T> Store<T> for Vec<T> {
+    fn store(&mut self, value: T, _origin: &Origin<'_>) -> Result<()> {
+        self.push(value);
+        Ok(())
+    }
+}
+
+/// Decodes a call's result with its own type and hands it to the store.
+type Sink<S> = fn(&mut S, Result<Vec<u8>>, &Origin<'_>) -> Result<()>;
+
+fn sink<S: Store<R>, R: DeserializeOwned>(
+    store: &mut S,
+    result: Result<Vec<u8>>,
+    origin: &Origin<'_>,
+) -> Result<()> {
+    match result.and_then(|bytes| decode::<R>(&bytes)) {
+        Ok(value) => store.store(value, origin),
+        Err(error) => store.failed(error, origin),
+    }
+}
+
+/// A running child in the exchange.
+struct Member<S> {
+    handle: Handle<(), (), ()>,
+    index: usize,
+    sink: Sink<S>,
+    /// Whether its socket is still in the poll set (it leaves once drained,
+    /// so that an ended stream does not wake the exchange over and over).
+    socket_watched: bool,
+    /// Whether it has a pidfd in the poll set; without one, the exchange
+    /// polls it now and then.
+    exit_watched: bool,
+}
+
+/// A call waiting for a free place under the limit.
+struct Queued<S> {
+    name: String,
+    args: Result<Vec<u8>, String>,
+    index: usize,
+    sink: Sink<S>,
+}
+
+/// How often children without a pidfd (kernels before 5.3) are checked.
+const EXIT_TICK: Duration = Duration::from_millis(10);
+
+/// Runs many children and stores their results as they arrive (pprocess's
+/// `Exchange`).
+///
+/// `S` is the store: a [`Vec`], your own [`Store`] implementation, or a
+/// struct with `#[derive(Exchange)]`. With a [`limit`](Self::limit),
+/// [`start`](Self::start) queues calls while the exchange is
+/// [`busy`](Self::busy), and starts them as children finish. Readiness is
+/// polled with epoll, so a wait costs the same with one or a thousand idle
+/// children.
+///
+/// # Examples
+///
+/// ```
+/// use pproc::{parallel, Exchange};
+///
+/// #[parallel]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// let mut ex = Exchange::new(Vec::new()).limit(2); // at most 2 children at once
+/// for i in 0..20 {
+///     ex.start(square::call(i))?; // queues while busy
+/// }
+/// let mut squares: Vec<u64> = ex.finish()?;
+/// squares.sort_unstable();
+/// assert_eq!(squares[7], 49);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Exchange<S> {
+    store: S,
+    limit: Option<usize>,
+    builder: Builder,
+    members: Vec<Option<Member<S>>>,
+    waiting: VecDeque<Queued<S>>,
+    epoll: Option<Epoll>,
+    next_index: usize,
+}
+
+impl<S> Exchange<S> {
+    /// An exchange that stores results in `store`, with no limit.
+    pub fn new(store: S) -> Self {
+        Self {
+            store,
+            limit: None,
+            builder: Builder::new(),
+            members: Vec::new(),
+            waiting: VecDeque::new(),
+            epoll: None,
+            next_index: 0,
+        }
+    }
+
+    /// At most `n` children run at once (at least one).
+    #[must_use]
+    pub fn limit(mut self, n: usize) -> Self {
+        self.limit = Some(n.max(1));
+        self
+    }
+
+    /// The options children are started with.
+    #[must_use]
+    pub fn builder(mut self, builder: Builder) -> Self {
+        self.builder = builder;
+        self
+    }
+
+    /// The store, as it is now.
+    pub fn get_ref(&self) -> &S {
+        &self.store
+    }
+
+    /// The store, to change it while the exchange runs.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// The children running now.
+    #[must_use]
+    pub fn active(&self) -> Vec<Origin<'_>> {
+        self.members
+            .iter()
+            .flatten()
+            .map(|m| Origin {
+                name: m.handle.name(),
+                index: m.index,
+                pid: Some(m.handle.pid()),
+            })
+            .collect()
+    }
+
+    fn active_count(&self) -> usize {
+        self.members.iter().flatten().count()
+    }
+
+    /// Whether as many children run as the limit allows.
+    #[must_use]
+    pub fn busy(&self) -> bool {
+        self.limit.is_some_and(|limit| self.active_count() >= limit)
+    }
+
+    /// Whether calls are running or waiting to start.
+    #[must_use]
+    pub fn unfinished(&self) -> bool {
+        self.active_count() > 0 || !self.waiting.is_empty()
+    }
+
+    fn epoll(&mut self) -> Result<&Epoll> {
+        if self.epoll.is_none() {
+            self.epoll = Some(Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?);
+        }
+        self.epoll
+            .as_ref()
+            .ok_or_else(|| Error::Io(std::io::Error::other("no epoll instance")))
+    }
+
+    /// Puts a started child in the poll set, in a free slot.
+    fn insert(
+        &mut self,
+        mut handle: Handle<(), (), ()>,
+        index: usize,
+        sink: Sink<S>,
+    ) -> Result<()> {
+        let slot = self
+            .members
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or_else(|| {
+                self.members.push(None);
+                self.members.len() - 1
+            });
+        let token = u64::try_from(slot).unwrap_or(u64::MAX / 2) * 2;
+        let epoll = self.epoll()?;
+        let (socket, exit) = handle.watch_fds();
+        // SAFETY: the handle owns both descriptors and stays in `members`
+        // while they are in the poll set; closing them removes them.
+        let (socket, exit) = unsafe {
+            (
+                BorrowedFd::borrow_raw(socket),
+                exit.map(|fd| BorrowedFd::borrow_raw(fd)),
+            )
+        };
+        epoll.add(socket, EpollEvent::new(EpollFlags::EPOLLIN, token))?;
+        if let Some(exit) = exit {
+            epoll.add(exit, EpollEvent::new(EpollFlags::EPOLLIN, token + 1))?;
+        }
+        self.members[slot] = Some(Member {
+            handle,
+            index,
+            sink,
+            socket_watched: true,
+            exit_watched: exit.is_some(),
+        });
+        Ok(())
+    }
+
+    /// Starts queued calls while there is room.
+    fn fill(&mut self) -> Result<()> {
+        while !self.busy() {
+            let Some(queued) = self.waiting.pop_front() else {
+                return Ok(());
+            };
+            self.launch(queued)?;
+        }
+        Ok(())
+    }
+
+    fn launch(&mut self, queued: Queued<S>) -> Result<()> {
+        match self.builder.start_raw(queued.name.clone(), queued.args) {
+            Ok(handle) => self.insert(handle, queued.index, queued.sink),
+            Err(error) => {
+                let origin = Origin {
+                    name: &queued.name,
+                    index: queued.index,
+                    pid: None,
+                };
+                let outcome = (queued.sink)(&mut self.store, Err(error), &origin);
+                self.check(outcome)
+            }
+        }
+    }
+
+    /// On an error from the store, stops every child and drops the queue,
+    /// then returns the error.
+    fn check(&mut self, outcome: Result<()>) -> Result<()> {
+        if outcome.is_err() {
+            self.waiting.clear();
+            // Dropping a handle kills and reaps its child.
+            self.members.clear();
+            self.epoll = None;
+        }
+        outcome
+    }
+
+    /// Waits up to `deadline` for children with something to say; returns
+    /// their slots.
+    fn poll(&mut self, deadline: Deadline) -> Result<Vec<usize>> {
+        if self.active_count() == 0 {
+            return Ok(Vec::new());
+        }
+        let unwatched = self.members.iter().flatten().any(|m| !m.exit_watched);
+        let mut events = vec![EpollEvent::empty(); self.members.len() * 2];
+        let tick = Deadline::after(EXIT_TICK);
+        let wait = match deadline {
+            Deadline::Now => Deadline::Now,
+            Deadline::At(at) if unwatched => match tick {
+                Deadline::At(t) if t < at => tick,
+                _ => deadline,
+            },
+            _ if unwatched => tick,
+            other => other,
+        };
+        let epoll = self.epoll()?;
+        let n = loop {
+            let timeout = wait.poll_timeout().unwrap_or(EpollTimeout::ZERO);
+            match epoll.wait(&mut events, timeout) {
+                Ok(n) => break n,
+                Err(Errno::EINTR) => {}
+                Err(err) => return Err(err.into()),
+            }
+        };
+        let mut slots: Vec<usize> = events[..n]
+            .iter()
+            .filter_map(|e| usize::try_from(e.data() / 2).ok())
+            .collect();
+        if unwatched {
+            slots.extend(
+                self.members
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| m.as_ref().is_some_and(|m| !m.exit_watched))
+                    .map(|(slot, _)| slot),
+            );
+        }
+        slots.sort_unstable();
+        slots.dedup();
+        Ok(slots)
+    }
+
+    /// Stores the result of the child in `slot` if it has ended. Returns
+    /// whether it had.
+    fn service(&mut self, slot: usize) -> Result<bool> {
+        let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) else {
+            return Ok(false);
+        };
+        let result = match member.handle.poll_result() {
+            Err(Error::Timeout) => {
+                if member.socket_watched && member.handle.is_drained() {
+                    member.socket_watched = false;
+                    let (socket, _) = member.handle.watch_fds();
+                    // SAFETY: the handle owns the descriptor; it is open.
+                    let socket = unsafe { BorrowedFd::borrow_raw(socket) };
+                    if let Some(epoll) = &self.epoll {
+                        epoll.delete(socket)?;
+                    }
+                }
+                return Ok(false);
+            }
+            result => result,
+        };
+        let Some(member) = self.members[slot].take() else {
+            return Ok(false);
+        };
+        let origin = Origin {
+            name: member.handle.name(),
+            index: member.index,
+            pid: Some(member.handle.pid()),
+        };
+        let outcome = (member.sink)(&mut self.store, result, &origin);
+        drop(member);
+        self.check(outcome)?;
+        Ok(true)
+    }
+
+    /// Waits up to `timeout` (forever with `None`) for children to end,
+    /// stores each result, and starts queued calls in their place
+    /// (pprocess's `store`). Returns how many results were stored; 0 if
+    /// nothing is running.
+    ///
+    /// # Errors
+    ///
+    /// The first failure the store does not take (see [`Store::failed`]),
+    /// after every other child was killed and reaped.
+    pub fn store(&mut self, timeout: Option<Duration>) -> Result<usize> {
+        self.fill()?;
+        let deadline = timeout.map_or(Deadline::Never, Deadline::after);
+        loop {
+            let slots = self.poll(deadline)?;
+            let mut stored = 0;
+            for slot in slots {
+                if self.service(slot)? {
+                    stored += 1;
+                }
+            }
+            self.fill()?;
+            let expired = match deadline {
+                Deadline::Never => false,
+                Deadline::Now => true,
+                Deadline::At(at) => std::time::Instant::now() >= at,
+            };
+            if stored > 0 || expired || self.active_count() == 0 {
+                return Ok(stored);
+            }
+        }
+    }
+
+    /// Waits up to `timeout` (forever with `None`) until some children
+    /// have something to read or have ended, and returns their call
+    /// indices, without storing anything (pprocess's `ready`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if polling fails.
+    pub fn ready(&mut self, timeout: Option<Duration>) -> Result<Vec<usize>> {
+        let slots = self.poll(timeout.map_or(Deadline::Never, Deadline::after))?;
+        Ok(slots
+            .into_iter()
+            .filter_map(|slot| self.members.get(slot)?.as_ref().map(|m| m.index))
+            .collect())
+    }
+
+    /// Blocks, storing results, until fewer children run than the limit
+    /// (pprocess's `wait`).
+    ///
+    /// # Errors
+    ///
+    /// As [`store`](Self::store).
+    pub fn wait(&mut self) -> Result<()> {
+        self.fill()?;
+        while self.busy() {
+            self.store(None)?;
+        }
+        Ok(())
+    }
+
+    /// Stores results until every call has finished, and returns the
+    /// store (pprocess's `finish`).
+    ///
+    /// # Errors
+    ///
+    /// As [`store`](Self::store).
+    pub fn finish(mut self) -> Result<S> {
+        while self.unfinished() {
+            self.store(None)?;
+        }
+        Ok(self.store)
+    }
+
+    fn next_index(&mut self) -> usize {
+        let index = self.next_index;
+        self.next_index += 1;
+        index
+    }
+
+    /// Starts `call` in a new child, or queues it while the exchange is
+    /// busy; it starts when a child finishes. Never blocks. Returns the
+    /// call's index (see [`Origin::index`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`store`](Self::store): a call that cannot start is a failure of
+    /// that call.
+    pub fn start<R, S2, V>(&mut self, call: Call<R, S2, V>) -> Result<usize>
+    where
+        S: Store<R>,
+        R: DeserializeOwned,
+    {
+        let index = self.next_index();
+        let (name, args) = call.into_parts();
+        self.waiting.push_back(Queued {
+            name,
+            args,
+            index,
+            sink: sink::<S, R>,
+        });
+        self.fill()?;
+        Ok(index)
+    }
+
+    /// Adds a child started elsewhere, whatever the limit (pprocess's
+    /// `add`). Returns its index.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if it cannot be polled.
+    pub fn add<R, S2, V>(&mut self, handle: Handle<R, S2, V>) -> Result<usize>
+    where
+        S: Store<R>,
+        R: DeserializeOwned,
+    {
+        let index = self.next_index();
+        self.insert(handle.cast(), index, sink::<S, R>)?;
+        Ok(index)
+    }
+
+    /// Waits until the exchange is not busy, then adds `handle` (pprocess's
+    /// `add_wait`).
+    ///
+    /// # Errors
+    ///
+    /// As [`wait`](Self::wait).
+    pub fn add_wait<R, S2, V>(&mut self, handle: Handle<R, S2, V>) -> Result<usize>
+    where
+        S: Store<R>,
+        R: DeserializeOwned,
+    {
+        self.wait()?;
+        self.add(handle)
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Exchange<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Exchange")
+            .field("store", &self.store)
+            .field("limit", &self.limit)
+            .field("active", &self.active_count())
+            .field("waiting", &self.waiting.len())
+            .finish_non_exhaustive()
+    }
+}

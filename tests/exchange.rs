@@ -1,0 +1,233 @@
+//! pprocess's Exchange with real children: limits, queueing, failures.
+//!
+//! Some tests count this process's children: every test holds `SERIAL`, so
+//! that no other test's children are counted with theirs.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use pproc::{Error, Exchange, Origin, Store, parallel};
+use pproc_workspace::children;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[parallel]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[parallel]
+fn label(x: u64) -> String {
+    format!("#{x}")
+}
+
+/// Works for a while; one call kills itself mid-stream.
+#[parallel]
+fn work(i: u64, victim: u64) -> u64 {
+    if i == victim {
+        // SAFETY: raise(3) with a valid signal.
+        unsafe { libc::raise(libc::SIGKILL) };
+    }
+    i * 2
+}
+
+#[parallel]
+fn boom_at(i: u64, at: u64) -> u64 {
+    assert!(i != at, "call {i} failed");
+    std::thread::sleep(Duration::from_millis(if i > at { 2000 } else { 0 }));
+    i
+}
+
+#[parallel]
+fn sleeps(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// Results of two functions, kept apart by their types.
+#[derive(Default, Debug)]
+struct Mixed {
+    squares: Vec<u64>,
+    labels: Vec<String>,
+}
+
+impl Store<u64> for Mixed {
+    fn store(&mut self, value: u64, origin: &Origin<'_>) -> pproc::Result<()> {
+        assert_eq!(origin.name(), square::NAME);
+        self.squares.push(value);
+        Ok(())
+    }
+}
+
+impl Store<String> for Mixed {
+    fn store(&mut self, value: String, origin: &Origin<'_>) -> pproc::Result<()> {
+        assert_eq!(origin.name(), label::NAME);
+        self.labels.push(value);
+        Ok(())
+    }
+}
+
+/// Values with their call index, and failures instead of a stop.
+#[derive(Default)]
+struct Tolerant {
+    values: Vec<(usize, u64)>,
+    failures: Vec<(usize, Error)>,
+}
+
+impl Store<u64> for Tolerant {
+    fn store(&mut self, value: u64, origin: &Origin<'_>) -> pproc::Result<()> {
+        self.values.push((origin.index(), value));
+        Ok(())
+    }
+
+    fn failed(&mut self, error: Error, origin: &Origin<'_>) -> pproc::Result<()> {
+        self.failures.push((origin.index(), error));
+        Ok(())
+    }
+}
+
+/// Fails the test if more children than `limit` ever run at once.
+struct Bounded {
+    limit: usize,
+    most: usize,
+    count: usize,
+}
+
+impl Store<u64> for Bounded {
+    fn store(&mut self, _value: u64, _origin: &Origin<'_>) -> pproc::Result<()> {
+        let live = children().len();
+        assert!(
+            live <= self.limit,
+            "{live} children run, the limit is {}",
+            self.limit
+        );
+        self.most = self.most.max(live);
+        self.count += 1;
+        Ok(())
+    }
+}
+
+#[test]
+fn the_spec_example_works() {
+    let _serial = serial();
+    let mut ex = Exchange::new(Vec::new()).limit(2);
+    for i in 0..100 {
+        ex.start(square::call(i)).unwrap();
+    }
+    assert!(ex.busy());
+    assert!(ex.unfinished());
+    let mut squares = ex.finish().unwrap();
+    squares.sort_unstable();
+    assert_eq!(squares, (0..100).map(|i| i * i).collect::<Vec<_>>());
+}
+
+#[test]
+fn one_exchange_runs_functions_of_different_types() {
+    let _serial = serial();
+    let mut ex = Exchange::new(Mixed::default()).limit(3);
+    for i in 0..10 {
+        ex.start(square::call(i)).unwrap();
+        ex.start(label::call(i)).unwrap();
+    }
+    let mut mixed = ex.finish().unwrap();
+    mixed.squares.sort_unstable();
+    mixed.labels.sort();
+    assert_eq!(mixed.squares, (0..10).map(|i| i * i).collect::<Vec<_>>());
+    let mut want: Vec<String> = (0..10).map(|i| format!("#{i}")).collect();
+    want.sort();
+    assert_eq!(mixed.labels, want);
+}
+
+#[test]
+fn a_child_killed_mid_stream_fails_only_its_call() {
+    let _serial = serial();
+    let mut ex = Exchange::new(Tolerant::default()).limit(4);
+    for i in 0..200 {
+        assert_eq!(
+            ex.start(work::call(i, 77)).unwrap(),
+            usize::try_from(i).unwrap()
+        );
+    }
+    let done = ex.finish().unwrap();
+    assert_eq!(done.values.len(), 199);
+    assert!(done.values.iter().all(|&(index, v)| v == 2 * index as u64));
+    assert!(!done.values.iter().any(|&(index, _)| index == 77));
+    assert_eq!(done.failures.len(), 1);
+    assert_eq!(done.failures[0].0, 77);
+    assert!(
+        matches!(done.failures[0].1, Error::Signaled { signal: 9 }),
+        "{:?}",
+        done.failures[0].1
+    );
+}
+
+#[test]
+fn the_first_failure_stops_the_exchange_and_reaps_everyone() {
+    let _serial = serial();
+    let mut ex = Exchange::new(Vec::new()).limit(4);
+    for i in 0..30 {
+        ex.start(boom_at::call(i, 5)).unwrap();
+    }
+    match ex.finish() {
+        Err(Error::Panicked { message, .. }) => assert_eq!(message, "call 5 failed"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(
+        children(),
+        Vec::<u32>::new(),
+        "children outlived the failure"
+    );
+}
+
+#[test]
+fn the_limit_is_never_exceeded() {
+    let _serial = serial();
+    let mut ex = Exchange::new(Bounded {
+        limit: 3,
+        most: 0,
+        count: 0,
+    })
+    .limit(3);
+    for i in 0..40 {
+        ex.start(sleeps::call(i % 5)).unwrap();
+        assert!(ex.active().len() <= 3);
+    }
+    let bounded = ex.finish().unwrap();
+    assert_eq!(bounded.count, 40);
+    assert!(bounded.most <= 3);
+    assert_eq!(children(), Vec::<u32>::new());
+}
+
+#[test]
+fn handles_can_be_added_and_polled() {
+    let _serial = serial();
+    let mut ex = Exchange::new(Vec::new()).limit(1);
+    let slow = ex.add(sleeps::start(300).unwrap()).unwrap();
+    assert_eq!(slow, 0);
+    assert!(ex.busy());
+    // Nothing ends within 10 ms: store gives up and stores nothing.
+    assert_eq!(ex.store(Some(Duration::from_millis(10))).unwrap(), 0);
+    assert_eq!(ex.active().len(), 1);
+    assert_eq!(ex.active()[0].name(), sleeps::NAME);
+    // add_wait waits for room under the limit, storing the first result.
+    assert_eq!(ex.add_wait(sleeps::start(1).unwrap()).unwrap(), 1);
+    assert_eq!(ex.get_ref(), &[300]);
+    assert_eq!(ex.ready(Some(Duration::from_secs(30))).unwrap(), [1]);
+    assert_eq!(ex.finish().unwrap(), [300, 1]);
+}
+
+#[test]
+fn an_empty_exchange_finishes_at_once() {
+    let _serial = serial();
+    let mut ex: Exchange<Vec<u64>> = Exchange::new(Vec::new());
+    assert!(!ex.unfinished());
+    assert_eq!(ex.store(None).unwrap(), 0);
+    assert_eq!(ex.ready(None).unwrap(), Vec::<usize>::new());
+    assert_eq!(ex.finish().unwrap(), Vec::<u64>::new());
+}
