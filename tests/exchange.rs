@@ -231,3 +231,136 @@ fn an_empty_exchange_finishes_at_once() {
     assert_eq!(ex.ready(None).unwrap(), Vec::<usize>::new());
     assert_eq!(ex.finish().unwrap(), Vec::<u64>::new());
 }
+
+mod derived {
+    use std::collections::{BTreeMap, HashSet};
+
+    use pproc::{Error, Exchange, Failure, parallel};
+
+    use super::{serial, square};
+
+    #[parallel]
+    fn pair(x: u64) -> (u64, String) {
+        (x, x.to_string())
+    }
+
+    #[parallel]
+    fn maybe(x: u64) -> u64 {
+        assert!(x % 10 != 3, "{x} ends in 3");
+        x
+    }
+
+    #[derive(Default, pproc::Exchange)]
+    struct Squares {
+        #[store]
+        values: Vec<u64>,
+    }
+
+    #[derive(Default, Exchange)]
+    struct Twice {
+        #[store]
+        all: Vec<u64>,
+        #[store]
+        distinct: HashSet<u64>,
+        #[store(errors)]
+        failures: Vec<Failure>,
+    }
+
+    fn keep_even(evens: &mut Vec<u64>, value: u64) {
+        if value.is_multiple_of(2) {
+            evens.push(value);
+        }
+    }
+
+    #[derive(Default, Exchange)]
+    struct Routed {
+        #[store(from = super::square, with = keep_even)]
+        evens: Vec<u64>,
+        #[store(from = pair)]
+        names: BTreeMap<u64, String>,
+    }
+
+    #[derive(Default, Exchange)]
+    struct Generic<T: Ord> {
+        #[store]
+        sorted: std::collections::BTreeSet<T>,
+    }
+
+    #[test]
+    fn the_spec_example_works() {
+        let _serial = serial();
+        let mut ex = Exchange::new(Squares::default()).limit(2);
+        for i in 0..100 {
+            ex.start(square::call(i)).unwrap();
+        }
+        let squares: Squares = ex.finish().unwrap();
+        assert_eq!(squares.values.len(), 100);
+        let mut values = squares.values;
+        values.sort_unstable();
+        assert_eq!(values[7], 49);
+    }
+
+    #[test]
+    fn every_plain_field_gets_every_value_and_errors_are_collected() {
+        let _serial = serial();
+        let mut ex = Exchange::new(Twice::default()).limit(3);
+        for i in 0..30 {
+            ex.start(maybe::call(i % 15)).unwrap();
+        }
+        let twice = ex.finish().unwrap();
+        // 3 and 13 fail, twice each: calls 3, 13, 18 and 28.
+        assert_eq!(twice.all.len(), 26);
+        assert_eq!(twice.distinct.len(), 13);
+        let mut failed: Vec<usize> = twice.failures.iter().map(|f| f.index).collect();
+        failed.sort_unstable();
+        assert_eq!(failed, [3, 13, 18, 28]);
+        for failure in &twice.failures {
+            assert_eq!(failure.name, maybe::NAME);
+            let want = format!("{} ends in 3", failure.index % 15);
+            let got = match &failure.error {
+                Error::Panicked { message, .. } => message.as_str(),
+                other => panic!("unexpected {other:?}"),
+            };
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn from_routes_by_function_and_with_calls_yours() {
+        let _serial = serial();
+        let mut ex = Exchange::new(Routed::default()).limit(2);
+        for i in 0..8 {
+            ex.start(square::call(i)).unwrap();
+            ex.start(pair::call(i)).unwrap();
+        }
+        let routed = ex.finish().unwrap();
+        let mut evens = routed.evens;
+        evens.sort_unstable();
+        assert_eq!(evens, [0, 4, 16, 36]);
+        assert_eq!(routed.names.len(), 8);
+        assert_eq!(routed.names[&5], "5");
+    }
+
+    #[test]
+    fn a_value_no_field_takes_is_an_error() {
+        let _serial = serial();
+        let mut ex = Exchange::new(Routed::default());
+        ex.start(maybe::call(1)).unwrap();
+        match ex.finish() {
+            Err(Error::Unrouted { name }) => assert_eq!(name, maybe::NAME),
+            Err(other) => panic!("unexpected {other:?}"),
+            Ok(_) => panic!("an unrouted value was stored"),
+        }
+    }
+
+    #[test]
+    fn generic_stores_work() {
+        let _serial = serial();
+        let mut ex = Exchange::new(Generic::default());
+        for i in [5, 3, 5, 1] {
+            ex.start(square::call(i)).unwrap();
+        }
+        let sorted: Vec<u64> = ex.finish().unwrap().sorted.into_iter().collect();
+        assert_eq!(sorted, [1, 9, 25]);
+    }
+}

@@ -52,6 +52,51 @@ fn quiet(_ch: pproc::Channel) -> bool {
     true
 }
 
+/// Results of two functions and the failures, stored by the derive.
+#[derive(Default, pproc::Exchange)]
+pub struct Collected {
+    /// The shifted points.
+    #[store(from = shift)]
+    pub points: Vec<Point>,
+    /// The strings.
+    #[store(from = patterns)]
+    pub strings: Vec<String>,
+    /// What failed.
+    #[store(errors)]
+    pub failures: Vec<pproc::Failure>,
+}
+
+/// Every value, twice over.
+#[derive(Default, pproc::Exchange)]
+pub struct Plain(#[store] Vec<u8>, #[store] std::collections::BTreeSet<u8>);
+
+#[test]
+fn every_derive_form_runs() -> pproc::Result<()> {
+    let mut ex = pproc::Exchange::new(Collected::default());
+    ex.start(shift::call(Point { x: 0, y: 0 }, 1))?;
+    ex.start(patterns::call((1, 64), String::new()))?;
+    let collected = ex.finish()?;
+    assert_eq!(collected.points, [Point { x: 1, y: 1 }]);
+    assert_eq!(collected.strings, ["A"]);
+    assert!(collected.failures.is_empty());
+    Ok(())
+}
+
+#[parallel]
+fn byte(b: u8) -> u8 {
+    b
+}
+
+#[test]
+fn a_tuple_struct_derive_runs() -> pproc::Result<()> {
+    let mut ex = pproc::Exchange::new(Plain::default());
+    ex.start(byte::call(7))?;
+    ex.start(byte::call(7))?;
+    let Plain(all, distinct) = ex.finish()?;
+    assert_eq!((all.len(), distinct.len()), (2, 1));
+    Ok(())
+}
+
 #[test]
 fn every_form_runs() -> pproc::Result<()> {
     assert_eq!(

@@ -3,6 +3,7 @@
 
 use proc_macro::TokenStream;
 
+mod exchange;
 mod parallel;
 
 /// Makes a function runnable in a child process.
@@ -63,4 +64,72 @@ mod parallel;
 #[proc_macro_attribute]
 pub fn parallel(args: TokenStream, item: TokenStream) -> TokenStream {
     parallel::expand(args.into(), item.into()).into()
+}
+
+/// Implements [`Store`](../pproc/trait.Store.html) for a struct, so that an
+/// [`Exchange`](../pproc/struct.Exchange.html) stores results in its fields
+/// (pprocess's `store_data`, written for you).
+///
+/// Field attributes:
+///
+/// - `#[store]`: the field takes every result through [`Extend`] (so a
+///   `Vec<T>`, a `HashSet<T>`, a `BTreeMap<K, V>` from `(K, V)` results, or
+///   any collection of yours). Several such fields each get every value.
+/// - `#[store(from = f)]`: the field takes the results of the
+///   `#[parallel]` function `f` only, so one exchange can run several
+///   functions with different result types. In a struct that routes, every
+///   storing field names its function; a value from a function no field
+///   names is [`Error::Unrouted`](../pproc/enum.Error.html).
+/// - `#[store(from = f, with = path)]`: calls `path(&mut field, value)` for
+///   each result of `f` instead of extending the field.
+/// - `#[store(errors)]`: the field collects a
+///   [`Failure`](../pproc/struct.Failure.html) (the call's name, index and
+///   error) for each failed call, and the exchange goes on. Without it, the
+///   first failure stops the exchange and is returned.
+///
+/// # Examples
+///
+/// ```
+/// use std::collections::BTreeMap;
+///
+/// use pproc::{parallel, Exchange, Failure};
+///
+/// #[parallel]
+/// fn square(x: u64) -> u64 {
+///     assert!(x != 13, "unlucky");
+///     x * x
+/// }
+///
+/// #[parallel]
+/// fn named(x: u64) -> (u64, String) {
+///     (x, format!("#{x}"))
+/// }
+///
+/// #[derive(Default, Exchange)]
+/// struct Results {
+///     #[store(from = square)]
+///     squares: Vec<u64>,
+///     #[store(from = named)]
+///     names: BTreeMap<u64, String>,
+///     #[store(errors)]
+///     failures: Vec<Failure>,
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// let mut ex = Exchange::new(Results::default()).limit(2);
+/// for i in 10..15 {
+///     ex.start(square::call(i))?;
+///     ex.start(named::call(i))?;
+/// }
+/// let results = ex.finish()?;
+/// assert_eq!(results.squares.len(), 4);
+/// assert_eq!(results.names[&12], "#12");
+/// assert_eq!(results.failures.len(), 1);
+/// assert!(results.failures[0].error.is_panic());
+/// # Ok(())
+/// # }
+/// ```
+#[proc_macro_derive(Exchange, attributes(store))]
+pub fn derive_exchange(input: TokenStream) -> TokenStream {
+    exchange::expand(input.into()).into()
 }

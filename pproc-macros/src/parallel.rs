@@ -275,6 +275,9 @@ fn generate(func: &ItemFn, parsed: &Parallel<'_>) -> TokenStream {
                 #(#asserts_channel)*
             };
 
+            /// The function's result type, as an exchange routes it.
+            pub type Output = #ret;
+
             /// The name the function is registered under: its module path.
             pub const NAME: &str = ::core::module_path!();
 

@@ -76,6 +76,13 @@ pub enum Error {
         /// The name that was asked for.
         name: String,
     },
+    /// A value reached an [`Exchange`](crate::Exchange) whose store has no
+    /// field for the function that produced it.
+    #[error("no `#[store]` field takes the values of `{name}`")]
+    Unrouted {
+        /// The registered name of the function.
+        name: String,
+    },
     /// The parent and the child are different builds of the program.
     #[error(
         "parent and child are different builds (parent {parent:016x}, child {child:016x}): rebuild and run one executable"

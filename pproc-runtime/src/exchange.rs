@@ -44,6 +44,34 @@ impl Origin<'_> {
     }
 }
 
+/// A call of an exchange that failed, as a `#[store(errors)]` field
+/// collects it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Failure {
+    /// The registered name of the function.
+    pub name: String,
+    /// The call's index (see [`Origin::index`]).
+    pub index: usize,
+    /// The child's process id, or `None` if the call never started.
+    pub pid: Option<u32>,
+    /// What went wrong.
+    pub error: Error,
+}
+
+impl Failure {
+    /// The failure of the call at `origin`.
+    #[must_use]
+    pub fn new(error: Error, origin: &Origin<'_>) -> Self {
+        Self {
+            name: origin.name.to_owned(),
+            index: origin.index,
+            pid: origin.pid,
+            error,
+        }
+    }
+}
+
 /// What an [`Exchange`] does with each result: pprocess's `store_data`.
 ///
 /// `#[derive(Exchange)]` implements it for a struct of collections; it is

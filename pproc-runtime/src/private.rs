@@ -29,3 +29,34 @@ pub const fn assert_message<T: Serialize + DeserializeOwned>() {}
 pub fn fingerprint() -> u64 {
     crate::registry::fingerprint()
 }
+
+/// Fails to compile, at the field's span, unless the field can take `T`.
+pub const fn assert_extend<C: Extend<T>, T>() {}
+
+/// The value of a routed call, as the type its function returns.
+///
+/// # Errors
+///
+/// [`Error::Codec`](crate::Error::Codec) if the call was built with another
+/// result type than its function's.
+pub fn downcast<V: 'static, T: 'static>(value: T, origin: &crate::Origin<'_>) -> crate::Result<V> {
+    let value: Box<dyn std::any::Any> = Box::new(value);
+    value
+        .downcast::<V>()
+        .map(|v| *v)
+        .map_err(|_| crate::Error::Codec {
+            message: format!(
+                "the values of `{}` are not of type `{}`",
+                origin.name(),
+                std::any::type_name::<V>()
+            ),
+        })
+}
+
+/// The error for a value that no field takes.
+#[must_use]
+pub fn unrouted(origin: &crate::Origin<'_>) -> crate::Error {
+    crate::Error::Unrouted {
+        name: origin.name().to_owned(),
+    }
+}

@@ -96,10 +96,10 @@
 #![doc(test(attr(deny(warnings))))]
 
 #[doc(inline)]
-pub use pproc_macros::parallel;
+pub use pproc_macros::{Exchange, parallel};
 pub use pproc_runtime::{
     Builder, Call, Channel, DEFAULT_MAX_FRAME, EXIT_PROTOCOL, EXIT_UNREGISTERED, EXIT_VERSION_SKEW,
-    Error, Exchange, Handle, Iter, Origin, Result, Store, is_registered, registered,
+    Error, Exchange, Failure, Handle, Iter, Origin, Result, Store, is_registered, registered,
 };
 
 // Not public API. Used by code that `#[parallel]` generates.

@@ -1,0 +1,6 @@
+#[derive(pproc::Exchange)]
+struct Results {
+    values: Vec<u64>,
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[derive(pproc::Exchange)]
+enum Results {
+    Squares(Vec<u64>),
+}
+
+fn main() {}

@@ -1,0 +1,14 @@
+#[pproc::parallel]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[derive(pproc::Exchange)]
+struct Results {
+    #[store(from = square)]
+    squares: Vec<u64>,
+    #[store]
+    others: Vec<u64>,
+}
+
+fn main() {}
