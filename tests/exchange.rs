@@ -364,3 +364,102 @@ mod derived {
         assert_eq!(sorted, [1, 9, 25]);
     }
 }
+
+mod reused {
+    use std::collections::HashSet;
+
+    use pproc::{Error, Exchange, Origin, Store, parallel};
+    use pproc_workspace::children;
+
+    use super::serial;
+
+    /// The square, and which process computed it; `victim` kills its worker.
+    #[parallel]
+    fn square_on(x: u64, victim: u64) -> (u64, u32) {
+        if x == victim {
+            // SAFETY: raise(3) with a valid signal.
+            unsafe { libc::raise(libc::SIGKILL) };
+        }
+        assert!(x != victim + 1, "{x} panics");
+        (x * x, std::process::id())
+    }
+
+    #[derive(Default)]
+    struct Seen {
+        values: Vec<(usize, u64)>,
+        pids: HashSet<u32>,
+        failures: Vec<(usize, Error)>,
+    }
+
+    impl Store<(u64, u32)> for Seen {
+        fn store(&mut self, (value, pid): (u64, u32), origin: &Origin<'_>) -> pproc::Result<()> {
+            assert_eq!(origin.pid(), Some(pid), "the value came from its worker");
+            self.values.push((origin.index(), value));
+            self.pids.insert(pid);
+            Ok(())
+        }
+
+        fn failed(&mut self, error: Error, origin: &Origin<'_>) -> pproc::Result<()> {
+            self.failures.push((origin.index(), error));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn reused_processes_run_every_call() {
+        let _serial = serial();
+        let mut ex = Exchange::new(Seen::default()).limit(2).reuse(true);
+        for x in 0..200 {
+            ex.start(square_on::call(x, u64::MAX - 1)).unwrap();
+        }
+        let seen = ex.finish().unwrap();
+        assert_eq!(seen.values.len(), 200);
+        assert!(seen.values.iter().all(|&(i, v)| v == (i * i) as u64));
+        // Two processes served 200 calls.
+        assert_eq!(seen.pids.len(), 2, "{:?}", seen.pids);
+        assert!(seen.failures.is_empty());
+        assert_eq!(children(), Vec::<u32>::new(), "workers outlived finish");
+    }
+
+    #[test]
+    fn a_dead_worker_fails_only_its_call_and_is_replaced() {
+        let _serial = serial();
+        let mut ex = Exchange::new(Seen::default()).limit(2).reuse(true);
+        for x in 0..100 {
+            ex.start(square_on::call(x, 40)).unwrap();
+        }
+        let seen = ex.finish().unwrap();
+        // 40 was killed with its worker; 41 panicked, which its worker
+        // survives.
+        assert_eq!(seen.values.len(), 98);
+        let mut failed: Vec<_> = seen.failures.iter().map(|(i, _)| *i).collect();
+        failed.sort_unstable();
+        assert_eq!(failed, [40, 41]);
+        for (index, error) in &seen.failures {
+            match (index, error) {
+                (40, Error::Signaled { signal: 9 }) => {}
+                (41, Error::Panicked { message, .. }) if message == "41 panics" => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(
+            seen.pids.len(),
+            3,
+            "one worker was replaced: {:?}",
+            seen.pids
+        );
+        assert_eq!(children(), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn unregistered_calls_fail_on_a_worker_too() {
+        let _serial = serial();
+        let mut ex = Exchange::new(Vec::<u64>::new()).limit(1).reuse(true);
+        ex.start(pproc::Call::<u64>::new("exchange::nowhere", &()))
+            .unwrap();
+        match ex.finish() {
+            Err(Error::Unregistered { name }) => assert_eq!(name, "exchange::nowhere"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

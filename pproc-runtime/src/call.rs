@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::child::WORKER;
 use crate::conn::{self, Conn, DEFAULT_MAX_FRAME};
 use crate::error::{Error, Result};
 use crate::handle::Handle;
@@ -180,7 +181,7 @@ impl Builder {
         args: Result<Vec<u8>, String>,
     ) -> Result<Handle<(), (), ()>> {
         let args = args.map_err(|message| Error::Codec { message })?;
-        if self.program.is_none() && !registry::is_registered(&name) {
+        if self.program.is_none() && name != WORKER && !registry::is_registered(&name) {
             return Err(Error::Unregistered { name });
         }
         let (ours, theirs) = conn::socketpair()?;

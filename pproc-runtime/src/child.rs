@@ -310,6 +310,9 @@ fn child_main(spec: &str) -> i32 {
         let _ = conn.send_value(tag::FAIL, &failure);
         return EXIT_VERSION_SKEW;
     }
+    if spec.name == WORKER {
+        return worker(conn);
+    }
     let Some(entry) = registry::lookup(spec.name) else {
         let failure = Failure::Unregistered {
             name: spec.name.to_owned(),
@@ -325,6 +328,78 @@ fn child_main(spec: &str) -> i32 {
     install_panic_hook();
     entry.run(Context { args, conn });
     0
+}
+
+/// The name a reusable worker is started under: it runs the functions that
+/// `CALL` frames name, one after the other, until its parent closes the
+/// channel.
+pub(crate) const WORKER: &str = "pproc::__worker";
+
+/// A reusable worker (pprocess's `MakeReusable`): after the `ARGS` frame
+/// that every child gets, runs one call per `CALL` frame.
+fn worker(mut conn: Conn) -> i32 {
+    if first_frame(&mut conn).is_none() {
+        return EXIT_PROTOCOL;
+    }
+    let conn = Arc::new(Mutex::new(conn));
+    let _ = CHILD_CONN.set(Arc::clone(&conn));
+    install_panic_hook();
+    loop {
+        let call = {
+            let mut conn = lock(&conn);
+            next_call(&mut conn)
+        };
+        let Some((name, args)) = call else {
+            // The parent closed the channel: no more work.
+            return 0;
+        };
+        if let Some(entry) = registry::lookup(&name) {
+            entry.run(Context {
+                args,
+                conn: Arc::clone(&conn),
+            });
+        } else {
+            let failure = Failure::Unregistered { name };
+            if lock(&conn).send_value(tag::FAIL, &failure).is_err() {
+                return 0;
+            }
+        }
+    }
+}
+
+/// Splits a `CALL` body into the function's name and its arguments.
+pub(crate) fn split_call(body: &[u8]) -> Option<(String, Vec<u8>)> {
+    let len = usize::try_from(u32::from_le_bytes(body.get(..4)?.try_into().ok()?)).ok()?;
+    let name = std::str::from_utf8(body.get(4..4 + len)?).ok()?;
+    Some((name.to_owned(), body[4 + len..].to_vec()))
+}
+
+/// The body of a `CALL` frame.
+pub(crate) fn join_call(name: &str, args: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(name.len()).unwrap_or(u32::MAX);
+    let mut body = Vec::with_capacity(4 + name.len() + args.len());
+    body.extend_from_slice(&len.to_le_bytes());
+    body.extend_from_slice(name.as_bytes());
+    body.extend_from_slice(args);
+    body
+}
+
+/// Waits for the next `CALL` frame; `None` once the parent is gone or
+/// sends something else.
+fn next_call(conn: &mut Conn) -> Option<(String, Vec<u8>)> {
+    loop {
+        match conn.with_frame(|tag, body| (tag == tag::CALL).then(|| split_call(body))) {
+            Ok(Some(call)) => return call.flatten(),
+            Ok(None) if !conn.is_eof() => {}
+            _ => return None,
+        }
+        match conn.wait(None, Deadline::Never) {
+            Ok(Wake::Socket) => {
+                conn.fill().ok()?;
+            }
+            _ => return None,
+        }
+    }
 }
 
 /// Waits for the `ARGS` frame; `None` if the parent went away or sent
@@ -348,6 +423,14 @@ fn first_frame(conn: &mut Conn) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn call_frames_round_trip() {
+        let body = join_call("m::f", &[1, 2, 3]);
+        assert_eq!(split_call(&body), Some(("m::f".to_owned(), vec![1, 2, 3])));
+        assert_eq!(split_call(&body[..5]), None);
+        assert_eq!(split_call(&[]), None);
+    }
 
     #[test]
     fn spec_parses_names_with_colons() {

@@ -25,13 +25,17 @@ pub const DEFAULT_MAX_FRAME: usize = 1 << 30;
 const HEADER: usize = 4;
 
 /// Frame tags. Parent to child: `ARGS`, then `DATA`. Child to parent: `DATA`,
-/// then exactly one of `RESULT`, `PANIC` or `FAIL`.
+/// then exactly one of `RESULT`, `PANIC` or `FAIL`. A reusable worker gets
+/// `CALL` frames instead of one `ARGS`, and answers each in the same way.
 pub(crate) mod tag {
     pub(crate) const ARGS: u8 = 1;
     pub(crate) const DATA: u8 = 2;
     pub(crate) const RESULT: u8 = 3;
     pub(crate) const PANIC: u8 = 4;
     pub(crate) const FAIL: u8 = 5;
+    /// Parent to a reusable worker: run this function next. The body is
+    /// the name's length (`u32`), the name, then the serialized arguments.
+    pub(crate) const CALL: u8 = 6;
 }
 
 fn config() -> bincode::config::Configuration {

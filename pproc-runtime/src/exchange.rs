@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use crate::call::{Builder, Call};
 use crate::conn::{Deadline, decode};
 use crate::error::{Error, Result};
-use crate::handle::Handle;
+use crate::handle::{Handle, Turn};
 
 /// Where a stored value came from.
 #[derive(Clone, Copy, Debug)]
@@ -160,11 +160,30 @@ fn sink<S: Store<R>, R: DeserializeOwned>(
     }
 }
 
-/// A running child in the exchange.
-struct Member<S> {
-    handle: Handle<(), (), ()>,
+/// A call the exchange was given: what it runs and where its result goes.
+struct Job<S> {
+    name: String,
     index: usize,
     sink: Sink<S>,
+}
+
+impl<S> Job<S> {
+    fn origin(&self, pid: Option<u32>) -> Origin<'_> {
+        Origin {
+            name: &self.name,
+            index: self.index,
+            pid,
+        }
+    }
+}
+
+/// A child in the exchange.
+struct Member<S> {
+    handle: Handle<(), (), ()>,
+    /// The call it runs; `None` for an idle reusable worker.
+    job: Option<Job<S>>,
+    /// Whether it is a reusable worker, which runs call after call.
+    worker: bool,
     /// Whether its socket is still in the poll set (it leaves once drained,
     /// so that an ended stream does not wake the exchange over and over).
     socket_watched: bool,
@@ -175,10 +194,8 @@ struct Member<S> {
 
 /// A call waiting for a free place under the limit.
 struct Queued<S> {
-    name: String,
+    job: Job<S>,
     args: Result<Vec<u8>, String>,
-    index: usize,
-    sink: Sink<S>,
 }
 
 /// How often children without a pidfd (kernels before 5.3) are checked.
@@ -190,9 +207,10 @@ const EXIT_TICK: Duration = Duration::from_millis(10);
 /// `S` is the store: a [`Vec`], your own [`Store`] implementation, or a
 /// struct with `#[derive(Exchange)]`. With a [`limit`](Self::limit),
 /// [`start`](Self::start) queues calls while the exchange is
-/// [`busy`](Self::busy), and starts them as children finish. Readiness is
-/// polled with epoll, so a wait costs the same with one or a thousand idle
-/// children.
+/// [`busy`](Self::busy), and starts them as children finish. With
+/// [`reuse`](Self::reuse), a child that has delivered its result takes the
+/// next queued call instead of exiting. Readiness is polled with epoll, so a
+/// wait costs the same with one or a thousand idle children.
 ///
 /// # Examples
 ///
@@ -218,6 +236,7 @@ const EXIT_TICK: Duration = Duration::from_millis(10);
 pub struct Exchange<S> {
     store: S,
     limit: Option<usize>,
+    reuse: bool,
     builder: Builder,
     members: Vec<Option<Member<S>>>,
     waiting: VecDeque<Queued<S>>,
@@ -231,6 +250,7 @@ impl<S> Exchange<S> {
         Self {
             store,
             limit: None,
+            reuse: false,
             builder: Builder::new(),
             members: Vec::new(),
             waiting: VecDeque::new(),
@@ -243,6 +263,18 @@ impl<S> Exchange<S> {
     #[must_use]
     pub fn limit(mut self, n: usize) -> Self {
         self.limit = Some(n.max(1));
+        self
+    }
+
+    /// Reuse processes (pprocess's `reuse`, `MakeReusable`): calls given to
+    /// [`start`](Self::start) run on worker processes that take the next
+    /// queued call when they finish one, instead of a new process per call.
+    /// A worker that dies fails only the call it was running; a new worker
+    /// takes the next one. Workers are stopped when the exchange is dropped
+    /// or finished.
+    #[must_use]
+    pub fn reuse(mut self, reuse: bool) -> Self {
+        self.reuse = reuse;
         self
     }
 
@@ -263,28 +295,35 @@ impl<S> Exchange<S> {
         &mut self.store
     }
 
-    /// The children running now.
+    /// The calls running now.
     #[must_use]
     pub fn active(&self) -> Vec<Origin<'_>> {
         self.members
             .iter()
             .flatten()
-            .map(|m| Origin {
-                name: m.handle.name(),
-                index: m.index,
-                pid: Some(m.handle.pid()),
-            })
+            .filter_map(|m| Some(m.job.as_ref()?.origin(Some(m.handle.pid()))))
             .collect()
     }
 
     fn active_count(&self) -> usize {
-        self.members.iter().flatten().count()
+        self.members
+            .iter()
+            .flatten()
+            .filter(|m| m.job.is_some())
+            .count()
     }
 
-    /// Whether as many children run as the limit allows.
+    /// Whether as many calls run as the limit allows.
     #[must_use]
     pub fn busy(&self) -> bool {
         self.limit.is_some_and(|limit| self.active_count() >= limit)
+    }
+
+    /// Whether no new process may start: as many processes (running or
+    /// idle workers) as the limit allows.
+    fn full(&self) -> bool {
+        self.limit
+            .is_some_and(|limit| self.members.iter().flatten().count() >= limit)
     }
 
     /// Whether calls are running or waiting to start.
@@ -302,13 +341,14 @@ impl<S> Exchange<S> {
             .ok_or_else(|| Error::Io(std::io::Error::other("no epoll instance")))
     }
 
-    /// Puts a started child in the poll set, in a free slot.
+    /// Puts a started child in the poll set, in a free slot; returns the
+    /// slot.
     fn insert(
         &mut self,
         mut handle: Handle<(), (), ()>,
-        index: usize,
-        sink: Sink<S>,
-    ) -> Result<()> {
+        job: Option<Job<S>>,
+        worker: bool,
+    ) -> Result<usize> {
         let slot = self
             .members
             .iter()
@@ -334,38 +374,85 @@ impl<S> Exchange<S> {
         }
         self.members[slot] = Some(Member {
             handle,
-            index,
-            sink,
+            job,
+            worker,
             socket_watched: true,
             exit_watched: exit.is_some(),
         });
-        Ok(())
+        Ok(slot)
     }
 
-    /// Starts queued calls while there is room.
+    /// Starts queued calls while there is room: on idle workers first,
+    /// then in new processes.
     fn fill(&mut self) -> Result<()> {
-        while !self.busy() {
-            let Some(queued) = self.waiting.pop_front() else {
+        while let Some(queued) = self.waiting.pop_front() {
+            if self.reuse
+                && let Some(slot) = self.idle_worker()
+            {
+                self.hand_over(slot, queued)?;
+                continue;
+            }
+            if self.full() {
+                self.waiting.push_front(queued);
                 return Ok(());
-            };
+            }
             self.launch(queued)?;
         }
         Ok(())
     }
 
+    fn idle_worker(&self) -> Option<usize> {
+        self.members
+            .iter()
+            .position(|m| m.as_ref().is_some_and(|m| m.worker && m.job.is_none()))
+    }
+
+    /// Sends a queued call to the worker in `slot`.
+    fn hand_over(&mut self, slot: usize, queued: Queued<S>) -> Result<()> {
+        let args = match queued.args {
+            Ok(args) => args,
+            Err(message) => return self.fail(&queued.job, Error::Codec { message }, None),
+        };
+        let Some(member) = self.members[slot].as_mut() else {
+            return Ok(());
+        };
+        if member.handle.send_call(&queued.job.name, &args).is_ok() {
+            member.job = Some(queued.job);
+            return Ok(());
+        }
+        // The worker died while idle: drop it, and let the call try again.
+        self.members[slot] = None;
+        self.waiting.push_front(Queued {
+            job: queued.job,
+            args: Ok(args),
+        });
+        Ok(())
+    }
+
     fn launch(&mut self, queued: Queued<S>) -> Result<()> {
-        match self.builder.start_raw(queued.name.clone(), queued.args) {
-            Ok(handle) => self.insert(handle, queued.index, queued.sink),
-            Err(error) => {
-                let origin = Origin {
-                    name: &queued.name,
-                    index: queued.index,
-                    pid: None,
-                };
-                let outcome = (queued.sink)(&mut self.store, Err(error), &origin);
-                self.check(outcome)
+        if self.reuse {
+            match self
+                .builder
+                .start_raw(crate::child::WORKER.to_owned(), Ok(Vec::new()))
+            {
+                Ok(handle) => {
+                    let slot = self.insert(handle, None, true)?;
+                    self.hand_over(slot, queued)
+                }
+                Err(error) => self.fail(&queued.job, error, None),
+            }
+        } else {
+            match self.builder.start_raw(queued.job.name.clone(), queued.args) {
+                Ok(handle) => self.insert(handle, Some(queued.job), false).map(drop),
+                Err(error) => self.fail(&queued.job, error, None),
             }
         }
+    }
+
+    /// Hands a failure of `job` to the store.
+    fn fail(&mut self, job: &Job<S>, error: Error, pid: Option<u32>) -> Result<()> {
+        let outcome = (job.sink)(&mut self.store, Err(error), &job.origin(pid));
+        self.check(outcome)
     }
 
     /// On an error from the store, stops every child and drops the queue,
@@ -425,12 +512,15 @@ impl<S> Exchange<S> {
         Ok(slots)
     }
 
-    /// Stores the result of the child in `slot` if it has ended. Returns
+    /// Stores the result of the call in `slot` if it has ended. Returns
     /// whether it had.
     fn service(&mut self, slot: usize) -> Result<bool> {
         let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) else {
             return Ok(false);
         };
+        if member.worker {
+            return self.service_worker(slot);
+        }
         let result = match member.handle.poll_result() {
             Err(Error::Timeout) => {
                 if member.socket_watched && member.handle.is_drained() {
@@ -449,21 +539,44 @@ impl<S> Exchange<S> {
         let Some(member) = self.members[slot].take() else {
             return Ok(false);
         };
-        let origin = Origin {
-            name: member.handle.name(),
-            index: member.index,
-            pid: Some(member.handle.pid()),
+        let Some(job) = &member.job else {
+            return Ok(false);
         };
-        let outcome = (member.sink)(&mut self.store, result, &origin);
+        let outcome = (job.sink)(
+            &mut self.store,
+            result,
+            &job.origin(Some(member.handle.pid())),
+        );
         drop(member);
         self.check(outcome)?;
         Ok(true)
     }
 
-    /// Waits up to `timeout` (forever with `None`) for children to end,
-    /// stores each result, and starts queued calls in their place
-    /// (pprocess's `store`). Returns how many results were stored; 0 if
-    /// nothing is running.
+    fn service_worker(&mut self, slot: usize) -> Result<bool> {
+        let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) else {
+            return Ok(false);
+        };
+        let pid = Some(member.handle.pid());
+        let (job, result) = match member.handle.poll_turn() {
+            Turn::Running => return Ok(false),
+            Turn::Done(result) => (member.job.take(), result),
+            Turn::Dead(error) => {
+                let job = self.members[slot].take().and_then(|m| m.job);
+                (job, Err(error))
+            }
+        };
+        let Some(job) = job else {
+            return Ok(false);
+        };
+        let outcome = (job.sink)(&mut self.store, result, &job.origin(pid));
+        self.check(outcome)?;
+        Ok(true)
+    }
+
+    /// Waits up to `timeout` (forever with `None`) for calls to end, stores
+    /// each result, and starts queued calls in their place (pprocess's
+    /// `store`). Returns how many results were stored; 0 if nothing is
+    /// running.
     ///
     /// # Errors
     ///
@@ -492,9 +605,9 @@ impl<S> Exchange<S> {
         }
     }
 
-    /// Waits up to `timeout` (forever with `None`) until some children
-    /// have something to read or have ended, and returns their call
-    /// indices, without storing anything (pprocess's `ready`).
+    /// Waits up to `timeout` (forever with `None`) until some calls have
+    /// something to read or have ended, and returns their indices, without
+    /// storing anything (pprocess's `ready`).
     ///
     /// # Errors
     ///
@@ -503,11 +616,11 @@ impl<S> Exchange<S> {
         let slots = self.poll(timeout.map_or(Deadline::Never, Deadline::after))?;
         Ok(slots
             .into_iter()
-            .filter_map(|slot| self.members.get(slot)?.as_ref().map(|m| m.index))
+            .filter_map(|slot| Some(self.members.get(slot)?.as_ref()?.job.as_ref()?.index))
             .collect())
     }
 
-    /// Blocks, storing results, until fewer children run than the limit
+    /// Blocks, storing results, until fewer calls run than the limit
     /// (pprocess's `wait`).
     ///
     /// # Errors
@@ -521,8 +634,8 @@ impl<S> Exchange<S> {
         Ok(())
     }
 
-    /// Stores results until every call has finished, and returns the
-    /// store (pprocess's `finish`).
+    /// Stores results until every call has finished, stops the reusable
+    /// workers, and returns the store (pprocess's `finish`).
     ///
     /// # Errors
     ///
@@ -540,9 +653,10 @@ impl<S> Exchange<S> {
         index
     }
 
-    /// Starts `call` in a new child, or queues it while the exchange is
-    /// busy; it starts when a child finishes. Never blocks. Returns the
-    /// call's index (see [`Origin::index`]).
+    /// Starts `call` in a new child (or on an idle worker with
+    /// [`reuse`](Self::reuse)), or queues it while the exchange is busy; it
+    /// starts when a call finishes. Never blocks. Returns the call's index
+    /// (see [`Origin::index`]).
     ///
     /// # Errors
     ///
@@ -556,10 +670,12 @@ impl<S> Exchange<S> {
         let index = self.next_index();
         let (name, args) = call.into_parts();
         self.waiting.push_back(Queued {
-            name,
+            job: Job {
+                name,
+                index,
+                sink: sink::<S, R>,
+            },
             args,
-            index,
-            sink: sink::<S, R>,
         });
         self.fill()?;
         Ok(index)
@@ -577,7 +693,12 @@ impl<S> Exchange<S> {
         R: DeserializeOwned,
     {
         let index = self.next_index();
-        self.insert(handle.cast(), index, sink::<S, R>)?;
+        let job = Job {
+            name: handle.name().to_owned(),
+            index,
+            sink: sink::<S, R>,
+        };
+        self.insert(handle.cast(), Some(job), false)?;
         Ok(index)
     }
 

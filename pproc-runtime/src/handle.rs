@@ -100,6 +100,16 @@ impl Outcome {
     }
 }
 
+/// Where a reusable worker's current call stands.
+pub(crate) enum Turn {
+    /// Still running.
+    Running,
+    /// Done: its serialized result, or how it failed.
+    Done(Result<Vec<u8>>),
+    /// The worker is gone (killed, or its channel broke).
+    Dead(Error),
+}
+
 /// How the child process ended.
 #[derive(Clone, Copy, Debug)]
 enum Status {
@@ -315,6 +325,57 @@ impl<R, S, V> Handle<R, S, V> {
         let inner = self.inner_mut();
         let status = inner.settle(Deadline::Now, false)?;
         inner.result_bytes(status).map(<[u8]>::to_vec)
+    }
+
+    /// Sends a reusable worker its next call.
+    pub(crate) fn send_call(&mut self, name: &str, args: &[u8]) -> Result<()> {
+        self.inner_mut()
+            .conn
+            .send_bytes(tag::CALL, &crate::child::join_call(name, args))
+    }
+
+    /// Without blocking: where a reusable worker's current call stands.
+    /// Values it sends on its channel are dropped.
+    pub(crate) fn poll_turn(&mut self) -> Turn {
+        let Inner {
+            conn,
+            child,
+            outcome,
+            ..
+        } = self.inner_mut();
+        let step = loop {
+            let step = conn.recv_data(
+                Deadline::Now,
+                child.exit_fd(),
+                |_| Ok(()),
+                |tag, body| {
+                    *outcome = Some(Outcome::from_frame(tag, body)?);
+                    Ok(())
+                },
+            );
+            if !matches!(step, Ok(Step::Data(()))) {
+                break step;
+            }
+        };
+        if let Some(done) = outcome.take() {
+            return Turn::Done(match done {
+                Outcome::Value(bytes) => Ok(bytes),
+                other => Err(other.error().unwrap_or(Error::Disconnected)),
+            });
+        }
+        match step {
+            Ok(Step::Closed | Step::Exited) => {
+                // It is gone or going: a dead worker's channel closes as
+                // it exits.
+                Turn::Dead(
+                    child
+                        .wait(Deadline::Never)
+                        .map_or_else(|err| err, Error::from),
+                )
+            }
+            Ok(_) => Turn::Running,
+            Err(err) => Turn::Dead(err),
+        }
     }
 
     /// Whether nothing more can be read from the socket: the result (or
