@@ -198,6 +198,10 @@ struct Queued<S> {
     args: Result<Vec<u8>, String>,
 }
 
+/// Readiness events taken per wait; more stay queued in the kernel (the set
+/// is level-triggered) for the next one.
+const EVENTS: usize = 256;
+
 /// How often children without a pidfd (kernels before 5.3) are checked.
 const EXIT_TICK: Duration = Duration::from_millis(10);
 
@@ -241,6 +245,7 @@ pub struct Exchange<S> {
     members: Vec<Option<Member<S>>>,
     waiting: VecDeque<Queued<S>>,
     epoll: Option<Epoll>,
+    events: Vec<EpollEvent>,
     next_index: usize,
 }
 
@@ -255,6 +260,7 @@ impl<S> Exchange<S> {
             members: Vec::new(),
             waiting: VecDeque::new(),
             epoll: None,
+            events: Vec::new(),
             next_index: 0,
         }
     }
@@ -474,7 +480,8 @@ impl<S> Exchange<S> {
             return Ok(Vec::new());
         }
         let unwatched = self.members.iter().flatten().any(|m| !m.exit_watched);
-        let mut events = vec![EpollEvent::empty(); self.members.len() * 2];
+        let mut events = std::mem::take(&mut self.events);
+        events.resize(EVENTS, EpollEvent::empty());
         let tick = Deadline::after(EXIT_TICK);
         let wait = match deadline {
             Deadline::Now => Deadline::Now,
@@ -489,15 +496,19 @@ impl<S> Exchange<S> {
         let n = loop {
             let timeout = wait.poll_timeout().unwrap_or(EpollTimeout::ZERO);
             match epoll.wait(&mut events, timeout) {
-                Ok(n) => break n,
+                Ok(n) => break Ok(n),
                 Err(Errno::EINTR) => {}
-                Err(err) => return Err(err.into()),
+                Err(err) => break Err(err),
             }
         };
-        let mut slots: Vec<usize> = events[..n]
-            .iter()
-            .filter_map(|e| usize::try_from(e.data() / 2).ok())
-            .collect();
+        let slots = n.map(|n| {
+            events[..n]
+                .iter()
+                .filter_map(|e| usize::try_from(e.data() / 2).ok())
+                .collect::<Vec<_>>()
+        });
+        self.events = events;
+        let mut slots = slots?;
         if unwatched {
             slots.extend(
                 self.members
