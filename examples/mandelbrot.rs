@@ -3,11 +3,12 @@
 //!
 //! `band` is an ordinary Rust function that renders a horizontal band of rows.
 //! Marking it `#[parallel]` is all it takes to run it in a child process:
-//! `main` calls the plain function once for the serial baseline, then calls
-//! `band::start(…)` for each band and `join`s the handles, keeping at most one
-//! child per core running. No worker set-up, no serialisation code, no `init`
-//! call: each child is a re-execution of this very binary, dispatched to
-//! `band` before `main` would run. The two images must agree byte for byte.
+//! `main` calls the plain function once for the serial baseline, then starts
+//! a call per band on a [`pproc::Exchange`] that runs at most one child per
+//! core and starts the next band whenever any child finishes. No worker
+//! set-up, no serialisation code, no `init` call: each child is a
+//! re-execution of this very binary, dispatched to `band_at` before `main`
+//! would run. The two images must agree byte for byte.
 //!
 //! ```text
 //! cargo run --release --example mandelbrot [OUTPUT.png]
@@ -18,7 +19,6 @@
 //! width and height of the 1600×1200 image, for example `0.25` for a quick
 //! run or `2` for a machine with many cores; the work grows with its square.
 
-use std::collections::VecDeque;
 use std::error::Error;
 use std::fs::File;
 use std::io::BufWriter;
@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pproc::{Handle, parallel};
+use pproc::{Exchange, parallel};
 
 /// Width and height of the image at `MANDELBROT_SCALE=1`.
 const BASE_WIDTH: f64 = 1600.0;
@@ -126,42 +126,36 @@ fn scale_from_env() -> Result<f64, Box<dyn Error>> {
     }
 }
 
-/// Renders the image in child processes, `bands` bands in order, at most
-/// `window` children at a time.
+/// A band with its first row, so that bands can arrive in any order.
+#[parallel]
+fn band_at(y0: u32, y1: u32, width: u32, height: u32, max_iter: u32) -> (u32, Vec<u8>) {
+    (y0, band(y0, y1, width, height, max_iter))
+}
+
+/// Renders the image in child processes, `bands` bands, at most `limit`
+/// children at a time. The exchange starts the next band as soon as any
+/// child finishes, whichever it is.
 fn render_parallel(
     width: u32,
     height: u32,
     bands: u32,
-    window: usize,
+    limit: usize,
 ) -> Result<Vec<u8>, Box<dyn Error>> {
+    let mut exchange = Exchange::new(Vec::new()).limit(limit);
+    for i in 0..bands {
+        let y0 = height * i / bands;
+        let y1 = height * (i + 1) / bands;
+        exchange.start(band_at::call(y0, y1, width, height, MAX_ITER))?;
+    }
     let row_bytes = width as usize * CHANNELS;
     let mut image = vec![0_u8; row_bytes * height as usize];
-    let mut running: VecDeque<(u32, Handle<Vec<u8>>)> = VecDeque::with_capacity(window);
-
-    // Copies a finished band into place; its first row is `y0`.
-    let mut place = |y0: u32, pixels: Vec<u8>| -> Result<(), Box<dyn Error>> {
+    for (y0, pixels) in exchange.finish()? {
         let at = y0 as usize * row_bytes;
         let rows = image
             .get_mut(at..at + pixels.len())
             .filter(|_| pixels.len().is_multiple_of(row_bytes))
             .ok_or_else(|| format!("the band at row {y0} has {} bytes", pixels.len()))?;
         rows.copy_from_slice(&pixels);
-        Ok(())
-    };
-
-    for i in 0..bands {
-        let y0 = height * i / bands;
-        let y1 = height * (i + 1) / bands;
-        // The window is full: wait for the oldest band before starting one.
-        if running.len() == window
-            && let Some((y, h)) = running.pop_front()
-        {
-            place(y, h.join()?)?;
-        }
-        running.push_back((y0, band::start(y0, y1, width, height, MAX_ITER)?));
-    }
-    for (y, h) in running {
-        place(y, h.join()?)?;
     }
     Ok(image)
 }

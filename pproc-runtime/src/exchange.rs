@@ -713,6 +713,42 @@ impl<S> Exchange<S> {
         Ok(index)
     }
 
+    /// A callable that starts managed calls on this exchange (pprocess's
+    /// `manage`): `f` turns an argument into a [`Call`], such as a
+    /// `#[parallel]` function's `call`, and each [`Managed::call`] starts or
+    /// queues it as [`start`](Self::start) does.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pproc::{parallel, Exchange};
+    ///
+    /// #[parallel]
+    /// fn add(a: u64, b: u64) -> u64 {
+    ///     a + b
+    /// }
+    ///
+    /// # fn main() -> pproc::Result<()> {
+    /// let mut ex = Exchange::new(Vec::new()).limit(4);
+    /// let mut calc = ex.manage(|(a, b)| add::call(a, b));
+    /// for i in 0..10 {
+    ///     calc.call((i, i))?;
+    /// }
+    /// let mut sums = ex.finish()?;
+    /// sums.sort_unstable();
+    /// assert_eq!(sums[9], 18);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn manage<F, A, R, S2, V>(&mut self, f: F) -> Managed<'_, S, F>
+    where
+        F: FnMut(A) -> Call<R, S2, V>,
+        S: Store<R>,
+        R: DeserializeOwned,
+    {
+        Managed { exchange: self, f }
+    }
+
     /// Waits until the exchange is not busy, then adds `handle` (pprocess's
     /// `add_wait`).
     ///
@@ -726,6 +762,35 @@ impl<S> Exchange<S> {
     {
         self.wait()?;
         self.add(handle)
+    }
+}
+
+/// A callable whose calls run on an exchange: see [`Exchange::manage`].
+pub struct Managed<'a, S, F> {
+    exchange: &'a mut Exchange<S>,
+    f: F,
+}
+
+impl<S, F> Managed<'_, S, F> {
+    /// Starts (or queues) the call `f(arg)`. Returns its index.
+    ///
+    /// # Errors
+    ///
+    /// As [`Exchange::start`].
+    pub fn call<A, R, S2, V>(&mut self, arg: A) -> Result<usize>
+    where
+        F: FnMut(A) -> Call<R, S2, V>,
+        S: Store<R>,
+        R: DeserializeOwned,
+    {
+        let call = (self.f)(arg);
+        self.exchange.start(call)
+    }
+}
+
+impl<S, F> fmt::Debug for Managed<'_, S, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Managed").finish_non_exhaustive()
     }
 }
 

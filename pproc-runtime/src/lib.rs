@@ -22,6 +22,6 @@ pub use channel::{Channel, Iter};
 pub use child::{EXIT_PROTOCOL, EXIT_UNREGISTERED, EXIT_VERSION_SKEW};
 pub use conn::DEFAULT_MAX_FRAME;
 pub use error::{Error, Result};
-pub use exchange::{Exchange, Failure, Origin, Store};
+pub use exchange::{Exchange, Failure, Managed, Origin, Store};
 pub use handle::Handle;
 pub use registry::{is_registered, registered};

@@ -99,7 +99,8 @@
 pub use pproc_macros::{Exchange, parallel};
 pub use pproc_runtime::{
     Builder, Call, Channel, DEFAULT_MAX_FRAME, EXIT_PROTOCOL, EXIT_UNREGISTERED, EXIT_VERSION_SKEW,
-    Error, Exchange, Failure, Handle, Iter, Origin, Result, Store, is_registered, registered,
+    Error, Exchange, Failure, Handle, Iter, Managed, Origin, Result, Store, is_registered,
+    registered,
 };
 
 // Not public API. Used by code that `#[parallel]` generates.
