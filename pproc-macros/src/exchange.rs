@@ -5,6 +5,8 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, Fields, Member, Path, Type};
 
+use crate::errors::Errors;
+
 pub(crate) fn expand(input: TokenStream) -> TokenStream {
     let input: DeriveInput = match syn::parse2(input) {
         Ok(input) => input,
@@ -54,7 +56,7 @@ impl<'a> Store<'a> {
                 ));
             }
         };
-        let mut errors = Vec::new();
+        let mut errors = Errors::default();
         let mut out = Vec::new();
         for (i, field) in fields.iter().enumerate() {
             let member = field
@@ -68,20 +70,15 @@ impl<'a> Store<'a> {
                         ty: &field.ty,
                         kind,
                     }),
-                    Err(err) => errors.push(err),
+                    Err(err) => errors.add(err),
                 }
             }
         }
         if errors.is_empty() {
             check(input, fields, &out, &mut errors);
         }
-        errors
-            .into_iter()
-            .reduce(|mut all, err| {
-                all.combine(err);
-                all
-            })
-            .map_or(Ok(Self { fields: out }), Err)
+        errors.finish()?;
+        Ok(Self { fields: out })
     }
 }
 
@@ -143,7 +140,7 @@ fn ident(path: &Path) -> String {
 
 /// Checks across fields: something to store, one errors field, `from`
 /// everywhere or nowhere, each function routed once.
-fn check(input: &DeriveInput, fields: &Fields, out: &[Field<'_>], errors: &mut Vec<syn::Error>) {
+fn check(input: &DeriveInput, fields: &Fields, out: &[Field<'_>], errors: &mut Errors) {
     let stores = out
         .iter()
         .filter(|f| !matches!(f.kind, Kind::Errors))
@@ -154,33 +151,33 @@ fn check(input: &DeriveInput, fields: &Fields, out: &[Field<'_>], errors: &mut V
         } else {
             fields
         };
-        errors.push(syn::Error::new_spanned(
+        errors.push(
             span_of,
             "`#[derive(Exchange)]` needs a `#[store]` field to take the results",
-        ));
+        );
     }
     let mut seen_errors = false;
     let mut routed: Vec<String> = Vec::new();
     let any_from = out.iter().any(|f| matches!(f.kind, Kind::From { .. }));
     for field in out {
         match &field.kind {
-            Kind::Errors if seen_errors => errors.push(syn::Error::new_spanned(
+            Kind::Errors if seen_errors => errors.push(
                 field.ty,
                 "only one `#[store(errors)]` field can take the failures",
-            )),
+            ),
             Kind::Errors => seen_errors = true,
-            Kind::Plain if any_from => errors.push(syn::Error::new_spanned(
+            Kind::Plain if any_from => errors.push(
                 field.ty,
                 "this struct routes values with `from`: give this field `#[store(from = ...)]` too",
-            )),
+            ),
             Kind::Plain => {}
             Kind::From { func, .. } => {
                 let name = ident(func);
                 if routed.contains(&name) {
-                    errors.push(syn::Error::new_spanned(
+                    errors.push(
                         func,
                         format_args!("the values of `{name}` already go to another field"),
-                    ));
+                    );
                 }
                 routed.push(name);
             }

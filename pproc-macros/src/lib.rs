@@ -3,6 +3,7 @@
 
 use proc_macro::TokenStream;
 
+mod errors;
 mod exchange;
 mod parallel;
 

@@ -1,5 +1,6 @@
 //! `#[parallel]`: parse, check, generate.
 
+use crate::errors::Errors;
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
@@ -93,7 +94,7 @@ impl<'a> Parallel<'a> {
                 match ends {
                     Ok(ends) if i == 0 => channel = Some(ends),
                     Ok(_) => errors.push(ty, "the `Channel` must be the first parameter"),
-                    Err(err) => errors.0.push(err),
+                    Err(err) => errors.add(err),
                 }
                 continue;
             }
@@ -189,25 +190,6 @@ fn check_owned(ty: &Type, what: &str, errors: &mut Errors) {
             }
         }
         _ => {}
-    }
-}
-
-#[derive(Default)]
-struct Errors(Vec<syn::Error>);
-
-impl Errors {
-    fn push(&mut self, tokens: impl quote::ToTokens, message: impl std::fmt::Display) {
-        self.0.push(syn::Error::new_spanned(tokens, message));
-    }
-
-    fn finish(self) -> syn::Result<()> {
-        self.0
-            .into_iter()
-            .reduce(|mut all, err| {
-                all.combine(err);
-                all
-            })
-            .map_or(Ok(()), Err)
     }
 }
 

@@ -387,27 +387,21 @@ pub(crate) fn join_call(name: &str, args: &[u8]) -> Vec<u8> {
 /// Waits for the next `CALL` frame; `None` once the parent is gone or
 /// sends something else.
 fn next_call(conn: &mut Conn) -> Option<(String, Vec<u8>)> {
-    loop {
-        match conn.with_frame(|tag, body| (tag == tag::CALL).then(|| split_call(body))) {
-            Ok(Some(call)) => return call.flatten(),
-            Ok(None) if !conn.is_eof() => {}
-            _ => return None,
-        }
-        match conn.wait(None, Deadline::Never) {
-            Ok(Wake::Socket) => {
-                conn.fill().ok()?;
-            }
-            _ => return None,
-        }
-    }
+    wait_for(conn, tag::CALL, split_call)
 }
 
 /// Waits for the `ARGS` frame; `None` if the parent went away or sent
 /// something else.
 fn first_frame(conn: &mut Conn) -> Option<Vec<u8>> {
+    wait_for(conn, tag::ARGS, |body| Some(body.to_vec()))
+}
+
+/// Blocks until the next frame, and reads it with `read` if its tag is
+/// `want`; `None` if the parent went away or sent anything else.
+fn wait_for<T>(conn: &mut Conn, want: u8, read: impl Fn(&[u8]) -> Option<T>) -> Option<T> {
     loop {
-        match conn.with_frame(|tag, body| (tag == tag::ARGS).then(|| body.to_vec())) {
-            Ok(Some(args)) => return args,
+        match conn.with_frame(|tag, body| (tag == want).then(|| read(body))) {
+            Ok(Some(frame)) => return frame.flatten(),
             Ok(None) if !conn.is_eof() => {}
             _ => return None,
         }
