@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use pproc::{Error, Exchange, Origin, Store, parallel};
-use pproc_workspace::children;
+use pproc_workspace::{children, open_fds};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -170,6 +170,7 @@ fn a_child_killed_mid_stream_fails_only_its_call() {
 #[test]
 fn the_first_failure_stops_the_exchange_and_reaps_everyone() {
     let _serial = serial();
+    let fds = open_fds();
     let mut ex = Exchange::new(Vec::new()).limit(4);
     for i in 0..30 {
         ex.start(boom_at::call(i, 5)).unwrap();
@@ -183,6 +184,7 @@ fn the_first_failure_stops_the_exchange_and_reaps_everyone() {
         Vec::<u32>::new(),
         "children outlived the failure"
     );
+    assert_eq!(open_fds(), fds, "descriptors leaked");
 }
 
 #[test]
@@ -369,7 +371,7 @@ mod reused {
     use std::collections::HashSet;
 
     use pproc::{Error, Exchange, Origin, Store, parallel};
-    use pproc_workspace::children;
+    use pproc_workspace::{children, open_fds};
 
     use super::serial;
 
@@ -424,6 +426,7 @@ mod reused {
     #[test]
     fn a_dead_worker_fails_only_its_call_and_is_replaced() {
         let _serial = serial();
+        let fds = open_fds();
         let mut ex = Exchange::new(Seen::default()).limit(2).reuse(true);
         for x in 0..100 {
             ex.start(square_on::call(x, 40)).unwrap();
@@ -449,6 +452,7 @@ mod reused {
             seen.pids
         );
         assert_eq!(children(), Vec::<u32>::new());
+        assert_eq!(open_fds(), fds, "descriptors leaked");
     }
 
     #[test]
