@@ -87,6 +87,7 @@ pub(crate) fn spawn(
         reply,
     };
     spawner()
+        .map_err(spawn_err)?
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .send(request)
@@ -110,30 +111,25 @@ fn cstring(s: &OsStr) -> io::Result<CString> {
 /// `PR_SET_PDEATHSIG` fires when the *thread* that created a child ends, not
 /// the process: children started from a short-lived thread would be killed
 /// with it. A dedicated thread that lives as long as the process avoids that.
-fn spawner() -> &'static Mutex<mpsc::Sender<Request>> {
+fn spawner() -> io::Result<&'static Mutex<mpsc::Sender<Request>>> {
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
-    SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Request>();
-        std::thread::Builder::new()
-            .name("pproc-spawner".into())
-            .spawn(move || {
-                for request in rx {
-                    let result = spawn_now(&request);
-                    // The requester may have given up; nothing to do then.
-                    let _ = request.reply.send(result);
-                }
-            })
-            .map_or_else(
-                |err| {
-                    // Without a thread, requests fail with a clear error
-                    // instead of hanging: the receiver is dropped here.
-                    let (dead, _) = mpsc::channel();
-                    drop(err);
-                    Mutex::new(dead)
-                },
-                |_| Mutex::new(tx),
-            )
-    })
+    if let Some(spawner) = SPAWNER.get() {
+        return Ok(spawner);
+    }
+    let (tx, rx) = mpsc::channel::<Request>();
+    // A failure to start the thread is returned and not kept: the next
+    // spawn tries again. If two threads race here, the loser's sender is
+    // dropped and its spawner thread ends at once.
+    std::thread::Builder::new()
+        .name("pproc-spawner".into())
+        .spawn(move || {
+            for request in rx {
+                let result = spawn_now(&request);
+                // The requester may have given up; nothing to do then.
+                let _ = request.reply.send(result);
+            }
+        })?;
+    Ok(SPAWNER.get_or_init(|| Mutex::new(tx)))
 }
 
 fn spawn_now(request: &Request) -> nix::Result<Pid> {
