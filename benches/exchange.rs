@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use pproc::{Channel, Exchange, Handle, parallel};
+use pproc::{Channel, Exchange, Handle, Streams, parallel};
 
 /// Waits for a word from the parent that never comes: an idle child.
 #[parallel]
@@ -44,7 +44,8 @@ fn micros(d: Duration) -> String {
 /// `ready()` on an exchange of `n` idle children, against `poll(2)` over
 /// their sockets, `runs` times each.
 fn ready_row(n: usize, runs: usize) {
-    let handles: Vec<Handle<(), (), ()>> = (0..n).map(|_| idle::start().expect("start")).collect();
+    let handles: Vec<Handle<(), (), (), Streams>> =
+        (0..n).map(|_| idle::start().expect("start")).collect();
     let fds: Vec<i32> = handles.iter().map(AsRawFd::as_raw_fd).collect();
     let mut naive = Vec::with_capacity(runs);
     for _ in 0..runs {

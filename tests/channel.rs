@@ -75,7 +75,7 @@ fn panics_after(ch: Channel<u8, ()>, n: u8) {
 }
 
 /// Waits for the child to exit, without reaping it through `join`.
-fn wait_finished<R, S, V>(h: &pproc::Handle<R, S, V>) {
+fn wait_finished<R, S, V, K>(h: &pproc::Handle<R, S, V, K>) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !h.is_finished().unwrap() {
         assert!(Instant::now() < deadline, "the child did not finish");

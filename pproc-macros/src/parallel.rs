@@ -205,9 +205,11 @@ fn generate(func: &ItemFn, parsed: &Parallel<'_>) -> TokenStream {
     };
     // The parent's end mirrors the child's: it sends what the child
     // receives and receives what the child sends.
-    let (send, recv, run) = match &parsed.channel {
+    let (send, recv, kind, output, run) = match &parsed.channel {
         Some((child_send, child_recv)) => (
             quote!(#child_recv),
+            quote!(#child_send),
+            quote!(::pproc::Streams),
             quote!(#child_send),
             quote! {
                 ::pproc::__private::run_channel_entry(cx, |ch, (#(#names,)*): (#(#types,)*)| super::#ident(ch, #(#names),*))
@@ -216,6 +218,8 @@ fn generate(func: &ItemFn, parsed: &Parallel<'_>) -> TokenStream {
         None => (
             quote!(()),
             quote!(()),
+            quote!(::pproc::Returns),
+            quote!(#ret),
             quote! {
                 ::pproc::__private::run_entry(cx, |(#(#names,)*): (#(#types,)*)| super::#ident(#(#names),*))
             },
@@ -257,8 +261,10 @@ fn generate(func: &ItemFn, parsed: &Parallel<'_>) -> TokenStream {
                 #(#asserts_channel)*
             };
 
-            /// The function's result type, as an exchange routes it.
-            pub type Output = #ret;
+            /// The type of the values an exchange stores from this
+            /// function: what it returns, or for a channel-style function,
+            /// what it sends.
+            pub type Output = #output;
 
             /// The name the function is registered under: its module path.
             pub const NAME: &str = ::core::module_path!();
@@ -268,13 +274,13 @@ fn generate(func: &ItemFn, parsed: &Parallel<'_>) -> TokenStream {
             /// # Errors
             ///
             /// As [`pproc::Builder::start`](::pproc::Builder::start).
-            pub fn start(#(#names: #types),*) -> ::pproc::Result<::pproc::Handle<#ret, #send, #recv>> {
+            pub fn start(#(#names: #types),*) -> ::pproc::Result<::pproc::Handle<#ret, #send, #recv, #kind>> {
                 self::call(#(#names),*).start()
             }
 
             #[doc = #doc_call]
             #[must_use]
-            pub fn call(#(#names: #types),*) -> ::pproc::Call<#ret, #send, #recv> {
+            pub fn call(#(#names: #types),*) -> ::pproc::Call<#ret, #send, #recv, #kind> {
                 ::pproc::__private::call(NAME, &(#(#names,)*))
             }
 

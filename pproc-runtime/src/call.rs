@@ -39,15 +39,59 @@ use crate::{registry, spawn};
 /// ```
 #[derive(Serialize, Deserialize)]
 #[serde(bound = "")]
-pub struct Call<R, S = (), V = ()> {
+pub struct Call<R, S = (), V = (), K = Returns> {
     name: String,
     /// The serialized arguments, or why they did not serialize.
     args: Result<Vec<u8>, String>,
     #[serde(skip)]
-    _types: PhantomData<fn(S) -> (R, V)>,
+    _types: Types<R, S, V, K>,
 }
 
-impl<R, S, V> Call<R, S, V> {
+/// The type parameters of a call or handle: sends `S`, yields `R` and `V`.
+pub(crate) type Types<R, S, V, K> = PhantomData<fn(S) -> (R, V, K)>;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Returns {}
+    impl Sealed for super::Streams {}
+}
+
+/// How a call delivers its values to an [`Exchange`](crate::Exchange): the
+/// last type parameter of [`Call`] and [`Handle`].
+///
+/// `#[parallel]` picks it: [`Returns`] for a function that returns its
+/// value, [`Streams`] for a channel-style function, whose values are the
+/// ones it sends on its channel.
+pub trait Delivery: sealed::Sealed + 'static {
+    /// Whether the values arrive on the channel.
+    const STREAMS: bool;
+    /// The type of the values an exchange stores, for a function that
+    /// returns `R` and sends `V` to the parent.
+    type Item<R, V>;
+}
+
+/// The [`Delivery`] of a function that returns its value: an exchange
+/// stores the returned `R`.
+#[derive(Clone, Copy, Debug)]
+pub enum Returns {}
+
+/// The [`Delivery`] of a channel-style function: an exchange stores the
+/// values it sends, and ignores its return value (pprocess's "return value
+/// is ignored"). A panic or a kill is still a failure of the call.
+#[derive(Clone, Copy, Debug)]
+pub enum Streams {}
+
+impl Delivery for Returns {
+    const STREAMS: bool = false;
+    type Item<R, V> = R;
+}
+
+impl Delivery for Streams {
+    const STREAMS: bool = true;
+    type Item<R, V> = V;
+}
+
+impl<R, S, V, K> Call<R, S, V, K> {
     /// A call of the function registered as `name` with `args` (a tuple of
     /// the function's arguments, without its channel).
     ///
@@ -79,12 +123,12 @@ impl<R, S, V> Call<R, S, V> {
     /// # Errors
     ///
     /// As [`Builder::start`].
-    pub fn start(self) -> Result<Handle<R, S, V>> {
+    pub fn start(self) -> Result<Handle<R, S, V, K>> {
         Builder::new().start(self)
     }
 }
 
-impl<R, S, V> Clone for Call<R, S, V> {
+impl<R, S, V, K> Clone for Call<R, S, V, K> {
     fn clone(&self) -> Self {
         Self {
             name: self.name.clone(),
@@ -94,7 +138,7 @@ impl<R, S, V> Clone for Call<R, S, V> {
     }
 }
 
-impl<R, S, V> fmt::Debug for Call<R, S, V> {
+impl<R, S, V, K> fmt::Debug for Call<R, S, V, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Call")
             .field("name", &self.name)
@@ -163,6 +207,11 @@ impl Builder {
         self
     }
 
+    /// The frame limit these options set.
+    pub(crate) fn max_frame_bytes(&self) -> usize {
+        self.max_frame
+    }
+
     /// Starts `call` in a new child process.
     ///
     /// # Errors
@@ -170,7 +219,7 @@ impl Builder {
     /// [`Error::Unregistered`] if no function of that name is registered,
     /// [`Error::Codec`] if the arguments did not serialize,
     /// [`Error::Spawn`] if the process could not be started.
-    pub fn start<R, S, V>(&self, call: Call<R, S, V>) -> Result<Handle<R, S, V>> {
+    pub fn start<R, S, V, K>(&self, call: Call<R, S, V, K>) -> Result<Handle<R, S, V, K>> {
         self.start_raw(call.name, call.args).map(Handle::cast)
     }
 

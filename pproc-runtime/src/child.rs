@@ -102,10 +102,15 @@ where
             return;
         }
     };
+    report(&conn, || f(args, Arc::clone(&conn)));
+}
+
+/// Calls `f` under `catch_unwind` and sends its result or its panic.
+fn report<R: Serialize>(conn: &Mutex<Conn>, f: impl FnOnce() -> R) {
     IN_ENTRY.set(true);
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| f(args, Arc::clone(&conn))));
+    let outcome = panic::catch_unwind(AssertUnwindSafe(f));
     IN_ENTRY.set(false);
-    let mut conn = lock(&conn);
+    let mut conn = lock(conn);
     // The parent may be gone; then there is nobody to tell.
     let _ = match outcome {
         Ok(value) => match conn.send_value(tag::RESULT, &value) {
@@ -328,6 +333,68 @@ fn child_main(spec: &str) -> i32 {
     install_panic_hook();
     entry.run(Context { args, conn });
     0
+}
+
+/// The name of the children that [`Exchange::create`](crate::Exchange::create)
+/// forks, as their handles and origins report it.
+pub(crate) const FORKED: &str = "pproc::create";
+
+/// Forks a child that runs `f` with its end of a new channel and exits
+/// without returning; returns the parent's end and the child.
+///
+/// The child runs `f` under `catch_unwind`, reports its end as a
+/// `#[parallel]` child does (`RESULT` or `PANIC`), and leaves with
+/// `_exit`, so that no destructor of the parent's state runs twice.
+///
+/// # Safety
+///
+/// As `fork` in a program that may have other threads: in the child, `f`
+/// must not need a lock that another thread of the parent held (see
+/// [`Exchange::create`](crate::Exchange::create)).
+pub(crate) unsafe fn fork<T, F>(f: F) -> crate::Result<(Conn, spawn::Spawned)>
+where
+    T: Serialize,
+    F: FnOnce(Channel<T, ()>),
+{
+    let (ours, theirs) = crate::conn::socketpair()?;
+    let parent = nix::unistd::getpid();
+    // Anything buffered now would be written twice, once by each process.
+    let _ = std::io::stdout().flush();
+    // SAFETY: the caller upholds fork's contract; the child below only
+    // runs `f` and leaves with `_exit`.
+    match unsafe { nix::unistd::fork() }.map_err(|err| Error::Spawn(err.into()))? {
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(theirs);
+            let conn = Conn::new(ours)?;
+            Ok((conn, spawn::Spawned::new(child)))
+        }
+        nix::unistd::ForkResult::Child => {
+            drop(ours);
+            // Die with the parent, unless it died already.
+            let code = if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
+                || nix::unistd::getppid() != parent
+            {
+                EXIT_PROTOCOL
+            } else if let Ok(conn) = Conn::new(theirs) {
+                let conn = Arc::new(Mutex::new(conn));
+                // A child of a child keeps its own channel for panics that
+                // abort; the hook is installed once per process.
+                if CHILD_CONN.set(Arc::clone(&conn)).is_ok() {
+                    install_panic_hook();
+                }
+                let channel = Channel::new(Arc::clone(&conn));
+                report(&conn, || f(channel));
+                0
+            } else {
+                EXIT_PROTOCOL
+            };
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stderr().flush();
+            // SAFETY: `_exit` ends the process at once, without running
+            // the parent's destructors or exit handlers a second time.
+            unsafe { libc::_exit(code) }
+        }
+    }
 }
 
 /// The name a reusable worker is started under: it runs the functions that

@@ -3,17 +3,20 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::call::{Builder, Call};
+use crate::call::{Builder, Call, Delivery, Streams};
+use crate::channel::Channel;
+use crate::child::FORKED;
 use crate::conn::{Deadline, decode};
 use crate::error::{Error, Result};
-use crate::handle::{Handle, Turn};
+use crate::handle::{Flow, Handle, Turn};
 
 /// Where a stored value came from.
 #[derive(Clone, Copy, Debug)]
@@ -146,28 +149,46 @@ impl<T> Store<T> for Vec<T> {
     }
 }
 
-/// Decodes a call's result with its own type and hands it to the store.
-type Sink<S> = fn(&mut S, Result<Vec<u8>>, &Origin<'_>) -> Result<()>;
+/// Decodes a value with its own type and hands it to the store.
+type Sink<S> = fn(&mut S, Result<&[u8]>, &Origin<'_>) -> Result<()>;
 
-fn sink<S: Store<R>, R: DeserializeOwned>(
+fn sink<S: Store<T>, T: DeserializeOwned>(
     store: &mut S,
-    result: Result<Vec<u8>>,
+    result: Result<&[u8]>,
     origin: &Origin<'_>,
 ) -> Result<()> {
-    match result.and_then(|bytes| decode::<R>(&bytes)) {
+    match result.and_then(decode::<T>) {
         Ok(value) => store.store(value, origin),
         Err(error) => store.failed(error, origin),
     }
 }
 
-/// A call the exchange was given: what it runs and where its result goes.
+/// A call the exchange was given: what it runs and where its values go.
 struct Job<S> {
     name: String,
     index: usize,
     sink: Sink<S>,
+    /// Whether its values arrive on the channel ([`Streams`]) rather than
+    /// as its return value.
+    streams: bool,
+    /// How many values it has delivered.
+    values: usize,
 }
 
 impl<S> Job<S> {
+    fn new<T: DeserializeOwned, K: Delivery>(name: String, index: usize) -> Self
+    where
+        S: Store<T>,
+    {
+        Self {
+            name,
+            index,
+            sink: sink::<S, T>,
+            streams: K::STREAMS,
+            values: 0,
+        }
+    }
+
     fn origin(&self, pid: Option<u32>) -> Origin<'_> {
         Origin {
             name: &self.name,
@@ -177,19 +198,47 @@ impl<S> Job<S> {
     }
 }
 
+/// Where a child of the exchange stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Running its call.
+    Running,
+    /// A reusable worker between calls.
+    Idle,
+    /// Its call has delivered its value (a streaming call without
+    /// [`continuous`](Exchange::continuous)); the exchange reads no more
+    /// from it and reaps the process when it exits.
+    Done,
+}
+
 /// A child in the exchange.
 struct Member<S> {
     handle: Handle<(), (), ()>,
-    /// The call it runs; `None` for an idle reusable worker.
+    /// The call it runs or ran; `None` for an idle reusable worker.
     job: Option<Job<S>>,
+    phase: Phase,
     /// Whether it is a reusable worker, which runs call after call.
     worker: bool,
-    /// Whether its socket is still in the poll set (it leaves once drained,
-    /// so that an ended stream does not wake the exchange over and over).
-    socket_watched: bool,
-    /// Whether it has a pidfd in the poll set; without one, the exchange
-    /// polls it now and then.
-    exit_watched: bool,
+    /// Its socket, while it is in the poll set (it leaves once drained, so
+    /// that an ended stream does not wake the exchange over and over).
+    socket: Option<RawFd>,
+    /// Its pidfd, while it is in the poll set. Without one (kernels before
+    /// 5.3) the exchange checks the process now and then.
+    exit: Option<RawFd>,
+    /// Whether the process has exited and was reaped.
+    exited: bool,
+}
+
+impl<S> Member<S> {
+    /// Whether the process still takes a place under the limit.
+    fn live(&self) -> bool {
+        !self.exited
+    }
+
+    /// Whether the exchange waits for something from it.
+    fn watched(&self) -> bool {
+        self.phase != Phase::Idle && !self.exited
+    }
 }
 
 /// A call waiting for a free place under the limit.
@@ -202,6 +251,10 @@ struct Queued<S> {
 /// is level-triggered) for the next one.
 const EVENTS: usize = 256;
 
+/// Values read from one streaming child per turn, so that a child that
+/// never stops sending does not starve the others.
+const VALUES_PER_TURN: usize = 64;
+
 /// How often children without a pidfd (kernels before 5.3) are checked.
 const EXIT_TICK: Duration = Duration::from_millis(10);
 
@@ -211,10 +264,21 @@ const EXIT_TICK: Duration = Duration::from_millis(10);
 /// `S` is the store: a [`Vec`], your own [`Store`] implementation, or a
 /// struct with `#[derive(Exchange)]`. With a [`limit`](Self::limit),
 /// [`start`](Self::start) queues calls while the exchange is
-/// [`busy`](Self::busy), and starts them as children finish. With
-/// [`reuse`](Self::reuse), a child that has delivered its result takes the
-/// next queued call instead of exiting. Readiness is polled with epoll, so a
-/// wait costs the same with one or a thousand idle children.
+/// [`busy`](Self::busy), and starts them as children finish: at no time do
+/// more child processes live than the limit. With [`reuse`](Self::reuse), a
+/// child that has delivered its result takes the next queued call instead
+/// of exiting. Readiness is polled with epoll, so a wait costs the same with
+/// one or a thousand idle children.
+///
+/// # What is stored
+///
+/// A function that returns its value delivers that value. A channel-style
+/// function ([`Streams`]) delivers the values it sends: by default only its
+/// first, after which its channel is closed (see
+/// [`autoclose`](Self::autoclose)) and its place goes to the next call once
+/// it has exited; with [`continuous`](Self::continuous), every value it
+/// sends, until it returns. Its return value is not stored, as in pprocess;
+/// a panic or a kill is a failure of the call in every case.
 ///
 /// # Examples
 ///
@@ -237,10 +301,35 @@ const EXIT_TICK: Duration = Duration::from_millis(10);
 /// # Ok(())
 /// # }
 /// ```
+///
+/// A channel-style child that streams its values, all of them stored:
+///
+/// ```
+/// use pproc::{parallel, Channel, Exchange};
+///
+/// #[parallel]
+/// fn row(ch: Channel<(u32, u32)>, i: u32) {
+///     for j in 0..4 {
+///         ch.send(&(i, i * j)).unwrap();
+///     }
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// let mut ex = Exchange::new(Vec::new()).limit(2).continuous(true);
+/// for i in 0..3 {
+///     ex.start(row::call(i))?;
+/// }
+/// let cells: Vec<(u32, u32)> = ex.finish()?;
+/// assert_eq!(cells.len(), 12);
+/// # Ok(())
+/// # }
+/// ```
 pub struct Exchange<S> {
     store: S,
     limit: Option<usize>,
     reuse: bool,
+    continuous: bool,
+    autoclose: bool,
     builder: Builder,
     members: Vec<Option<Member<S>>>,
     waiting: VecDeque<Queued<S>>,
@@ -256,6 +345,8 @@ impl<S> Exchange<S> {
             store,
             limit: None,
             reuse: false,
+            continuous: false,
+            autoclose: true,
             builder: Builder::new(),
             members: Vec::new(),
             waiting: VecDeque::new(),
@@ -265,7 +356,7 @@ impl<S> Exchange<S> {
         }
     }
 
-    /// At most `n` children run at once (at least one).
+    /// At most `n` child processes live at once (at least one).
     #[must_use]
     pub fn limit(mut self, n: usize) -> Self {
         self.limit = Some(n.max(1));
@@ -277,10 +368,39 @@ impl<S> Exchange<S> {
     /// queued call when they finish one, instead of a new process per call.
     /// A worker that dies fails only the call it was running; a new worker
     /// takes the next one. Workers are stopped when the exchange is dropped
-    /// or finished.
+    /// or finished. A streaming call on a worker delivers its first value
+    /// (every value with [`continuous`](Self::continuous)) and the worker
+    /// moves on when the call returns.
     #[must_use]
     pub fn reuse(mut self, reuse: bool) -> Self {
         self.reuse = reuse;
+        self
+    }
+
+    /// Store every value a channel-style child sends, not only its first
+    /// (pprocess's `continuous`): the child keeps its place until it
+    /// returns. No effect on functions that return their value.
+    #[must_use]
+    pub fn continuous(mut self, continuous: bool) -> Self {
+        self.continuous = continuous;
+        self
+    }
+
+    /// Whether the channel of a child is closed as soon as its call has
+    /// delivered its value (pprocess's `autoclose`, on by default). This
+    /// matters for a channel-style child without
+    /// [`continuous`](Self::continuous): after its first value, the
+    /// exchange shuts its channel down (its further sends fail with
+    /// [`Error::Disconnected`]) and reaps it once it exits.
+    ///
+    /// With `autoclose(false)` the channel stays open and the child stays
+    /// in the exchange, unread, until you take its handle with
+    /// [`remove`](Self::remove) to go on talking to it, or until
+    /// [`finish`](Self::finish) closes it. While it lives it keeps its place
+    /// under the limit.
+    #[must_use]
+    pub fn autoclose(mut self, autoclose: bool) -> Self {
+        self.autoclose = autoclose;
         self
     }
 
@@ -307,6 +427,7 @@ impl<S> Exchange<S> {
         self.members
             .iter()
             .flatten()
+            .filter(|m| m.phase == Phase::Running)
             .filter_map(|m| Some(m.job.as_ref()?.origin(Some(m.handle.pid()))))
             .collect()
     }
@@ -315,7 +436,7 @@ impl<S> Exchange<S> {
         self.members
             .iter()
             .flatten()
-            .filter(|m| m.job.is_some())
+            .filter(|m| m.phase == Phase::Running)
             .count()
     }
 
@@ -325,11 +446,13 @@ impl<S> Exchange<S> {
         self.limit.is_some_and(|limit| self.active_count() >= limit)
     }
 
-    /// Whether no new process may start: as many processes (running or
-    /// idle workers) as the limit allows.
+    /// Whether no new process may start: as many live processes (running,
+    /// idle workers, delivered children not yet exited) as the limit
+    /// allows.
     fn full(&self) -> bool {
-        self.limit
-            .is_some_and(|limit| self.members.iter().flatten().count() >= limit)
+        self.limit.is_some_and(|limit| {
+            self.members.iter().flatten().filter(|m| m.live()).count() >= limit
+        })
     }
 
     /// Whether calls are running or waiting to start.
@@ -364,28 +487,64 @@ impl<S> Exchange<S> {
                 self.members.len() - 1
             });
         let token = u64::try_from(slot).unwrap_or(u64::MAX / 2) * 2;
-        let epoll = self.epoll()?;
         let (socket, exit) = handle.watch_fds();
+        let epoll = self.epoll()?;
         // SAFETY: the handle owns both descriptors and stays in `members`
-        // while they are in the poll set; closing them removes them.
-        let (socket, exit) = unsafe {
-            (
+        // while they are in the poll set; `unwatch` takes them out before
+        // the handle goes.
+        unsafe {
+            epoll.add(
                 BorrowedFd::borrow_raw(socket),
-                exit.map(|fd| BorrowedFd::borrow_raw(fd)),
-            )
-        };
-        epoll.add(socket, EpollEvent::new(EpollFlags::EPOLLIN, token))?;
-        if let Some(exit) = exit {
-            epoll.add(exit, EpollEvent::new(EpollFlags::EPOLLIN, token + 1))?;
+                EpollEvent::new(EpollFlags::EPOLLIN, token),
+            )?;
+            if let Some(exit) = exit {
+                epoll.add(
+                    BorrowedFd::borrow_raw(exit),
+                    EpollEvent::new(EpollFlags::EPOLLIN, token + 1),
+                )?;
+            }
         }
+        let phase = if job.is_some() {
+            Phase::Running
+        } else {
+            Phase::Idle
+        };
         self.members[slot] = Some(Member {
             handle,
             job,
+            phase,
             worker,
-            socket_watched: true,
-            exit_watched: exit.is_some(),
+            socket: Some(socket),
+            exit,
+            exited: false,
         });
         Ok(slot)
+    }
+
+    /// Takes descriptors of the member in `slot` out of the poll set: its
+    /// socket, and its pidfd too if `exit` is set.
+    fn unwatch(&mut self, slot: usize, exit: bool) -> Result<()> {
+        let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        let mut fds = vec![member.socket.take()];
+        if exit {
+            fds.push(member.exit.take());
+        }
+        if let Some(epoll) = &self.epoll {
+            for fd in fds.into_iter().flatten() {
+                // SAFETY: the member's handle owns the descriptor; it is
+                // open until the handle is dropped.
+                epoll.delete(unsafe { BorrowedFd::borrow_raw(fd) })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the member in `slot` out of the exchange.
+    fn take(&mut self, slot: usize) -> Result<Option<Member<S>>> {
+        self.unwatch(slot, true)?;
+        Ok(self.members.get_mut(slot).and_then(Option::take))
     }
 
     /// Starts queued calls while there is room: on idle workers first,
@@ -410,7 +569,7 @@ impl<S> Exchange<S> {
     fn idle_worker(&self) -> Option<usize> {
         self.members
             .iter()
-            .position(|m| m.as_ref().is_some_and(|m| m.worker && m.job.is_none()))
+            .position(|m| m.as_ref().is_some_and(|m| m.phase == Phase::Idle))
     }
 
     /// Sends a queued call to the worker in `slot`.
@@ -424,10 +583,11 @@ impl<S> Exchange<S> {
         };
         if member.handle.send_call(&queued.job.name, &args).is_ok() {
             member.job = Some(queued.job);
+            member.phase = Phase::Running;
             return Ok(());
         }
         // The worker died while idle: drop it, and let the call try again.
-        self.members[slot] = None;
+        self.take(slot)?;
         self.waiting.push_front(Queued {
             job: queued.job,
             args: Ok(args),
@@ -461,6 +621,20 @@ impl<S> Exchange<S> {
         self.check(outcome)
     }
 
+    /// Hands a value of the call in `slot` to the store.
+    fn deliver(&mut self, slot: usize, value: Result<&[u8]>) -> Result<()> {
+        let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        let pid = Some(member.handle.pid());
+        let Some(job) = member.job.as_mut() else {
+            return Ok(());
+        };
+        job.values += 1;
+        let outcome = (job.sink)(&mut self.store, value, &job.origin(pid));
+        self.check(outcome)
+    }
+
     /// On an error from the store, stops every child and drops the queue,
     /// then returns the error.
     fn check(&mut self, outcome: Result<()>) -> Result<()> {
@@ -476,20 +650,21 @@ impl<S> Exchange<S> {
     /// Waits up to `deadline` for children with something to say; returns
     /// their slots.
     fn poll(&mut self, deadline: Deadline) -> Result<Vec<usize>> {
-        if self.active_count() == 0 {
+        if !self.members.iter().flatten().any(Member::watched) {
             return Ok(Vec::new());
         }
-        let unwatched = self.members.iter().flatten().any(|m| !m.exit_watched);
+        let unwatched = |m: &Member<S>| m.watched() && m.exit.is_none();
+        let ticking = self.members.iter().flatten().any(unwatched);
         let mut events = std::mem::take(&mut self.events);
         events.resize(EVENTS, EpollEvent::empty());
         let tick = Deadline::after(EXIT_TICK);
         let wait = match deadline {
             Deadline::Now => Deadline::Now,
-            Deadline::At(at) if unwatched => match tick {
+            Deadline::At(at) if ticking => match tick {
                 Deadline::At(t) if t < at => tick,
                 _ => deadline,
             },
-            _ if unwatched => tick,
+            _ if ticking => tick,
             other => other,
         };
         let epoll = self.epoll()?;
@@ -509,12 +684,12 @@ impl<S> Exchange<S> {
         });
         self.events = events;
         let mut slots = slots?;
-        if unwatched {
+        if ticking {
             slots.extend(
                 self.members
                     .iter()
                     .enumerate()
-                    .filter(|(_, m)| m.as_ref().is_some_and(|m| !m.exit_watched))
+                    .filter(|(_, m)| m.as_ref().is_some_and(unwatched))
                     .map(|(slot, _)| slot),
             );
         }
@@ -523,71 +698,208 @@ impl<S> Exchange<S> {
         Ok(slots)
     }
 
-    /// Stores the result of the call in `slot` if it has ended. Returns
-    /// whether it had.
-    fn service(&mut self, slot: usize) -> Result<bool> {
-        let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) else {
-            return Ok(false);
+    /// Reads what the child in `slot` has to say and stores it; ends its
+    /// call if it is over. Returns how many values and failures went to the
+    /// store.
+    fn service(&mut self, slot: usize) -> Result<usize> {
+        let Some(member) = self.members.get(slot).and_then(Option::as_ref) else {
+            return Ok(0);
         };
-        if member.worker {
-            return self.service_worker(slot);
+        match member.phase {
+            _ if member.worker => self.service_worker(slot),
+            Phase::Running if member.job.as_ref().is_some_and(|job| job.streams) => {
+                self.service_stream(slot)
+            }
+            Phase::Running => self.service_call(slot),
+            Phase::Done | Phase::Idle => self.service_done(slot).map(|()| 0),
         }
-        let result = match member.handle.poll_result() {
+    }
+
+    /// A child that returns its value: stores it once the child has ended.
+    fn service_call(&mut self, slot: usize) -> Result<usize> {
+        let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) else {
+            return Ok(0);
+        };
+        match member.handle.poll_result() {
             Err(Error::Timeout) => {
-                if member.socket_watched && member.handle.is_drained() {
-                    member.socket_watched = false;
-                    let (socket, _) = member.handle.watch_fds();
-                    // SAFETY: the handle owns the descriptor; it is open.
-                    let socket = unsafe { BorrowedFd::borrow_raw(socket) };
-                    if let Some(epoll) = &self.epoll {
-                        epoll.delete(socket)?;
+                if member.socket.is_some() && member.handle.is_drained() {
+                    self.unwatch(slot, false)?;
+                }
+                return Ok(0);
+            }
+            Ok(bytes) => self.deliver(slot, Ok(&bytes))?,
+            Err(error) => self.deliver(slot, Err(error))?,
+        }
+        drop(self.take(slot)?);
+        Ok(1)
+    }
+
+    /// A child that streams its values: stores them as they come.
+    fn service_stream(&mut self, slot: usize) -> Result<usize> {
+        let mut stored = 0;
+        while stored < VALUES_PER_TURN {
+            let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) else {
+                return Ok(stored);
+            };
+            let flow = member.handle.poll_flow();
+            match flow {
+                Ok(Flow::Value(bytes)) => {
+                    self.deliver(slot, Ok(&bytes))?;
+                    stored += 1;
+                    if !self.continuous {
+                        self.retire(slot)?;
+                        return Ok(stored);
                     }
                 }
-                return Ok(false);
+                Ok(Flow::Idle) => return Ok(stored),
+                Ok(Flow::End) => return Ok(stored + self.end_stream(slot)?),
+                Err(error) => {
+                    // A broken stream: the call has failed, the child goes.
+                    self.deliver(slot, Err(error))?;
+                    drop(self.take(slot)?);
+                    return Ok(stored + 1);
+                }
             }
-            result => result,
-        };
-        let Some(member) = self.members[slot].take() else {
-            return Ok(false);
-        };
-        let Some(job) = &member.job else {
-            return Ok(false);
-        };
-        let outcome = (job.sink)(
-            &mut self.store,
-            result,
-            &job.origin(Some(member.handle.pid())),
-        );
-        drop(member);
-        self.check(outcome)?;
-        Ok(true)
+        }
+        Ok(stored)
     }
 
-    fn service_worker(&mut self, slot: usize) -> Result<bool> {
+    /// A streaming child is done sending: once it has exited, a failure is
+    /// stored and it leaves. Returns how many failures were stored.
+    fn end_stream(&mut self, slot: usize) -> Result<usize> {
         let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) else {
-            return Ok(false);
+            return Ok(0);
         };
-        let pid = Some(member.handle.pid());
-        let (job, result) = match member.handle.poll_turn() {
-            Turn::Running => return Ok(false),
-            Turn::Done(result) => (member.job.take(), result),
-            Turn::Dead(error) => {
-                let job = self.members[slot].take().and_then(|m| m.job);
-                (job, Err(error))
+        if member.socket.is_some() {
+            self.unwatch(slot, false)?;
+        }
+        let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) else {
+            return Ok(0);
+        };
+        match member.handle.poll_result() {
+            Err(Error::Timeout) => Ok(0),
+            // Its return value is not stored.
+            Ok(_) => {
+                drop(self.take(slot)?);
+                Ok(0)
             }
-        };
-        let Some(job) = job else {
-            return Ok(false);
-        };
-        let outcome = (job.sink)(&mut self.store, result, &job.origin(pid));
-        self.check(outcome)?;
-        Ok(true)
+            Err(error) => {
+                self.deliver(slot, Err(error))?;
+                drop(self.take(slot)?);
+                Ok(1)
+            }
+        }
     }
 
-    /// Waits up to `timeout` (forever with `None`) for calls to end, stores
-    /// each result, and starts queued calls in their place (pprocess's
-    /// `store`). Returns how many results were stored; 0 if nothing is
-    /// running.
+    /// The call in `slot` has delivered its value: close its channel (with
+    /// `autoclose`) and wait for the process to exit.
+    fn retire(&mut self, slot: usize) -> Result<()> {
+        self.unwatch(slot, false)?;
+        let autoclose = self.autoclose;
+        if let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) {
+            member.phase = Phase::Done;
+            if autoclose {
+                member.handle.close_channel();
+            }
+        }
+        self.service_done(slot)
+    }
+
+    /// A delivered child (or an idle worker): reaps it if it has exited.
+    fn service_done(&mut self, slot: usize) -> Result<()> {
+        let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        if member.phase == Phase::Idle {
+            // An idle worker only wakes the exchange if it died.
+            if matches!(member.handle.poll_turn(&mut Vec::new()), Turn::Dead(_)) {
+                drop(self.take(slot)?);
+            }
+            return Ok(());
+        }
+        match member.handle.wait_exit(Deadline::Now) {
+            Err(Error::Timeout) => Ok(()),
+            _ if self.autoclose => self.take(slot).map(drop),
+            _ => {
+                self.unwatch(slot, true)?;
+                if let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) {
+                    member.exited = true;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn service_worker(&mut self, slot: usize) -> Result<usize> {
+        let continuous = self.continuous;
+        let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) else {
+            return Ok(0);
+        };
+        if member.phase == Phase::Idle {
+            return self.service_done(slot).map(|()| 0);
+        }
+        let mut values = Vec::new();
+        let turn = member.handle.poll_turn(&mut values);
+        let wanted = match member.job.as_ref() {
+            Some(job) if job.streams && continuous => values.len(),
+            Some(job) if job.streams => usize::from(job.values == 0),
+            _ => 0,
+        };
+        let mut stored = 0;
+        for bytes in values.iter().take(wanted) {
+            self.deliver(slot, Ok(bytes))?;
+            stored += 1;
+        }
+        let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) else {
+            return Ok(stored);
+        };
+        let streams = member.job.as_ref().is_some_and(|job| job.streams);
+        match turn {
+            Turn::Running => Ok(stored),
+            Turn::Done(result) => {
+                match result {
+                    // A streaming call's return value is not stored.
+                    Ok(_) if streams => {}
+                    Ok(bytes) => {
+                        self.deliver(slot, Ok(&bytes))?;
+                        stored += 1;
+                    }
+                    Err(error) => {
+                        self.deliver(slot, Err(error))?;
+                        stored += 1;
+                    }
+                }
+                if let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) {
+                    member.job = None;
+                    member.phase = Phase::Idle;
+                }
+                Ok(stored)
+            }
+            Turn::Dead(error) => {
+                self.deliver(slot, Err(error))?;
+                drop(self.take(slot)?);
+                Ok(stored + 1)
+            }
+        }
+    }
+
+    /// One round: waits up to `deadline`, services the children that are
+    /// ready, starts queued calls. Returns how many values and failures
+    /// went to the store.
+    fn round(&mut self, deadline: Deadline) -> Result<usize> {
+        let slots = self.poll(deadline)?;
+        let mut stored = 0;
+        for slot in slots {
+            stored += self.service(slot)?;
+        }
+        self.fill()?;
+        Ok(stored)
+    }
+
+    /// Waits up to `timeout` (forever with `None`) for values and for calls
+    /// to end, stores each value (pprocess's `store`), and starts queued
+    /// calls as places free up. Returns how many values and failures went
+    /// to the store; 0 if nothing is running or waiting.
     ///
     /// # Errors
     ///
@@ -597,20 +909,16 @@ impl<S> Exchange<S> {
         self.fill()?;
         let deadline = timeout.map_or(Deadline::Never, Deadline::after);
         loop {
-            let slots = self.poll(deadline)?;
-            let mut stored = 0;
-            for slot in slots {
-                if self.service(slot)? {
-                    stored += 1;
-                }
+            if !self.unfinished() {
+                return Ok(0);
             }
-            self.fill()?;
+            let stored = self.round(deadline)?;
             let expired = match deadline {
                 Deadline::Never => false,
                 Deadline::Now => true,
                 Deadline::At(at) => std::time::Instant::now() >= at,
             };
-            if stored > 0 || expired || self.active_count() == 0 {
+            if stored > 0 || expired {
                 return Ok(stored);
             }
         }
@@ -627,7 +935,10 @@ impl<S> Exchange<S> {
         let slots = self.poll(timeout.map_or(Deadline::Never, Deadline::after))?;
         Ok(slots
             .into_iter()
-            .filter_map(|slot| Some(self.members.get(slot)?.as_ref()?.job.as_ref()?.index))
+            .filter_map(|slot| {
+                let member = self.members.get(slot)?.as_ref()?;
+                (member.phase == Phase::Running).then_some(member.job.as_ref()?.index)
+            })
             .collect())
     }
 
@@ -645,8 +956,26 @@ impl<S> Exchange<S> {
         Ok(())
     }
 
-    /// Stores results until every call has finished, stops the reusable
-    /// workers, and returns the store (pprocess's `finish`).
+    /// Blocks, storing results, until a new process may start under the
+    /// limit.
+    fn make_room(&mut self) -> Result<()> {
+        while self.full() {
+            if let Some(slot) = self.idle_worker() {
+                drop(self.take(slot)?);
+                continue;
+            }
+            self.round(Deadline::Never)?;
+        }
+        Ok(())
+    }
+
+    /// Stores results until every call has finished, then closes every
+    /// channel, waits for every process to exit and reaps it, and returns
+    /// the store (pprocess's `finish`).
+    ///
+    /// Reusable workers exit when their channel closes; a child that was
+    /// kept open ([`autoclose(false)`](Self::autoclose)) and not
+    /// [`remove`](Self::remove)d sees its channel close and is waited for.
     ///
     /// # Errors
     ///
@@ -654,6 +983,12 @@ impl<S> Exchange<S> {
     pub fn finish(mut self) -> Result<S> {
         while self.unfinished() {
             self.store(None)?;
+        }
+        for member in self.members.iter_mut().flatten() {
+            member.handle.close_channel();
+        }
+        for member in self.members.iter_mut().flatten() {
+            member.handle.wait_exit(Deadline::Never)?;
         }
         Ok(self.store)
     }
@@ -666,26 +1001,26 @@ impl<S> Exchange<S> {
 
     /// Starts `call` in a new child (or on an idle worker with
     /// [`reuse`](Self::reuse)), or queues it while the exchange is busy; it
-    /// starts when a call finishes. Never blocks. Returns the call's index
+    /// starts when a place frees up. Never blocks. Returns the call's index
     /// (see [`Origin::index`]).
+    ///
+    /// The store takes the function's return value, or for a channel-style
+    /// function the values it sends (see [`Delivery`]).
     ///
     /// # Errors
     ///
     /// As [`store`](Self::store): a call that cannot start is a failure of
     /// that call.
-    pub fn start<R, S2, V>(&mut self, call: Call<R, S2, V>) -> Result<usize>
+    pub fn start<R, S2, V, K>(&mut self, call: Call<R, S2, V, K>) -> Result<usize>
     where
-        S: Store<R>,
-        R: DeserializeOwned,
+        K: Delivery,
+        S: Store<K::Item<R, V>>,
+        K::Item<R, V>: DeserializeOwned,
     {
         let index = self.next_index();
         let (name, args) = call.into_parts();
         self.waiting.push_back(Queued {
-            job: Job {
-                name,
-                index,
-                sink: sink::<S, R>,
-            },
+            job: Job::new::<K::Item<R, V>, K>(name, index),
             args,
         });
         self.fill()?;
@@ -698,19 +1033,139 @@ impl<S> Exchange<S> {
     /// # Errors
     ///
     /// [`Error::Io`] if it cannot be polled.
-    pub fn add<R, S2, V>(&mut self, handle: Handle<R, S2, V>) -> Result<usize>
+    pub fn add<R, S2, V, K>(&mut self, handle: Handle<R, S2, V, K>) -> Result<usize>
     where
-        S: Store<R>,
-        R: DeserializeOwned,
+        K: Delivery,
+        S: Store<K::Item<R, V>>,
+        K::Item<R, V>: DeserializeOwned,
     {
         let index = self.next_index();
-        let job = Job {
-            name: handle.name().to_owned(),
-            index,
-            sink: sink::<S, R>,
-        };
+        let job = Job::new::<K::Item<R, V>, K>(handle.name().to_owned(), index);
         self.insert(handle.cast(), Some(job), false)?;
         Ok(index)
+    }
+
+    /// Takes the call at `index` out of the exchange (pprocess's `remove`).
+    ///
+    /// A call that has started (or delivered, and was kept open by
+    /// [`autoclose(false)`](Self::autoclose)) is returned as its handle,
+    /// typed as you name it: nothing more of it is stored, and the handle
+    /// is yours (drop it to kill and reap the child, or go on talking to
+    /// it). A call still waiting to start is cancelled, and `None` is
+    /// returned, as it is for an index the exchange does not hold.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the child cannot be taken out of the poll set.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pproc::{parallel, Exchange, Handle};
+    ///
+    /// #[parallel]
+    /// fn nap(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// # fn main() -> pproc::Result<()> {
+    /// let mut ex = Exchange::new(Vec::new());
+    /// let slow = ex.start(nap::call(60_000))?;
+    /// ex.start(nap::call(1))?;
+    /// let handle: Handle<u64> = ex.remove(slow)?.expect("it runs");
+    /// handle.kill()?;
+    /// assert_eq!(ex.finish()?, vec![1]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn remove<R, S2, V, K>(&mut self, index: usize) -> Result<Option<Handle<R, S2, V, K>>> {
+        if let Some(at) = self.waiting.iter().position(|q| q.job.index == index) {
+            self.waiting.remove(at);
+            return Ok(None);
+        }
+        let slot = self.members.iter().position(|m| {
+            m.as_ref()
+                .is_some_and(|m| m.job.as_ref().is_some_and(|job| job.index == index))
+        });
+        let Some(slot) = slot else {
+            return Ok(None);
+        };
+        let member = self.take(slot)?;
+        let handle = member.map(|member| member.handle.cast());
+        self.fill()?;
+        Ok(handle)
+    }
+
+    /// Forks a child that runs `f` with its end of a new channel, and adds
+    /// it to the exchange (pprocess's `create`). Waits first, storing
+    /// results, until the limit lets a new process start. The values `f`
+    /// sends are stored as a channel-style function's are: the first, or
+    /// all with [`continuous`](Self::continuous). In the child, `f` runs
+    /// under `catch_unwind` (a panic is a failure of the call), and the
+    /// child then exits at once, without returning to the code that called
+    /// `create` and without running destructors: only `f` runs there.
+    /// Returns the call's index; [`Origin::name`] is `"pproc::create"`.
+    ///
+    /// Prefer [`start`](Self::start) with a `#[parallel]` function: it runs
+    /// in a fresh process, costs the same whatever the parent's size, and
+    /// has none of the caveats below.
+    ///
+    /// # Safety
+    ///
+    /// This is `fork(2)`, with its rules for programs that may have more
+    /// than one thread. The child is a copy of the whole process with only
+    /// the calling thread in it: a lock that another thread held at the
+    /// fork (inside the allocator's arenas excepted, which glibc resets, or
+    /// in `std::io::stdout`, a logger, a `Mutex` of your own) stays held
+    /// forever in the child, and `f` deadlocks if it takes it. Call it
+    /// where no other thread of yours holds locks that `f` needs, such as
+    /// a single-threaded program.
+    ///
+    /// The child also inherits copies of every descriptor of the parent,
+    /// and is killed when the thread that called `create` ends (so that
+    /// it never outlives its parent): call it from a thread that lives as
+    /// long as the child, such as the main thread.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Spawn`] if the process could not be forked, or as
+    /// [`store`](Self::store) while waiting for room.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pproc::Exchange;
+    ///
+    /// # fn main() -> pproc::Result<()> {
+    /// let mut ex = Exchange::new(Vec::new()).limit(2);
+    /// for i in 0..4_u64 {
+    ///     // SAFETY: nothing else runs in this program while it forks.
+    ///     unsafe {
+    ///         ex.create(move |ch| {
+    ///             ch.send(&(i * i)).unwrap();
+    ///         })?;
+    ///     }
+    /// }
+    /// let mut squares: Vec<u64> = ex.finish()?;
+    /// squares.sort_unstable();
+    /// assert_eq!(squares, [0, 1, 4, 9]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub unsafe fn create<T, F>(&mut self, f: F) -> Result<usize>
+    where
+        T: Serialize + DeserializeOwned,
+        S: Store<T>,
+        F: FnOnce(Channel<T, ()>),
+    {
+        self.make_room()?;
+        // SAFETY: the caller upholds fork's contract.
+        let (mut conn, spawned) = unsafe { crate::child::fork(f)? };
+        conn.set_max_frame(self.builder.max_frame_bytes());
+        let handle = Handle::<(), (), T, Streams>::new(FORKED.to_owned(), conn, spawned);
+        self.add(handle)
     }
 
     /// A callable that starts managed calls on this exchange (pprocess's
@@ -740,11 +1195,12 @@ impl<S> Exchange<S> {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn manage<F, A, R, S2, V>(&mut self, f: F) -> Managed<'_, S, F>
+    pub fn manage<F, A, R, S2, V, K>(&mut self, f: F) -> Managed<'_, S, F>
     where
-        F: FnMut(A) -> Call<R, S2, V>,
-        S: Store<R>,
-        R: DeserializeOwned,
+        F: FnMut(A) -> Call<R, S2, V, K>,
+        K: Delivery,
+        S: Store<K::Item<R, V>>,
+        K::Item<R, V>: DeserializeOwned,
     {
         Managed { exchange: self, f }
     }
@@ -755,10 +1211,11 @@ impl<S> Exchange<S> {
     /// # Errors
     ///
     /// As [`wait`](Self::wait).
-    pub fn add_wait<R, S2, V>(&mut self, handle: Handle<R, S2, V>) -> Result<usize>
+    pub fn add_wait<R, S2, V, K>(&mut self, handle: Handle<R, S2, V, K>) -> Result<usize>
     where
-        S: Store<R>,
-        R: DeserializeOwned,
+        K: Delivery,
+        S: Store<K::Item<R, V>>,
+        K::Item<R, V>: DeserializeOwned,
     {
         self.wait()?;
         self.add(handle)
@@ -777,11 +1234,12 @@ impl<S, F> Managed<'_, S, F> {
     /// # Errors
     ///
     /// As [`Exchange::start`].
-    pub fn call<A, R, S2, V>(&mut self, arg: A) -> Result<usize>
+    pub fn call<A, R, S2, V, K>(&mut self, arg: A) -> Result<usize>
     where
-        F: FnMut(A) -> Call<R, S2, V>,
-        S: Store<R>,
-        R: DeserializeOwned,
+        F: FnMut(A) -> Call<R, S2, V, K>,
+        K: Delivery,
+        S: Store<K::Item<R, V>>,
+        K::Item<R, V>: DeserializeOwned,
     {
         let call = (self.f)(arg);
         self.exchange.start(call)

@@ -15,6 +15,7 @@ use nix::unistd::Pid;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::call::{Returns, Types};
 use crate::channel::{Iter, batch, optional};
 use crate::child::{Failure, PanicReport};
 use crate::conn::{Conn, Deadline, Step, decode, poll_until, tag};
@@ -30,7 +31,9 @@ const EXIT_GRACE: Duration = Duration::from_millis(200);
 ///
 /// `R` is the function's return type; `S` is what the parent sends and `V`
 /// what it receives, the mirror of the child's [`Channel<V, S>`](crate::Channel).
-/// Functions without a channel have `S = V = ()`.
+/// Functions without a channel have `S = V = ()`. `K` is how the call
+/// delivers its values to an exchange ([`Returns`](crate::Returns) or
+/// [`Streams`](crate::Streams)), which `#[parallel]` picks.
 ///
 /// A `Handle` owns its child: dropping it kills the child if it is still
 /// running and reaps it, so no zombie and no descriptor is left behind.
@@ -51,11 +54,11 @@ const EXIT_GRACE: Duration = Duration::from_millis(200);
 /// # Ok(())
 /// # }
 /// ```
-pub struct Handle<R, S = (), V = ()> {
+pub struct Handle<R, S = (), V = (), K = Returns> {
     inner: Mutex<Inner>,
     name: String,
     pid: Pid,
-    _types: PhantomData<fn(S) -> (R, V)>,
+    _types: Types<R, S, V, K>,
 }
 
 #[derive(Debug)]
@@ -108,6 +111,16 @@ pub(crate) enum Turn {
     Done(Result<Vec<u8>>),
     /// The worker is gone (killed, or its channel broke).
     Dead(Error),
+}
+
+/// What a child that streams values has for an exchange, without waiting.
+pub(crate) enum Flow {
+    /// The next value it sent, serialized.
+    Value(Vec<u8>),
+    /// Nothing yet.
+    Idle,
+    /// It is done sending: everything it sent was read.
+    End,
 }
 
 /// How the child process ended.
@@ -289,7 +302,7 @@ impl Inner {
     }
 }
 
-impl<R, S, V> Handle<R, S, V> {
+impl<R, S, V, K> Handle<R, S, V, K> {
     pub(crate) fn new(name: String, conn: Conn, spawned: Spawned) -> Self {
         Self {
             name,
@@ -310,7 +323,7 @@ impl<R, S, V> Handle<R, S, V> {
 
     /// The same handle with other type parameters: an exchange holds
     /// handles of many functions, and decodes each with its own types.
-    pub(crate) fn cast<R2, S2, V2>(self) -> Handle<R2, S2, V2> {
+    pub(crate) fn cast<R2, S2, V2, K2>(self) -> Handle<R2, S2, V2, K2> {
         Handle {
             inner: self.inner,
             name: self.name,
@@ -327,6 +340,49 @@ impl<R, S, V> Handle<R, S, V> {
         inner.result_bytes(status).map(<[u8]>::to_vec)
     }
 
+    /// Without blocking: the next value the child sent, or whether it is
+    /// done sending.
+    pub(crate) fn poll_flow(&mut self) -> Result<Flow> {
+        let inner = self.inner_mut();
+        if let Some(bytes) = inner.pending.pop_front() {
+            return Ok(Flow::Value(bytes));
+        }
+        let Inner {
+            conn,
+            child,
+            outcome,
+            ..
+        } = inner;
+        let step = conn.recv_data(
+            Deadline::Now,
+            child.exit_fd(),
+            |body| Ok(body.to_vec()),
+            |tag, body| {
+                *outcome = Some(Outcome::from_frame(tag, body)?);
+                Ok(())
+            },
+        )?;
+        Ok(match step {
+            Step::Data(bytes) => Flow::Value(bytes),
+            Step::Timeout => Flow::Idle,
+            Step::Closed | Step::Exited => Flow::End,
+        })
+    }
+
+    /// Shuts the channel down both ways: the child's sends and receives
+    /// fail with `Disconnected` from now on, and a reusable worker exits.
+    pub(crate) fn close_channel(&mut self) {
+        let inner = self.inner_mut();
+        // Only fails if the socket is not connected any more: closed is
+        // what we want.
+        let _ = nix::sys::socket::shutdown(inner.conn.raw_fd(), nix::sys::socket::Shutdown::Both);
+    }
+
+    /// Waits for the process to exit, and reaps it.
+    pub(crate) fn wait_exit(&mut self, deadline: Deadline) -> Result<()> {
+        self.inner_mut().child.wait(deadline).map(drop)
+    }
+
     /// Sends a reusable worker its next call.
     pub(crate) fn send_call(&mut self, name: &str, args: &[u8]) -> Result<()> {
         self.inner_mut()
@@ -335,8 +391,8 @@ impl<R, S, V> Handle<R, S, V> {
     }
 
     /// Without blocking: where a reusable worker's current call stands.
-    /// Values it sends on its channel are dropped.
-    pub(crate) fn poll_turn(&mut self) -> Turn {
+    /// Values it sent on its channel are pushed to `values`.
+    pub(crate) fn poll_turn(&mut self, values: &mut Vec<Vec<u8>>) -> Turn {
         let Inner {
             conn,
             child,
@@ -347,7 +403,10 @@ impl<R, S, V> Handle<R, S, V> {
             let step = conn.recv_data(
                 Deadline::Now,
                 child.exit_fd(),
-                |_| Ok(()),
+                |body| {
+                    values.push(body.to_vec());
+                    Ok(())
+                },
                 |tag, body| {
                     *outcome = Some(Outcome::from_frame(tag, body)?);
                     Ok(())
@@ -446,7 +505,7 @@ impl<R, S, V> Handle<R, S, V> {
     }
 }
 
-impl<R: DeserializeOwned, S, V> Handle<R, S, V> {
+impl<R: DeserializeOwned, S, V, K> Handle<R, S, V, K> {
     /// Waits for the child to finish and returns its result. Values the
     /// child sent that were not received are dropped.
     ///
@@ -476,7 +535,7 @@ impl<R: DeserializeOwned, S, V> Handle<R, S, V> {
     }
 }
 
-impl<R, S: Serialize, V> Handle<R, S, V> {
+impl<R, S: Serialize, V, K> Handle<R, S, V, K> {
     /// Sends a value to the child.
     ///
     /// # Errors
@@ -488,7 +547,7 @@ impl<R, S: Serialize, V> Handle<R, S, V> {
     }
 }
 
-impl<R, S, V: DeserializeOwned> Handle<R, S, V> {
+impl<R, S, V: DeserializeOwned, K> Handle<R, S, V, K> {
     /// Waits for the next value from the child.
     ///
     /// # Errors
@@ -553,7 +612,7 @@ impl<R, S, V: DeserializeOwned> Handle<R, S, V> {
     }
 }
 
-impl<'a, R, S, V: DeserializeOwned> IntoIterator for &'a Handle<R, S, V> {
+impl<'a, R, S, V: DeserializeOwned, K> IntoIterator for &'a Handle<R, S, V, K> {
     type Item = Result<V>;
     type IntoIter = Iter<'a, V>;
 
@@ -562,7 +621,7 @@ impl<'a, R, S, V: DeserializeOwned> IntoIterator for &'a Handle<R, S, V> {
     }
 }
 
-impl<R, S, V> AsRawFd for Handle<R, S, V> {
+impl<R, S, V, K> AsRawFd for Handle<R, S, V, K> {
     /// The socket under the channel, for polling it in an event loop of
     /// your own. Reading or writing it directly breaks the framing.
     fn as_raw_fd(&self) -> RawFd {
@@ -570,7 +629,7 @@ impl<R, S, V> AsRawFd for Handle<R, S, V> {
     }
 }
 
-impl<R, S, V> fmt::Debug for Handle<R, S, V> {
+impl<R, S, V, K> fmt::Debug for Handle<R, S, V, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Handle")
             .field("name", &self.name)

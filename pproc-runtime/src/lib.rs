@@ -17,7 +17,7 @@ mod spawn;
 #[doc(hidden)]
 pub mod private;
 
-pub use call::{Builder, Call};
+pub use call::{Builder, Call, Delivery, Returns, Streams};
 pub use channel::{Channel, Iter};
 pub use child::{EXIT_PROTOCOL, EXIT_UNREGISTERED, EXIT_VERSION_SKEW};
 pub use conn::DEFAULT_MAX_FRAME;

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use crate::call::Call;
 
 /// Builds the typed call of a generated `call` function.
-pub fn call<R, S, V, A: Serialize>(name: &'static str, args: &A) -> Call<R, S, V> {
+pub fn call<R, S, V, K, A: Serialize>(name: &'static str, args: &A) -> Call<R, S, V, K> {
     Call::new(name, args)
 }
 

@@ -11,8 +11,8 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
+use std::sync::Mutex;
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
 
 use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags, posix_spawn};
 use nix::sys::signal::SigSet;
@@ -32,6 +32,16 @@ pub(crate) const CHILD_FD: RawFd = 3;
 pub(crate) struct Spawned {
     pub(crate) pid: Pid,
     pub(crate) pidfd: Option<OwnedFd>,
+}
+
+impl Spawned {
+    /// A child started some other way (forked).
+    pub(crate) fn new(pid: Pid) -> Self {
+        Self {
+            pid,
+            pidfd: pidfd_open(pid),
+        }
+    }
 }
 
 /// What the spawner thread needs for one child.
@@ -88,8 +98,6 @@ pub(crate) fn spawn(
     };
     spawner()
         .map_err(spawn_err)?
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .send(request)
         .map_err(|_| spawn_err(io::Error::other("the spawner thread is gone")))?;
     let pid = answer
@@ -111,15 +119,22 @@ fn cstring(s: &OsStr) -> io::Result<CString> {
 /// `PR_SET_PDEATHSIG` fires when the *thread* that created a child ends, not
 /// the process: children started from a short-lived thread would be killed
 /// with it. A dedicated thread that lives as long as the process avoids that.
-fn spawner() -> io::Result<&'static Mutex<mpsc::Sender<Request>>> {
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
-    if let Some(spawner) = SPAWNER.get() {
-        return Ok(spawner);
+/// A forked child (`Exchange::create`) has no such thread, though it has a
+/// copy of the parent's sender: the process id tells them apart.
+fn spawner() -> io::Result<mpsc::Sender<Request>> {
+    static SPAWNER: Mutex<Option<(u32, mpsc::Sender<Request>)>> = Mutex::new(None);
+    let mut spawner = SPAWNER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let pid = std::process::id();
+    if let Some((owner, tx)) = spawner.as_ref()
+        && *owner == pid
+    {
+        return Ok(tx.clone());
     }
     let (tx, rx) = mpsc::channel::<Request>();
     // A failure to start the thread is returned and not kept: the next
-    // spawn tries again. If two threads race here, the loser's sender is
-    // dropped and its spawner thread ends at once.
+    // spawn tries again.
     std::thread::Builder::new()
         .name("pproc-spawner".into())
         .spawn(move || {
@@ -129,7 +144,12 @@ fn spawner() -> io::Result<&'static Mutex<mpsc::Sender<Request>>> {
                 let _ = request.reply.send(result);
             }
         })?;
-    Ok(SPAWNER.get_or_init(|| Mutex::new(tx)))
+    // A sender copied from the parent by fork is left alone: its channel's
+    // state belongs to a thread that does not exist here.
+    if let Some(stale) = spawner.replace((pid, tx.clone())) {
+        std::mem::forget(stale);
+    }
+    Ok(tx)
 }
 
 fn spawn_now(request: &Request) -> nix::Result<Pid> {

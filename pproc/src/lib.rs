@@ -98,9 +98,9 @@
 #[doc(inline)]
 pub use pproc_macros::{Exchange, parallel};
 pub use pproc_runtime::{
-    Builder, Call, Channel, DEFAULT_MAX_FRAME, EXIT_PROTOCOL, EXIT_UNREGISTERED, EXIT_VERSION_SKEW,
-    Error, Exchange, Failure, Handle, Iter, Managed, Origin, Result, Store, is_registered,
-    registered,
+    Builder, Call, Channel, DEFAULT_MAX_FRAME, Delivery, EXIT_PROTOCOL, EXIT_UNREGISTERED,
+    EXIT_VERSION_SKEW, Error, Exchange, Failure, Handle, Iter, Managed, Origin, Result, Returns,
+    Store, Streams, is_registered, registered,
 };
 
 // Not public API. Used by code that `#[parallel]` generates.
