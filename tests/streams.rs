@@ -1,0 +1,365 @@
+//! Channel-style children in an exchange: first values, continuous streams,
+//! autoclose, remove, and fork-style `create`.
+//!
+//! Tests count this process's children: every test holds `SERIAL`, so that
+//! no other test's children are counted with theirs.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use pproc::{Channel, Error, Exchange, Handle, Origin, Store, Streams, parallel};
+use pproc_workspace::{children, open_fds};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Sends `(i, j)` for `j` in `0..n`, `ms` milliseconds apart.
+#[parallel]
+fn row(ch: Channel<(u64, u64)>, i: u64, n: u64, ms: u64) {
+    for j in 0..n {
+        std::thread::sleep(Duration::from_millis(ms));
+        ch.send(&(i, j)).expect("the parent reads on");
+    }
+}
+
+/// Sends `i`, then waits for its parent to say something: only a closed
+/// channel lets it end.
+#[parallel]
+fn first_then_wait(ch: Channel<u64>, i: u64) -> bool {
+    ch.send(&i).expect("the first value goes through");
+    // `Disconnected`, once the exchange has closed the channel.
+    ch.recv().is_err()
+}
+
+/// Sends `i`, then lingers without reading its channel.
+#[parallel]
+fn first_then_linger(ch: Channel<u64>, i: u64, ms: u64) {
+    ch.send(&i).expect("the first value goes through");
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+/// Sends its value, then answers one question: `x` with `x + 1`.
+#[parallel]
+fn then_answer(ch: Channel<u64, u64>, first: u64) {
+    ch.send(&first).expect("first value");
+    if let Ok(x) = ch.recv() {
+        ch.send(&(x + 1)).expect("answer");
+    }
+}
+
+/// Values with their call index, and failures instead of a stop.
+#[derive(Default)]
+struct Tolerant {
+    values: Vec<(usize, (u64, u64))>,
+    failures: Vec<(usize, Error)>,
+}
+
+impl Store<(u64, u64)> for Tolerant {
+    fn store(&mut self, value: (u64, u64), origin: &Origin<'_>) -> pproc::Result<()> {
+        // Kill call 77 from outside once it has sent two values.
+        if origin.index() == 77 && value.1 == 1 {
+            let pid = i32::try_from(origin.pid().expect("it runs")).unwrap();
+            // SAFETY: kill(2) on a child that is not reaped yet.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+        }
+        self.values.push((origin.index(), value));
+        Ok(())
+    }
+
+    fn failed(&mut self, error: Error, origin: &Origin<'_>) -> pproc::Result<()> {
+        self.failures.push((origin.index(), error));
+        Ok(())
+    }
+}
+
+#[test]
+fn a_streaming_call_delivers_its_first_value_by_default() {
+    let _serial = serial();
+    let mut ex = Exchange::new(Vec::new()).limit(2);
+    for i in 0..6 {
+        ex.start(row::call(i, 3, 0)).unwrap();
+    }
+    let mut firsts: Vec<(u64, u64)> = ex.finish().unwrap();
+    firsts.sort_unstable();
+    assert_eq!(firsts, (0..6).map(|i| (i, 0)).collect::<Vec<_>>());
+    assert_eq!(children(), Vec::<u32>::new());
+}
+
+#[test]
+fn continuous_stores_every_value_with_its_origin() {
+    let _serial = serial();
+    let mut ex = Exchange::new(Tolerant::default()).limit(3).continuous(true);
+    for i in 0..10 {
+        assert_eq!(ex.start(row::call(i, 10, 1)).unwrap(), i as usize);
+    }
+    let done = ex.finish().unwrap();
+    assert!(done.failures.is_empty());
+    assert_eq!(done.values.len(), 100);
+    for (index, (i, _)) in &done.values {
+        assert_eq!(*index as u64, *i);
+    }
+    // Each child's values arrive in the order it sent them.
+    for i in 0..10 {
+        let js: Vec<u64> = done
+            .values
+            .iter()
+            .filter(|(_, (ci, _))| *ci == i)
+            .map(|(_, (_, j))| *j)
+            .collect();
+        assert_eq!(js, (0..10).collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn a_streaming_child_killed_mid_stream_fails_only_its_call() {
+    let _serial = serial();
+    let fds = open_fds();
+    let mut ex = Exchange::new(Tolerant::default()).limit(4).continuous(true);
+    for i in 0..200 {
+        ex.start(row::call(i, 5, if i == 77 { 50 } else { 0 }))
+            .unwrap();
+    }
+    let done = ex.finish().unwrap();
+    assert_eq!(done.failures.len(), 1, "{:?}", done.failures);
+    assert_eq!(done.failures[0].0, 77);
+    assert!(
+        matches!(done.failures[0].1, Error::Signaled { signal: 9 }),
+        "{:?}",
+        done.failures[0].1
+    );
+    // Every other call delivered all five values; the victim two.
+    assert_eq!(done.values.len(), 199 * 5 + 2);
+    let victim: Vec<_> = done.values.iter().filter(|(i, _)| *i == 77).collect();
+    assert_eq!(victim.len(), 2);
+    assert_eq!(children(), Vec::<u32>::new());
+    assert_eq!(open_fds(), fds, "descriptors leaked");
+}
+
+#[test]
+fn autoclose_closes_the_channel_of_a_delivered_child() {
+    let _serial = serial();
+    // With a limit of 1, each call starts only once the one before has
+    // exited, and `first_then_wait` exits only when its channel closes.
+    let mut ex = Exchange::new(Vec::new()).limit(1);
+    for i in 0..4 {
+        ex.start(first_then_wait::call(i)).unwrap();
+    }
+    assert_eq!(ex.finish().unwrap(), [0, 1, 2, 3]);
+    assert_eq!(children(), Vec::<u32>::new());
+}
+
+/// Fails the test if more children than `limit` ever live at once.
+struct Bounded {
+    limit: usize,
+    most: usize,
+    count: usize,
+}
+
+impl Store<u64> for Bounded {
+    fn store(&mut self, _value: u64, _origin: &Origin<'_>) -> pproc::Result<()> {
+        let live = children().len();
+        assert!(
+            live <= self.limit,
+            "{live} children live, the limit is {}",
+            self.limit
+        );
+        self.most = self.most.max(live);
+        self.count += 1;
+        Ok(())
+    }
+}
+
+#[test]
+fn delivered_children_keep_their_place_until_they_exit() {
+    let _serial = serial();
+    let mut ex = Exchange::new(Bounded {
+        limit: 2,
+        most: 0,
+        count: 0,
+    })
+    .limit(2);
+    for i in 0..10 {
+        ex.start(first_then_linger::call(i, 30)).unwrap();
+        assert!(children().len() <= 2, "the limit was exceeded");
+    }
+    while ex.unfinished() {
+        ex.store(Some(Duration::from_millis(5))).unwrap();
+        assert!(children().len() <= 2, "the limit was exceeded");
+    }
+    let bounded = ex.finish().unwrap();
+    assert_eq!(bounded.count, 10);
+    assert_eq!(bounded.most, 2, "two children should have run at once");
+    assert_eq!(children(), Vec::<u32>::new());
+}
+
+#[test]
+fn without_autoclose_a_delivered_child_can_be_taken_and_talked_to() {
+    let _serial = serial();
+    let mut ex = Exchange::new(Vec::new()).autoclose(false);
+    let index = ex.start(then_answer::call(7)).unwrap();
+    while ex.get_ref().is_empty() {
+        ex.store(None).unwrap();
+    }
+    assert_eq!(ex.get_ref(), &[7]);
+    assert!(!ex.unfinished(), "its call has delivered");
+    let h: Handle<(), u64, u64, Streams> = ex.remove(index).unwrap().expect("kept open");
+    h.send(&41).unwrap();
+    assert_eq!(h.recv().unwrap(), 42);
+    h.join().unwrap();
+    assert_eq!(ex.finish().unwrap(), [7]);
+}
+
+#[test]
+fn finish_closes_children_kept_open() {
+    let _serial = serial();
+    let mut ex = Exchange::new(Vec::new()).autoclose(false).limit(2);
+    for i in 0..2 {
+        ex.start(first_then_wait::call(i)).unwrap();
+    }
+    let mut firsts = ex.finish().unwrap();
+    firsts.sort_unstable();
+    assert_eq!(firsts, [0, 1]);
+    assert_eq!(children(), Vec::<u32>::new());
+}
+
+#[test]
+fn remove_cancels_a_queued_call_and_takes_a_running_one() {
+    let _serial = serial();
+    let mut ex = Exchange::new(Vec::new()).limit(1);
+    let running = ex.start(row::call(1, 1, 60_000)).unwrap();
+    let queued = ex.start(row::call(2, 1, 0)).unwrap();
+    let last = ex.start(row::call(3, 1, 0)).unwrap();
+    assert_eq!(last, 2);
+    assert!(
+        ex.remove::<(), (), (u64, u64), Streams>(queued)
+            .unwrap()
+            .is_none()
+    );
+    let h: Handle<(), (), (u64, u64), Streams> = ex.remove(running).unwrap().expect("running");
+    let pid = h.pid();
+    drop(h);
+    assert!(!children().contains(&pid), "dropping the handle reaps it");
+    assert!(
+        ex.remove::<(), (), (u64, u64), Streams>(99)
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(ex.finish().unwrap(), [(3, 0)]);
+}
+
+#[test]
+fn reused_workers_stream_too() {
+    let _serial = serial();
+    let mut ex = Exchange::new(Vec::new())
+        .limit(2)
+        .reuse(true)
+        .continuous(true);
+    for i in 0..8 {
+        ex.start(row::call(i, 4, 0)).unwrap();
+    }
+    let mut all: Vec<(u64, u64)> = ex.finish().unwrap();
+    all.sort_unstable();
+    let want: Vec<_> = (0..8).flat_map(|i| (0..4).map(move |j| (i, j))).collect();
+    assert_eq!(all, want);
+
+    // Without `continuous`, a worker delivers each call's first value.
+    let mut ex = Exchange::new(Vec::new()).limit(2).reuse(true);
+    for i in 0..8 {
+        ex.start(row::call(i, 4, 0)).unwrap();
+    }
+    let mut firsts: Vec<(u64, u64)> = ex.finish().unwrap();
+    firsts.sort_unstable();
+    assert_eq!(firsts, (0..8).map(|i| (i, 0)).collect::<Vec<_>>());
+    assert_eq!(children(), Vec::<u32>::new());
+}
+
+#[test]
+fn created_children_send_their_values_and_are_reaped() {
+    let _serial = serial();
+    let fds = open_fds();
+    let mut ex = Exchange::new(Bounded {
+        limit: 3,
+        most: 0,
+        count: 0,
+    })
+    .limit(3)
+    .continuous(true);
+    for i in 0..12_u64 {
+        // SAFETY: the closure takes no lock that another thread holds.
+        unsafe {
+            ex.create(move |ch: Channel<u64>| {
+                std::thread::sleep(Duration::from_millis(5));
+                ch.send(&i).unwrap();
+                ch.send(&(i + 100)).unwrap();
+            })
+            .unwrap();
+        }
+        assert!(children().len() <= 3, "the limit was exceeded");
+    }
+    let bounded = ex.finish().unwrap();
+    assert_eq!(bounded.count, 24);
+    assert_eq!(children(), Vec::<u32>::new());
+    assert_eq!(open_fds(), fds, "descriptors leaked");
+}
+
+#[test]
+fn a_created_child_that_panics_is_a_failure_and_the_parent_goes_on() {
+    let _serial = serial();
+    let mut ex = Exchange::new(Vec::<u64>::new());
+    // SAFETY: the closure takes no lock that another thread holds.
+    let index = unsafe {
+        ex.create(|_: Channel<u64>| panic!("forked and failed"))
+            .unwrap()
+    };
+    match ex.finish() {
+        Err(Error::Panicked { message, location }) => {
+            assert_eq!(message, "forked and failed");
+            assert!(location.unwrap().contains("streams.rs"));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(index, 0);
+    // The parent is still itself: the child never returned here.
+    assert_eq!(children(), Vec::<u32>::new());
+}
+
+#[test]
+fn a_created_child_can_start_children_of_its_own() {
+    let _serial = serial();
+    // The parent's spawner thread is not in the forked child: the child
+    // needs one of its own.
+    pproc_workspace::double::start(1).unwrap().join().unwrap();
+    let mut ex = Exchange::new(Vec::<u64>::new());
+    // SAFETY: the closure takes no lock that another thread holds.
+    unsafe {
+        ex.create(|ch: Channel<u64>| {
+            let doubled = pproc_workspace::double::start(21).unwrap().join().unwrap();
+            ch.send(&doubled).unwrap();
+        })
+        .unwrap();
+    }
+    assert_eq!(ex.finish().unwrap(), [42]);
+}
+
+#[test]
+fn origins_name_created_children() {
+    let _serial = serial();
+    struct Names(Vec<String>);
+    impl Store<u8> for Names {
+        fn store(&mut self, _value: u8, origin: &Origin<'_>) -> pproc::Result<()> {
+            self.0.push(origin.name().to_owned());
+            Ok(())
+        }
+    }
+    let mut ex = Exchange::new(Names(Vec::new()));
+    // SAFETY: the closure takes no lock that another thread holds.
+    unsafe {
+        ex.create(|ch: Channel<u8>| ch.send(&1).unwrap()).unwrap();
+    }
+    assert_eq!(ex.finish().unwrap().0, ["pproc::create"]);
+}
