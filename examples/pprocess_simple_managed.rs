@@ -1,6 +1,6 @@
 //! pprocess's `simple_managed.py`, in Rust: a 10×10 grid computed by a
 //! managed callable on an exchange of at most 10 children, each call taking
-//! one second.
+//! one second (`PPROCESS_DELAY` changes it).
 //!
 //! pprocess wraps `calculate` with `MakeParallel` and `exchange.manage`, and
 //! subclasses `Exchange` to write `store_data`. Here `#[parallel]` does the
@@ -11,27 +11,15 @@
 //! cargo run --release --example pprocess_simple_managed
 //! ```
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use pproc::{Exchange, parallel};
-
-/// Array size.
-const N: usize = 10;
-/// The most children at once.
-const LIMIT: usize = 10;
-/// How long each calculation takes.
-const DELAY: Duration = Duration::from_secs(1);
+use pproc_workspace::grid::{self, LIMIT, N, assign};
 
 /// A supposedly time-consuming calculation on `i` and `j`.
 #[parallel]
 fn calculate(i: usize, j: usize) -> (usize, usize, usize) {
-    std::thread::sleep(DELAY);
-    (i, j, i * N + j)
-}
-
-/// Puts a result in its place, as pprocess's `store_data` does.
-fn assign(grid: &mut [usize], (i, j, result): (usize, usize, usize)) {
-    grid[i * N + j] = result;
+    grid::calculate(i, j)
 }
 
 /// The exchange's store: the array, assigned as results arrive.
@@ -64,16 +52,5 @@ fn main() -> pproc::Result<()> {
     let results = exchange.finish()?.d;
 
     // Show the results.
-    for row in results.chunks(N) {
-        let row: Vec<String> = row.iter().map(ToString::to_string).collect();
-        println!("{}", row.join(" "));
-    }
-    println!("Time taken: {}", t.elapsed().as_secs_f64());
-
-    if results != (0..N * N).collect::<Vec<_>>() {
-        return Err(pproc::Error::Codec {
-            message: "the grid does not hold i * N + j".into(),
-        });
-    }
-    Ok(())
+    grid::show(&results, t)
 }

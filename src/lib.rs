@@ -5,6 +5,8 @@
 
 use pproc::parallel;
 
+pub mod grid;
+
 /// Doubles `x` in a child process.
 #[parallel]
 pub fn double(x: u64) -> u64 {
