@@ -44,7 +44,9 @@
 //!
 //! A function whose first parameter is a [`Channel<S, V>`](Channel) can talk
 //! to its parent while it runs, pprocess style: the child sends `S` and
-//! receives `V`, and the parent's [`Handle<R, V, S>`](Handle) mirrors it.
+//! receives `V`, and the parent's [`Handle<R, V, S, Streams>`](Handle)
+//! mirrors it ([`Streams`] tells an [`Exchange`](struct@Exchange) to store what the child
+//! sends rather than what it returns).
 //! Both ends may send and receive at any time, in any sizes, without
 //! deadlock. Values are framed (a 4-byte length, then bincode) over a Unix
 //! socket; a frame larger than the limit ([`Builder::max_frame`]) is refused
@@ -63,7 +65,7 @@
 //! }
 //!
 //! # fn main() -> pproc::Result<()> {
-//! let h = count_to::start(3)?; // Handle<usize, String, u64>
+//! let h = count_to::start(3)?; // Handle<usize, String, u64, Streams>
 //! h.send(&"hello".to_string())?;
 //! let got: Vec<u64> = (0..3).map(|_| h.recv()).collect::<Result<_, _>>()?;
 //! assert_eq!(got, [0, 1, 2]);
@@ -71,6 +73,12 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Exchanges
+//!
+//! An [`Exchange`](struct@Exchange) (pprocess's) runs many calls at once under a limit and
+//! stores each result in a struct of yours as it arrives: see its
+//! documentation, [`Store`] and [`#[derive(Exchange)]`](derive@Exchange).
 //!
 //! # Errors
 //!
