@@ -4,10 +4,12 @@
 //! Tests count this process's children: every test holds `SERIAL`, so that
 //! no other test's children are counted with theirs.
 
+use std::io::Write;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use pproc::{Channel, Error, Exchange, Handle, Origin, Store, Streams, parallel};
+use pproc::{Call, Channel, Error, Exchange, Handle, Origin, Store, Streams, parallel};
 use pproc_workspace::{children, open_fds};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -50,6 +52,16 @@ fn then_answer(ch: Channel<u64, u64>, first: u64) {
     if let Ok(x) = ch.recv() {
         ch.send(&(x + 1)).expect("answer");
     }
+}
+
+/// Sends `good`, then writes `bytes` straight onto the channel's socket.
+#[parallel]
+fn good_then_garbage(ch: Channel<u64>, good: u64, bytes: Vec<u8>) {
+    ch.send(&good).expect("the first value goes through");
+    // SAFETY: the descriptor stays open for the whole call.
+    let fd = unsafe { BorrowedFd::borrow_raw(ch.as_raw_fd()) };
+    let mut file = std::fs::File::from(fd.try_clone_to_owned().expect("dup"));
+    file.write_all(&bytes).expect("write");
 }
 
 /// Values with their call index, and failures instead of a stop.
@@ -362,4 +374,55 @@ fn origins_name_created_children() {
         ex.create(|ch: Channel<u8>| ch.send(&1).unwrap()).unwrap();
     }
     assert_eq!(ex.finish().unwrap().0, ["pproc::create"]);
+}
+
+#[test]
+fn garbage_in_a_stream_fails_that_call_only() {
+    let _serial = serial();
+    let fds = open_fds();
+    #[derive(Default)]
+    struct Seen {
+        values: Vec<u64>,
+        failures: Vec<(usize, Error)>,
+    }
+    impl Store<u64> for Seen {
+        fn store(&mut self, value: u64, _: &Origin<'_>) -> pproc::Result<()> {
+            self.values.push(value);
+            Ok(())
+        }
+        fn failed(&mut self, error: Error, origin: &Origin<'_>) -> pproc::Result<()> {
+            self.failures.push((origin.index(), error));
+            Ok(())
+        }
+    }
+    let mut ex = Exchange::new(Seen::default()).continuous(true).limit(3);
+    // A data frame that does not decode as `u64`, a frame over the limit,
+    // an unknown tag; and a well-behaved stream beside them.
+    ex.start(good_then_garbage::call(1, vec![3, 0, 0, 0, 2, 0xff, 0xff]))
+        .unwrap();
+    ex.start(good_then_garbage::call(2, vec![0xf0, 0xff, 0xff, 0xff, 2]))
+        .unwrap();
+    ex.start(good_then_garbage::call(3, vec![2, 0, 0, 0, 99, 1]))
+        .unwrap();
+    // A call built by name with the wrong type: `row` sends pairs, not
+    // `u64`s, so each of its values fails to decode, a failure of call 3,
+    // and the stream goes on.
+    let mistyped: Call<(), (), u64, Streams> = Call::new(row::NAME, &(4_u64, 3_u64, 0_u64));
+    ex.start(mistyped).unwrap();
+    let seen = ex.finish().unwrap();
+    let mut values = seen.values;
+    values.sort_unstable();
+    assert_eq!(values, [1, 2, 3]);
+    let mut failed: Vec<usize> = seen.failures.iter().map(|(i, _)| *i).collect();
+    failed.sort_unstable();
+    assert_eq!(failed, [0, 1, 2, 3, 3, 3]);
+    assert!(
+        seen.failures
+            .iter()
+            .all(|(_, e)| matches!(e, Error::Codec { .. })),
+        "{:?}",
+        seen.failures
+    );
+    assert_eq!(children(), Vec::<u32>::new());
+    assert_eq!(open_fds(), fds, "descriptors leaked");
 }

@@ -280,6 +280,25 @@ const EXIT_TICK: Duration = Duration::from_millis(10);
 /// sends, until it returns. Its return value is not stored, as in pprocess;
 /// a panic or a kill is a failure of the call in every case.
 ///
+/// # What blocks, what queues, what is reaped when
+///
+/// | method | blocks |
+/// | --- | --- |
+/// | [`start`](Self::start), [`Managed::call`] | never: over the limit the call queues, and starts when a place frees up |
+/// | [`add`](Self::add), [`remove`](Self::remove) | never; `add` ignores the limit |
+/// | [`add_wait`](Self::add_wait), [`wait`](Self::wait) | while [`busy`](Self::busy), storing results |
+/// | [`create`](Self::create) | until a new process may start, storing results |
+/// | [`store`](Self::store), [`ready`](Self::ready) | up to their timeout, until something is stored (is ready) |
+/// | [`finish`](Self::finish) | until every call, queued ones included, has ended and every process has exited |
+///
+/// A child that returns its value is reaped when its result is stored. A
+/// streaming child is reaped once it has exited, after its first value (its
+/// channel closed at that value by [`autoclose`](Self::autoclose)) or, with
+/// [`continuous`](Self::continuous), after its last. A reusable worker lives
+/// until `finish`, which closes its channel and reaps it. Dropping the
+/// exchange kills and reaps every child it still holds; so does the first
+/// failure the store does not take.
+///
 /// # Examples
 ///
 /// ```
