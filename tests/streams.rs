@@ -426,3 +426,16 @@ fn garbage_in_a_stream_fails_that_call_only() {
     assert_eq!(children(), Vec::<u32>::new());
     assert_eq!(open_fds(), fds, "descriptors leaked");
 }
+
+#[test]
+fn added_streaming_handles_deliver_what_they_send() {
+    let _serial = serial();
+    let mut ex = Exchange::new(Vec::new()).continuous(true);
+    let h: Handle<(), (), (u64, u64), Streams> = row::start(9, 3, 0).unwrap();
+    assert_eq!(ex.add(h).unwrap(), 0);
+    assert_eq!(ex.add_wait(row::start(8, 2, 0).unwrap()).unwrap(), 1);
+    let mut all: Vec<(u64, u64)> = ex.finish().unwrap();
+    all.sort_unstable();
+    assert_eq!(all, [(8, 0), (8, 1), (9, 0), (9, 1), (9, 2)]);
+    assert_eq!(children(), Vec::<u32>::new());
+}
