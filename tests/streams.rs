@@ -45,6 +45,13 @@ fn first_then_linger(ch: Channel<u64>, i: u64, ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
 }
 
+/// Returns `ms` after `ms` milliseconds.
+#[parallel]
+fn after(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
 /// Sends its value, then answers one question: `x` with `x + 1`.
 #[parallel]
 fn then_answer(ch: Channel<u64, u64>, first: u64) {
@@ -438,4 +445,19 @@ fn added_streaming_handles_deliver_what_they_send() {
     all.sort_unstable();
     assert_eq!(all, [(8, 0), (8, 1), (9, 0), (9, 1), (9, 2)]);
     assert_eq!(children(), Vec::<u32>::new());
+}
+
+#[test]
+fn ready_waits_through_the_exit_of_a_delivered_child() {
+    let _serial = serial();
+    let mut ex = Exchange::new(Vec::new());
+    ex.start(first_then_linger::call(0, 100)).unwrap();
+    while ex.get_ref().is_empty() {
+        ex.store(None).unwrap();
+    }
+    // Call 0 has delivered and lingers; its exit is no news for `ready`.
+    let late = ex.start(after::call(300)).unwrap();
+    let ready = ex.ready(Some(Duration::from_secs(30))).unwrap();
+    assert_eq!(ready, [late]);
+    assert_eq!(ex.finish().unwrap(), [0, 300]);
 }

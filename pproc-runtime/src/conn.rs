@@ -80,6 +80,16 @@ impl Deadline {
             .map_or(Self::Never, Self::At)
     }
 
+    /// Whether a wait with this deadline is over: always for `Now`, never
+    /// for `Never`.
+    pub(crate) fn passed(self) -> bool {
+        match self {
+            Self::Never => false,
+            Self::Now => true,
+            Self::At(at) => Instant::now() >= at,
+        }
+    }
+
     pub(crate) fn poll_timeout(self) -> Option<PollTimeout> {
         match self {
             Self::Never => Some(PollTimeout::NONE),

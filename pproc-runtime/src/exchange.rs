@@ -417,6 +417,10 @@ impl<S> Exchange<S> {
     /// [`remove`](Self::remove) to go on talking to it, or until
     /// [`finish`](Self::finish) closes it. While it lives it keeps its place
     /// under the limit.
+    ///
+    /// Either way, a child that goes on running after its channel closed
+    /// keeps its place until it exits, and [`finish`](Self::finish) waits
+    /// for it.
     #[must_use]
     pub fn autoclose(mut self, autoclose: bool) -> Self {
         self.autoclose = autoclose;
@@ -932,12 +936,7 @@ impl<S> Exchange<S> {
                 return Ok(0);
             }
             let stored = self.round(deadline)?;
-            let expired = match deadline {
-                Deadline::Never => false,
-                Deadline::Now => true,
-                Deadline::At(at) => std::time::Instant::now() >= at,
-            };
-            if stored > 0 || expired {
+            if stored > 0 || deadline.passed() {
                 return Ok(stored);
             }
         }
@@ -951,14 +950,25 @@ impl<S> Exchange<S> {
     ///
     /// [`Error::Io`] if polling fails.
     pub fn ready(&mut self, timeout: Option<Duration>) -> Result<Vec<usize>> {
-        let slots = self.poll(timeout.map_or(Deadline::Never, Deadline::after))?;
-        Ok(slots
-            .into_iter()
-            .filter_map(|slot| {
-                let member = self.members.get(slot)?.as_ref()?;
-                (member.phase == Phase::Running).then_some(member.job.as_ref()?.index)
-            })
-            .collect())
+        let deadline = timeout.map_or(Deadline::Never, Deadline::after);
+        loop {
+            let mut ready = Vec::new();
+            for slot in self.poll(deadline)? {
+                let Some(member) = self.members.get(slot).and_then(Option::as_ref) else {
+                    continue;
+                };
+                match (member.phase, &member.job) {
+                    (Phase::Running, Some(job)) => ready.push(job.index),
+                    // Delivered children and idle workers are the
+                    // exchange's business: reap them, and wait on.
+                    (Phase::Done | Phase::Idle, _) => self.service_done(slot)?,
+                    _ => {}
+                }
+            }
+            if !ready.is_empty() || deadline.passed() || self.active_count() == 0 {
+                return Ok(ready);
+            }
+        }
     }
 
     /// Blocks, storing results, until fewer calls run than the limit
