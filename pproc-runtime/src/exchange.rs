@@ -278,7 +278,10 @@ const EXIT_TICK: Duration = Duration::from_millis(10);
 /// [`autoclose`](Self::autoclose)) and its place goes to the next call once
 /// it has exited; with [`continuous`](Self::continuous), every value it
 /// sends, until it returns. Its return value is not stored, as in pprocess;
-/// a panic or a kill is a failure of the call in every case.
+/// a panic or a kill is a failure of the call in every case, and so is a
+/// return without a value when one was owed (not `continuous`):
+/// [`Error::Disconnected`]. So every call but a continuous one ends in
+/// exactly one value or one failure.
 ///
 /// # What blocks, what queues, what is reaped when
 ///
@@ -799,8 +802,15 @@ impl<S> Exchange<S> {
         let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) else {
             return Ok(0);
         };
+        let silent = !self.continuous && member.job.as_ref().is_some_and(|job| job.values == 0);
         match member.handle.poll_result() {
             Err(Error::Timeout) => Ok(0),
+            // A call that owed one value and returned without it.
+            Ok(_) if silent => {
+                self.deliver(slot, Err(Error::Disconnected))?;
+                drop(self.take(slot)?);
+                Ok(1)
+            }
             // Its return value is not stored.
             Ok(_) => {
                 drop(self.take(slot)?);
@@ -863,6 +873,10 @@ impl<S> Exchange<S> {
         }
         let mut values = Vec::new();
         let turn = member.handle.poll_turn(&mut values);
+        let silent = member
+            .job
+            .as_ref()
+            .is_some_and(|job| job.values == 0 && values.is_empty());
         let wanted = match member.job.as_ref() {
             Some(job) if job.streams && continuous => values.len(),
             Some(job) if job.streams => usize::from(job.values == 0),
@@ -881,6 +895,11 @@ impl<S> Exchange<S> {
             Turn::Running => Ok(stored),
             Turn::Done(result) => {
                 match result {
+                    // A call that owed one value and returned without it.
+                    Ok(_) if streams && !continuous && silent => {
+                        self.deliver(slot, Err(Error::Disconnected))?;
+                        stored += 1;
+                    }
                     // A streaming call's return value is not stored.
                     Ok(_) if streams => {}
                     Ok(bytes) => {
