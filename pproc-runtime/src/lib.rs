@@ -11,6 +11,7 @@ mod conn;
 mod error;
 mod exchange;
 mod handle;
+mod map;
 mod registry;
 mod spawn;
 
@@ -24,4 +25,5 @@ pub use conn::DEFAULT_MAX_FRAME;
 pub use error::{Error, Result};
 pub use exchange::{Exchange, Failure, Managed, Origin, Store};
 pub use handle::Handle;
+pub use map::{Map, Queue, pmap};
 pub use registry::{is_registered, registered};

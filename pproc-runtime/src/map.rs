@@ -1,0 +1,495 @@
+//! pprocess's `Map`, `Queue` and `pmap` as Rust iterators over an exchange,
+//! with the back-pressure of `AsynQueue`'s ordered item producer.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::iter::Fuse;
+
+use serde::de::DeserializeOwned;
+
+use crate::call::{Builder, Call, Delivery};
+use crate::error::{Error, Result};
+use crate::exchange::{Exchange, Origin, Store};
+
+/// The outcomes of started items, by index and in order of arrival.
+struct Slots<T> {
+    done: BTreeMap<usize, Result<T>>,
+    arrivals: VecDeque<usize>,
+    /// How many outcomes arrived in all.
+    received: usize,
+}
+
+impl<T> Default for Slots<T> {
+    fn default() -> Self {
+        Self {
+            done: BTreeMap::new(),
+            arrivals: VecDeque::new(),
+            received: 0,
+        }
+    }
+}
+
+impl<T> Slots<T> {
+    fn put(&mut self, index: usize, outcome: Result<T>) {
+        self.done.insert(index, outcome);
+        self.arrivals.push_back(index);
+        self.received += 1;
+    }
+}
+
+impl<T> Store<T> for Slots<T> {
+    fn store(&mut self, value: T, origin: &Origin<'_>) -> Result<()> {
+        self.put(origin.index(), Ok(value));
+        Ok(())
+    }
+
+    fn failed(&mut self, error: Error, origin: &Origin<'_>) -> Result<()> {
+        self.put(origin.index(), Err(error));
+        Ok(())
+    }
+}
+
+/// What [`Map`] and [`Queue`] share: the calls still to start, the exchange
+/// that runs them, and the bounds on both.
+struct Engine<C, T> {
+    calls: Fuse<C>,
+    exchange: Exchange<Slots<T>>,
+    limit: usize,
+    window: Option<usize>,
+    started: usize,
+    stopped: bool,
+}
+
+/// The number of cores, or 1 where it cannot be told.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+impl<C: Iterator, T> Engine<C, T> {
+    fn new(calls: C) -> Self {
+        let limit = cores();
+        Self {
+            calls: calls.fuse(),
+            exchange: Exchange::new(Slots::default()).limit(limit),
+            limit,
+            window: None,
+            started: 0,
+            stopped: false,
+        }
+    }
+
+    /// Changes the exchange's options, keeping its state.
+    fn configure(&mut self, f: impl FnOnce(Exchange<Slots<T>>) -> Exchange<Slots<T>>) {
+        let exchange = std::mem::replace(&mut self.exchange, Exchange::new(Slots::default()));
+        self.exchange = f(exchange);
+    }
+
+    fn in_flight(&self) -> usize {
+        self.started - self.exchange.get_ref().received
+    }
+
+    /// Finished outcomes not yet taken.
+    fn held(&self) -> usize {
+        self.exchange.get_ref().done.len()
+    }
+
+    fn window(&self) -> usize {
+        self.window.unwrap_or(2 * self.limit)
+    }
+
+    /// Stops every child and starts nothing more.
+    fn stop(&mut self) {
+        // Dropping the exchange kills and reaps its children.
+        self.exchange = Exchange::new(Slots::default());
+        self.started = 0;
+        self.stopped = true;
+    }
+}
+
+impl<C, T, R, S, V, K> Engine<C, T>
+where
+    C: Iterator<Item = Call<R, S, V, K>>,
+    K: Delivery<Item<R, V> = T>,
+    T: DeserializeOwned,
+{
+    /// Starts items while fewer than the limit run and the window has room
+    /// (or, with `upto`, until item `upto` has started).
+    fn feed(&mut self, upto: Option<usize>) -> Result<()> {
+        while !self.stopped
+            && self.in_flight() < self.limit
+            && (self.in_flight() + self.held() < self.window()
+                || upto.is_some_and(|i| self.started <= i))
+        {
+            let Some(call) = self.calls.next() else {
+                break;
+            };
+            self.exchange.start(call)?;
+            self.started += 1;
+        }
+        Ok(())
+    }
+
+    /// Starts what may start, then waits until an outcome arrives. Returns
+    /// `false` if nothing runs and nothing is left to start.
+    fn pump(&mut self, upto: Option<usize>) -> Result<bool> {
+        self.feed(upto)?;
+        if self.in_flight() == 0 {
+            return Ok(false);
+        }
+        self.exchange.store(None)?;
+        Ok(true)
+    }
+}
+
+macro_rules! options {
+    () => {
+        /// At most `n` items run at once (at least one; by default, the
+        /// number of cores).
+        #[must_use]
+        pub fn limit(mut self, n: usize) -> Self {
+            let n = n.max(1);
+            self.engine.limit = n;
+            self.engine.configure(|ex| ex.limit(n));
+            self
+        }
+
+        /// Runs the items on reused worker processes instead of a process
+        /// per item (pprocess's `reuse` and `MakeReusable`).
+        #[must_use]
+        pub fn reuse(mut self, reuse: bool) -> Self {
+            self.engine.configure(|ex| ex.reuse(reuse));
+            self
+        }
+
+        /// At most `n` items are started and not yet yielded, running or
+        /// finished and waiting for their turn (at least one; by default
+        /// twice the limit). While the window is full no item starts: a
+        /// slow item, or a consumer that lags, holds the input back instead
+        /// of letting results pile up in memory.
+        #[must_use]
+        pub fn window(mut self, n: usize) -> Self {
+            self.engine.window = Some(n.max(1));
+            self
+        }
+
+        /// The options children are started with.
+        #[must_use]
+        pub fn builder(mut self, builder: Builder) -> Self {
+            self.engine.configure(|ex| ex.builder(builder));
+            self
+        }
+
+        /// How many finished results are held, waiting to be yielded.
+        #[must_use]
+        pub fn held(&self) -> usize {
+            self.engine.held()
+        }
+    };
+}
+
+/// Runs `f(item)` for every item in child processes, at most as many at a
+/// time as there are cores, and yields the results **in input order**
+/// (pprocess's `Map`).
+///
+/// `f` turns an item into a [`Call`], such as a `#[parallel]` function's
+/// `call`. Items are taken from the input lazily, so an endless input
+/// works; at most [`window`](Self::window) items are started and not yet
+/// yielded.
+///
+/// A failed item (a panic, a kill, an error of its own) is yielded as
+/// `Err` in its place, and the map ends there: the children still running
+/// are killed and reaped. [`get`](Self::get) waits for one item, as
+/// indexing pprocess's `Map` does. Dropping the map kills and reaps its
+/// children.
+///
+/// # Examples
+///
+/// ```
+/// use pproc::{parallel, Map};
+///
+/// #[parallel]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// let squares: Vec<u64> = Map::new(square::call, 0..10).limit(4).collect::<pproc::Result<_>>()?;
+/// assert_eq!(squares, [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]);
+///
+/// // Endless input: only what is taken is computed.
+/// let first: Vec<u64> = Map::new(square::call, 1..).take(3).collect::<pproc::Result<_>>()?;
+/// assert_eq!(first, [1, 4, 9]);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Map<C, T> {
+    engine: Engine<C, T>,
+    next: usize,
+    ended: bool,
+    broken: Option<Error>,
+}
+
+impl<I: Iterator, F, T> Map<std::iter::Map<I, F>, T> {
+    /// A map of `f` over `items`. Nothing starts until the first item is
+    /// asked for.
+    pub fn new<II, R, S, V, K>(f: F, items: II) -> Self
+    where
+        II: IntoIterator<IntoIter = I>,
+        F: FnMut(I::Item) -> Call<R, S, V, K>,
+        K: Delivery<Item<R, V> = T>,
+    {
+        Self {
+            engine: Engine::new(items.into_iter().map(f)),
+            next: 0,
+            ended: false,
+            broken: None,
+        }
+    }
+}
+
+impl<C: Iterator, T> Map<C, T> {
+    options!();
+
+    fn end(&mut self) {
+        self.ended = true;
+        self.engine.stop();
+    }
+}
+
+impl<C, T, R, S, V, K> Map<C, T>
+where
+    C: Iterator<Item = Call<R, S, V, K>>,
+    K: Delivery<Item<R, V> = T>,
+    T: DeserializeOwned,
+{
+    /// Waits for item `i` (counted from 0 in the input) and returns it,
+    /// starting items up to it as needed, whatever the window (pprocess's
+    /// `Map.__getitem__`). The result stays in the map, to be yielded in
+    /// its turn.
+    ///
+    /// `None` if the input has no item `i`, if it was yielded already, or
+    /// if the map has ended before it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pproc::{parallel, Map};
+    ///
+    /// #[parallel]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// # fn main() {
+    /// let mut map = Map::new(square::call, 0..10);
+    /// assert_eq!(map.get(7).unwrap().ok(), Some(&49));
+    /// assert_eq!(map.next().unwrap().unwrap(), 0); // still in order
+    /// assert!(map.get(10).is_none());
+    /// # }
+    /// ```
+    pub fn get(&mut self, i: usize) -> Option<Result<&T, &Error>> {
+        if i < self.next {
+            return None;
+        }
+        while !self.engine.exchange.get_ref().done.contains_key(&i) {
+            if self.ended {
+                return self.broken.as_ref().map(Err);
+            }
+            match self.engine.pump(Some(i)) {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(error) => {
+                    self.end();
+                    return Some(Err(self.broken.insert(error)));
+                }
+            }
+        }
+        self.engine
+            .exchange
+            .get_ref()
+            .done
+            .get(&i)
+            .map(Result::as_ref)
+    }
+}
+
+impl<C, T, R, S, V, K> Iterator for Map<C, T>
+where
+    C: Iterator<Item = Call<R, S, V, K>>,
+    K: Delivery<Item<R, V> = T>,
+    T: DeserializeOwned,
+{
+    type Item = Result<T>;
+
+    fn next(&mut self) -> Option<Result<T>> {
+        loop {
+            let slots = self.engine.exchange.get_mut();
+            if let Some(outcome) = slots.done.remove(&self.next) {
+                self.next += 1;
+                if outcome.is_err() {
+                    self.end();
+                }
+                return Some(outcome);
+            }
+            if self.ended {
+                return None;
+            }
+            match self.engine.pump(None) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.end();
+                    return None;
+                }
+                Err(error) => {
+                    self.end();
+                    return Some(Err(error));
+                }
+            }
+        }
+    }
+}
+
+/// Runs `f(item)` for every item in child processes, at most as many at a
+/// time as there are cores, and yields the results **as they arrive**
+/// (pprocess's `Queue`).
+///
+/// As [`Map`], but a failed item is yielded as `Err` in its place and the
+/// queue goes on with the others. [`next_indexed`](Self::next_indexed)
+/// tells which item each result belongs to.
+///
+/// # Examples
+///
+/// ```
+/// use pproc::{parallel, Queue};
+///
+/// #[parallel]
+/// fn square(x: u64) -> u64 {
+///     assert!(x != 3, "three is unlucky");
+///     x * x
+/// }
+///
+/// # fn main() {
+/// let (ok, failed): (Vec<_>, Vec<_>) = Queue::new(square::call, 0..6).partition(Result::is_ok);
+/// let mut squares: Vec<u64> = ok.into_iter().map(Result::unwrap).collect();
+/// squares.sort_unstable();
+/// assert_eq!(squares, [0, 1, 4, 16, 25]);
+/// assert_eq!(failed.len(), 1);
+/// # }
+/// ```
+pub struct Queue<C, T> {
+    engine: Engine<C, T>,
+}
+
+impl<I: Iterator, F, T> Queue<std::iter::Map<I, F>, T> {
+    /// A queue of `f` over `items`. Nothing starts until the first result
+    /// is asked for.
+    pub fn new<II, R, S, V, K>(f: F, items: II) -> Self
+    where
+        II: IntoIterator<IntoIter = I>,
+        F: FnMut(I::Item) -> Call<R, S, V, K>,
+        K: Delivery<Item<R, V> = T>,
+    {
+        Self {
+            engine: Engine::new(items.into_iter().map(f)),
+        }
+    }
+}
+
+impl<C: Iterator, T> Queue<C, T> {
+    options!();
+}
+
+impl<C, T, R, S, V, K> Queue<C, T>
+where
+    C: Iterator<Item = Call<R, S, V, K>>,
+    K: Delivery<Item<R, V> = T>,
+    T: DeserializeOwned,
+{
+    /// The next result to arrive, with the index of its item in the input.
+    pub fn next_indexed(&mut self) -> Option<(usize, Result<T>)> {
+        loop {
+            let slots = self.engine.exchange.get_mut();
+            if let Some(index) = slots.arrivals.pop_front()
+                && let Some(outcome) = slots.done.remove(&index)
+            {
+                return Some((index, outcome));
+            }
+            match self.engine.pump(None) {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(error) => {
+                    // The exchange itself failed: nothing more can arrive.
+                    self.engine.stop();
+                    return Some((usize::MAX, Err(error)));
+                }
+            }
+        }
+    }
+}
+
+impl<C, T, R, S, V, K> Iterator for Queue<C, T>
+where
+    C: Iterator<Item = Call<R, S, V, K>>,
+    K: Delivery<Item<R, V> = T>,
+    T: DeserializeOwned,
+{
+    type Item = Result<T>;
+
+    fn next(&mut self) -> Option<Result<T>> {
+        self.next_indexed().map(|(_, outcome)| outcome)
+    }
+}
+
+/// Maps `f` over `items` in child processes, at most as many at a time as
+/// there are cores, and returns the results in input order (pprocess's
+/// `pmap`).
+///
+/// # Errors
+///
+/// The first failed item's error, in input order; the other children are
+/// killed and reaped.
+///
+/// # Examples
+///
+/// ```
+/// use pproc::parallel;
+///
+/// #[parallel]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// assert_eq!(pproc::pmap(square::call, [1, 2, 3])?, [1, 4, 9]);
+/// # Ok(())
+/// # }
+/// ```
+pub fn pmap<I, F, R, S, V, K>(f: F, items: I) -> Result<Vec<K::Item<R, V>>>
+where
+    I: IntoIterator,
+    F: FnMut(I::Item) -> Call<R, S, V, K>,
+    K: Delivery,
+    K::Item<R, V>: DeserializeOwned,
+{
+    Map::new(f, items).collect()
+}
+
+impl<C: Iterator, T> fmt::Debug for Map<C, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Map")
+            .field("next", &self.next)
+            .field("started", &self.engine.started)
+            .field("held", &self.engine.held())
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Iterator, T> fmt::Debug for Queue<C, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("started", &self.engine.started)
+            .field("held", &self.engine.held())
+            .finish_non_exhaustive()
+    }
+}

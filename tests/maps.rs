@@ -1,0 +1,252 @@
+//! `Map`, `Queue` and `pmap` with real children: order, failures,
+//! back-pressure, laziness, reuse, random access.
+//!
+//! Tests count this process's children: every test holds `SERIAL`, so that
+//! no other test's children are counted with theirs.
+
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use pproc::{Channel, Error, Map, Queue, parallel, pmap};
+use pproc_workspace::{children, open_fds};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[parallel]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// Returns `x` after `ms` milliseconds.
+#[parallel]
+fn slow(x: u64, ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    x
+}
+
+#[parallel]
+fn unlucky(x: u64, bad: u64) -> u64 {
+    assert!(x != bad, "item {x} is unlucky");
+    x
+}
+
+/// The process that ran it.
+#[parallel]
+fn whoami(_x: u64) -> u32 {
+    std::process::id()
+}
+
+/// Sends `x` once, or nothing for 0.
+#[parallel]
+fn send_once(ch: Channel<u64>, x: u64) {
+    if x > 0 {
+        ch.send(&x).unwrap();
+    }
+}
+
+#[test]
+fn a_map_yields_in_input_order() {
+    let _serial = serial();
+    // Later items finish first.
+    let out: Vec<u64> = Map::new(|i: u64| slow::call(i, (8 - i) * 15), 0..8)
+        .limit(8)
+        .collect::<pproc::Result<_>>()
+        .unwrap();
+    assert_eq!(out, (0..8).collect::<Vec<_>>());
+    assert_eq!(children(), Vec::<u32>::new());
+}
+
+#[test]
+fn a_queue_yields_in_completion_order() {
+    let _serial = serial();
+    let mut queue = Queue::new(|i: u64| slow::call(i, if i == 0 { 400 } else { 0 }), 0..4).limit(4);
+    let (first, value) = queue.next_indexed().unwrap();
+    assert_ne!(first, 0, "the slow item came first");
+    assert_eq!(value.unwrap(), first as u64);
+    let mut rest: Vec<u64> = queue.map(Result::unwrap).collect();
+    rest.sort_unstable();
+    assert_eq!(rest.len(), 3);
+    assert!(rest.contains(&0));
+}
+
+#[test]
+fn a_failure_ends_a_map_at_that_item_and_reaps_the_rest() {
+    let _serial = serial();
+    let fds = open_fds();
+    let mut map = Map::new(|i| unlucky::call(i, 5), 0..50).limit(3);
+    for i in 0..5 {
+        assert_eq!(map.next().unwrap().unwrap(), i);
+    }
+    match map.next() {
+        Some(Err(Error::Panicked { message, .. })) => assert_eq!(message, "item 5 is unlucky"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(map.next().is_none());
+    assert_eq!(children(), Vec::<u32>::new());
+    drop(map);
+    assert_eq!(open_fds(), fds, "descriptors leaked");
+}
+
+#[test]
+fn a_queue_yields_a_failure_in_its_place_and_goes_on() {
+    let _serial = serial();
+    let mut values = Vec::new();
+    let mut failures = Vec::new();
+    let mut queue = Queue::new(|i| unlucky::call(i, 7), 0..20).limit(3);
+    while let Some((index, outcome)) = queue.next_indexed() {
+        match outcome {
+            Ok(v) => values.push((index, v)),
+            Err(e) => failures.push((index, e)),
+        }
+    }
+    assert_eq!(values.len(), 19);
+    assert!(values.iter().all(|&(i, v)| i as u64 == v));
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].0, 7);
+    assert!(matches!(failures[0].1, Error::Panicked { .. }));
+}
+
+#[test]
+fn pmap_returns_everything_or_the_first_failure() {
+    let _serial = serial();
+    assert_eq!(
+        pmap(square::call, 0..20).unwrap(),
+        (0..20).map(|i| i * i).collect::<Vec<_>>()
+    );
+    let err = pmap(|i| unlucky::call(i, 11), 0..30).unwrap_err();
+    match err {
+        Error::Panicked { message, .. } => assert_eq!(message, "item 11 is unlucky"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(children(), Vec::<u32>::new());
+}
+
+#[test]
+fn endless_inputs_are_pulled_lazily() {
+    let _serial = serial();
+    let pulled = Rc::new(Cell::new(0));
+    let counter = Rc::clone(&pulled);
+    let items = (0..).inspect(move |_| counter.set(counter.get() + 1));
+    let map = Map::new(square::call, items).limit(2).window(4);
+    assert_eq!(pulled.get(), 0, "nothing starts before it is asked for");
+    let first: Vec<u64> = map.take(10).collect::<pproc::Result<_>>().unwrap();
+    assert_eq!(first, (0..10).map(|i| i * i).collect::<Vec<_>>());
+    // Ten yielded, at most the window ahead of them.
+    assert!(pulled.get() <= 10 + 4, "pulled {}", pulled.get());
+    assert_eq!(children(), Vec::<u32>::new());
+}
+
+#[test]
+fn a_slow_first_item_holds_the_input_back() {
+    let _serial = serial();
+    let pulled = Rc::new(Cell::new(0));
+    let counter = Rc::clone(&pulled);
+    let items = (0..100).inspect(move |_| counter.set(counter.get() + 1));
+    let mut map = Map::new(|i| slow::call(i, if i == 0 { 500 } else { 0 }), items)
+        .limit(2)
+        .window(4);
+    assert_eq!(map.next().unwrap().unwrap(), 0);
+    // While item 0 ran, the others finished and waited: no more than the
+    // window was ever started ahead of the consumer.
+    assert!(pulled.get() <= 4, "pulled {} items", pulled.get());
+    assert!(map.held() <= 3, "held {}", map.held());
+    let mut most = 0;
+    let mut rest = Vec::new();
+    while let Some(v) = map.next() {
+        rest.push(v.unwrap());
+        most = most.max(map.held());
+        assert!(
+            children().len() <= 2,
+            "more children than the limit: {:?}",
+            children()
+        );
+    }
+    assert!(most <= 4, "held {most} results");
+    assert_eq!(rest, (1..100).collect::<Vec<_>>());
+    assert_eq!(pulled.get(), 100);
+}
+
+#[test]
+fn without_a_limit_a_map_runs_one_child_per_core() {
+    let _serial = serial();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let map = Map::new(|i| slow::call(i, 20), 0..(4 * cores as u64));
+    let mut most = 0;
+    for v in map {
+        v.unwrap();
+        most = most.max(children().len());
+    }
+    assert!(most <= cores, "{most} children on {cores} cores");
+}
+
+#[test]
+fn get_waits_for_one_item_and_keeps_the_order() {
+    let _serial = serial();
+    let mut map = Map::new(square::call, 0..10).limit(2).window(2);
+    assert_eq!(map.get(8).unwrap().ok(), Some(&64));
+    assert_eq!(map.get(3).unwrap().ok(), Some(&9));
+    assert_eq!(map.next().unwrap().unwrap(), 0);
+    assert!(map.get(0).is_none(), "item 0 was yielded");
+    assert!(map.get(10).is_none(), "there is no item 10");
+    let rest: Vec<u64> = map.collect::<pproc::Result<_>>().unwrap();
+    assert_eq!(rest, (1..10).map(|i| i * i).collect::<Vec<_>>());
+}
+
+#[test]
+fn get_reports_a_failed_item() {
+    let _serial = serial();
+    let mut map = Map::new(|i| unlucky::call(i, 4), 0..10).limit(2);
+    assert!(matches!(map.get(4), Some(Err(Error::Panicked { .. }))));
+    assert_eq!(map.get(6).unwrap().ok(), Some(&6));
+}
+
+#[test]
+fn reuse_runs_a_map_on_a_few_processes() {
+    let _serial = serial();
+    let pids: HashSet<u32> = Map::new(whoami::call, 0..200)
+        .limit(2)
+        .reuse(true)
+        .collect::<pproc::Result<_>>()
+        .unwrap();
+    assert!(pids.len() <= 2, "{} processes", pids.len());
+    let pids: HashSet<u32> = Map::new(whoami::call, 0..20)
+        .limit(2)
+        .collect::<pproc::Result<_>>()
+        .unwrap();
+    assert_eq!(pids.len(), 20, "a process per item without reuse");
+    assert_eq!(children(), Vec::<u32>::new());
+}
+
+#[test]
+fn dropping_a_map_stops_its_children() {
+    let _serial = serial();
+    let mut map = Map::new(|i| slow::call(i, if i == 0 { 0 } else { 60_000 }), 0..10).limit(3);
+    assert_eq!(map.next().unwrap().unwrap(), 0);
+    assert!(!children().is_empty());
+    drop(map);
+    assert_eq!(children(), Vec::<u32>::new());
+}
+
+#[test]
+fn channel_style_functions_map_what_they_send() {
+    let _serial = serial();
+    let out: Vec<u64> = Map::new(send_once::call, 1..6)
+        .collect::<pproc::Result<_>>()
+        .unwrap();
+    assert_eq!(out, [1, 2, 3, 4, 5]);
+    // A call that owed a value and returned without it fails.
+    let mut queue = Queue::new(send_once::call, [3, 0]);
+    let mut outcomes: Vec<_> = std::iter::from_fn(|| queue.next_indexed()).collect();
+    outcomes.sort_by_key(|(i, _)| *i);
+    assert_eq!(outcomes[0].1.as_ref().unwrap(), &3);
+    assert!(matches!(outcomes[1].1, Err(Error::Disconnected)));
+}
