@@ -29,8 +29,19 @@ pub fn delay() -> Duration {
 /// A supposedly time-consuming calculation on `i` and `j`.
 #[must_use]
 pub fn calculate(i: usize, j: usize) -> (usize, usize, usize) {
+    (i, j, value(i, j))
+}
+
+/// The same calculation, returning the cell's value alone.
+#[must_use]
+pub fn value(i: usize, j: usize) -> usize {
     std::thread::sleep(delay());
-    (i, j, i * N + j)
+    i * N + j
+}
+
+/// The grid's cells, row by row: pprocess's `sequence`.
+pub fn cells() -> impl Iterator<Item = (usize, usize)> {
+    (0..N).flat_map(|i| (0..N).map(move |j| (i, j)))
 }
 
 /// Puts a result in its place, as the examples' `store_data` does.
@@ -49,6 +60,15 @@ pub fn show(results: &[usize], started: Instant) -> pproc::Result<()> {
         println!("{}", row.join(" "));
     }
     println!("Time taken: {}", started.elapsed().as_secs_f64());
+    check(results)
+}
+
+/// Checks that every cell holds `i * N + j`.
+///
+/// # Errors
+///
+/// If a cell does not.
+pub fn check(results: &[usize]) -> pproc::Result<()> {
     if results == (0..N * N).collect::<Vec<_>>() {
         Ok(())
     } else {

@@ -57,6 +57,9 @@ struct Engine<C, T> {
     limit: usize,
     window: Option<usize>,
     started: usize,
+    /// The first item the consumer has not had yet, or the furthest it
+    /// asked for: the window runs ahead of it.
+    cursor: usize,
     stopped: bool,
 }
 
@@ -74,6 +77,7 @@ impl<C: Iterator, T> Engine<C, T> {
             limit,
             window: None,
             started: 0,
+            cursor: 0,
             stopped: false,
         }
     }
@@ -112,13 +116,12 @@ where
     K: Delivery<Item<R, V> = T>,
     T: DeserializeOwned,
 {
-    /// Starts items while fewer than the limit run and the window has room
-    /// (or, with `upto`, until item `upto` has started).
-    fn feed(&mut self, upto: Option<usize>) -> Result<()> {
+    /// Starts items while fewer than the limit run and the window ahead
+    /// of the cursor has room.
+    fn feed(&mut self) -> Result<()> {
         while !self.stopped
             && self.in_flight() < self.limit
-            && (self.in_flight() + self.held() < self.window()
-                || upto.is_some_and(|i| self.started <= i))
+            && self.started < self.cursor + self.window()
         {
             let Some(call) = self.calls.next() else {
                 break;
@@ -131,8 +134,8 @@ where
 
     /// Starts what may start, then waits until an outcome arrives. Returns
     /// `false` if nothing runs and nothing is left to start.
-    fn pump(&mut self, upto: Option<usize>) -> Result<bool> {
-        self.feed(upto)?;
+    fn pump(&mut self) -> Result<bool> {
+        self.feed()?;
         if self.in_flight() == 0 {
             return Ok(false);
         }
@@ -161,11 +164,13 @@ macro_rules! options {
             self
         }
 
-        /// At most `n` items are started and not yet yielded, running or
+        /// At most `n` items are started ahead of the consumer, running or
         /// finished and waiting for their turn (at least one; by default
         /// twice the limit). While the window is full no item starts: a
         /// slow item, or a consumer that lags, holds the input back instead
-        /// of letting results pile up in memory.
+        /// of letting results pile up in memory. The window runs ahead of
+        /// the next item to yield, or of the furthest item asked for with
+        /// `Map::get`.
         #[must_use]
         pub fn window(mut self, n: usize) -> Self {
             self.engine.window = Some(n.max(1));
@@ -262,10 +267,10 @@ where
     K: Delivery<Item<R, V> = T>,
     T: DeserializeOwned,
 {
-    /// Waits for item `i` (counted from 0 in the input) and returns it,
-    /// starting items up to it as needed, whatever the window (pprocess's
-    /// `Map.__getitem__`). The result stays in the map, to be yielded in
-    /// its turn.
+    /// Waits for item `i` (counted from 0 in the input) and returns it
+    /// (pprocess's `Map.__getitem__`). The window moves forward to `i`, so
+    /// the items up to it start as the limit allows; their results stay in
+    /// the map, to be yielded in their turn.
     ///
     /// `None` if the input has no item `i`, if it was yielded already, or
     /// if the map has ended before it.
@@ -295,7 +300,8 @@ where
             if self.ended {
                 return self.broken.as_ref().map(Err);
             }
-            match self.engine.pump(Some(i)) {
+            self.engine.cursor = self.engine.cursor.max(i);
+            match self.engine.pump() {
                 Ok(true) => {}
                 Ok(false) => return None,
                 Err(error) => {
@@ -334,7 +340,8 @@ where
             if self.ended {
                 return None;
             }
-            match self.engine.pump(None) {
+            self.engine.cursor = self.engine.cursor.max(self.next);
+            match self.engine.pump() {
                 Ok(true) => {}
                 Ok(false) => {
                     self.end();
@@ -412,9 +419,10 @@ where
             if let Some(index) = slots.arrivals.pop_front()
                 && let Some(outcome) = slots.done.remove(&index)
             {
+                self.engine.cursor += 1;
                 return Some((index, outcome));
             }
-            match self.engine.pump(None) {
+            match self.engine.pump() {
                 Ok(true) => {}
                 Ok(false) => return None,
                 Err(error) => {
