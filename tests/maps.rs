@@ -39,6 +39,20 @@ fn unlucky(x: u64, bad: u64) -> u64 {
     x
 }
 
+/// When it ran, in nanoseconds since the epoch.
+#[parallel]
+fn span(ms: u64) -> (u128, u128) {
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    };
+    let start = now();
+    std::thread::sleep(Duration::from_millis(ms));
+    (start, now())
+}
+
 /// The process that ran it.
 #[parallel]
 fn whoami(_x: u64) -> u32 {
@@ -249,4 +263,21 @@ fn channel_style_functions_map_what_they_send() {
     outcomes.sort_by_key(|(i, _)| *i);
     assert_eq!(outcomes[0].1.as_ref().unwrap(), &3);
     assert!(matches!(outcomes[1].1, Err(Error::Disconnected)));
+}
+
+#[test]
+fn reading_by_index_keeps_items_running_side_by_side() {
+    let _serial = serial();
+    let mut map = Map::new(|_| span::call(30), 0..20).limit(2).window(4);
+    let mut spans = Vec::new();
+    for i in 0..20 {
+        spans.push(*map.get(i).unwrap().unwrap());
+    }
+    // Nothing was yielded, yet the window followed the reader: items ran
+    // two at a time to the end, not one by one once the window filled.
+    let overlapping = spans[8..].windows(2).filter(|w| w[1].0 < w[0].1).count();
+    assert!(
+        overlapping >= 5,
+        "{overlapping} of 11 pairs overlapped: {spans:?}"
+    );
 }
