@@ -53,6 +53,14 @@ fn span(ms: u64) -> (u128, u128) {
     (start, now())
 }
 
+/// Sends `(i, j)` for `j` in `0..n`.
+#[parallel]
+fn row(ch: Channel<(u64, u64)>, i: u64, n: u64) {
+    for j in 0..n {
+        ch.send(&(i, j)).unwrap();
+    }
+}
+
 /// The process that ran it.
 #[parallel]
 fn whoami(_x: u64) -> u32 {
@@ -280,4 +288,23 @@ fn reading_by_index_keeps_items_running_side_by_side() {
         overlapping >= 5,
         "{overlapping} of 11 pairs overlapped: {spans:?}"
     );
+}
+
+#[test]
+fn a_continuous_queue_yields_every_value_sent() {
+    let _serial = serial();
+    let mut queue = Queue::new(|i| row::call(i, i), 0..12)
+        .limit(3)
+        .continuous(true);
+    let mut got = Vec::new();
+    while let Some((index, value)) = queue.next_indexed() {
+        let (i, j) = value.unwrap();
+        assert_eq!(index as u64, i);
+        got.push((i, j));
+        assert!(children().len() <= 3, "the limit was exceeded");
+    }
+    got.sort_unstable();
+    let want: Vec<_> = (0..12).flat_map(|i| (0..i).map(move |j| (i, j))).collect();
+    assert_eq!(got, want, "item 0 sends nothing, item 11 eleven values");
+    assert_eq!(children(), Vec::<u32>::new());
 }

@@ -461,3 +461,59 @@ fn ready_waits_through_the_exit_of_a_delivered_child() {
     assert_eq!(ready, [late]);
     assert_eq!(ex.finish().unwrap(), [0, 300]);
 }
+
+#[test]
+fn the_store_hears_when_each_call_ends() {
+    let _serial = serial();
+    #[derive(Default)]
+    struct Ends {
+        values: usize,
+        failures: usize,
+        ended: Vec<usize>,
+    }
+    impl Store<(u64, u64)> for Ends {
+        fn store(&mut self, _: (u64, u64), origin: &Origin<'_>) -> pproc::Result<()> {
+            assert!(
+                !self.ended.contains(&origin.index()),
+                "a value after the end"
+            );
+            self.values += 1;
+            Ok(())
+        }
+        fn failed(&mut self, _: Error, _: &Origin<'_>) -> pproc::Result<()> {
+            self.failures += 1;
+            Ok(())
+        }
+        fn ended(&mut self, origin: &Origin<'_>) -> pproc::Result<()> {
+            self.ended.push(origin.index());
+            Ok(())
+        }
+    }
+    for (continuous, reuse) in [(true, false), (false, false), (true, true), (false, true)] {
+        let mut ex = Exchange::new(Ends::default())
+            .limit(2)
+            .continuous(continuous)
+            .reuse(reuse);
+        for i in 0..6 {
+            ex.start(row::call(i, 3, 0)).unwrap();
+        }
+        // One that cannot start, one whose values do not decode.
+        ex.start(Call::<(), (), (u64, u64), Streams>::new(
+            "no::such::fn",
+            &(),
+        ))
+        .unwrap();
+        ex.start(Call::<(), (), (u64, u64), Streams>::new(
+            first_then_linger::NAME,
+            &(1_u64, 0_u64),
+        ))
+        .unwrap();
+        let ends = ex.finish().unwrap();
+        let mut ended = ends.ended;
+        ended.sort_unstable();
+        assert_eq!(ended, (0..8).collect::<Vec<_>>(), "{continuous} {reuse}");
+        let per_call = if continuous { 3 } else { 1 };
+        assert_eq!(ends.values, 6 * per_call, "{continuous} {reuse}");
+        assert!(ends.failures >= 2, "{continuous} {reuse}");
+    }
+}

@@ -140,6 +140,19 @@ pub trait Store<T> {
         let _ = origin;
         Err(error)
     }
+
+    /// Called once when a call is over, after its value (or its last
+    /// value, with [`Exchange::continuous`]) or its failure. The default
+    /// does nothing; a store that counts calls in flight, or closes a
+    /// record per call, uses it.
+    ///
+    /// # Errors
+    ///
+    /// As [`store`](Self::store).
+    fn ended(&mut self, origin: &Origin<'_>) -> Result<()> {
+        let _ = origin;
+        Ok(())
+    }
 }
 
 impl<T> Store<T> for Vec<T> {
@@ -163,11 +176,15 @@ fn sink<S: Store<T>, T: DeserializeOwned>(
     }
 }
 
+/// Tells the store that a call is over.
+type End<S> = fn(&mut S, &Origin<'_>) -> Result<()>;
+
 /// A call the exchange was given: what it runs and where its values go.
 struct Job<S> {
     name: String,
     index: usize,
     sink: Sink<S>,
+    end: End<S>,
     /// Whether its values arrive on the channel ([`Streams`]) rather than
     /// as its return value.
     streams: bool,
@@ -184,6 +201,7 @@ impl<S> Job<S> {
             name,
             index,
             sink: sink::<S, T>,
+            end: <S as Store<T>>::ended,
             streams: K::STREAMS,
             values: 0,
         }
@@ -643,7 +661,21 @@ impl<S> Exchange<S> {
 
     /// Hands a failure of `job` to the store.
     fn fail(&mut self, job: &Job<S>, error: Error, pid: Option<u32>) -> Result<()> {
-        let outcome = (job.sink)(&mut self.store, Err(error), &job.origin(pid));
+        let origin = job.origin(pid);
+        let outcome = (job.sink)(&mut self.store, Err(error), &origin)
+            .and_then(|()| (job.end)(&mut self.store, &origin));
+        self.check(outcome)
+    }
+
+    /// Tells the store that the call in `slot` is over.
+    fn conclude(&mut self, slot: usize) -> Result<()> {
+        let Some(member) = self.members.get(slot).and_then(Option::as_ref) else {
+            return Ok(());
+        };
+        let Some(job) = member.job.as_ref() else {
+            return Ok(());
+        };
+        let outcome = (job.end)(&mut self.store, &job.origin(Some(member.handle.pid())));
         self.check(outcome)
     }
 
@@ -756,6 +788,7 @@ impl<S> Exchange<S> {
             Ok(bytes) => self.deliver(slot, Ok(&bytes))?,
             Err(error) => self.deliver(slot, Err(error))?,
         }
+        self.conclude(slot)?;
         drop(self.take(slot)?);
         Ok(1)
     }
@@ -782,6 +815,7 @@ impl<S> Exchange<S> {
                 Err(error) => {
                     // A broken stream: the call has failed, the child goes.
                     self.deliver(slot, Err(error))?;
+                    self.conclude(slot)?;
                     drop(self.take(slot)?);
                     return Ok(stored + 1);
                 }
@@ -808,16 +842,19 @@ impl<S> Exchange<S> {
             // A call that owed one value and returned without it.
             Ok(_) if silent => {
                 self.deliver(slot, Err(Error::Disconnected))?;
+                self.conclude(slot)?;
                 drop(self.take(slot)?);
                 Ok(1)
             }
             // Its return value is not stored.
             Ok(_) => {
+                self.conclude(slot)?;
                 drop(self.take(slot)?);
                 Ok(0)
             }
             Err(error) => {
                 self.deliver(slot, Err(error))?;
+                self.conclude(slot)?;
                 drop(self.take(slot)?);
                 Ok(1)
             }
@@ -827,6 +864,7 @@ impl<S> Exchange<S> {
     /// The call in `slot` has delivered its value: close its channel (with
     /// `autoclose`) and wait for the process to exit.
     fn retire(&mut self, slot: usize) -> Result<()> {
+        self.conclude(slot)?;
         self.unwatch(slot, false)?;
         let autoclose = self.autoclose;
         if let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) {
@@ -911,6 +949,7 @@ impl<S> Exchange<S> {
                         stored += 1;
                     }
                 }
+                self.conclude(slot)?;
                 if let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) {
                     member.job = None;
                     member.phase = Phase::Idle;
@@ -919,6 +958,7 @@ impl<S> Exchange<S> {
             }
             Turn::Dead(error) => {
                 self.deliver(slot, Err(error))?;
+                self.conclude(slot)?;
                 drop(self.take(slot)?);
                 Ok(stored + 1)
             }

@@ -11,29 +11,36 @@ use crate::call::{Builder, Call, Delivery};
 use crate::error::{Error, Result};
 use crate::exchange::{Exchange, Origin, Store};
 
-/// The outcomes of started items, by index and in order of arrival.
+/// The outcomes of started items: by index for a map, in order of arrival
+/// for a queue.
 struct Slots<T> {
+    ordered: bool,
     done: BTreeMap<usize, Result<T>>,
-    arrivals: VecDeque<usize>,
-    /// How many outcomes arrived in all.
-    received: usize,
-}
-
-impl<T> Default for Slots<T> {
-    fn default() -> Self {
-        Self {
-            done: BTreeMap::new(),
-            arrivals: VecDeque::new(),
-            received: 0,
-        }
-    }
+    arrivals: VecDeque<(usize, Result<T>)>,
+    /// How many calls are over.
+    ended: usize,
 }
 
 impl<T> Slots<T> {
+    fn new(ordered: bool) -> Self {
+        Self {
+            ordered,
+            done: BTreeMap::new(),
+            arrivals: VecDeque::new(),
+            ended: 0,
+        }
+    }
+
     fn put(&mut self, index: usize, outcome: Result<T>) {
-        self.done.insert(index, outcome);
-        self.arrivals.push_back(index);
-        self.received += 1;
+        if self.ordered {
+            self.done.insert(index, outcome);
+        } else {
+            self.arrivals.push_back((index, outcome));
+        }
+    }
+
+    fn held(&self) -> usize {
+        self.done.len() + self.arrivals.len()
     }
 }
 
@@ -45,6 +52,11 @@ impl<T> Store<T> for Slots<T> {
 
     fn failed(&mut self, error: Error, origin: &Origin<'_>) -> Result<()> {
         self.put(origin.index(), Err(error));
+        Ok(())
+    }
+
+    fn ended(&mut self, _origin: &Origin<'_>) -> Result<()> {
+        self.ended += 1;
         Ok(())
     }
 }
@@ -69,11 +81,11 @@ fn cores() -> usize {
 }
 
 impl<C: Iterator, T> Engine<C, T> {
-    fn new(calls: C) -> Self {
+    fn new(calls: C, ordered: bool) -> Self {
         let limit = cores();
         Self {
             calls: calls.fuse(),
-            exchange: Exchange::new(Slots::default()).limit(limit),
+            exchange: Exchange::new(Slots::new(ordered)).limit(limit),
             limit,
             window: None,
             started: 0,
@@ -84,17 +96,29 @@ impl<C: Iterator, T> Engine<C, T> {
 
     /// Changes the exchange's options, keeping its state.
     fn configure(&mut self, f: impl FnOnce(Exchange<Slots<T>>) -> Exchange<Slots<T>>) {
-        let exchange = std::mem::replace(&mut self.exchange, Exchange::new(Slots::default()));
+        let ordered = self.exchange.get_ref().ordered;
+        let exchange = std::mem::replace(&mut self.exchange, Exchange::new(Slots::new(ordered)));
         self.exchange = f(exchange);
     }
 
     fn in_flight(&self) -> usize {
-        self.started - self.exchange.get_ref().received
+        self.started - self.exchange.get_ref().ended
     }
 
     /// Finished outcomes not yet taken.
     fn held(&self) -> usize {
-        self.exchange.get_ref().done.len()
+        self.exchange.get_ref().held()
+    }
+
+    /// Whether the window has room for another item: ahead of the cursor
+    /// for a map; for a queue, counting what runs and what waits to be
+    /// taken (a continuous call may send many values).
+    fn room(&self) -> bool {
+        if self.exchange.get_ref().ordered {
+            self.started < self.cursor + self.window()
+        } else {
+            self.in_flight() + self.held() < self.window()
+        }
     }
 
     fn window(&self) -> usize {
@@ -104,7 +128,8 @@ impl<C: Iterator, T> Engine<C, T> {
     /// Stops every child and starts nothing more.
     fn stop(&mut self) {
         // Dropping the exchange kills and reaps its children.
-        self.exchange = Exchange::new(Slots::default());
+        let ordered = self.exchange.get_ref().ordered;
+        self.exchange = Exchange::new(Slots::new(ordered));
         self.started = 0;
         self.stopped = true;
     }
@@ -119,10 +144,7 @@ where
     /// Starts items while fewer than the limit run and the window ahead
     /// of the cursor has room.
     fn feed(&mut self) -> Result<()> {
-        while !self.stopped
-            && self.in_flight() < self.limit
-            && self.started < self.cursor + self.window()
-        {
+        while !self.stopped && self.in_flight() < self.limit && self.room() {
             let Some(call) = self.calls.next() else {
                 break;
             };
@@ -244,7 +266,7 @@ impl<I: Iterator, F, T> Map<std::iter::Map<I, F>, T> {
         K: Delivery<Item<R, V> = T>,
     {
         Self {
-            engine: Engine::new(items.into_iter().map(f)),
+            engine: Engine::new(items.into_iter().map(f), true),
             next: 0,
             ended: false,
             broken: None,
@@ -397,13 +419,22 @@ impl<I: Iterator, F, T> Queue<std::iter::Map<I, F>, T> {
         K: Delivery<Item<R, V> = T>,
     {
         Self {
-            engine: Engine::new(items.into_iter().map(f)),
+            engine: Engine::new(items.into_iter().map(f), false),
         }
     }
 }
 
 impl<C: Iterator, T> Queue<C, T> {
     options!();
+
+    /// Yields every value a channel-style function sends, not only its
+    /// first (pprocess's `Queue(continuous=1)`): see
+    /// [`Exchange::continuous`]. Each value comes with its item's index.
+    #[must_use]
+    pub fn continuous(mut self, continuous: bool) -> Self {
+        self.engine.configure(|ex| ex.continuous(continuous));
+        self
+    }
 }
 
 impl<C, T, R, S, V, K> Queue<C, T>
@@ -415,11 +446,7 @@ where
     /// The next result to arrive, with the index of its item in the input.
     pub fn next_indexed(&mut self) -> Option<(usize, Result<T>)> {
         loop {
-            let slots = self.engine.exchange.get_mut();
-            if let Some(index) = slots.arrivals.pop_front()
-                && let Some(outcome) = slots.done.remove(&index)
-            {
-                self.engine.cursor += 1;
+            if let Some((index, outcome)) = self.engine.exchange.get_mut().arrivals.pop_front() {
                 return Some((index, outcome));
             }
             match self.engine.pump() {
