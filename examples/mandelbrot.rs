@@ -141,7 +141,8 @@ fn render_parallel(
     bands: u32,
     limit: usize,
 ) -> Result<Vec<u8>, Box<dyn Error>> {
-    let mut exchange = Exchange::new(Vec::new()).limit(limit);
+    // The bar shows on a terminal (standard error), not in a pipe.
+    let mut exchange = Exchange::new(Vec::new()).limit(limit).progress(true);
     for i in 0..bands {
         let y0 = height * i / bands;
         let y1 = height * (i + 1) / bands;

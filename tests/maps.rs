@@ -308,3 +308,24 @@ fn a_continuous_queue_yields_every_value_sent() {
     assert_eq!(got, want, "item 0 sends nothing, item 11 eleven values");
     assert_eq!(children(), Vec::<u32>::new());
 }
+
+#[test]
+fn progress_bars_do_not_change_results() {
+    let _serial = serial();
+    let out: Vec<u64> = Map::new(square::call, 0..30)
+        .limit(3)
+        .progress(true)
+        .collect::<pproc::Result<_>>()
+        .unwrap();
+    assert_eq!(out, (0..30).map(|i| i * i).collect::<Vec<_>>());
+    let total: u64 = Queue::new(square::call, (0..30).filter(|i| i % 2 == 0))
+        .progress(true)
+        .map(Result::unwrap)
+        .sum();
+    assert_eq!(total, (0..30).filter(|i| i % 2 == 0).map(|i| i * i).sum());
+    let mut ex = pproc::Exchange::new(Vec::new()).limit(2).progress(true);
+    for i in 0..10 {
+        ex.start(square::call(i)).unwrap();
+    }
+    assert_eq!(ex.finish().unwrap().len(), 10);
+}

@@ -17,6 +17,7 @@ use crate::child::FORKED;
 use crate::conn::{Deadline, decode};
 use crate::error::{Error, Result};
 use crate::handle::{Flow, Handle, Turn};
+use crate::progress::Bar;
 
 /// Where a stored value came from.
 #[derive(Clone, Copy, Debug)]
@@ -376,6 +377,7 @@ pub struct Exchange<S> {
     epoll: Option<Epoll>,
     events: Vec<EpollEvent>,
     next_index: usize,
+    bar: Bar,
 }
 
 impl<S> Exchange<S> {
@@ -393,6 +395,7 @@ impl<S> Exchange<S> {
             epoll: None,
             events: Vec::new(),
             next_index: 0,
+            bar: Bar::default(),
         }
     }
 
@@ -453,6 +456,21 @@ impl<S> Exchange<S> {
     pub fn builder(mut self, builder: Builder) -> Self {
         self.builder = builder;
         self
+    }
+
+    /// Shows a progress bar on standard error, where it is a terminal:
+    /// calls ended out of calls given (feature `progress`).
+    #[cfg(feature = "progress")]
+    #[must_use]
+    pub fn progress(mut self, on: bool) -> Self {
+        self.bar.show(on);
+        self
+    }
+
+    /// The progress bar's total, known up front.
+    #[cfg(feature = "progress")]
+    pub(crate) fn progress_total(&mut self, calls: usize) {
+        self.bar.total(calls);
     }
 
     /// The store, as it is now.
@@ -664,6 +682,7 @@ impl<S> Exchange<S> {
         let origin = job.origin(pid);
         let outcome = (job.sink)(&mut self.store, Err(error), &origin)
             .and_then(|()| (job.end)(&mut self.store, &origin));
+        self.bar.ended();
         self.check(outcome)
     }
 
@@ -676,6 +695,7 @@ impl<S> Exchange<S> {
             return Ok(());
         };
         let outcome = (job.end)(&mut self.store, &job.origin(Some(member.handle.pid())));
+        self.bar.ended();
         self.check(outcome)
     }
 
@@ -1078,10 +1098,12 @@ impl<S> Exchange<S> {
         for member in self.members.iter_mut().flatten() {
             member.handle.wait_exit(Deadline::Never)?;
         }
+        self.bar.finish();
         Ok(self.store)
     }
 
     fn next_index(&mut self) -> usize {
+        self.bar.given();
         let index = self.next_index;
         self.next_index += 1;
         index

@@ -12,6 +12,7 @@ mod error;
 mod exchange;
 mod handle;
 mod map;
+mod progress;
 mod registry;
 mod spawn;
 

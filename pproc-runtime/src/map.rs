@@ -206,6 +206,22 @@ macro_rules! options {
             self
         }
 
+        /// Shows a progress bar on standard error, where it is a terminal:
+        /// items done out of the input's length, when the input tells it
+        /// (feature `progress`).
+        #[cfg(feature = "progress")]
+        #[must_use]
+        pub fn progress(mut self, on: bool) -> Self {
+            self.engine.configure(|ex| ex.progress(on));
+            if let (low, Some(high)) = self.engine.calls.size_hint()
+                && low == high
+            {
+                let total = self.engine.started + low;
+                self.engine.exchange.progress_total(total);
+            }
+            self
+        }
+
         /// How many finished results are held, waiting to be yielded.
         #[must_use]
         pub fn held(&self) -> usize {

@@ -1,0 +1,113 @@
+//! An optional progress bar for exchanges, maps and queues: calls ended out
+//! of calls given. Without the `progress` feature it is nothing at all.
+
+/// The progress of an exchange, if it shows one.
+#[derive(Debug, Default)]
+pub(crate) struct Bar {
+    #[cfg(feature = "progress")]
+    bar: Option<indicatif::ProgressBar>,
+    /// Whether the total is known up front (a map over an input of known
+    /// length), rather than counted as calls are given.
+    #[cfg(feature = "progress")]
+    fixed: bool,
+}
+
+#[cfg(feature = "progress")]
+impl Bar {
+    /// Shows a bar (on standard error, where it is a terminal), or hides
+    /// it.
+    pub(crate) fn show(&mut self, on: bool) {
+        if !on {
+            self.finish();
+            return;
+        }
+        if self.bar.is_none() {
+            let bar = indicatif::ProgressBar::new(0);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:40}] {pos}/{len} calls, {per_sec}, eta {eta}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            self.bar = Some(bar);
+        }
+    }
+
+    /// Whether a bar is shown.
+    #[cfg(test)]
+    pub(crate) fn is_shown(&self) -> bool {
+        self.bar.is_some()
+    }
+
+    /// The total, when it is known up front.
+    pub(crate) fn total(&mut self, calls: usize) {
+        if let Some(bar) = &self.bar {
+            bar.set_length(calls as u64);
+            self.fixed = true;
+        }
+    }
+
+    /// A call was given.
+    pub(crate) fn given(&self) {
+        if let Some(bar) = &self.bar
+            && !self.fixed
+        {
+            bar.inc_length(1);
+        }
+    }
+
+    /// A call is over.
+    pub(crate) fn ended(&self) {
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+        }
+    }
+
+    /// Takes the bar off the terminal.
+    pub(crate) fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(feature = "progress")]
+impl Drop for Bar {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+// The same methods as with the feature, doing nothing.
+#[cfg(not(feature = "progress"))]
+#[allow(clippy::unused_self)]
+impl Bar {
+    pub(crate) fn given(&self) {}
+
+    pub(crate) fn ended(&self) {}
+
+    pub(crate) fn finish(&mut self) {}
+}
+
+#[cfg(all(test, feature = "progress"))]
+mod tests {
+    use super::Bar;
+
+    #[test]
+    fn counts_calls_given_and_ended() {
+        let mut bar = Bar::default();
+        bar.given(); // not shown: nothing happens
+        bar.show(true);
+        assert!(bar.is_shown());
+        bar.given();
+        bar.given();
+        bar.ended();
+        let inner = bar.bar.as_ref().unwrap();
+        assert_eq!((inner.position(), inner.length()), (1, Some(2)));
+        bar.total(10);
+        bar.given();
+        let inner = bar.bar.as_ref().unwrap();
+        assert_eq!(inner.length(), Some(10), "a fixed total does not grow");
+        bar.show(false);
+        assert!(!bar.is_shown());
+    }
+}
