@@ -329,3 +329,40 @@ fn progress_bars_do_not_change_results() {
     }
     assert_eq!(ex.finish().unwrap().len(), 10);
 }
+
+#[test]
+fn maps_and_queues_run_forked_closures() {
+    let _serial = serial();
+    let fds = open_fds();
+    let out: Vec<u64> = Map::new(
+        // SAFETY: the closures take no lock another thread holds.
+        |x: u64| unsafe { pproc::fork(move |ch: Channel<u64>| ch.send(&(x * 3)).unwrap()) },
+        0..12,
+    )
+    .limit(3)
+    .collect::<pproc::Result<_>>()
+    .unwrap();
+    assert_eq!(out, (0..12).map(|x| x * 3).collect::<Vec<_>>());
+
+    let mut outcomes: Vec<(usize, bool)> = Vec::new();
+    let mut queue = Queue::new(
+        // SAFETY: as above.
+        |x: u64| unsafe {
+            pproc::fork(move |ch: Channel<u64>| {
+                assert!(x != 4, "forked item {x} failed");
+                ch.send(&x).unwrap();
+            })
+        },
+        0..8,
+    )
+    .limit(2);
+    while let Some((index, outcome)) = queue.next_indexed() {
+        outcomes.push((index, outcome.is_ok()));
+    }
+    outcomes.sort_unstable();
+    let want: Vec<_> = (0..8).map(|i| (i, i != 4)).collect();
+    assert_eq!(outcomes, want);
+    drop(queue);
+    assert_eq!(children(), Vec::<u32>::new());
+    assert_eq!(open_fds(), fds, "descriptors leaked");
+}

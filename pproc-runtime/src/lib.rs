@@ -26,5 +26,5 @@ pub use conn::DEFAULT_MAX_FRAME;
 pub use error::{Error, Result};
 pub use exchange::{Exchange, Failure, Managed, Origin, Store};
 pub use handle::Handle;
-pub use map::{Map, Queue, pmap};
+pub use map::{Fork, Map, Queue, Task, fork, pmap};
 pub use registry::{is_registered, registered};

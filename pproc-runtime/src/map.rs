@@ -4,10 +4,13 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::iter::Fuse;
+use std::marker::PhantomData;
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::call::{Builder, Call, Delivery};
+use crate::channel::Channel;
 use crate::error::{Error, Result};
 use crate::exchange::{Exchange, Origin, Store};
 
@@ -58,6 +61,100 @@ impl<T> Store<T> for Slots<T> {
     fn ended(&mut self, _origin: &Origin<'_>) -> Result<()> {
         self.ended += 1;
         Ok(())
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl<R, S, V, K> Sealed for crate::Call<R, S, V, K> {}
+    impl<F, T> Sealed for super::Fork<F, T> {}
+}
+
+/// What a [`Map`] or a [`Queue`] runs for an item: a [`Call`] (such as a
+/// `#[parallel]` function's `call`), or a closure to fork ([`fork`]).
+pub trait Task: sealed::Sealed {
+    /// The type of the value it delivers.
+    type Item;
+
+    /// Starts it on `exchange`; returns its index there.
+    ///
+    /// # Errors
+    ///
+    /// As [`Exchange::start`].
+    #[doc(hidden)]
+    fn launch<S: Store<Self::Item>>(self, exchange: &mut Exchange<S>) -> Result<usize>;
+}
+
+impl<R, S, V, K> Task for Call<R, S, V, K>
+where
+    K: Delivery,
+    K::Item<R, V>: DeserializeOwned,
+{
+    type Item = K::Item<R, V>;
+
+    fn launch<St: Store<Self::Item>>(self, exchange: &mut Exchange<St>) -> Result<usize> {
+        exchange.start(self)
+    }
+}
+
+/// A closure to run in a forked child, as an item of a [`Map`] or a
+/// [`Queue`]: see [`fork`].
+pub struct Fork<F, T> {
+    f: F,
+    _sends: PhantomData<fn(T)>,
+}
+
+/// Wraps `f` so that a [`Map`] or a [`Queue`] runs it in a forked child
+/// (pprocess's `Map.create` and `Queue.create`), as
+/// [`Exchange::create`] does: the values it sends on its channel are the
+/// item's result.
+///
+/// # Safety
+///
+/// As [`Exchange::create`], whose contract applies when the map or queue
+/// forks the child.
+///
+/// # Examples
+///
+/// ```
+/// use pproc::{Channel, Map};
+///
+/// let squares: Vec<u64> = Map::new(
+///     // SAFETY: nothing else runs in this program while it forks.
+///     |x: u64| unsafe { pproc::fork(move |ch: Channel<u64>| ch.send(&(x * x)).unwrap()) },
+///     0..5,
+/// )
+/// .collect::<pproc::Result<_>>()
+/// .unwrap();
+/// assert_eq!(squares, [0, 1, 4, 9, 16]);
+/// ```
+pub unsafe fn fork<T, F>(f: F) -> Fork<F, T>
+where
+    T: Serialize + DeserializeOwned,
+    F: FnOnce(Channel<T, ()>),
+{
+    Fork {
+        f,
+        _sends: PhantomData,
+    }
+}
+
+impl<F, T> Task for Fork<F, T>
+where
+    T: Serialize + DeserializeOwned,
+    F: FnOnce(Channel<T, ()>),
+{
+    type Item = T;
+
+    fn launch<S: Store<T>>(self, exchange: &mut Exchange<S>) -> Result<usize> {
+        // SAFETY: whoever built the `Fork` accepted `create`'s contract.
+        unsafe { exchange.create(self.f) }
+    }
+}
+
+impl<F, T> fmt::Debug for Fork<F, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fork").finish_non_exhaustive()
     }
 }
 
@@ -135,11 +232,10 @@ impl<C: Iterator, T> Engine<C, T> {
     }
 }
 
-impl<C, T, R, S, V, K> Engine<C, T>
+impl<C, T> Engine<C, T>
 where
-    C: Iterator<Item = Call<R, S, V, K>>,
-    K: Delivery<Item<R, V> = T>,
-    T: DeserializeOwned,
+    C: Iterator,
+    C::Item: Task<Item = T>,
 {
     /// Starts items while fewer than the limit run and the window ahead
     /// of the cursor has room.
@@ -148,7 +244,7 @@ where
             let Some(call) = self.calls.next() else {
                 break;
             };
-            self.exchange.start(call)?;
+            call.launch(&mut self.exchange)?;
             self.started += 1;
         }
         Ok(())
@@ -275,11 +371,11 @@ pub struct Map<C, T> {
 impl<I: Iterator, F, T> Map<std::iter::Map<I, F>, T> {
     /// A map of `f` over `items`. Nothing starts until the first item is
     /// asked for.
-    pub fn new<II, R, S, V, K>(f: F, items: II) -> Self
+    pub fn new<II, X>(f: F, items: II) -> Self
     where
         II: IntoIterator<IntoIter = I>,
-        F: FnMut(I::Item) -> Call<R, S, V, K>,
-        K: Delivery<Item<R, V> = T>,
+        F: FnMut(I::Item) -> X,
+        X: Task<Item = T>,
     {
         Self {
             engine: Engine::new(items.into_iter().map(f), true),
@@ -299,11 +395,10 @@ impl<C: Iterator, T> Map<C, T> {
     }
 }
 
-impl<C, T, R, S, V, K> Map<C, T>
+impl<C, T> Map<C, T>
 where
-    C: Iterator<Item = Call<R, S, V, K>>,
-    K: Delivery<Item<R, V> = T>,
-    T: DeserializeOwned,
+    C: Iterator,
+    C::Item: Task<Item = T>,
 {
     /// Waits for item `i` (counted from 0 in the input) and returns it
     /// (pprocess's `Map.__getitem__`). The window moves forward to `i`, so
@@ -357,11 +452,10 @@ where
     }
 }
 
-impl<C, T, R, S, V, K> Iterator for Map<C, T>
+impl<C, T> Iterator for Map<C, T>
 where
-    C: Iterator<Item = Call<R, S, V, K>>,
-    K: Delivery<Item<R, V> = T>,
-    T: DeserializeOwned,
+    C: Iterator,
+    C::Item: Task<Item = T>,
 {
     type Item = Result<T>;
 
@@ -428,11 +522,11 @@ pub struct Queue<C, T> {
 impl<I: Iterator, F, T> Queue<std::iter::Map<I, F>, T> {
     /// A queue of `f` over `items`. Nothing starts until the first result
     /// is asked for.
-    pub fn new<II, R, S, V, K>(f: F, items: II) -> Self
+    pub fn new<II, X>(f: F, items: II) -> Self
     where
         II: IntoIterator<IntoIter = I>,
-        F: FnMut(I::Item) -> Call<R, S, V, K>,
-        K: Delivery<Item<R, V> = T>,
+        F: FnMut(I::Item) -> X,
+        X: Task<Item = T>,
     {
         Self {
             engine: Engine::new(items.into_iter().map(f), false),
@@ -453,11 +547,10 @@ impl<C: Iterator, T> Queue<C, T> {
     }
 }
 
-impl<C, T, R, S, V, K> Queue<C, T>
+impl<C, T> Queue<C, T>
 where
-    C: Iterator<Item = Call<R, S, V, K>>,
-    K: Delivery<Item<R, V> = T>,
-    T: DeserializeOwned,
+    C: Iterator,
+    C::Item: Task<Item = T>,
 {
     /// The next result to arrive, with the index of its item in the input.
     pub fn next_indexed(&mut self) -> Option<(usize, Result<T>)> {
@@ -478,11 +571,10 @@ where
     }
 }
 
-impl<C, T, R, S, V, K> Iterator for Queue<C, T>
+impl<C, T> Iterator for Queue<C, T>
 where
-    C: Iterator<Item = Call<R, S, V, K>>,
-    K: Delivery<Item<R, V> = T>,
-    T: DeserializeOwned,
+    C: Iterator,
+    C::Item: Task<Item = T>,
 {
     type Item = Result<T>;
 
@@ -515,12 +607,11 @@ where
 /// # Ok(())
 /// # }
 /// ```
-pub fn pmap<I, F, R, S, V, K>(f: F, items: I) -> Result<Vec<K::Item<R, V>>>
+pub fn pmap<I, F, X>(f: F, items: I) -> Result<Vec<X::Item>>
 where
     I: IntoIterator,
-    F: FnMut(I::Item) -> Call<R, S, V, K>,
-    K: Delivery,
-    K::Item<R, V>: DeserializeOwned,
+    F: FnMut(I::Item) -> X,
+    X: Task,
 {
     Map::new(f, items).collect()
 }
