@@ -6,6 +6,7 @@
 use pproc::parallel;
 
 pub mod grid;
+pub mod pygmy;
 
 /// Doubles `x` in a child process.
 #[parallel]
