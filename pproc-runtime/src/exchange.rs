@@ -246,6 +246,8 @@ struct Member<S> {
     exit: Option<RawFd>,
     /// Whether the process has exited and was reaped.
     exited: bool,
+    /// How many calls it has run (a reusable worker).
+    calls: usize,
 }
 
 impl<S> Member<S> {
@@ -369,6 +371,7 @@ pub struct Exchange<S> {
     store: S,
     limit: Option<usize>,
     reuse: bool,
+    recycle: Option<usize>,
     continuous: bool,
     autoclose: bool,
     builder: Builder,
@@ -387,6 +390,7 @@ impl<S> Exchange<S> {
             store,
             limit: None,
             reuse: false,
+            recycle: None,
             continuous: false,
             autoclose: true,
             builder: Builder::new(),
@@ -418,6 +422,27 @@ impl<S> Exchange<S> {
     pub fn reuse(mut self, reuse: bool) -> Self {
         self.reuse = reuse;
         self
+    }
+
+    /// With [`reuse`](Self::reuse), a worker is replaced by a fresh
+    /// process after `calls` calls (at least one), which bounds what a
+    /// leaky function can accumulate in one process.
+    #[must_use]
+    pub fn recycle(mut self, calls: usize) -> Self {
+        self.recycle = Some(calls.max(1));
+        self
+    }
+
+    /// Starts idle reusable workers until `n` processes live (or the limit
+    /// is reached), so that the first calls find them ready.
+    pub(crate) fn spawn_workers(&mut self, n: usize) -> Result<()> {
+        while self.members.iter().flatten().filter(|m| m.live()).count() < n && !self.full() {
+            let handle = self
+                .builder
+                .start_raw(crate::child::WORKER.to_owned(), Ok(Vec::new()))?;
+            self.insert(handle, None, true)?;
+        }
+        Ok(())
     }
 
     /// Store every value a channel-style child sends, not only its first
@@ -579,6 +604,7 @@ impl<S> Exchange<S> {
             socket: Some(socket),
             exit,
             exited: false,
+            calls: 0,
         });
         Ok(slot)
     }
@@ -970,9 +996,16 @@ impl<S> Exchange<S> {
                     }
                 }
                 self.conclude(slot)?;
+                let recycle = self.recycle;
                 if let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) {
                     member.job = None;
                     member.phase = Phase::Idle;
+                    member.calls += 1;
+                    if recycle.is_some_and(|n| member.calls >= n) {
+                        // Retired: an idle worker loses nothing by a kill;
+                        // the next call starts a fresh one.
+                        drop(self.take(slot)?);
+                    }
                 }
                 Ok(stored)
             }
@@ -1092,14 +1125,23 @@ impl<S> Exchange<S> {
         while self.unfinished() {
             self.store(None)?;
         }
+        self.stop_workers()?;
+        self.bar.finish();
+        Ok(self.store)
+    }
+
+    /// Closes every channel, waits for every process to exit and reaps
+    /// it: reusable workers exit when their channel closes.
+    pub(crate) fn stop_workers(&mut self) -> Result<()> {
         for member in self.members.iter_mut().flatten() {
             member.handle.close_channel();
         }
         for member in self.members.iter_mut().flatten() {
             member.handle.wait_exit(Deadline::Never)?;
         }
-        self.bar.finish();
-        Ok(self.store)
+        self.members.clear();
+        self.epoll = None;
+        Ok(())
     }
 
     fn next_index(&mut self) -> usize {

@@ -1,0 +1,398 @@
+//! A pool of persistent worker processes that run any registered function,
+//! call after call.
+
+use std::any::Any;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+
+use crate::call::{Builder, Call, Delivery};
+use crate::error::{Error, Result};
+use crate::exchange::{Exchange, Origin, Store};
+
+/// How long one turn of driving the pool may hold its lock, so that other
+/// threads can start calls meanwhile.
+const TURN: Duration = Duration::from_millis(10);
+
+/// The results of the pool's calls, by index, kept until joined.
+#[derive(Default)]
+struct Results {
+    done: HashMap<usize, Result<Box<dyn Any + Send>>>,
+    /// Indices in the order their results arrived.
+    arrivals: VecDeque<usize>,
+    /// Calls whose result nobody waits for any more.
+    abandoned: HashSet<usize>,
+}
+
+impl Results {
+    fn put(&mut self, index: usize, outcome: Result<Box<dyn Any + Send>>) {
+        if !self.abandoned.remove(&index) {
+            self.done.insert(index, outcome);
+            self.arrivals.push_back(index);
+        }
+    }
+}
+
+impl<T: Send + 'static> Store<T> for Results {
+    fn store(&mut self, value: T, origin: &Origin<'_>) -> Result<()> {
+        self.put(origin.index(), Ok(Box::new(value)));
+        Ok(())
+    }
+
+    fn failed(&mut self, error: Error, origin: &Origin<'_>) -> Result<()> {
+        self.put(origin.index(), Err(error));
+        Ok(())
+    }
+}
+
+type Shared = Arc<Mutex<Exchange<Results>>>;
+
+fn lock(shared: &Shared) -> MutexGuard<'_, Exchange<Results>> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `n` persistent worker processes that run any `#[parallel]` function,
+/// call after call.
+///
+/// [`start`](Self::start) runs a call on the next free worker (it waits in
+/// line while all are busy) and returns a [`Pending`] result to
+/// [`join`](Pending::join). A worker that dies (a panic with
+/// `panic = "abort"`, `kill -9`, the OOM killer) fails only the call it was
+/// running, with the matching [`Error`], and a fresh worker takes its place.
+/// [`recycle`](Self::recycle) replaces workers after a number of calls.
+///
+/// The pool can be shared between threads (it is `Send` and `Sync`); its
+/// workers are driven by whichever thread waits for a result. Dropping the
+/// pool and its pending results, or [`shutdown`](Self::shutdown), stops and
+/// reaps every worker; none outlives the program.
+///
+/// # Examples
+///
+/// ```
+/// use pproc::{parallel, Pool};
+///
+/// #[parallel]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// #[parallel]
+/// fn greet(name: String) -> String {
+///     format!("hello, {name}")
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// let pool = Pool::new(2)?;
+/// let a = pool.start(square::call(7))?;
+/// let b = pool.start(greet::call("pool".into()))?;
+/// assert_eq!(a.join()?, 49);
+/// assert_eq!(b.join()?, "hello, pool");
+/// assert_eq!(pool.map(square::call, 0..5)?, [0, 1, 4, 9, 16]);
+/// pool.shutdown()?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Pool {
+    shared: Shared,
+}
+
+impl Pool {
+    /// Starts `n` workers (at least one).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Spawn`] if a worker cannot be started.
+    pub fn new(n: usize) -> Result<Self> {
+        Self::with_builder(n, Builder::new())
+    }
+
+    /// Starts `n` workers (at least one) with the options of `builder`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Spawn`] if a worker cannot be started.
+    pub fn with_builder(n: usize, builder: Builder) -> Result<Self> {
+        let n = n.max(1);
+        let mut exchange = Exchange::new(Results::default())
+            .limit(n)
+            .reuse(true)
+            .builder(builder);
+        exchange.spawn_workers(n)?;
+        Ok(Self {
+            shared: Arc::new(Mutex::new(exchange)),
+        })
+    }
+
+    /// Replaces each worker by a fresh process after `calls` calls (at
+    /// least one).
+    #[must_use]
+    pub fn recycle(self, calls: usize) -> Self {
+        {
+            let mut exchange = lock(&self.shared);
+            let taken = std::mem::replace(&mut *exchange, Exchange::new(Results::default()));
+            *exchange = taken.recycle(calls);
+        }
+        self
+    }
+
+    /// Runs `call` on the next free worker; it waits in line while all are
+    /// busy. Never blocks for long: results are collected by whoever waits
+    /// for one.
+    ///
+    /// # Errors
+    ///
+    /// Only if the pool itself fails (its poll set); a call that cannot run
+    /// fails when it is joined.
+    pub fn start<R, S, V, K>(&self, call: Call<R, S, V, K>) -> Result<Pending<K::Item<R, V>>>
+    where
+        K: Delivery,
+        K::Item<R, V>: DeserializeOwned + Send + 'static,
+    {
+        let index = lock(&self.shared).start(call)?;
+        Ok(Pending {
+            shared: Arc::clone(&self.shared),
+            index: Some(index),
+            _result: PhantomData,
+        })
+    }
+
+    /// Runs `f(item)` for every item on the pool's workers and returns the
+    /// results in input order.
+    ///
+    /// # Errors
+    ///
+    /// The first failed item's error, in input order.
+    pub fn map<I, F, R, S, V, K>(&self, f: F, items: I) -> Result<Vec<K::Item<R, V>>>
+    where
+        I: IntoIterator,
+        F: FnMut(I::Item) -> Call<R, S, V, K>,
+        K: Delivery,
+        K::Item<R, V>: DeserializeOwned + Send + 'static,
+    {
+        let pending = items
+            .into_iter()
+            .map(f)
+            .map(|call| self.start(call))
+            .collect::<Result<Vec<_>>>()?;
+        pending.into_iter().map(Pending::join).collect()
+    }
+
+    /// Runs `f(item)` for every item on the pool's workers and yields the
+    /// results as they arrive, each with its item's index; a failed item is
+    /// yielded as `Err` in its place.
+    ///
+    /// # Errors
+    ///
+    /// Only if the pool itself fails.
+    pub fn queue<I, F, R, S, V, K>(&self, f: F, items: I) -> Result<Arrivals<K::Item<R, V>>>
+    where
+        I: IntoIterator,
+        F: FnMut(I::Item) -> Call<R, S, V, K>,
+        K: Delivery,
+        K::Item<R, V>: DeserializeOwned + Send + 'static,
+    {
+        let mut arrivals = Arrivals {
+            shared: Arc::clone(&self.shared),
+            items: HashMap::new(),
+            _result: PhantomData,
+        };
+        for (n, call) in items.into_iter().map(f).enumerate() {
+            let mut pending = self.start(call)?;
+            if let Some(index) = pending.index.take() {
+                arrivals.items.insert(index, n);
+            }
+        }
+        Ok(arrivals)
+    }
+
+    /// Waits for the calls started so far, then stops every worker and
+    /// reaps it. Pending results not joined yet stay joinable.
+    ///
+    /// # Errors
+    ///
+    /// If the pool itself fails.
+    pub fn shutdown(self) -> Result<()> {
+        let mut exchange = lock(&self.shared);
+        while exchange.unfinished() {
+            exchange.store(None)?;
+        }
+        exchange.stop_workers()
+    }
+}
+
+fn downcast<T: 'static>(outcome: Result<Box<dyn Any + Send>>) -> Result<T> {
+    outcome.and_then(|value| {
+        value.downcast::<T>().map(|v| *v).map_err(|_| Error::Codec {
+            message: format!("the result is not of type `{}`", std::any::type_name::<T>()),
+        })
+    })
+}
+
+/// The results of [`Pool::queue`], as they arrive: an iterator of each
+/// item's index and result. Dropping it abandons the results still to come.
+pub struct Arrivals<T> {
+    shared: Shared,
+    /// The pool's index of each call still to come, and its item's index.
+    items: HashMap<usize, usize>,
+    _result: PhantomData<fn() -> T>,
+}
+
+impl<T: 'static> Iterator for Arrivals<T> {
+    type Item = (usize, Result<T>);
+
+    fn next(&mut self) -> Option<(usize, Result<T>)> {
+        while !self.items.is_empty() {
+            let mut exchange = lock(&self.shared);
+            let results = exchange.get_mut();
+            if let Some(at) = results
+                .arrivals
+                .iter()
+                .position(|i| self.items.contains_key(i))
+            {
+                let index = results.arrivals.remove(at)?;
+                let outcome = results.done.remove(&index)?;
+                let item = self.items.remove(&index)?;
+                return Some((item, downcast(outcome)));
+            }
+            if let Err(error) = exchange.store(Some(TURN)) {
+                drop(exchange);
+                self.abandon();
+                return Some((usize::MAX, Err(error)));
+            }
+        }
+        None
+    }
+}
+
+impl<T> Arrivals<T> {
+    fn abandon(&mut self) {
+        let mut exchange = lock(&self.shared);
+        let results = exchange.get_mut();
+        for (index, _) in self.items.drain() {
+            if results.done.remove(&index).is_some() {
+                results.arrivals.retain(|&i| i != index);
+            } else {
+                results.abandoned.insert(index);
+            }
+        }
+    }
+}
+
+impl<T> Drop for Arrivals<T> {
+    fn drop(&mut self) {
+        self.abandon();
+    }
+}
+
+impl<T> fmt::Debug for Arrivals<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Arrivals")
+            .field("to_come", &self.items.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The result of a call running on a [`Pool`], to be joined.
+///
+/// Dropping it without joining abandons the result: the call runs on, and
+/// its result is dropped when it arrives.
+pub struct Pending<R> {
+    shared: Shared,
+    index: Option<usize>,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R: 'static> Pending<R> {
+    /// Waits for the result.
+    ///
+    /// # Errors
+    ///
+    /// As [`Handle::join`](crate::Handle::join): [`Error::Panicked`],
+    /// [`Error::Signaled`] if the worker was killed, [`Error::Codec`], ...
+    pub fn join(mut self) -> Result<R> {
+        self.wait(None)
+    }
+
+    /// Waits at most `timeout` for the result. On [`Error::Timeout`] the
+    /// call goes on and can be joined again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`], or as [`join`](Self::join).
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<R> {
+        self.wait(Some(Instant::now() + timeout))
+    }
+
+    /// Whether the result has arrived. Collects what has arrived, without
+    /// waiting.
+    ///
+    /// # Errors
+    ///
+    /// If the pool itself fails.
+    pub fn is_finished(&self) -> Result<bool> {
+        let Some(index) = self.index else {
+            return Ok(true);
+        };
+        let mut exchange = lock(&self.shared);
+        exchange.store(Some(Duration::ZERO))?;
+        Ok(exchange.get_ref().done.contains_key(&index))
+    }
+
+    fn wait(&mut self, deadline: Option<Instant>) -> Result<R> {
+        let Some(index) = self.index else {
+            return Err(Error::Disconnected);
+        };
+        loop {
+            let mut exchange = lock(&self.shared);
+            if let Some(outcome) = exchange.get_mut().done.remove(&index) {
+                exchange.get_mut().arrivals.retain(|&i| i != index);
+                self.index = None;
+                return downcast(outcome);
+            }
+            let turn = match deadline {
+                Some(at) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(Error::Timeout);
+                    }
+                    left.min(TURN)
+                }
+                None => TURN,
+            };
+            exchange.store(Some(turn))?;
+        }
+    }
+}
+
+impl<R> Drop for Pending<R> {
+    fn drop(&mut self) {
+        if let Some(index) = self.index.take() {
+            let mut exchange = lock(&self.shared);
+            let results = exchange.get_mut();
+            if results.done.remove(&index).is_some() {
+                results.arrivals.retain(|&i| i != index);
+            } else {
+                results.abandoned.insert(index);
+            }
+        }
+    }
+}
+
+impl<R> fmt::Debug for Pending<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pending")
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool").finish_non_exhaustive()
+    }
+}

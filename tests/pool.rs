@@ -1,0 +1,183 @@
+//! `Pool` with real workers: any function, call after call; dead workers
+//! fail only their call and are replaced; recycling; shutdown and drop
+//! reap everyone.
+//!
+//! Tests count this process's children: every test holds `SERIAL`, so that
+//! no other test's children are counted with theirs.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use pproc::{Error, Pool, parallel};
+use pproc_workspace::{children, open_fds};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[parallel]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[parallel]
+fn shout(s: String) -> String {
+    s.to_uppercase()
+}
+
+/// The process that ran it.
+#[parallel]
+fn whoami() -> u32 {
+    std::process::id()
+}
+
+/// Kills its own process.
+#[parallel]
+fn die() -> u32 {
+    // SAFETY: raise(3) with a valid signal.
+    unsafe { libc::raise(libc::SIGKILL) };
+    0
+}
+
+#[parallel]
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+const fn assert_send_sync<T: Send + Sync>() {}
+const _: () = assert_send_sync::<Pool>();
+
+#[test]
+fn workers_start_up_front_and_run_any_function() {
+    let _serial = serial();
+    let pool = Pool::new(3).unwrap();
+    assert_eq!(children().len(), 3, "three workers, ready");
+    let a = pool.start(square::call(12)).unwrap();
+    let b = pool.start(shout::call("pool".into())).unwrap();
+    assert_eq!(b.join().unwrap(), "POOL");
+    assert_eq!(a.join().unwrap(), 144);
+    let pids: HashSet<u32> = (0..30)
+        .map(|_| pool.start(whoami::call()).unwrap())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|p| p.join().unwrap())
+        .collect();
+    assert!(pids.len() <= 3, "{} processes for 30 calls", pids.len());
+    assert_eq!(children().len(), 3, "no more processes than workers");
+    pool.shutdown().unwrap();
+    assert_eq!(children(), Vec::<u32>::new());
+}
+
+#[test]
+fn a_dead_worker_fails_only_its_call_and_is_replaced() {
+    let _serial = serial();
+    let fds = open_fds();
+    let pool = Pool::new(2).unwrap();
+    let before: HashSet<u32> = children().into_iter().collect();
+    let doomed = pool.start(die::call()).unwrap();
+    let fine: Vec<_> = (0..10)
+        .map(|i| pool.start(square::call(i)).unwrap())
+        .collect();
+    assert!(matches!(doomed.join(), Err(Error::Signaled { signal: 9 })));
+    for (i, p) in fine.into_iter().enumerate() {
+        assert_eq!(p.join().unwrap(), (i * i) as u64);
+    }
+    let after: HashSet<u32> = children().into_iter().collect();
+    assert_eq!(after.len(), 2, "the dead worker was replaced");
+    assert_ne!(after, before);
+    drop(pool);
+    assert_eq!(children(), Vec::<u32>::new());
+    assert_eq!(open_fds(), fds, "descriptors leaked");
+}
+
+#[test]
+fn recycled_workers_are_fresh_processes() {
+    let _serial = serial();
+    let pool = Pool::new(1).unwrap().recycle(3);
+    let pids: Vec<u32> = (0..9)
+        .map(|_| pool.start(whoami::call()).unwrap().join().unwrap())
+        .collect();
+    let distinct: HashSet<u32> = pids.iter().copied().collect();
+    assert_eq!(distinct.len(), 3, "{pids:?}");
+    assert!(pids.chunks(3).all(|c| c.iter().all(|p| *p == c[0])));
+}
+
+#[test]
+fn map_and_queue_run_on_the_workers() {
+    let _serial = serial();
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(
+        pool.map(square::call, 0..20).unwrap(),
+        (0..20).map(|i| i * i).collect::<Vec<_>>()
+    );
+    let mut arrived: Vec<(usize, u64)> = pool
+        .queue(nap::call, [200, 0, 0])
+        .unwrap()
+        .map(|(i, r)| (i, r.unwrap()))
+        .collect();
+    assert_ne!(arrived[0].0, 0, "the slow item came first");
+    arrived.sort_unstable();
+    assert_eq!(arrived, [(0, 200), (1, 0), (2, 0)]);
+    assert_eq!(children().len(), 2);
+}
+
+#[test]
+fn pending_results_time_out_and_can_be_joined_again() {
+    let _serial = serial();
+    let pool = Pool::new(1).unwrap();
+    let mut slow = pool.start(nap::call(300)).unwrap();
+    assert!(matches!(
+        slow.join_timeout(Duration::from_millis(10)),
+        Err(Error::Timeout)
+    ));
+    assert!(!slow.is_finished().unwrap());
+    assert_eq!(slow.join_timeout(Duration::from_secs(30)).unwrap(), 300);
+    // Abandoned: its result is dropped, and the pool goes on.
+    drop(pool.start(nap::call(50)).unwrap());
+    assert_eq!(pool.start(square::call(3)).unwrap().join().unwrap(), 9);
+}
+
+#[test]
+fn threads_share_a_pool() {
+    let _serial = serial();
+    let pool = Pool::new(2).unwrap();
+    let sums: Vec<u64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4_u64)
+            .map(|t| {
+                let pool = &pool;
+                s.spawn(move || {
+                    (0..10)
+                        .map(|i| pool.start(square::call(t * 10 + i)).unwrap())
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .map(|p| p.join().unwrap())
+                        .sum()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let total: u64 = sums.iter().sum();
+    assert_eq!(total, (0..40_u64).map(|i| i * i).sum());
+    drop(pool);
+    assert_eq!(children(), Vec::<u32>::new());
+}
+
+#[test]
+fn dropping_arrivals_abandons_the_rest_and_the_pool_goes_on() {
+    let _serial = serial();
+    let pool = Pool::new(2).unwrap();
+    let mut arrivals = pool.queue(nap::call, [0, 100, 100, 100]).unwrap();
+    let (first, value) = arrivals.next().unwrap();
+    assert_eq!((first, value.unwrap()), (0, 0));
+    drop(arrivals);
+    assert_eq!(pool.map(square::call, [2, 3]).unwrap(), [4, 9]);
+    pool.shutdown().unwrap();
+    assert_eq!(children(), Vec::<u32>::new());
+}
