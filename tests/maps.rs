@@ -366,3 +366,20 @@ fn maps_and_queues_run_forked_closures() {
     assert_eq!(children(), Vec::<u32>::new());
     assert_eq!(open_fds(), fds, "descriptors leaked");
 }
+
+#[test]
+fn a_queue_waits_for_one_item_and_still_yields_it() {
+    let _serial = serial();
+    let mut queue = Queue::new(square::call, 0..).limit(2).window(2);
+    assert_eq!(queue.get(12).unwrap().ok(), Some(&144));
+    let mut seen: Vec<u64> = Vec::new();
+    while let Some((index, value)) = queue.next_indexed() {
+        seen.push(value.unwrap());
+        if index == 12 {
+            break;
+        }
+    }
+    assert!(seen.contains(&144));
+    drop(queue);
+    assert_eq!(children(), Vec::<u32>::new());
+}

@@ -214,7 +214,7 @@ impl<C: Iterator, T> Engine<C, T> {
         if self.exchange.get_ref().ordered {
             self.started < self.cursor + self.window()
         } else {
-            self.in_flight() + self.held() < self.window()
+            self.in_flight() + self.held() < self.window() || self.started <= self.cursor
         }
     }
 
@@ -552,6 +552,62 @@ where
     C: Iterator,
     C::Item: Task<Item = T>,
 {
+    /// Waits for item `i` (counted from 0 in the input) and returns it,
+    /// starting the items up to it as the limit allows, whatever the
+    /// window (the equivalent of pprocess's `Map.__getitem__` for a
+    /// queue). It stays in the queue, to be yielded in its turn; with
+    /// [`continuous`](Self::continuous), this is its first value.
+    ///
+    /// `None` if the input has no item `i`, or its result was yielded
+    /// already.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pproc::{parallel, Queue};
+    ///
+    /// #[parallel]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// # fn main() {
+    /// let mut queue = Queue::new(square::call, 0..10).limit(2);
+    /// assert_eq!(queue.get(9).unwrap().ok(), Some(&81));
+    /// assert_eq!(queue.count(), 10); // every result is still yielded
+    /// # }
+    /// ```
+    pub fn get(&mut self, i: usize) -> Option<Result<&T, &Error>> {
+        loop {
+            let arrived = self
+                .engine
+                .exchange
+                .get_ref()
+                .arrivals
+                .iter()
+                .any(|(index, _)| *index == i);
+            if arrived {
+                break;
+            }
+            if i < self.engine.started && self.engine.in_flight() == 0 {
+                return None;
+            }
+            // Let the items up to `i` start, whatever the window.
+            self.engine.cursor = self.engine.cursor.max(i);
+            match self.engine.pump() {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return None,
+            }
+        }
+        self.engine
+            .exchange
+            .get_ref()
+            .arrivals
+            .iter()
+            .find(|(index, _)| *index == i)
+            .map(|(_, outcome)| outcome.as_ref())
+    }
+
     /// The next result to arrive, with the index of its item in the input.
     pub fn next_indexed(&mut self) -> Option<(usize, Result<T>)> {
         loop {
