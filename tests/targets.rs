@@ -44,7 +44,7 @@ fn a_binary_target_starts_children() {
 fn raw_child(name: &str, fingerprint: u64) -> Option<i32> {
     let (ours, theirs) = UnixStream::pair().unwrap();
     let fd = theirs.as_raw_fd();
-    let spec = format!("3 {} {fingerprint:016x} {name}", std::process::id());
+    let spec = format!("3 {} {fingerprint:016x} c {name}", std::process::id());
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.env("PPROC_CHILD", spec).stdout(Stdio::null());
     // SAFETY: dup2 is async-signal-safe.

@@ -239,6 +239,7 @@ impl Builder {
             self.program.as_deref(),
             &theirs,
             registry::fingerprint(),
+            spawn::Mode::Child,
         )?;
         drop(theirs);
         let mut conn = Conn::new(ours)?;

@@ -58,6 +58,12 @@ pub struct Context {
     conn: Arc<Mutex<Conn>>,
 }
 
+impl Context {
+    pub(crate) fn new(args: Vec<u8>, conn: Arc<Mutex<Conn>>) -> Self {
+        Self { args, conn }
+    }
+}
+
 pub(crate) fn lock(conn: &Mutex<Conn>) -> MutexGuard<'_, Conn> {
     conn.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -150,9 +156,9 @@ thread_local! {
 
 /// The channel of this child, once dispatch has set it up; the panic hook
 /// reports through it when panics abort.
-static CHILD_CONN: std::sync::OnceLock<Arc<Mutex<Conn>>> = std::sync::OnceLock::new();
+pub(crate) static CHILD_CONN: std::sync::OnceLock<Arc<Mutex<Conn>>> = std::sync::OnceLock::new();
 
-fn install_panic_hook() {
+pub(crate) fn install_panic_hook() {
     let previous = panic::take_hook();
     panic::set_hook(Box::new(move |info| {
         let report = PanicReport {
@@ -262,15 +268,17 @@ struct Spec<'a> {
     fd: i32,
     parent: i32,
     fingerprint: u64,
+    mode: spawn::Mode,
     name: &'a str,
 }
 
 fn parse(spec: &str) -> Option<Spec<'_>> {
-    let mut parts = spec.splitn(4, ' ');
+    let mut parts = spec.splitn(5, ' ');
     Some(Spec {
         fd: parts.next()?.parse().ok()?,
         parent: parts.next()?.parse().ok()?,
         fingerprint: u64::from_str_radix(parts.next()?, 16).ok()?,
+        mode: spawn::Mode::from_letter(parts.next()?)?,
         name: parts.next()?,
     })
 }
@@ -279,6 +287,9 @@ fn child_main(spec: &str) -> i32 {
     let Some(spec) = parse(spec) else {
         return EXIT_PROTOCOL;
     };
+    if let spawn::Mode::Background { streams } = spec.mode {
+        return crate::background::serve(spec.fd, spec.fingerprint, spec.name, streams);
+    }
     // Die with the parent, and check for the race where it died before the
     // request took effect: then we have been re-parented already.
     if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
@@ -459,7 +470,7 @@ fn next_call(conn: &mut Conn) -> Option<(String, Vec<u8>)> {
 
 /// Waits for the `ARGS` frame; `None` if the parent went away or sent
 /// something else.
-fn first_frame(conn: &mut Conn) -> Option<Vec<u8>> {
+pub(crate) fn first_frame(conn: &mut Conn) -> Option<Vec<u8>> {
     wait_for(conn, tag::ARGS, |body| Some(body.to_vec()))
 }
 
@@ -495,10 +506,14 @@ mod tests {
 
     #[test]
     fn spec_parses_names_with_colons() {
-        let spec = parse("3 42 00000000000000ff my_crate::m::add").unwrap();
+        let spec = parse("3 42 00000000000000ff c my_crate::m::add").unwrap();
         assert_eq!((spec.fd, spec.parent, spec.fingerprint), (3, 42, 255));
+        assert_eq!(spec.mode, spawn::Mode::Child);
         assert_eq!(spec.name, "my_crate::m::add");
-        assert!(parse("3 42 zz name").is_none());
+        let spec = parse("3 42 00000000000000ff s my_crate::m::add").unwrap();
+        assert_eq!(spec.mode, spawn::Mode::Background { streams: true });
+        assert!(parse("3 42 00000000000000ff x name").is_none());
+        assert!(parse("3 42 zz c name").is_none());
         assert!(parse("3 42").is_none());
     }
 }

@@ -4,6 +4,7 @@
 //! Depend on `pproc`, which re-exports everything here with its macros; this
 //! crate's items are documented there.
 
+mod background;
 mod call;
 mod channel;
 mod child;
@@ -20,6 +21,7 @@ mod spawn;
 #[doc(hidden)]
 pub mod private;
 
+pub use background::{Background, start_background};
 pub use call::{Builder, Call, Delivery, Returns, Streams};
 pub use channel::{Channel, Iter};
 pub use child::{EXIT_PROTOCOL, EXIT_UNREGISTERED, EXIT_VERSION_SKEW};

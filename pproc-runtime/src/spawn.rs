@@ -21,12 +21,43 @@ use nix::unistd::Pid;
 use crate::error::{Error, Result};
 
 /// The environment variable that tells a re-executed program to act as a
-/// child: `"<fd> <parent pid> <fingerprint> <name>"`. The child removes it
+/// child: `"<fd> <parent pid> <fingerprint> <mode> <name>"`. The child removes it
 /// before running user code, so processes it starts do not inherit it.
 pub(crate) const ENV: &str = "PPROC_CHILD";
 
 /// The descriptor at which a child finds its channel.
 pub(crate) const CHILD_FD: RawFd = 3;
+
+/// How a child runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Tied to its parent: its descriptor is its channel.
+    Child,
+    /// In the background, detached from its parent: its descriptor is a
+    /// listening socket, and it keeps its results for whoever connects.
+    /// `streams` tells whether they are the values it sends or the one it
+    /// returns.
+    Background { streams: bool },
+}
+
+impl Mode {
+    fn letter(self) -> char {
+        match self {
+            Self::Child => 'c',
+            Self::Background { streams: false } => 'r',
+            Self::Background { streams: true } => 's',
+        }
+    }
+
+    pub(crate) fn from_letter(letter: &str) -> Option<Self> {
+        match letter {
+            "c" => Some(Self::Child),
+            "r" => Some(Self::Background { streams: false }),
+            "s" => Some(Self::Background { streams: true }),
+            _ => None,
+        }
+    }
+}
 
 /// A started child, before it is wrapped in a handle.
 pub(crate) struct Spawned {
@@ -60,6 +91,7 @@ pub(crate) fn spawn(
     program: Option<&Path>,
     channel: &OwnedFd,
     fingerprint: u64,
+    mode: Mode,
 ) -> Result<Spawned> {
     let spawn_err = |err: io::Error| Error::Spawn(err);
     let program = cstring(program.map_or(OsStr::new("/proc/self/exe"), Path::as_os_str))
@@ -83,8 +115,9 @@ pub(crate) fn spawn(
         }
     }
     let spec = format!(
-        "{ENV}={CHILD_FD} {} {fingerprint:016x} {name}",
-        std::process::id()
+        "{ENV}={CHILD_FD} {} {fingerprint:016x} {} {name}",
+        std::process::id(),
+        mode.letter()
     );
     envp.push(CString::new(spec).map_err(|err| spawn_err(io::Error::other(err)))?);
 

@@ -1,7 +1,7 @@
 //! A binary target that starts children: `tests/targets.rs` runs it and
 //! checks what it prints, and uses it as a foreign build for skew tests.
 
-use pproc::parallel;
+use pproc::{Channel, parallel};
 
 #[parallel]
 fn greet(name: String) -> String {
@@ -11,7 +11,33 @@ fn greet(name: String) -> String {
     format!("hello, {name}")
 }
 
+/// Sends `0..n`, `ms` milliseconds apart: a call that outlives the probe
+/// when started in the background.
+#[parallel]
+fn count_slowly(ch: Channel<u64>, n: u64, ms: u64) {
+    for i in 0..n {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        ch.send(&i).expect("the background child keeps every value");
+    }
+}
+
+/// Starts a call in the background and exits at once:
+/// `pproc-probe background ADDRESS count N MS` or
+/// `pproc-probe background ADDRESS double X`.
+fn background(args: &[String]) -> pproc::Result<()> {
+    let number = |i: usize| -> u64 { args[i].parse().expect("a number") };
+    match args[1].as_str() {
+        "count" => pproc::start_background(&args[0], count_slowly::call(number(2), number(3))),
+        "double" => pproc::start_background(&args[0], pproc_workspace::double::call(number(2))),
+        other => panic!("unknown background call {other}"),
+    }
+}
+
 fn main() -> pproc::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("background") {
+        return background(&args[1..]);
+    }
     let handles = (0..4)
         .map(|i| greet::start(format!("probe {i}")))
         .collect::<pproc::Result<Vec<_>>>()?;

@@ -1,0 +1,433 @@
+//! Background children (pprocess's `start_persistent`, `BackgroundCallable`
+//! and `BackgroundQueue`): a call that runs detached from the program that
+//! started it, keeps its results, and hands them to whoever connects to its
+//! filesystem address, then removes the address and exits.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+
+use serde::de::DeserializeOwned;
+
+use crate::call::{Call, Delivery};
+use crate::child::{self, Context, EXIT_PROTOCOL, EXIT_UNREGISTERED, EXIT_VERSION_SKEW, Failure};
+use crate::conn::{self, Conn, Deadline, Step, decode, tag};
+use crate::error::{Error, Result};
+use crate::{registry, spawn};
+
+/// Starts `call` in the background, reachable at `address` (a path for a
+/// Unix socket, which must not exist yet).
+///
+/// The child is detached: it is not a child of this process, does not die
+/// with it, and runs in a session of its own, with its standard input,
+/// output and error on `/dev/null` (it holds none of this program's
+/// terminal or pipes), so this program may exit at once. It keeps what the call delivers (its return value, or for a
+/// channel-style function the values it sends) until a program calls
+/// [`Background::connect`] with the same address; once one has received
+/// everything, the child removes the address and exits. A collector that
+/// goes away early leaves the results to the next one, from the start.
+///
+/// Returns once the child has its arguments and runs.
+///
+/// # Errors
+///
+/// [`Error::Io`] if the address cannot be bound (it exists, or its
+/// directory does not), [`Error::Spawn`], [`Error::Unregistered`],
+/// [`Error::VersionSkew`] or [`Error::Codec`] if the child cannot run the
+/// call.
+///
+/// # Examples
+///
+/// ```
+/// use pproc::{parallel, Background};
+///
+/// #[parallel]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// let address = std::env::temp_dir().join(format!("pproc-doc-{}.sock", std::process::id()));
+/// pproc::start_background(&address, square::call(12))?;
+/// // Later, maybe from another program:
+/// let results: Vec<u64> = Background::connect(&address)?.collect::<pproc::Result<_>>()?;
+/// assert_eq!(results, [144]);
+/// # Ok(())
+/// # }
+/// ```
+pub fn start_background<R, S, V, K: Delivery>(
+    address: impl AsRef<Path>,
+    call: Call<R, S, V, K>,
+) -> Result<()> {
+    let address = address.as_ref();
+    let (name, args) = call.into_parts();
+    let args = args.map_err(|message| Error::Codec { message })?;
+    if !registry::is_registered(&name) {
+        return Err(Error::Unregistered { name });
+    }
+    let listener = UnixListener::bind(address).map_err(Error::Io)?;
+    let started = start(address, &listener, &name, &args, K::STREAMS);
+    drop(listener);
+    if started.is_err() {
+        let _ = std::fs::remove_file(address);
+    }
+    started
+}
+
+fn start(
+    address: &Path,
+    listener: &UnixListener,
+    name: &str,
+    args: &[u8],
+    streams: bool,
+) -> Result<()> {
+    let fd = OwnedFd::from(listener.try_clone().map_err(Error::Io)?);
+    let spawned = spawn::spawn(
+        name,
+        None,
+        &fd,
+        registry::fingerprint(),
+        spawn::Mode::Background { streams },
+    )?;
+    drop(fd);
+    // Hand over the arguments on a first connection; the child answers by
+    // closing it (running) or with a `FAIL` frame.
+    let mut conn = Conn::new(UnixStream::connect(address).map_err(Error::Io)?.into())?;
+    conn.send_bytes(tag::ARGS, args)?;
+    let mut failure = None;
+    loop {
+        let step = conn.recv_data(
+            Deadline::Never,
+            None,
+            |_| Ok(()),
+            |tag, body| {
+                if tag == tag::FAIL {
+                    failure = Some(decode::<Failure>(body)?);
+                }
+                Ok(())
+            },
+        );
+        match step {
+            Ok(Step::Data(())) => {}
+            Ok(_) | Err(Error::Disconnected) => break,
+            Err(err) => return Err(err),
+        }
+    }
+    // The first process only detaches the one that runs the call: it exits
+    // at once, and is reaped here.
+    let status = nix::sys::wait::waitpid(spawned.pid, None)?;
+    if let Some(failure) = failure {
+        return Err(failure.into());
+    }
+    match status {
+        nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
+        nix::sys::wait::WaitStatus::Exited(_, code) => Err(Error::Exited { code }),
+        nix::sys::wait::WaitStatus::Signaled(_, signal, _) => Err(Error::Signaled {
+            signal: signal as i32,
+        }),
+        _ => Err(Error::Disconnected),
+    }
+}
+
+/// The results of a background call, as its child keeps them.
+#[derive(Default)]
+struct Kept {
+    /// Frames for collectors: `DATA` values, then one end frame.
+    frames: Vec<(u8, Vec<u8>)>,
+    ended: bool,
+}
+
+type Shared = Arc<(Mutex<Kept>, Condvar)>;
+
+/// The background child's side: runs in the re-executed program, from the
+/// dispatcher, with the listening socket at `fd`. Returns the exit status.
+pub(crate) fn serve(fd: RawFd, fingerprint: u64, name: &str, streams: bool) -> i32 {
+    // SAFETY: the parent placed the listening socket at this descriptor
+    // with a posix_spawn dup2 action; nothing else owns it.
+    let listener = UnixListener::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let cloexec = nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC);
+    if nix::fcntl::fcntl(&listener, cloexec).is_err() {
+        return EXIT_PROTOCOL;
+    }
+    // SAFETY: setting a signal to SIG_IGN installs no handler code.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigIgn,
+        );
+    }
+    let Ok((stream, _)) = listener.accept() else {
+        return EXIT_PROTOCOL;
+    };
+    let Ok(mut conn) = Conn::new(stream.into()) else {
+        return EXIT_PROTOCOL;
+    };
+    if registry::fingerprint() != fingerprint {
+        let failure = Failure::VersionSkew {
+            parent: fingerprint,
+            child: registry::fingerprint(),
+        };
+        let _ = conn.send_value(tag::FAIL, &failure);
+        return EXIT_VERSION_SKEW;
+    }
+    let Some(entry) = registry::lookup(name) else {
+        let failure = Failure::Unregistered {
+            name: name.to_owned(),
+        };
+        let _ = conn.send_value(tag::FAIL, &failure);
+        return EXIT_UNREGISTERED;
+    };
+    let Some(args) = child::first_frame(&mut conn) else {
+        return EXIT_PROTOCOL;
+    };
+    let Ok(address) = listener
+        .local_addr()
+        .map(|a| a.as_pathname().map(Path::to_path_buf))
+    else {
+        return EXIT_PROTOCOL;
+    };
+    // Detach: this process exits at once (its parent reaps it), the fork
+    // lives on in a session of its own, a child of nobody here. We are
+    // still single-threaded, before `main`.
+    // SAFETY: no other thread exists yet in this process.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Parent { .. }) => return 0,
+        Ok(nix::unistd::ForkResult::Child) => {}
+        Err(_) => return EXIT_PROTOCOL,
+    }
+    drop(conn); // the parent sees the handover end: the call runs
+    let _ = nix::unistd::setsid();
+    // Hold none of the starter's terminal or pipes: a shell pipeline or a
+    // `Command::output` waiting on them would wait for this child too.
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..=2 {
+            // SAFETY: dup2 onto the standard descriptors, which this
+            // process owns; `null` stays open until the calls return.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+    run(&listener, entry, args, streams);
+    if let Some(address) = address {
+        let _ = std::fs::remove_file(address);
+    }
+    0
+}
+
+/// Runs the call, keeping what it delivers, and serves collectors until one
+/// has received it all.
+fn run(listener: &UnixListener, entry: &registry::Entry, args: Vec<u8>, streams: bool) {
+    let Ok((ours, theirs)) = conn::socketpair() else {
+        return;
+    };
+    let (Ok(ours), Ok(theirs)) = (Conn::new(ours), Conn::new(theirs)) else {
+        return;
+    };
+    let kept: Shared = Arc::default();
+    let reader = {
+        let kept = Arc::clone(&kept);
+        std::thread::spawn(move || keep(ours, &kept, streams))
+    };
+    let server = {
+        let kept = Arc::clone(&kept);
+        let listener = listener.try_clone();
+        std::thread::spawn(move || {
+            if let Ok(listener) = listener {
+                hand_out(&listener, &kept);
+            }
+        })
+    };
+    let conn = Arc::new(Mutex::new(theirs));
+    if child::CHILD_CONN.set(Arc::clone(&conn)).is_ok() {
+        child::install_panic_hook();
+    }
+    entry.run(Context::new(args, conn));
+    let _ = reader.join();
+    let _ = server.join();
+}
+
+/// Reads what the call sends into `kept`: its values (or its result, as a
+/// value), then an end frame.
+fn keep(mut conn: Conn, kept: &Shared, streams: bool) {
+    let (lock, ready) = &**kept;
+    let push = |tag: u8, body: Vec<u8>, end: bool| {
+        let mut kept = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        kept.frames.push((tag, body));
+        kept.ended |= end;
+        ready.notify_all();
+    };
+    let end_without_result = || {
+        // The stream ended without an end frame: report it as an exit
+        // without a result.
+        let failure = Failure::Codec {
+            message: "the background call ended without a result".into(),
+        };
+        push(tag::FAIL, conn::encode(&failure).unwrap_or_default(), true);
+    };
+    loop {
+        // Whole frames first; the end frame ends the call (its channel may
+        // stay open: the panic hook keeps a copy).
+        loop {
+            let frame = match conn.with_frame(|tag, body| (tag, body.to_vec())) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(_) => return end_without_result(),
+            };
+            match frame {
+                (tag::DATA, body) if streams => push(tag::DATA, body, false),
+                (tag::DATA, _) => {}
+                (tag::RESULT, body) => {
+                    if !streams {
+                        push(tag::DATA, body, false);
+                    }
+                    push(tag::RESULT, conn::encode(&()).unwrap_or_default(), true);
+                    return;
+                }
+                (tag, body) => return push(tag, body, true),
+            }
+        }
+        if conn.is_eof() {
+            return end_without_result();
+        }
+        let waited = conn.wait(None, Deadline::Never).and_then(|_| conn.fill());
+        if waited.is_err() {
+            return end_without_result();
+        }
+    }
+}
+
+/// Serves collectors, one at a time, each from the first frame, until one
+/// has received the end frame.
+fn hand_out(listener: &UnixListener, kept: &Shared) {
+    let (lock, ready) = &**kept;
+    loop {
+        let Ok((stream, _)) = listener.accept() else {
+            continue;
+        };
+        let Ok(mut conn) = Conn::new(stream.into()) else {
+            continue;
+        };
+        let mut sent = 0;
+        let delivered = loop {
+            let (frames, ended) = {
+                let mut kept = lock.lock().unwrap_or_else(PoisonError::into_inner);
+                while kept.frames.len() == sent && !kept.ended {
+                    kept = ready.wait(kept).unwrap_or_else(PoisonError::into_inner);
+                }
+                (kept.frames[sent..].to_vec(), kept.ended)
+            };
+            if frames
+                .iter()
+                .any(|(tag, body)| conn.send_bytes(*tag, body).is_err())
+            {
+                break false; // the collector went away: wait for another
+            }
+            sent += frames.len();
+            if ended {
+                let kept = lock.lock().unwrap_or_else(PoisonError::into_inner);
+                if sent == kept.frames.len() {
+                    break true;
+                }
+            }
+        };
+        if delivered {
+            return;
+        }
+    }
+}
+
+/// The results of a background call, collected from its address
+/// (pprocess's `BackgroundQueue`): an iterator of the values it delivers,
+/// as `T` (the function's `Output`). A failure of the call (a panic) is
+/// yielded as a last `Err`.
+///
+/// See [`start_background`].
+pub struct Background<T> {
+    conn: Option<Conn>,
+    address: PathBuf,
+    _values: PhantomData<fn() -> T>,
+}
+
+impl<T> Background<T> {
+    /// Connects to the background call at `address`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if nothing listens there (no such call, or it has
+    /// handed its results out already).
+    pub fn connect(address: impl AsRef<Path>) -> Result<Self> {
+        let address = address.as_ref().to_path_buf();
+        let conn = Conn::new(UnixStream::connect(&address).map_err(Error::Io)?.into())?;
+        Ok(Self {
+            conn: Some(conn),
+            address,
+            _values: PhantomData,
+        })
+    }
+
+    /// The address it connected to.
+    #[must_use]
+    pub fn address(&self) -> &Path {
+        &self.address
+    }
+}
+
+impl<T: DeserializeOwned> Iterator for Background<T> {
+    type Item = Result<T>;
+
+    fn next(&mut self) -> Option<Result<T>> {
+        let conn = self.conn.as_mut()?;
+        let mut end: Option<Result<()>> = None;
+        let step = conn.recv_data(Deadline::Never, None, decode::<T>, |tag, body| {
+            end = Some(match tag {
+                tag::RESULT => Ok(()),
+                tag::PANIC => Err(decode::<child::PanicReport>(body).map_or_else(
+                    |err| err,
+                    |report| Error::Panicked {
+                        message: report.message,
+                        location: report.location,
+                    },
+                )),
+                tag::FAIL => Err(decode::<Failure>(body).map_or_else(|err| err, Error::from)),
+                other => Err(Error::codec(format_args!("unexpected frame tag {other}"))),
+            });
+            Ok(())
+        });
+        match (step, end) {
+            (Ok(Step::Data(value)), _) => Some(Ok(value)),
+            (_, Some(Ok(()))) => {
+                self.conn = None;
+                None
+            }
+            (_, Some(Err(err))) | (Err(err), None) => {
+                self.conn = None;
+                Some(Err(err))
+            }
+            (Ok(_), None) => {
+                self.conn = None;
+                Some(Err(Error::Disconnected))
+            }
+        }
+    }
+}
+
+impl<T> AsRawFd for Background<T> {
+    /// The connection's socket, or -1 once everything was received.
+    fn as_raw_fd(&self) -> RawFd {
+        self.conn.as_ref().map_or(-1, Conn::raw_fd)
+    }
+}
+
+impl<T> fmt::Debug for Background<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Background")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
