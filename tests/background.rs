@@ -122,3 +122,28 @@ fn bad_starts_are_errors_and_leave_no_address() {
         Err(Error::Io(_))
     ));
 }
+
+#[test]
+fn gather_takes_from_many_addresses_as_they_arrive() {
+    let paths: Vec<PathBuf> = (0..3).map(|i| address(&format!("gather-{i}"))).collect();
+    // The slowest first: arrival order is not address order.
+    for (path, ms) in paths.iter().zip(["300", "0", "0"]) {
+        let out = probe(&["background", path.to_str().unwrap(), "count", "2", ms]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let got: Vec<(usize, u64)> = Background::gather(&paths)
+        .unwrap()
+        .map(|(i, v)| (i, v.unwrap()))
+        .collect();
+    assert_eq!(got.len(), 6);
+    assert_ne!(got[0].0, 0, "the slow address came first: {got:?}");
+    for i in 0..3 {
+        let mine: Vec<u64> = got
+            .iter()
+            .filter(|(a, _)| *a == i)
+            .map(|(_, v)| *v)
+            .collect();
+        assert_eq!(mine, [0, 1]);
+    }
+    assert!(paths.iter().all(|p| gone(p)));
+}

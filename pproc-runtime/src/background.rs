@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -378,13 +378,23 @@ impl<T> Background<T> {
     }
 }
 
-impl<T: DeserializeOwned> Iterator for Background<T> {
-    type Item = Result<T>;
+/// What one collector has, without waiting.
+enum Poll<T> {
+    /// A value, or the call's failure.
+    Item(Result<T>),
+    /// Nothing yet.
+    Idle,
+    /// Everything was received.
+    Done,
+}
 
-    fn next(&mut self) -> Option<Result<T>> {
-        let conn = self.conn.as_mut()?;
+impl<T: DeserializeOwned> Background<T> {
+    fn poll(&mut self, deadline: Deadline) -> Poll<T> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Done;
+        };
         let mut end: Option<Result<()>> = None;
-        let step = conn.recv_data(Deadline::Never, None, decode::<T>, |tag, body| {
+        let step = conn.recv_data(deadline, None, decode::<T>, |tag, body| {
             end = Some(match tag {
                 tag::RESULT => Ok(()),
                 tag::PANIC => Err(decode::<child::PanicReport>(body).map_or_else(
@@ -400,20 +410,94 @@ impl<T: DeserializeOwned> Iterator for Background<T> {
             Ok(())
         });
         match (step, end) {
-            (Ok(Step::Data(value)), _) => Some(Ok(value)),
+            (Ok(Step::Data(value)), _) => Poll::Item(Ok(value)),
             (_, Some(Ok(()))) => {
                 self.conn = None;
-                None
+                Poll::Done
             }
             (_, Some(Err(err))) | (Err(err), None) => {
                 self.conn = None;
-                Some(Err(err))
+                Poll::Item(Err(err))
             }
+            (Ok(Step::Timeout), None) => Poll::Idle,
             (Ok(_), None) => {
                 self.conn = None;
-                Some(Err(Error::Disconnected))
+                Poll::Item(Err(Error::Disconnected))
             }
         }
+    }
+
+    /// Connects to the background calls at every address, and yields what
+    /// they deliver as it arrives, each with the index of its address
+    /// (pprocess's `PersistentQueue` with several connections).
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect), for the first address that fails.
+    pub fn gather<P: AsRef<Path>>(addresses: impl IntoIterator<Item = P>) -> Result<Gathered<T>> {
+        let all = addresses
+            .into_iter()
+            .map(Self::connect)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Gathered { all })
+    }
+}
+
+impl<T: DeserializeOwned> Iterator for Background<T> {
+    type Item = Result<T>;
+
+    fn next(&mut self) -> Option<Result<T>> {
+        loop {
+            match self.poll(Deadline::Never) {
+                Poll::Item(item) => return Some(item),
+                Poll::Done => return None,
+                Poll::Idle => {}
+            }
+        }
+    }
+}
+
+/// What several background calls deliver, as it arrives: see
+/// [`Background::gather`]. Yields `(address index, value)`.
+pub struct Gathered<T> {
+    all: Vec<Background<T>>,
+}
+
+impl<T: DeserializeOwned> Iterator for Gathered<T> {
+    type Item = (usize, Result<T>);
+
+    fn next(&mut self) -> Option<(usize, Result<T>)> {
+        loop {
+            let mut live = false;
+            for (i, one) in self.all.iter_mut().enumerate() {
+                match one.poll(Deadline::Now) {
+                    Poll::Item(item) => return Some((i, item)),
+                    Poll::Idle => live = true,
+                    Poll::Done => {}
+                }
+            }
+            if !live {
+                return None;
+            }
+            let fds: Vec<_> = self
+                .all
+                .iter()
+                .filter_map(|one| one.conn.as_ref())
+                .map(|conn| nix::poll::PollFd::new(conn.as_fd(), nix::poll::PollFlags::POLLIN))
+                .collect();
+            let mut fds = fds;
+            if conn::poll_until(&mut fds, Deadline::Never).is_err() {
+                return None;
+            }
+        }
+    }
+}
+
+impl<T> fmt::Debug for Gathered<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gathered")
+            .field("connections", &self.all.len())
+            .finish_non_exhaustive()
     }
 }
 

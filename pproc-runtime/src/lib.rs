@@ -21,7 +21,7 @@ mod spawn;
 #[doc(hidden)]
 pub mod private;
 
-pub use background::{Background, start_background};
+pub use background::{Background, Gathered, start_background};
 pub use call::{Builder, Call, Delivery, Returns, Streams};
 pub use channel::{Channel, Iter};
 pub use child::{EXIT_PROTOCOL, EXIT_UNREGISTERED, EXIT_VERSION_SKEW};

@@ -107,9 +107,9 @@
 pub use pproc_macros::{Exchange, parallel};
 pub use pproc_runtime::{
     Arrivals, Background, Builder, Call, Channel, DEFAULT_MAX_FRAME, Delivery, EXIT_PROTOCOL,
-    EXIT_UNREGISTERED, EXIT_VERSION_SKEW, Error, Exchange, Failure, Fork, Handle, Iter, Managed,
-    Map, Origin, Pending, Pool, Queue, Result, Returns, Store, Streams, Task, fork, is_registered,
-    pmap, registered, start_background,
+    EXIT_UNREGISTERED, EXIT_VERSION_SKEW, Error, Exchange, Failure, Fork, Gathered, Handle, Iter,
+    Managed, Map, Origin, Pending, Pool, Queue, Result, Returns, Store, Streams, Task, fork,
+    is_registered, pmap, registered, start_background,
 };
 
 // Not public API. Used by code that `#[parallel]` generates.
