@@ -45,6 +45,12 @@ fn die() -> u32 {
 }
 
 #[parallel]
+fn boom(x: u64) -> u64 {
+    assert!(x != 13, "unlucky {x}");
+    x
+}
+
+#[parallel]
 fn nap(ms: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(ms));
     ms
@@ -180,4 +186,31 @@ fn dropping_arrivals_abandons_the_rest_and_the_pool_goes_on() {
     assert_eq!(pool.map(square::call, [2, 3]).unwrap(), [4, 9]);
     pool.shutdown().unwrap();
     assert_eq!(children(), Vec::<u32>::new());
+}
+
+#[test]
+fn a_panic_fails_its_call_and_the_worker_goes_on() {
+    let _serial = serial();
+    let pool = Pool::new(1).unwrap();
+    let before = children();
+    match pool.start(boom::call(13)).unwrap().join() {
+        Err(Error::Panicked { message, location }) => {
+            assert_eq!(message, "unlucky 13");
+            assert!(location.unwrap().contains("pool.rs"));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(pool.start(boom::call(14)).unwrap().join().unwrap(), 14);
+    assert_eq!(children(), before, "the same worker carries on");
+    let results: Vec<_> = pool
+        .queue(boom::call, [12, 13, 14])
+        .unwrap()
+        .map(|(i, r)| (i, r.is_ok()))
+        .collect();
+    assert_eq!(results.len(), 3);
+    assert!(results.contains(&(1, false)));
+    assert!(matches!(
+        pool.map(boom::call, [12, 13, 14]),
+        Err(Error::Panicked { .. })
+    ));
 }
