@@ -403,6 +403,7 @@ mod reused {
 
         fn failed(&mut self, error: Error, origin: &Origin<'_>) -> pproc::Result<()> {
             self.failures.push((origin.index(), error));
+            self.pids.extend(origin.pid());
             Ok(())
         }
     }
@@ -445,10 +446,12 @@ mod reused {
                 other => panic!("unexpected {other:?}"),
             }
         }
-        assert_eq!(
-            seen.pids.len(),
-            3,
-            "one worker was replaced: {:?}",
+        // Two workers, and a third after the death if the queue still
+        // needed one (the survivor may have drained it first on a busy
+        // machine): never more.
+        assert!(
+            (2..=3).contains(&seen.pids.len()),
+            "at most one worker was replaced: {:?}",
             seen.pids
         );
         assert_eq!(children(), Vec::<u32>::new());

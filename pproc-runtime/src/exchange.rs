@@ -372,6 +372,9 @@ pub struct Exchange<S> {
     limit: Option<usize>,
     reuse: bool,
     recycle: Option<usize>,
+    /// Workers kept alive at all times (a pool's size), replaced as soon as
+    /// one dies or is recycled.
+    keep_workers: usize,
     continuous: bool,
     autoclose: bool,
     builder: Builder,
@@ -391,6 +394,7 @@ impl<S> Exchange<S> {
             limit: None,
             reuse: false,
             recycle: None,
+            keep_workers: 0,
             continuous: false,
             autoclose: true,
             builder: Builder::new(),
@@ -435,7 +439,20 @@ impl<S> Exchange<S> {
 
     /// Starts idle reusable workers until `n` processes live (or the limit
     /// is reached), so that the first calls find them ready.
-    pub(crate) fn spawn_workers(&mut self, n: usize) -> Result<()> {
+    pub(crate) fn keep_workers(&mut self, n: usize) -> Result<()> {
+        self.keep_workers = n;
+        self.spawn_workers(n)
+    }
+
+    /// Starts workers up to the number kept, if one was set.
+    fn replenish(&mut self) -> Result<()> {
+        if self.keep_workers > 0 {
+            self.spawn_workers(self.keep_workers)?;
+        }
+        Ok(())
+    }
+
+    fn spawn_workers(&mut self, n: usize) -> Result<()> {
         while self.members.iter().flatten().filter(|m| m.live()).count() < n && !self.full() {
             let handle = self
                 .builder
@@ -931,6 +948,7 @@ impl<S> Exchange<S> {
             // An idle worker only wakes the exchange if it died.
             if matches!(member.handle.poll_turn(&mut Vec::new()), Turn::Dead(_)) {
                 drop(self.take(slot)?);
+                self.replenish()?;
             }
             return Ok(());
         }
@@ -1005,6 +1023,7 @@ impl<S> Exchange<S> {
                         // Retired: an idle worker loses nothing by a kill;
                         // the next call starts a fresh one.
                         drop(self.take(slot)?);
+                        self.replenish()?;
                     }
                 }
                 Ok(stored)
@@ -1013,6 +1032,7 @@ impl<S> Exchange<S> {
                 self.deliver(slot, Err(error))?;
                 self.conclude(slot)?;
                 drop(self.take(slot)?);
+                self.replenish()?;
                 Ok(stored + 1)
             }
         }

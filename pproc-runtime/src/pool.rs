@@ -122,7 +122,7 @@ impl Pool {
             .limit(n)
             .reuse(true)
             .builder(builder);
-        exchange.spawn_workers(n)?;
+        exchange.keep_workers(n)?;
         Ok(Self {
             shared: Arc::new(Mutex::new(exchange)),
         })
