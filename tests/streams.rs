@@ -203,7 +203,7 @@ fn delivered_children_keep_their_place_until_they_exit() {
     })
     .limit(2);
     for i in 0..10 {
-        ex.start(first_then_linger::call(i, 30)).unwrap();
+        ex.start(first_then_linger::call(i, 100)).unwrap();
         assert!(children().len() <= 2, "the limit was exceeded");
     }
     while ex.unfinished() {
