@@ -44,6 +44,33 @@ fn die() -> u32 {
     0
 }
 
+/// Aborts, as a `panic = "abort"` build or a failed allocation does.
+#[parallel]
+fn abort() -> u32 {
+    std::process::abort()
+}
+
+/// Caps its own address space at `mib` MiB, then allocates past it: the
+/// allocator fails and the process aborts, as it would out of memory.
+#[parallel]
+fn exhaust(mib: u64) -> usize {
+    let cap = mib << 20;
+    let limit = libc::rlimit {
+        rlim_cur: cap,
+        rlim_max: cap,
+    };
+    // SAFETY: setrlimit reads a valid rlimit struct.
+    assert_eq!(
+        unsafe { libc::setrlimit(libc::RLIMIT_AS, &raw const limit) },
+        0
+    );
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        hoard.push(vec![1; 64 << 20]);
+        std::hint::black_box(&hoard);
+    }
+}
+
 #[parallel]
 fn boom(x: u64) -> u64 {
     assert!(x != 13, "unlucky {x}");
@@ -213,4 +240,58 @@ fn a_panic_fails_its_call_and_the_worker_goes_on() {
         pool.map(boom::call, [12, 13, 14]),
         Err(Error::Panicked { .. })
     ));
+}
+
+#[test]
+fn an_aborted_or_exhausted_worker_fails_only_its_call() {
+    let _serial = serial();
+    let pool = Pool::new(2).unwrap();
+    let aborted = pool.start(abort::call()).unwrap();
+    let exhausted = pool.start(exhaust::call(512)).unwrap();
+    let fine: Vec<_> = (0..20)
+        .map(|i| pool.start(square::call(i)).unwrap())
+        .collect();
+    let sigabrt = libc::SIGABRT;
+    assert!(
+        matches!(aborted.join(), Err(Error::Signaled { signal }) if signal == sigabrt),
+        "an abort is SIGABRT"
+    );
+    match exhausted.join() {
+        Err(Error::Signaled { signal }) => assert_eq!(signal, sigabrt),
+        other => panic!("unexpected {other:?}"),
+    }
+    for (i, p) in fine.into_iter().enumerate() {
+        assert_eq!(p.join().unwrap(), (i * i) as u64);
+    }
+    assert_eq!(children().len(), 2, "both dead workers were replaced");
+    pool.shutdown().unwrap();
+    assert_eq!(children(), Vec::<u32>::new());
+}
+
+#[test]
+fn no_worker_outlives_the_program() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pproc-probe"))
+        .args(["pool", "3"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let pids: Vec<u32> = String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .map(|pid| pid.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 3, "the probe saw its three workers");
+    // The probe left without dropping its pool: its workers get SIGKILL
+    // from the kernel as it dies, and are reaped by init.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let alive = || {
+        pids.iter()
+            .filter(|pid| pproc_workspace::process_state(**pid).is_some_and(|s| s != 'Z'))
+            .count()
+    };
+    while alive() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(alive(), 0, "a worker outlived its program");
 }

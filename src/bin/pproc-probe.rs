@@ -33,10 +33,28 @@ fn background(args: &[String]) -> pproc::Result<()> {
     }
 }
 
+/// Starts a pool of `n` workers, prints its workers' pids on one line and
+/// leaves without dropping the pool: `pproc-probe pool N`. The workers must
+/// not outlive the probe.
+fn pool(args: &[String]) -> pproc::Result<()> {
+    let n: usize = args[0].parse().expect("a number");
+    let pool = pproc::Pool::new(n)?;
+    assert_eq!(pool.map(pproc_workspace::double::call, 0..4)?, [0, 2, 4, 6]);
+    let pids: Vec<String> = pproc_workspace::children()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    println!("{}", pids.join(" "));
+    std::mem::forget(pool);
+    std::process::exit(0);
+}
+
 fn main() -> pproc::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("background") {
-        return background(&args[1..]);
+    match args.first().map(String::as_str) {
+        Some("background") => return background(&args[1..]),
+        Some("pool") => return pool(&args[1..]),
+        _ => {}
     }
     let handles = (0..4)
         .map(|i| greet::start(format!("probe {i}")))
