@@ -3,7 +3,9 @@
 //! This crate is not published. Its unit tests prove that `#[parallel]`
 //! functions work inside a library crate's own test binary.
 
-use pproc::parallel;
+use std::time::{Duration, Instant};
+
+use pproc::{Channel, parallel};
 
 pub mod grid;
 pub mod pygmy;
@@ -12,6 +14,80 @@ pub mod pygmy;
 #[parallel]
 pub fn double(x: u64) -> u64 {
     x * 2
+}
+
+/// Sleeps for ten minutes: a grandchild that only ends when killed.
+#[parallel]
+pub fn slumber() -> u8 {
+    std::thread::sleep(Duration::from_secs(600));
+    0
+}
+
+/// A small process tree: starts `sleep 600` with `std::process::Command`
+/// and a pproc grandchild ([`slumber`]), sends their pids, then waits for
+/// ever. With `ignore_term` it ignores `SIGTERM` first, and so does its
+/// `sleep` (the disposition is inherited across exec).
+///
+/// # Panics
+///
+/// If a grandchild cannot start or the parent is gone.
+#[parallel]
+pub fn nest(ch: Channel<Vec<u32>>, ignore_term: bool) {
+    if ignore_term {
+        // SAFETY: setting a signal to SIG_IGN installs no handler code.
+        unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    }
+    #[expect(
+        clippy::zombie_processes,
+        reason = "the sleeper outlives this function, which never returns"
+    )]
+    let sleeper = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .expect("sleep starts");
+    let grandchild = slumber::start().expect("a grandchild starts");
+    ch.send(&vec![sleeper.id(), grandchild.pid()])
+        .expect("the parent listens");
+    loop {
+        std::thread::park();
+    }
+}
+
+/// The system's monotonic clock in nanoseconds: comparable between the
+/// processes of one machine, unlike `Instant`, which cannot cross them.
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes a timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or_default() * 1_000_000_000
+        + u64::try_from(ts.tv_nsec).unwrap_or_default()
+}
+
+/// Waits until process `pid` is gone or a zombie (dead: only its parent can
+/// reap it), at most 30 seconds.
+///
+/// # Panics
+///
+/// If it is still alive after that.
+pub fn wait_gone(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(process_state(pid), None | Some('Z' | 'X')) {
+        assert!(Instant::now() < deadline, "process {pid} is still alive");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Holds this test binary's one lock for tests that count its children or
+/// descriptors, which tests running beside them would change.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The number of descriptors this process has open.

@@ -57,7 +57,9 @@ fn raw(ch: Channel<u8, u8>, bytes: Vec<u8>) {
 #[test]
 fn a_panic_carries_message_and_location() {
     match boom::start(5).unwrap().join() {
-        Err(Error::Panicked { message, location }) => {
+        Err(Error::Panicked {
+            message, location, ..
+        }) => {
             assert_eq!(message, "n was 5, too many");
             let location = location.expect("a location");
             assert!(location.starts_with("tests/errors.rs:"), "{location}");

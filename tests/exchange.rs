@@ -1,21 +1,12 @@
 //! pprocess's Exchange with real children: limits, queueing, failures.
 //!
-//! Some tests count this process's children: every test holds `SERIAL`, so
+//! Some tests count this process's children: every test holds `serial()`, so
 //! that no other test's children are counted with theirs.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use pproc::{Error, Exchange, Origin, Store, parallel};
-use pproc_workspace::{children, open_fds};
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use pproc_workspace::{children, open_fds, serial};
 
 #[parallel]
 fn square(x: u64) -> u64 {
@@ -371,9 +362,7 @@ mod reused {
     use std::collections::HashSet;
 
     use pproc::{Error, Exchange, Origin, Store, parallel};
-    use pproc_workspace::{children, open_fds};
-
-    use super::serial;
+    use pproc_workspace::{children, open_fds, serial};
 
     /// The square, and which process computed it; `victim` kills its worker.
     #[parallel]

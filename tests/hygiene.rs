@@ -5,13 +5,10 @@
 //! descriptors and children, which other tests running beside them would
 //! change.
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pproc::{Channel, Error, parallel};
-use pproc_workspace::{children, open_fds, process_state};
-
-static SERIAL: Mutex<()> = Mutex::new(());
+use pproc_workspace::{children, open_fds, process_state, serial, wait_gone};
 
 #[parallel]
 fn add(a: i64, b: i64) -> i64 {
@@ -44,20 +41,9 @@ fn child_registry() -> Vec<String> {
     pproc::registered().into_iter().map(String::from).collect()
 }
 
-fn wait_gone(pid: u32) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    // A zombie is dead; only its parent (here: init) can reap it.
-    while !matches!(process_state(pid), None | Some('Z' | 'X')) {
-        assert!(Instant::now() < deadline, "process {pid} is still alive");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn hundreds_of_children_leave_nothing_behind() {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _serial = serial();
     // Warm up: the spawner thread and lazy statics are created once.
     add::start(0, 0).unwrap().join().unwrap();
     let fds = open_fds();
@@ -101,9 +87,7 @@ fn hundreds_of_children_leave_nothing_behind() {
 
 #[test]
 fn dropping_a_handle_kills_and_reaps() {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _serial = serial();
     let h = sleeps::start().unwrap();
     let pid = h.pid();
     assert!(matches!(process_state(pid), Some('R' | 'S')));
@@ -113,9 +97,7 @@ fn dropping_a_handle_kills_and_reaps() {
 
 #[test]
 fn grandchildren_die_with_their_parent() {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _serial = serial();
     let h = middle::start().unwrap();
     let grandchild = h.recv().unwrap();
     assert!(matches!(process_state(grandchild), Some('R' | 'S')));
@@ -130,9 +112,7 @@ fn grandchildren_die_with_their_parent() {
 /// `pproc_workspace`). The child must see every function its parent sees.
 #[test]
 fn children_see_the_whole_registry() {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _serial = serial();
     let parent: Vec<String> = pproc::registered().into_iter().map(String::from).collect();
     assert!(
         parent

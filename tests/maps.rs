@@ -1,25 +1,16 @@
 //! `Map`, `Queue` and `pmap` with real children: order, failures,
 //! back-pressure, laziness, reuse, random access.
 //!
-//! Tests count this process's children: every test holds `SERIAL`, so that
+//! Tests count this process's children: every test holds `serial()`, so that
 //! no other test's children are counted with theirs.
 
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::rc::Rc;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use pproc::{Channel, Error, Map, Queue, parallel, pmap};
-use pproc_workspace::{children, open_fds};
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use pproc_workspace::{children, open_fds, serial};
 
 #[parallel]
 fn square(x: u64) -> u64 {

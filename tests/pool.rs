@@ -2,23 +2,14 @@
 //! fail only their call and are replaced; recycling; shutdown and drop
 //! reap everyone.
 //!
-//! Tests count this process's children: every test holds `SERIAL`, so that
+//! Tests count this process's children: every test holds `serial()`, so that
 //! no other test's children are counted with theirs.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use pproc::{Error, Pool, parallel};
-use pproc_workspace::{children, open_fds};
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use pproc_workspace::{children, open_fds, serial};
 
 #[parallel]
 fn square(x: u64) -> u64 {
@@ -221,7 +212,9 @@ fn a_panic_fails_its_call_and_the_worker_goes_on() {
     let pool = Pool::new(1).unwrap();
     let before = children();
     match pool.start(boom::call(13)).unwrap().join() {
-        Err(Error::Panicked { message, location }) => {
+        Err(Error::Panicked {
+            message, location, ..
+        }) => {
             assert_eq!(message, "unlucky 13");
             assert!(location.unwrap().contains("pool.rs"));
         }

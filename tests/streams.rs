@@ -1,24 +1,15 @@
 //! Channel-style children in an exchange: first values, continuous streams,
 //! autoclose, remove, and fork-style `create`.
 //!
-//! Tests count this process's children: every test holds `SERIAL`, so that
+//! Tests count this process's children: every test holds `serial()`, so that
 //! no other test's children are counted with theirs.
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use pproc::{Call, Channel, Error, Exchange, Handle, Origin, Store, Streams, parallel};
-use pproc_workspace::{children, open_fds};
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use pproc_workspace::{children, open_fds, serial};
 
 /// Sends `(i, j)` for `j` in `0..n`, `ms` milliseconds apart.
 #[parallel]
@@ -336,7 +327,9 @@ fn a_created_child_that_panics_is_a_failure_and_the_parent_goes_on() {
             .unwrap()
     };
     match ex.finish() {
-        Err(Error::Panicked { message, location }) => {
+        Err(Error::Panicked {
+            message, location, ..
+        }) => {
             assert_eq!(message, "forked and failed");
             assert!(location.unwrap().contains("streams.rs"));
         }
