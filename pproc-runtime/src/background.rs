@@ -91,6 +91,7 @@ fn start(
         &fd,
         registry::fingerprint(),
         spawn::Mode::Background { streams },
+        &spawn::Setup::default(),
     )?;
     drop(fd);
     // Hand over the arguments on a first connection; the child answers by
@@ -281,7 +282,8 @@ fn keep(mut conn: Conn, kept: &Shared, streams: bool) {
             };
             match frame {
                 (tag::DATA, body) if streams => push(tag::DATA, body, false),
-                (tag::DATA, _) => {}
+                (tag::ERROR, body) if streams => push(tag::ERROR, body, false),
+                (tag::DATA | tag::ERROR, _) => {}
                 (tag::RESULT, body) => {
                     if !streams {
                         push(tag::DATA, body, false);
@@ -395,15 +397,15 @@ impl<T: DeserializeOwned> Background<T> {
         };
         let mut end: Option<Result<()>> = None;
         let step = conn.recv_data(deadline, None, decode::<T>, |tag, body| {
+            if tag == tag::ERROR {
+                // A value the call sent as an error: yielded in its place.
+                return Err(conn::remote(body));
+            }
             end = Some(match tag {
                 tag::RESULT => Ok(()),
-                tag::PANIC => Err(decode::<child::PanicReport>(body).map_or_else(
-                    |err| err,
-                    |report| Error::Panicked {
-                        message: report.message,
-                        location: report.location,
-                    },
-                )),
+                tag::PANIC => {
+                    Err(decode::<child::PanicReport>(body).map_or_else(|err| err, Error::from))
+                }
                 tag::FAIL => Err(decode::<Failure>(body).map_or_else(|err| err, Error::from)),
                 other => Err(Error::codec(format_args!("unexpected frame tag {other}"))),
             });
@@ -411,6 +413,7 @@ impl<T: DeserializeOwned> Background<T> {
         });
         match (step, end) {
             (Ok(Step::Data(value)), _) => Poll::Item(Ok(value)),
+            (Err(err @ Error::Remote { .. }), None) => Poll::Item(Err(err)),
             (_, Some(Ok(()))) => {
                 self.conn = None;
                 Poll::Done

@@ -2,7 +2,9 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -10,7 +12,7 @@ use crate::child::WORKER;
 use crate::conn::{self, Conn, DEFAULT_MAX_FRAME};
 use crate::error::{Error, Result};
 use crate::handle::Handle;
-use crate::{registry, spawn};
+use crate::{capture, registry, spawn};
 
 /// A deferred, serializable invocation of a `#[parallel]` function: its
 /// registered name and its serialized arguments.
@@ -148,7 +150,12 @@ impl<R, S, V, K> fmt::Debug for Call<R, S, V, K> {
 }
 
 /// Options for starting children, in the manner of
-/// [`std::thread::Builder`].
+/// [`std::thread::Builder`]: which program, the frame limit, the process
+/// group, resource limits, a deadline, output capture and backtraces.
+///
+/// Limits and the deadline apply to each process started with these
+/// options: a reused worker ([`Exchange::reuse`](crate::Exchange::reuse),
+/// [`Pool`](crate::Pool)) spends them over all the calls it runs.
 ///
 /// # Examples
 ///
@@ -167,10 +174,43 @@ impl<R, S, V, K> fmt::Debug for Call<R, S, V, K> {
 /// # Ok(())
 /// # }
 /// ```
+///
+/// A deadline kills a child that runs too long:
+///
+/// ```
+/// use std::time::Duration;
+/// use pproc::{parallel, Builder, Error};
+///
+/// #[parallel]
+/// fn nap(ms: u64) -> u64 {
+///     std::thread::sleep(Duration::from_millis(ms));
+///     ms
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// let hasty = Builder::new().deadline(Duration::from_millis(100));
+/// assert!(matches!(hasty.start(nap::call(60_000))?.join(), Err(Error::Timeout)));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Builder {
     program: Option<PathBuf>,
     max_frame: usize,
+    group: bool,
+    pub(crate) limits: Limits,
+    capture: bool,
+    backtrace: bool,
+}
+
+/// The resource limits and deadline a child is started with.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Limits {
+    pub(crate) deadline: Option<Duration>,
+    /// Address space, in bytes.
+    pub(crate) memory: Option<u64>,
+    /// CPU time, in whole seconds.
+    pub(crate) cpu: Option<u64>,
 }
 
 impl Default for Builder {
@@ -181,12 +221,16 @@ impl Default for Builder {
 
 impl Builder {
     /// The default options: re-execute this program, frames of up to
-    /// 1 GiB.
+    /// 1 GiB, each child in a process group of its own, no limits.
     #[must_use]
     pub fn new() -> Self {
         Self {
             program: None,
             max_frame: DEFAULT_MAX_FRAME,
+            group: true,
+            limits: Limits::default(),
+            capture: false,
+            backtrace: false,
         }
     }
 
@@ -207,9 +251,82 @@ impl Builder {
         self
     }
 
+    /// Whether each child leads a process group of its own (the default),
+    /// so that [`Handle::kill`], [`Handle::terminate`], a deadline and the
+    /// parent's death take the processes it started along with it.
+    ///
+    /// With `false` the child joins the parent's group: a signal from the
+    /// terminal (Ctrl-C) reaches it directly, and a kill ends the child
+    /// alone. A child in its own group is not in the terminal's foreground
+    /// group: it should not read from the terminal (it would be stopped
+    /// with `SIGTTIN`), and Ctrl-C reaches it through its parent, whose
+    /// death ends it.
+    #[must_use]
+    pub fn process_group(mut self, own: bool) -> Self {
+        self.group = own;
+        self
+    }
+
+    /// A wall-clock deadline, from the start: a child still running then is
+    /// killed (with its process group) and its result is
+    /// [`Error::Timeout`]. The kill happens on time whether or not anyone is
+    /// waiting on the handle.
+    #[must_use]
+    pub fn deadline(mut self, after: Duration) -> Self {
+        self.limits.deadline = Some(after);
+        self
+    }
+
+    /// Limits the child's address space (`RLIMIT_AS`) to `bytes`. An
+    /// allocation past it fails, and Rust aborts: the result is
+    /// [`Error::LimitExceeded`] with [`Limit::Memory`](crate::Limit::Memory).
+    /// The address space counts every mapping, including reserved but
+    /// untouched memory, so leave room above what the child uses.
+    #[must_use]
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.limits.memory = Some(bytes);
+        self
+    }
+
+    /// Limits the child's CPU time (`RLIMIT_CPU`), rounded up to whole
+    /// seconds: past it the kernel sends `SIGXCPU`, and the result is
+    /// [`Error::LimitExceeded`] with [`Limit::CpuTime`](crate::Limit::CpuTime);
+    /// a child that ignores that signal is killed a second later.
+    #[must_use]
+    pub fn cpu_limit(mut self, time: Duration) -> Self {
+        let seconds = time.as_secs() + u64::from(time.subsec_nanos() > 0);
+        self.limits.cpu = Some(seconds.max(1));
+        self
+    }
+
+    /// Captures the child's standard output and error instead of sharing
+    /// the parent's, as [`std::process::Command::output`] does; read them
+    /// with [`Handle::join_output`]. They are drained as the child writes,
+    /// so a chatty child never blocks on a full pipe.
+    #[must_use]
+    pub fn capture_output(mut self, capture: bool) -> Self {
+        self.capture = capture;
+        self
+    }
+
+    /// Has the child capture a backtrace when it panics, as if
+    /// `RUST_BACKTRACE=1` were set there (it is, for the child): it arrives
+    /// in [`Error::Panicked`]'s `backtrace`. Without this option, a child
+    /// captures one where `RUST_BACKTRACE` is set in its environment.
+    #[must_use]
+    pub fn backtrace(mut self, on: bool) -> Self {
+        self.backtrace = on;
+        self
+    }
+
     /// The frame limit these options set.
     pub(crate) fn max_frame_bytes(&self) -> usize {
         self.max_frame
+    }
+
+    /// Whether children lead process groups of their own.
+    pub(crate) fn is_grouped(&self) -> bool {
+        self.group
     }
 
     /// Starts `call` in a new child process.
@@ -218,7 +335,8 @@ impl Builder {
     ///
     /// [`Error::Unregistered`] if no function of that name is registered,
     /// [`Error::Codec`] if the arguments did not serialize,
-    /// [`Error::Spawn`] if the process could not be started.
+    /// [`Error::Spawn`] if the process could not be started (or a limit
+    /// could not be set on it).
     pub fn start<R, S, V, K>(&self, call: Call<R, S, V, K>) -> Result<Handle<R, S, V, K>> {
         self.start_raw(call.name, call.args).map(Handle::cast)
     }
@@ -234,17 +352,42 @@ impl Builder {
             return Err(Error::Unregistered { name });
         }
         let (ours, theirs) = conn::socketpair()?;
+        let pipes = if self.capture {
+            Some((capture::pipe()?, capture::pipe()?))
+        } else {
+            None
+        };
+        let mut setup = spawn::Setup {
+            group: self.group,
+            ..spawn::Setup::default()
+        };
+        if let Some(((_, out), (_, err))) = &pipes {
+            setup.stdout = Some(out.as_fd());
+            setup.stderr = Some(err.as_fd());
+        }
+        if self.backtrace {
+            setup.env.push(("RUST_BACKTRACE", "1"));
+        }
         let spawned = spawn::spawn(
             &name,
             self.program.as_deref(),
             &theirs,
             registry::fingerprint(),
             spawn::Mode::Child,
+            &setup,
         )?;
+        drop(setup);
         drop(theirs);
+        let capture = pipes.map(|((out, _), (err, _))| capture::Capture::start(out, err));
         let mut conn = Conn::new(ours)?;
         conn.set_max_frame(self.max_frame);
-        let handle = Handle::new(name, conn, spawned);
+        let mut handle = Handle::new(name, conn, spawned);
+        handle.set_group(self.group);
+        if let Some(capture) = capture {
+            handle.set_capture(capture?);
+        }
+        // Before the arguments: no user code runs before they arrive.
+        handle.limit(self.limits)?;
         handle.send_args(&args)?;
         Ok(handle)
     }

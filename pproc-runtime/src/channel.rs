@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::child::lock;
-use crate::conn::{Conn, Deadline, Step, decode, tag};
+use crate::conn::{Conn, Deadline, Step, decode, remote, tag};
 use crate::error::{Error, Result};
 
 /// The child's end of the channel to its parent, as seen by the child: it
@@ -69,13 +69,57 @@ impl<S: Serialize, V> Channel<S, V> {
     }
 }
 
+impl<S, V> Channel<S, V> {
+    /// Sends an error in place of a value (concurrence's
+    /// `send_exception`): the parent's next receive returns it as
+    /// [`Error::Remote`] with this message, and the channel goes on. Unlike
+    /// a panic, it does not end the child.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pproc::{parallel, Channel, Error};
+    ///
+    /// #[parallel]
+    /// fn parse_all(ch: Channel<u32>, words: Vec<String>) {
+    ///     for word in words {
+    ///         let sent = match word.parse() {
+    ///             Ok(n) => ch.send(&n),
+    ///             Err(err) => ch.send_error(format_args!("{word:?}: {err}")),
+    ///         };
+    ///         sent.unwrap();
+    ///     }
+    /// }
+    ///
+    /// # fn main() -> pproc::Result<()> {
+    /// let h = parse_all::start(vec!["1".into(), "two".into(), "3".into()])?;
+    /// assert_eq!(h.recv()?, 1);
+    /// match h.recv() {
+    ///     Err(Error::Remote { message }) => assert!(message.starts_with("\"two\": invalid digit")),
+    ///     other => panic!("unexpected {other:?}"),
+    /// }
+    /// assert_eq!(h.recv()?, 3);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Disconnected`] if the parent closed its end.
+    pub fn send_error(&self, error: impl fmt::Display) -> Result<()> {
+        lock(&self.conn).send_value(tag::ERROR, &error.to_string())
+    }
+}
+
 impl<S, V: DeserializeOwned> Channel<S, V> {
     fn recv_until(&self, deadline: Deadline) -> Result<V> {
         let mut conn = lock(&self.conn);
-        let step = conn.recv_data(deadline, None, decode::<V>, |tag, _| {
-            Err(Error::codec(format_args!(
-                "unexpected frame tag {tag} from the parent"
-            )))
+        let step = conn.recv_data(deadline, None, decode::<V>, |tag, body| {
+            Err(if tag == tag::ERROR {
+                remote(body)
+            } else {
+                Error::codec(format_args!("unexpected frame tag {tag} from the parent"))
+            })
         })?;
         match step {
             Step::Data(value) => Ok(value),
@@ -90,7 +134,8 @@ impl<S, V: DeserializeOwned> Channel<S, V> {
     ///
     /// [`Error::Disconnected`] once the parent has closed its end and every
     /// value it sent was received; [`Error::Codec`] for a value that does
-    /// not decode as `V`.
+    /// not decode as `V`; [`Error::Remote`] for an error the parent sent in
+    /// place of a value.
     pub fn recv(&self) -> Result<V> {
         self.recv_until(Deadline::Never)
     }
@@ -206,7 +251,8 @@ pub(crate) fn batch<V>(
 /// An iterator over the values received on a channel or a handle.
 ///
 /// It ends when the other side is done sending ([`Error::Disconnected`]),
-/// and after yielding any other error.
+/// and after yielding any other error but [`Error::Remote`], an error sent in
+/// place of a value, after which it goes on.
 pub struct Iter<'a, V> {
     next: Box<dyn FnMut() -> Result<V> + 'a>,
     done: bool,
@@ -234,6 +280,8 @@ impl<V> Iterator for Iter<'_, V> {
                 self.done = true;
                 None
             }
+            // An error sent in place of a value: the stream goes on.
+            Err(err @ Error::Remote { .. }) => Some(Err(err)),
             Err(err) => {
                 self.done = true;
                 Some(Err(err))

@@ -46,6 +46,18 @@ impl From<Failure> for Error {
 pub(crate) struct PanicReport {
     pub(crate) message: String,
     pub(crate) location: Option<String>,
+    /// The backtrace, when the child captured one (`RUST_BACKTRACE`).
+    pub(crate) backtrace: Option<String>,
+}
+
+impl From<PanicReport> for Error {
+    fn from(report: PanicReport) -> Self {
+        Self::Panicked {
+            message: report.message,
+            location: report.location,
+            backtrace: report.backtrace,
+        }
+    }
 }
 
 /// What a registered function's shim gets: its arguments and the channel.
@@ -132,6 +144,7 @@ fn report<R: Serialize>(conn: &Mutex<Conn>, f: impl FnOnce() -> R) {
                 .unwrap_or_else(|| PanicReport {
                     message: payload_text(payload.as_ref()),
                     location: None,
+                    backtrace: None,
                 });
             conn.send_value(tag::PANIC, &report)
         }
@@ -161,9 +174,14 @@ pub(crate) static CHILD_CONN: std::sync::OnceLock<Arc<Mutex<Conn>>> = std::sync:
 pub(crate) fn install_panic_hook() {
     let previous = panic::take_hook();
     panic::set_hook(Box::new(move |info| {
+        // Captured only where `RUST_BACKTRACE` asks for it, as std's own
+        // hook does.
+        let backtrace = std::backtrace::Backtrace::capture();
         let report = PanicReport {
             message: info.payload_as_str().unwrap_or("Box<dyn Any>").to_owned(),
             location: info.location().map(ToString::to_string),
+            backtrace: (backtrace.status() == std::backtrace::BacktraceStatus::Captured)
+                .then(|| backtrace.to_string()),
         };
         let in_entry = IN_ENTRY.get();
         if cfg!(panic = "abort") {
@@ -263,6 +281,71 @@ unsafe fn run_later_constructors(
     }
 }
 
+/// The signal a child that leads its own process group gets when its
+/// parent dies: its handler takes the whole group down.
+pub(crate) fn parent_death_signal() -> libc::c_int {
+    libc::SIGRTMAX()
+}
+
+/// Kills this process's group, this process included.
+extern "C" fn on_parent_death(_: libc::c_int) {
+    // SAFETY: kill(2) is async-signal-safe; 0 names our own group.
+    unsafe { libc::kill(0, libc::SIGKILL) };
+}
+
+/// Makes this process die with `parent`, and checks for the race where the
+/// parent died first (then we have been re-parented). Returns `false` if it
+/// did.
+///
+/// A process that leads its own group takes the group with it: its
+/// descendants there (processes it started with `std::process::Command`,
+/// say) die too, however the parent died. Otherwise `SIGKILL` ends this
+/// process alone.
+fn tie_to_parent(parent: nix::unistd::Pid) -> bool {
+    let leader = nix::unistd::getpgrp() == nix::unistd::getpid();
+    let signal = if leader {
+        let handler: extern "C" fn(libc::c_int) = on_parent_death;
+        // SAFETY: a zeroed sigaction is valid; the handler only calls
+        // kill(2), which is async-signal-safe. nix's `sigaction` takes no
+        // real-time signals.
+        let installed = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = handler as libc::sighandler_t;
+            libc::sigemptyset(&raw mut action.sa_mask);
+            libc::sigaction(
+                parent_death_signal(),
+                &raw const action,
+                std::ptr::null_mut(),
+            ) == 0
+        };
+        if installed {
+            parent_death_signal()
+        } else {
+            libc::SIGKILL
+        }
+    } else {
+        libc::SIGKILL
+    };
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number; nix's wrapper takes
+    // no real-time signals.
+    let set = unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::c_ulong::try_from(signal).unwrap_or(9),
+            0,
+            0,
+            0,
+        )
+    } == 0;
+    if !set || nix::unistd::getppid() != parent {
+        if leader {
+            on_parent_death(signal);
+        }
+        return false;
+    }
+    true
+}
+
 /// The parsed `PPROC_CHILD` variable.
 struct Spec<'a> {
     fd: i32,
@@ -290,13 +373,10 @@ fn child_main(spec: &str) -> i32 {
     if let spawn::Mode::Background { streams } = spec.mode {
         return crate::background::serve(spec.fd, spec.fingerprint, spec.name, streams);
     }
-    // Die with the parent, and check for the race where it died before the
-    // request took effect: then we have been re-parented already.
-    if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
-        || nix::unistd::getppid().as_raw() != spec.parent
-    {
+    if !tie_to_parent(nix::unistd::Pid::from_raw(spec.parent)) {
         return EXIT_PROTOCOL;
     }
+    crate::tree::set_parent(spec.parent);
     // As Rust's runtime does for `main`: writes to a closed pipe fail with
     // EPIPE instead of killing the process.
     // SAFETY: setting a signal to SIG_IGN installs no handler code.
@@ -362,7 +442,7 @@ pub(crate) const FORKED: &str = "pproc::create";
 /// As `fork` in a program that may have other threads: in the child, `f`
 /// must not need a lock that another thread of the parent held (see
 /// [`Exchange::create`](crate::Exchange::create)).
-pub(crate) unsafe fn fork<T, F>(f: F) -> crate::Result<(Conn, spawn::Spawned)>
+pub(crate) unsafe fn fork<T, F>(f: F, group: bool) -> crate::Result<(Conn, spawn::Spawned)>
 where
     T: Serialize,
     F: FnOnce(Channel<T, ()>),
@@ -375,16 +455,28 @@ where
     // runs `f` and leaves with `_exit`.
     match unsafe { nix::unistd::fork() }.map_err(|err| Error::Spawn(err.into()))? {
         nix::unistd::ForkResult::Parent { child } => {
+            if group {
+                // Both sides set the group, so that it exists before either
+                // goes on (the child may not have run yet). Fails only if
+                // the child has done it already, or died.
+                let _ = nix::unistd::setpgid(child, child);
+            }
             drop(theirs);
             let conn = Conn::new(ours)?;
             Ok((conn, spawn::Spawned::new(child)))
         }
         nix::unistd::ForkResult::Child => {
             drop(ours);
-            // Die with the parent, unless it died already.
-            let code = if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
-                || nix::unistd::getppid() != parent
-            {
+            // Lead a process group, as spawned children do, and die with
+            // the parent, unless it died already.
+            if group {
+                let _ = nix::unistd::setpgid(
+                    nix::unistd::Pid::from_raw(0),
+                    nix::unistd::Pid::from_raw(0),
+                );
+            }
+            crate::tree::set_parent(parent.as_raw());
+            let code = if !tie_to_parent(parent) {
                 EXIT_PROTOCOL
             } else if let Ok(conn) = Conn::new(theirs) {
                 let conn = Arc::new(Mutex::new(conn));

@@ -36,6 +36,17 @@ pub(crate) mod tag {
     /// Parent to a reusable worker: run this function next. The body is
     /// the name's length (`u32`), the name, then the serialized arguments.
     pub(crate) const CALL: u8 = 6;
+    /// Either way, in place of a `DATA` value: an error the sender raised
+    /// (concurrence's `send_exception`). The body is its message.
+    pub(crate) const ERROR: u8 = 7;
+}
+
+/// The error an `ERROR` frame carries.
+pub(crate) fn remote(body: &[u8]) -> Error {
+    match decode::<String>(body) {
+        Ok(message) => Error::Remote { message },
+        Err(err) => err,
+    }
 }
 
 fn config() -> bincode::config::Configuration {
@@ -60,6 +71,13 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
             std::any::type_name::<T>()
         )))
     }
+}
+
+/// Deserializes the value at the start of a payload, ignoring what follows.
+pub(crate) fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    bincode::serde::decode_from_slice::<T, _>(bytes, config())
+        .map(|(value, _)| value)
+        .map_err(Error::codec)
 }
 
 /// When a blocking operation gives up.

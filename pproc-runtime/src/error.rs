@@ -42,7 +42,25 @@ pub enum Error {
         message: String,
         /// `file:line:column` of the panic, when known.
         location: Option<String>,
+        /// The child's backtrace, when it captured one: with
+        /// `RUST_BACKTRACE` set in the child, or
+        /// [`Builder::backtrace`](crate::Builder::backtrace).
+        backtrace: Option<String>,
     },
+    /// The other end sent an error instead of a value
+    /// ([`Channel::send_error`](crate::Channel::send_error), concurrence's
+    /// `send_exception`), or answered a request with one. The channel goes
+    /// on: the next receive gets the next value.
+    #[error("the other end sent an error: {message}")]
+    Remote {
+        /// The error's message, as the sender wrote it.
+        message: String,
+    },
+    /// The child was stopped by one of the resource limits it was started
+    /// with ([`Builder::memory_limit`](crate::Builder::memory_limit),
+    /// [`Builder::cpu_limit`](crate::Builder::cpu_limit)).
+    #[error("{0}")]
+    LimitExceeded(Limit),
     /// The child was killed by a signal (`kill`, an abort, the OOM killer).
     #[error("child was killed by signal {signal} ({})", signal_name(*signal))]
     Signaled {
@@ -114,6 +132,12 @@ impl Error {
         matches!(self, Self::Panicked { .. })
     }
 
+    /// Whether this is [`Error::Remote`]: an error value the other end sent.
+    #[must_use]
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Self::Remote { .. })
+    }
+
     pub(crate) fn codec(message: impl fmt::Display) -> Self {
         Self::Codec {
             message: message.to_string(),
@@ -124,6 +148,38 @@ impl Error {
 impl From<nix::Error> for Error {
     fn from(err: nix::Error) -> Self {
         Self::Io(io::Error::from(err))
+    }
+}
+
+/// A resource limit that stopped a child: see [`Error::LimitExceeded`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Limit {
+    /// The child aborted while its address space was limited to `bytes`:
+    /// an allocation most likely failed (Rust aborts when one does).
+    Memory {
+        /// The limit on the child's address space, in bytes.
+        bytes: u64,
+    },
+    /// The child used up its CPU time (`SIGXCPU`).
+    CpuTime {
+        /// The limit, in whole seconds of CPU time.
+        seconds: u64,
+    },
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Memory { bytes } => write!(
+                f,
+                "child aborted under its address-space limit of {} MiB: an allocation most likely failed",
+                bytes / (1 << 20)
+            ),
+            Self::CpuTime { seconds } => {
+                write!(f, "child used up its CPU-time limit of {seconds} s")
+            }
+        }
     }
 }
 
@@ -144,6 +200,7 @@ mod tests {
         let err = Error::Panicked {
             message: "boom".into(),
             location: Some("src/lib.rs:3:5".into()),
+            backtrace: None,
         };
         assert_eq!(err.to_string(), "child panicked: boom at src/lib.rs:3:5");
         assert_eq!(
@@ -153,6 +210,17 @@ mod tests {
         assert_eq!(
             Error::Exited { code: 3 }.to_string(),
             "child exited with status 3 without a result"
+        );
+        assert_eq!(
+            Error::LimitExceeded(Limit::CpuTime { seconds: 2 }).to_string(),
+            "child used up its CPU-time limit of 2 s"
+        );
+        assert_eq!(
+            Error::Remote {
+                message: "no such key".into()
+            }
+            .to_string(),
+            "the other end sent an error: no such key"
         );
     }
 

@@ -842,14 +842,14 @@ impl<S> Exchange<S> {
             return Ok(0);
         };
         match member.handle.poll_result() {
-            Err(Error::Timeout) => {
+            None => {
                 if member.socket.is_some() && member.handle.is_drained() {
                     self.unwatch(slot, false)?;
                 }
                 return Ok(0);
             }
-            Ok(bytes) => self.deliver(slot, Ok(&bytes))?,
-            Err(error) => self.deliver(slot, Err(error))?,
+            Some(Ok(bytes)) => self.deliver(slot, Ok(&bytes))?,
+            Some(Err(error)) => self.deliver(slot, Err(error))?,
         }
         self.conclude(slot)?;
         drop(self.take(slot)?);
@@ -865,8 +865,14 @@ impl<S> Exchange<S> {
             };
             let flow = member.handle.poll_flow();
             match flow {
-                Ok(Flow::Value(bytes)) => {
-                    self.deliver(slot, Ok(&bytes))?;
+                Ok(flow @ (Flow::Value(_) | Flow::Sent(_))) => {
+                    // An error sent in place of a value is stored as a
+                    // failure, and the stream goes on.
+                    match flow {
+                        Flow::Value(bytes) => self.deliver(slot, Ok(&bytes))?,
+                        Flow::Sent(error) => self.deliver(slot, Err(error))?,
+                        Flow::Idle | Flow::End => {}
+                    }
                     stored += 1;
                     if !self.continuous {
                         self.retire(slot)?;
@@ -901,21 +907,21 @@ impl<S> Exchange<S> {
         };
         let silent = !self.continuous && member.job.as_ref().is_some_and(|job| job.values == 0);
         match member.handle.poll_result() {
-            Err(Error::Timeout) => Ok(0),
+            None => Ok(0),
             // A call that owed one value and returned without it.
-            Ok(_) if silent => {
+            Some(Ok(_)) if silent => {
                 self.deliver(slot, Err(Error::Disconnected))?;
                 self.conclude(slot)?;
                 drop(self.take(slot)?);
                 Ok(1)
             }
             // Its return value is not stored.
-            Ok(_) => {
+            Some(Ok(_)) => {
                 self.conclude(slot)?;
                 drop(self.take(slot)?);
                 Ok(0)
             }
-            Err(error) => {
+            Some(Err(error)) => {
                 self.deliver(slot, Err(error))?;
                 self.conclude(slot)?;
                 drop(self.take(slot)?);
@@ -985,8 +991,11 @@ impl<S> Exchange<S> {
             _ => 0,
         };
         let mut stored = 0;
-        for bytes in values.iter().take(wanted) {
-            self.deliver(slot, Ok(bytes))?;
+        for value in values.into_iter().take(wanted) {
+            match value {
+                Ok(bytes) => self.deliver(slot, Ok(&bytes))?,
+                Err(error) => self.deliver(slot, Err(error))?,
+            }
             stored += 1;
         }
         let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) else {
@@ -1334,9 +1343,10 @@ impl<S> Exchange<S> {
     {
         self.make_room()?;
         // SAFETY: the caller upholds fork's contract.
-        let (mut conn, spawned) = unsafe { crate::child::fork(f)? };
+        let (mut conn, spawned) = unsafe { crate::child::fork(f, self.builder.is_grouped())? };
         conn.set_max_frame(self.builder.max_frame_bytes());
-        let handle = Handle::<(), (), T, Streams>::new(FORKED.to_owned(), conn, spawned);
+        let mut handle = Handle::<(), (), T, Streams>::new(FORKED.to_owned(), conn, spawned);
+        handle.set_group(self.builder.is_grouped());
         self.add(handle)
     }
 

@@ -6,6 +6,7 @@
 
 mod background;
 mod call;
+mod capture;
 mod channel;
 mod child;
 mod conn;
@@ -16,7 +17,12 @@ mod map;
 mod pool;
 mod progress;
 mod registry;
+mod rpc;
 mod spawn;
+mod supervise;
+mod timer;
+mod tree;
+mod watchdog;
 
 #[doc(hidden)]
 pub mod private;
@@ -26,9 +32,13 @@ pub use call::{Builder, Call, Delivery, Returns, Streams};
 pub use channel::{Channel, Iter};
 pub use child::{EXIT_PROTOCOL, EXIT_UNREGISTERED, EXIT_VERSION_SKEW};
 pub use conn::DEFAULT_MAX_FRAME;
-pub use error::{Error, Result};
+pub use error::{Error, Limit, Result};
 pub use exchange::{Exchange, Failure, Managed, Origin, Store};
-pub use handle::Handle;
+pub use handle::{Handle, Output};
 pub use map::{Fork, Map, Queue, Task, fork, pmap};
 pub use pool::{Arrivals, Pending, Pool};
 pub use registry::{is_registered, registered};
+pub use rpc::{Reply, Request, RequestId};
+pub use supervise::{join_all, join_any, select};
+pub use timer::{MAX_RATE_OVERLAP, Timer, interval, later, rate};
+pub use tree::{ChildInfo, Node, children, parent, tree, waitall};

@@ -8,7 +8,7 @@
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 use std::sync::Mutex;
@@ -75,12 +75,28 @@ impl Spawned {
     }
 }
 
+/// How a child is set up besides its channel.
+#[derive(Debug, Default)]
+pub(crate) struct Setup<'a> {
+    /// Lead a process group of its own, so that its descendants can be
+    /// signalled with it.
+    pub(crate) group: bool,
+    /// Descriptors to put at the child's standard output and error.
+    pub(crate) stdout: Option<BorrowedFd<'a>>,
+    pub(crate) stderr: Option<BorrowedFd<'a>>,
+    /// Variables to set in the child's environment.
+    pub(crate) env: Vec<(&'static str, &'static str)>,
+}
+
 /// What the spawner thread needs for one child.
 struct Request {
     program: CString,
     argv: Vec<CString>,
     envp: Vec<CString>,
     child_fd: RawFd,
+    group: bool,
+    stdout: Option<RawFd>,
+    stderr: Option<RawFd>,
     reply: mpsc::SyncSender<nix::Result<Pid>>,
 }
 
@@ -92,6 +108,7 @@ pub(crate) fn spawn(
     channel: &OwnedFd,
     fingerprint: u64,
     mode: Mode,
+    setup: &Setup<'_>,
 ) -> Result<Spawned> {
     let spawn_err = |err: io::Error| Error::Spawn(err);
     let program = cstring(program.map_or(OsStr::new("/proc/self/exe"), Path::as_os_str))
@@ -103,7 +120,7 @@ pub(crate) fn spawn(
     let argv = vec![cstring(&argv0).map_err(spawn_err)?];
     let mut envp = Vec::new();
     for (key, value) in std::env::vars_os() {
-        if key != ENV {
+        if key != ENV && !setup.env.iter().any(|(k, _)| key == *k) {
             let mut pair = key.into_vec();
             pair.push(b'=');
             pair.extend_from_slice(value.as_bytes());
@@ -120,6 +137,12 @@ pub(crate) fn spawn(
         mode.letter()
     );
     envp.push(CString::new(spec).map_err(|err| spawn_err(io::Error::other(err)))?);
+    for (key, value) in &setup.env {
+        envp.push(
+            CString::new(format!("{key}={value}"))
+                .map_err(|err| spawn_err(io::Error::other(err)))?,
+        );
+    }
 
     let (reply, answer) = mpsc::sync_channel(1);
     let request = Request {
@@ -127,6 +150,9 @@ pub(crate) fn spawn(
         argv,
         envp,
         child_fd: channel.as_raw_fd(),
+        group: setup.group,
+        stdout: setup.stdout.map(|fd| fd.as_raw_fd()),
+        stderr: setup.stderr.map(|fd| fd.as_raw_fd()),
         reply,
     };
     spawner()
@@ -201,10 +227,24 @@ fn spawn_now(request: &Request) -> nix::Result<Pid> {
         child_fd = fd;
     }
     actions.add_dup2(child_fd, CHILD_FD)?;
+    // The requester keeps these open until we reply; they are above the
+    // standard descriptors (pipes made after 0, 1 and 2 exist).
+    if let Some(fd) = request.stdout {
+        actions.add_dup2(fd, libc::STDOUT_FILENO)?;
+    }
+    if let Some(fd) = request.stderr {
+        actions.add_dup2(fd, libc::STDERR_FILENO)?;
+    }
     let mut attr = PosixSpawnAttr::init()?;
     // The child starts with no blocked signals, whatever this thread's mask.
     attr.set_sigmask(&SigSet::empty())?;
-    attr.set_flags(PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK)?;
+    let mut flags = PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK;
+    if request.group {
+        // A process group of its own, led by the child.
+        attr.set_pgroup(Pid::from_raw(0))?;
+        flags |= PosixSpawnFlags::POSIX_SPAWN_SETPGROUP;
+    }
+    attr.set_flags(flags)?;
     let pid = posix_spawn(
         request.program.as_c_str(),
         &actions,
@@ -217,7 +257,7 @@ fn spawn_now(request: &Request) -> nix::Result<Pid> {
 }
 
 /// A pidfd for `pid`, or `None` where the kernel has none (before 5.3).
-fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
+pub(crate) fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
     // (close-on-exec) or -1; nix has no wrapper for it.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };

@@ -80,6 +80,62 @@
 //! stores each result in a struct of yours as it arrives: see its
 //! documentation, [`Store`] and [`#[derive(Exchange)]`](derive@Exchange).
 //!
+//! # Supervision
+//!
+//! A child process can hang, flood, leak or be killed from outside; pproc
+//! gives the parent the controls for it (concurrence's, for processes):
+//!
+//! - [`join_all`] joins many children under one deadline, killing the
+//!   stragglers; [`select`] and [`join_any`] wait for the first to finish;
+//!   [`waitall`] for every child (pprocess's).
+//! - [`Handle::terminate`] sends `SIGTERM`, then `SIGKILL` after a grace
+//!   period. Each child leads a process group of its own
+//!   ([`Builder::process_group`]), so a kill, a terminate or a deadline
+//!   takes the processes it started along with it, and a child whose
+//!   parent dies, however it dies (Ctrl-C at the terminal included), takes
+//!   its group down with it. [`children`], [`tree`] and [`parent`] report
+//!   the family.
+//! - [`Builder`] sets limits per call: a wall-clock
+//!   [`deadline`](Builder::deadline) (the child is killed on time and the
+//!   result is [`Error::Timeout`]), an address-space and a CPU-time limit
+//!   ([`Error::LimitExceeded`]), captured standard output and error
+//!   ([`Handle::join_output`]) and panics with their
+//!   [`backtrace`](Builder::backtrace).
+//! - Request and reply: a child that takes a `Channel<Reply<P>,
+//!   Request<Q>>` answers with [`Channel::serve`]; the parent's
+//!   [`Handle::call`] waits for the matching reply, with a timeout if asked
+//!   ([`Request`] shows replies out of order). [`Channel::send_error`]
+//!   sends an error in place of a value ([`Error::Remote`]);
+//!   [`Handle::for_each`] is a receiver loop.
+//! - Timers: [`later`], [`interval`] and [`rate`] start calls on a
+//!   schedule, each run in a child of its own.
+//!
+//! ```
+//! use std::time::Duration;
+//! use pproc::{parallel, Builder, Error};
+//!
+//! #[parallel]
+//! fn stuck() -> u32 {
+//!     loop {
+//!         std::thread::park();
+//!     }
+//! }
+//!
+//! #[parallel]
+//! fn quick(n: u32) -> u32 {
+//!     n + 1
+//! }
+//!
+//! # fn main() -> pproc::Result<()> {
+//! let careful = Builder::new().deadline(Duration::from_millis(200));
+//! let handles = vec![careful.start(quick::call(1))?, careful.start(stuck::call())?];
+//! let results = pproc::join_all(handles, None)?;
+//! assert_eq!(*results[0].as_ref().unwrap(), 2);
+//! assert!(matches!(results[1], Err(Error::Timeout))); // killed at its deadline
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Errors
 //!
 //! Every operation returns the one [`Error`]: a child's panic arrives as
@@ -100,16 +156,21 @@
 //!
 //! Linux, where children are started with `posix_spawn` (its cost does not
 //! grow with the parent's memory), watched through pidfds and killed with
-//! their parent through `PR_SET_PDEATHSIG`.
+//! their parent through `PR_SET_PDEATHSIG`. A child that leads its own
+//! process group asks for the highest real-time signal (`SIGRTMAX`) on its
+//! parent's death, and its handler kills the group: code in a child should
+//! not block or take over that signal. Deadlines need pidfds (Linux 5.3).
 #![doc(test(attr(deny(warnings))))]
 
 #[doc(inline)]
 pub use pproc_macros::{Exchange, parallel};
 pub use pproc_runtime::{
-    Arrivals, Background, Builder, Call, Channel, DEFAULT_MAX_FRAME, Delivery, EXIT_PROTOCOL,
-    EXIT_UNREGISTERED, EXIT_VERSION_SKEW, Error, Exchange, Failure, Fork, Gathered, Handle, Iter,
-    Managed, Map, Origin, Pending, Pool, Queue, Result, Returns, Store, Streams, Task, fork,
-    is_registered, pmap, registered, start_background,
+    Arrivals, Background, Builder, Call, Channel, ChildInfo, DEFAULT_MAX_FRAME, Delivery,
+    EXIT_PROTOCOL, EXIT_UNREGISTERED, EXIT_VERSION_SKEW, Error, Exchange, Failure, Fork, Gathered,
+    Handle, Iter, Limit, MAX_RATE_OVERLAP, Managed, Map, Node, Origin, Output, Pending, Pool,
+    Queue, Reply, Request, RequestId, Result, Returns, Store, Streams, Task, Timer, children, fork,
+    interval, is_registered, join_all, join_any, later, parent, pmap, rate, registered, select,
+    start_background, tree, waitall,
 };
 
 // Not public API. Used by code that `#[parallel]` generates.

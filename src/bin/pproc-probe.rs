@@ -49,11 +49,31 @@ fn pool(args: &[String]) -> pproc::Result<()> {
     std::process::exit(0);
 }
 
+/// Starts two process trees ([`pproc_workspace::nest`], each child in its
+/// own process group), prints every pid in them on one line, then waits
+/// for ever: `pproc-probe tree`. Whatever ends the probe must end them all.
+fn tree() -> pproc::Result<()> {
+    let nests = (0..2)
+        .map(|_| pproc_workspace::nest::start(false))
+        .collect::<pproc::Result<Vec<_>>>()?;
+    let mut pids: Vec<u32> = nests.iter().map(pproc::Handle::pid).collect();
+    for nest in &nests {
+        pids.extend(nest.recv()?);
+    }
+    let line: Vec<String> = pids.iter().map(ToString::to_string).collect();
+    println!("{}", line.join(" "));
+    std::io::Write::flush(&mut std::io::stdout()).map_err(pproc::Error::Io)?;
+    loop {
+        std::thread::park();
+    }
+}
+
 fn main() -> pproc::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("background") => return background(&args[1..]),
         Some("pool") => return pool(&args[1..]),
+        Some("tree") => return tree(),
         _ => {}
     }
     let handles = (0..4)

@@ -1,0 +1,176 @@
+//! Joining many children: all of them under one deadline (concurrence's
+//! `join_all`), or whichever finishes first.
+
+use std::os::fd::BorrowedFd;
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags};
+use serde::de::DeserializeOwned;
+
+use crate::conn::{Deadline, poll_until};
+use crate::error::{Error, Result};
+use crate::handle::Handle;
+
+/// How often children without a pidfd (kernels before 5.3) are checked.
+const TICK: Duration = Duration::from_millis(5);
+
+/// Waits for every child and returns their results in the handles' order,
+/// each `Ok` or its own `Err` (concurrence's `join_all`).
+///
+/// If `timeout` (`None`: as long as it takes) passes first, the children
+/// still running are killed (with their process groups) and reaped, and
+/// the whole call fails with [`Error::Timeout`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use pproc::{parallel, Error};
+///
+/// #[parallel]
+/// fn check(n: u32) -> u32 {
+///     assert!(n != 3, "3 is not allowed");
+///     n * 2
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// let handles = (1..=4).map(check::start).collect::<pproc::Result<Vec<_>>>()?;
+/// let results = pproc::join_all(handles, Some(Duration::from_secs(60)))?;
+/// assert_eq!(results[0].as_ref().ok(), Some(&2));
+/// assert!(matches!(results[2], Err(Error::Panicked { .. })));
+/// assert_eq!(results.len(), 4);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+///
+/// [`Error::Timeout`] if the deadline passed before every child finished.
+pub fn join_all<R, S, V, K>(
+    handles: impl IntoIterator<Item = Handle<R, S, V, K>>,
+    timeout: Option<Duration>,
+) -> Result<Vec<Result<R>>>
+where
+    R: DeserializeOwned,
+{
+    let deadline = timeout.map_or(Deadline::Never, Deadline::after);
+    let mut handles: Vec<_> = handles.into_iter().collect();
+    let mut results = Vec::with_capacity(handles.len());
+    for handle in &mut handles {
+        match handle.join_until(deadline) {
+            Some(result) => results.push(result),
+            // Dropping the handles kills and reaps the rest.
+            None => return Err(Error::Timeout),
+        }
+    }
+    Ok(results)
+}
+
+/// Waits until one of the children has finished, and returns its index;
+/// every handle stays usable (join the finished one without waiting).
+/// `timeout` of `None` waits as long as it takes.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use pproc::parallel;
+///
+/// #[parallel]
+/// fn nap(ms: u64) -> u64 {
+///     std::thread::sleep(Duration::from_millis(ms));
+///     ms
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// let mut handles = vec![nap::start(60_000)?, nap::start(0)?];
+/// let first = pproc::select(&handles, None)?;
+/// assert_eq!(first, 1);
+/// assert_eq!(handles.remove(first).join()?, 0);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+///
+/// [`Error::Timeout`] if none finished in time; [`Error::Io`] for an empty
+/// slice, or if polling fails.
+pub fn select<R, S, V, K>(
+    handles: &[Handle<R, S, V, K>],
+    timeout: Option<Duration>,
+) -> Result<usize> {
+    if handles.is_empty() {
+        return Err(Error::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "select needs at least one handle",
+        )));
+    }
+    let deadline = timeout.map_or(Deadline::Never, Deadline::after);
+    loop {
+        let mut fds = Vec::with_capacity(handles.len());
+        let mut owners = Vec::with_capacity(handles.len());
+        let mut blind = false;
+        for (i, handle) in handles.iter().enumerate() {
+            match handle.exit_raw_fd()? {
+                Exit::Done => return Ok(i),
+                Exit::Fd(fd) => {
+                    // SAFETY: the handle owns its pidfd until it is
+                    // dropped, which the borrow of `handles` prevents.
+                    fds.push(PollFd::new(
+                        unsafe { BorrowedFd::borrow_raw(fd) },
+                        PollFlags::POLLIN,
+                    ));
+                    owners.push(i);
+                }
+                Exit::Blind => blind = true,
+            }
+        }
+        let wait = match deadline {
+            _ if !blind => deadline,
+            Deadline::At(at) => match Deadline::after(TICK) {
+                Deadline::At(tick) if tick < at => Deadline::At(tick),
+                _ => deadline,
+            },
+            Deadline::Now => Deadline::Now,
+            Deadline::Never => Deadline::after(TICK),
+        };
+        if poll_until(&mut fds, wait)? {
+            let ready = fds
+                .iter()
+                .position(|fd| fd.revents().is_some_and(|r| !r.is_empty()));
+            if let Some(at) = ready {
+                return Ok(owners[at]);
+            }
+        } else if deadline.passed() {
+            return Err(Error::Timeout);
+        }
+    }
+}
+
+/// Waits until one of the children has finished, takes its handle out of
+/// `handles` and returns its index there with its result; the others stay
+/// in `handles`, in their order.
+///
+/// # Errors
+///
+/// As [`select`].
+pub fn join_any<R, S, V, K>(
+    handles: &mut Vec<Handle<R, S, V, K>>,
+    timeout: Option<Duration>,
+) -> Result<(usize, Result<R>)>
+where
+    R: DeserializeOwned,
+{
+    let i = select(handles, timeout)?;
+    Ok((i, handles.remove(i).join()))
+}
+
+/// What [`select`] watches of one child.
+pub(crate) enum Exit {
+    /// It has finished.
+    Done,
+    /// Its pidfd, readable once it exits.
+    Fd(std::os::fd::RawFd),
+    /// No pidfd: check again later.
+    Blind,
+}
