@@ -47,6 +47,9 @@ impl Capture {
             .name("pproc-capture".into())
             .spawn(move || {
                 drain_both(&stdout, &stderr, &drain.0);
+                // Closed before the output is handed over, so that no
+                // descriptor outlives `finish`.
+                drop((stdout, stderr));
                 drain.0.lock().unwrap_or_else(PoisonError::into_inner).done = true;
                 drain.1.notify_all();
             })
