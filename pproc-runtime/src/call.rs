@@ -348,7 +348,8 @@ impl Builder {
         args: Result<Vec<u8>, String>,
     ) -> Result<Handle<(), (), ()>> {
         let args = args.map_err(|message| Error::Codec { message })?;
-        if self.program.is_none() && name != WORKER && !registry::is_registered(&name) {
+        let builtin = name == WORKER || name == crate::manager::MANAGER;
+        if self.program.is_none() && !builtin && !registry::is_registered(&name) {
             return Err(Error::Unregistered { name });
         }
         let (ours, theirs) = conn::socketpair()?;

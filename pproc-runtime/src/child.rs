@@ -409,6 +409,9 @@ fn child_main(spec: &str) -> i32 {
     if spec.name == WORKER {
         return worker(conn);
     }
+    if spec.name == crate::manager::MANAGER {
+        return crate::manager::serve_child(&mut conn);
+    }
     let Some(entry) = registry::lookup(spec.name) else {
         let failure = Failure::Unregistered {
             name: spec.name.to_owned(),

@@ -101,6 +101,13 @@ pub enum Error {
         /// The registered name of the function.
         name: String,
     },
+    /// A manager and a client could not authenticate each other: the keys
+    /// differ, or the other end is not a pproc manager.
+    #[error("authentication failed: {message}")]
+    Authentication {
+        /// What failed.
+        message: String,
+    },
     /// The parent and the child are different builds of the program.
     #[error(
         "parent and child are different builds (parent {parent:016x}, child {child:016x}): rebuild and run one executable"

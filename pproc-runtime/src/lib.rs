@@ -13,6 +13,7 @@ mod conn;
 mod error;
 mod exchange;
 mod handle;
+pub mod manager;
 mod map;
 mod pool;
 mod progress;

@@ -136,6 +136,15 @@
 //! # }
 //! ```
 //!
+//! # Shared objects
+//!
+//! A [`Manager`] is a server process that owns shared objects (maps,
+//! lists, queues, values, namespaces, locks, semaphores, conditions,
+//! events, arrays, and types of your own registered with [`shared!`]),
+//! reached through serializable proxies from this program, its children and
+//! other programs, locally or over TCP with an authentication key: see the
+//! [`manager`] module.
+//!
 //! # Errors
 //!
 //! Every operation returns the one [`Error`]: a child's panic arrives as
@@ -172,6 +181,146 @@ pub use pproc_runtime::{
     interval, is_registered, join_all, join_any, later, parent, pmap, rate, registered, select,
     start_background, tree, waitall,
 };
+
+pub use pproc_runtime::manager;
+#[doc(no_inline)]
+pub use pproc_runtime::manager::Manager;
+
+/// Registers a type of your own for sharing through a
+/// [`Manager`](manager::Manager), with the methods it exposes, and declares
+/// the trait that calls them through its proxy,
+/// [`Shared<T>`](manager::Shared) (multiprocessing's `CreatorMethod` with
+/// `exposed`).
+///
+/// Only the methods listed are callable through the proxy; each runs in the
+/// manager on the one shared value, under its lock. Their arguments are
+/// passed by value and must be owned (`String`, not `&str`); arguments and
+/// results must be serializable, and the type itself `Serialize +
+/// DeserializeOwned + Send` (its initial value travels to the manager). The
+/// manager's program must register the type too: a manager started by this
+/// program has it; one that another program serves must invoke the same
+/// `shared!`.
+///
+/// # Examples
+///
+/// ```
+/// use pproc::manager::Manager;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// pub struct Tally {
+///     total: u64,
+///     log: Vec<String>,
+/// }
+///
+/// impl Tally {
+///     fn add(&mut self, n: u64, why: String) -> u64 {
+///         self.total += n;
+///         self.log.push(why);
+///         self.total
+///     }
+///     fn total(&self) -> u64 {
+///         self.total
+///     }
+///     pub fn wipe(&mut self) {
+///         self.log.clear();
+///     }
+/// }
+///
+/// pproc::shared! {
+///     /// What a shared `Tally` offers.
+///     pub trait TallyProxy for Tally {
+///         fn add(n: u64, why: String) -> u64;
+///         fn total() -> u64;
+///     }
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// let manager = Manager::start()?;
+/// let tally = manager.shared(&Tally { total: 0, log: Vec::new() })?;
+/// assert_eq!(tally.add(5, "first".into())?, 5);
+/// assert_eq!(tally.total()?, 5);
+/// // `wipe` is not exposed: calling it by name is refused.
+/// let refused = tally.call::<(), ()>("wipe", &());
+/// assert!(matches!(refused, Err(pproc::Error::Remote { .. })));
+/// # Ok(())
+/// # }
+/// ```
+#[macro_export]
+macro_rules! shared {
+    (
+        $(#[$meta:meta])*
+        $vis:vis trait $proxy:ident for $ty:ident {
+            $(
+                $(#[$method_meta:meta])*
+                fn $method:ident ( $( $arg:ident : $arg_ty:ty ),* $(,)? ) $( -> $ret:ty )? ;
+            )*
+        }
+    ) => {
+        $(#[$meta])*
+        $vis trait $proxy {
+            $(
+                $(#[$method_meta])*
+                ///
+                /// # Errors
+                ///
+                /// As [`Shared::call`]($crate::manager::Shared::call).
+                fn $method(&self $(, $arg: $arg_ty)*) -> $crate::Result<$crate::__shared_ret!($($ret)?)>;
+            )*
+        }
+
+        impl $proxy for $crate::manager::Shared<$ty> {
+            $(
+                fn $method(&self $(, $arg: $arg_ty)*) -> $crate::Result<$crate::__shared_ret!($($ret)?)> {
+                    self.call(::core::stringify!($method), &($($arg,)*))
+                }
+            )*
+        }
+
+        impl $crate::manager::SharedType for $ty {
+            const NAME: &'static str = ::core::concat!(::core::module_path!(), "::", ::core::stringify!($ty));
+        }
+
+        const _: () = {
+            fn __pproc_dispatch(
+                value: &mut (dyn ::core::any::Any + ::core::marker::Send),
+                method: &str,
+                args: &[u8],
+            ) -> ::core::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
+                match method {
+                    $(
+                        ::core::stringify!($method) => $crate::__private::shared_invoke(
+                            value,
+                            args,
+                            |this: &mut $ty, ($($arg,)*): ($($arg_ty,)*)| this.$method($($arg),*),
+                        ),
+                    )*
+                    other => ::core::result::Result::Err(::std::format!("no method `{other}`")),
+                }
+            }
+            $crate::__private::inventory::submit! {
+                $crate::__private::SharedEntry::new(
+                    <$ty as $crate::manager::SharedType>::NAME,
+                    &[$(::core::stringify!($method)),*],
+                    $crate::__private::shared_create::<$ty>,
+                    __pproc_dispatch,
+                )
+            }
+        };
+    };
+}
+
+// Not public API: the return type of a `shared!` method, `()` if none.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __shared_ret {
+    () => {
+        ()
+    };
+    ($ret:ty) => {
+        $ret
+    };
+}
 
 // Not public API. Used by code that `#[parallel]` generates.
 #[doc(hidden)]

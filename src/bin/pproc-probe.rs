@@ -68,12 +68,25 @@ fn tree() -> pproc::Result<()> {
     }
 }
 
+/// Starts a manager, prints its pid and leaves without shutting it down:
+/// `pproc-probe manager`. The manager must not outlive the probe.
+fn manager() -> pproc::Result<()> {
+    let manager = pproc::Manager::start()?;
+    let counter = manager.value(&0_u64)?;
+    assert_eq!(counter.add(2)?, 2);
+    println!("{}", manager.pid().unwrap_or_default());
+    std::io::Write::flush(&mut std::io::stdout()).map_err(pproc::Error::Io)?;
+    std::mem::forget(manager);
+    std::process::exit(0);
+}
+
 fn main() -> pproc::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("background") => return background(&args[1..]),
         Some("pool") => return pool(&args[1..]),
         Some("tree") => return tree(),
+        Some("manager") => return manager(),
         _ => {}
     }
     let handles = (0..4)
