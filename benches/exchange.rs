@@ -99,27 +99,12 @@ fn calls_row(calls: u32, reuse: bool) -> Duration {
 }
 
 fn main() {
-    let quick =
-        std::env::args().any(|a| a == "--quick") || std::env::var_os("PPROC_BENCH_QUICK").is_some();
+    let (_, quick) = pproc_workspace::bench_preamble("exchange");
     let (sizes, runs, calls, rounds): (&[usize], usize, u32, usize) = if quick {
         (&[1, 10], 20, 100, 1)
     } else {
         (&[1, 100, 1000], 500, 2000, 5)
     };
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    println!(
-        "machine: {cores} cores; profile: {}",
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        }
-    );
-    println!(
-        "command: cargo bench --bench exchange{}",
-        if quick { " -- --quick" } else { "" }
-    );
-    println!();
     println!("ready() with idle children, {runs} runs each (median [p10 - p90])");
     println!(
         "children   epoll: pproc ready()                    poll(2) over every socket                 ratio"

@@ -100,23 +100,8 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 }
 
 fn main() {
-    let quick =
-        std::env::args().any(|a| a == "--quick") || std::env::var_os("PPROC_BENCH_QUICK").is_some();
+    let (_, quick) = pproc_workspace::bench_preamble("manager");
     let (n, rounds): (u32, usize) = if quick { (200, 1) } else { (20_000, 5) };
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    println!(
-        "machine: {cores} cores; profile: {}",
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        }
-    );
-    println!(
-        "command: cargo bench --bench manager{}",
-        if quick { " -- --quick" } else { "" }
-    );
-    println!();
     let local = Manager::start().expect("a local manager");
     let tcp = Manager::serve("127.0.0.1:0", b"bench key").expect("a TCP manager");
     let Address::Tcp(addr) = tcp.address().clone() else {

@@ -63,27 +63,12 @@ fn ping_pong(n: u32) -> Duration {
 }
 
 fn main() {
-    let quick =
-        std::env::args().any(|a| a == "--quick") || std::env::var_os("PPROC_BENCH_QUICK").is_some();
+    let (cores, quick) = pproc_workspace::bench_preamble("pool");
     let (calls, trips, rounds): (u32, u32, usize) = if quick {
         (200, 200, 1)
     } else {
         (10_000, 5_000, 5)
     };
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    println!(
-        "machine: {cores} cores; profile: {}",
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        }
-    );
-    println!(
-        "command: cargo bench --bench pool{}",
-        if quick { " -- --quick" } else { "" }
-    );
-    println!();
     let pool = Pool::new(cores).expect("pool");
 
     println!("{calls} tiny calls, {cores} at a time, {rounds} rounds (median [min - max])");

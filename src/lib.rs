@@ -81,6 +81,27 @@ pub fn wait_gone(pid: u32) {
     }
 }
 
+/// Starts a benchmark's report: whether a quick run was asked for
+/// (`-- --quick`, or `PPROC_BENCH_QUICK` set), then the machine, the
+/// profile and the command that reproduces it. Returns the machine's cores
+/// and whether the run is quick.
+#[must_use]
+pub fn bench_preamble(bench: &str) -> (usize, bool) {
+    let quick =
+        std::env::args().any(|a| a == "--quick") || std::env::var_os("PPROC_BENCH_QUICK").is_some();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    println!("machine: {cores} cores; profile: {profile}");
+    let flag = if quick { " -- --quick" } else { "" };
+    println!("command: cargo bench --bench {bench}{flag}");
+    println!();
+    (cores, quick)
+}
+
 /// Holds this test binary's one lock for tests that count its children or
 /// descriptors, which tests running beside them would change.
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
