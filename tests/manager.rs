@@ -431,3 +431,33 @@ fn shutdown_is_idempotent_and_proxies_then_fail() {
     assert!(value.get().is_err());
     assert!(!pproc::children().iter().any(|c| c.pid == pid), "reaped");
 }
+
+#[test]
+fn a_manager_can_serve_in_this_process() {
+    let address = pproc::manager::Address::Local(format!("pproc-test-{}", std::process::id()));
+    let key = b"served here";
+    {
+        let address = address.clone();
+        // Serves until the test program exits.
+        std::thread::spawn(move || Manager::serve_forever(&address, key));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let client = loop {
+        match Manager::connect_to(address.clone(), key) {
+            Ok(client) => break client,
+            Err(Error::Io(_)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(err) => panic!("cannot reach the manager: {err}"),
+        }
+    };
+    assert_eq!(client.pid(), None, "nothing was started");
+    let names = client
+        .named("names")
+        .list(["ada".to_owned()].iter())
+        .unwrap();
+    names.push(&"grace".into()).unwrap();
+    let again = Manager::connect_to(address, key).unwrap();
+    let same = again.named("names").list::<String>([].iter()).unwrap();
+    assert_eq!(same.to_vec().unwrap(), ["ada", "grace"]);
+}

@@ -1107,7 +1107,9 @@ impl Manager {
 
     /// Objects by name: creators that return the object of that name if it
     /// exists (checking it is of the same kind and types), and create it
-    /// otherwise. Programs that connect to one manager share objects so.
+    /// otherwise, with the initial values and capacity given (ignored for an
+    /// object that exists). Programs that connect to one manager share
+    /// objects so. Objects, named or not, live as long as the manager.
     #[must_use]
     pub fn named(&self, name: impl Into<String>) -> Named<'_> {
         Named {
