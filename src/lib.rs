@@ -24,7 +24,7 @@ pub fn slumber() -> u8 {
 }
 
 /// A small process tree: starts `sleep 600` with `std::process::Command`
-/// and a pproc grandchild ([`slumber`]), sends their pids, then waits for
+/// and a pproc grandchild ([`slumber`](fn@slumber)), sends their pids, then waits for
 /// ever. With `ignore_term` it ignores `SIGTERM` first, and so does its
 /// `sleep` (the disposition is inherited across exec).
 ///

@@ -49,7 +49,7 @@ fn pool(args: &[String]) -> pproc::Result<()> {
     std::process::exit(0);
 }
 
-/// Starts two process trees ([`pproc_workspace::nest`], each child in its
+/// Starts two process trees ([`pproc_workspace::nest`](fn@pproc_workspace::nest), each child in its
 /// own process group), prints every pid in them on one line, then waits
 /// for ever: `pproc-probe tree`. Whatever ends the probe must end them all.
 fn tree() -> pproc::Result<()> {

@@ -7,7 +7,7 @@
 //! proxies: [`Map`], [`List`], [`Queue`], [`Value`], [`Namespace`],
 //! [`Lock`] (also reentrant), [`Semaphore`] (also bounded), [`Condition`],
 //! [`Event`], [`Array`] of numbers, and [`Shared`] for types of your own
-//! registered with [`shared!`](crate::shared). Each call on a proxy is one
+//! registered with `pproc::shared!`. Each call on a proxy is one
 //! round trip to the manager, which runs it under the object's lock: many
 //! processes hammering one object lose no update.
 //!
@@ -262,7 +262,7 @@ macro_rules! numbers {
 numbers!(i8 => I8, i16 => I16, i32 => I32, i64 => I64, u8 => U8, u16 => U16, u32 => U32, u64 => U64, f32 => F32, f64 => F64);
 
 /// A type of your own that a manager can hold, registered with
-/// [`shared!`](crate::shared), which implements this trait.
+/// `pproc::shared!`, which implements this trait.
 pub trait SharedType: Serialize + DeserializeOwned + Send + 'static {
     /// The name it is registered under: its module path and name.
     const NAME: &'static str;
@@ -347,7 +347,7 @@ proxy_type!(
 );
 proxy_type!(
     /// A shared value of a type of your own, registered with
-    /// [`shared!`](crate::shared): only the methods it exposes can be
+    /// `pproc::shared!`: only the methods it exposes can be
     /// called, through the trait that `shared!` generates or
     /// [`call`](Self::call).
     Shared<T>
@@ -947,7 +947,7 @@ impl<T: Number> Array<T> {
 impl<T: SharedType> Shared<T> {
     /// Calls the exposed method `method` with `args` (a tuple of its
     /// arguments) in the manager, and returns its result. The trait that
-    /// [`shared!`](crate::shared) generates calls this, with the types
+    /// `pproc::shared!` generates calls this, with the types
     /// checked.
     ///
     /// # Errors
@@ -1367,7 +1367,7 @@ macro_rules! creators {
             }
 
             /// A shared value of a type of your own, registered with
-            /// [`shared!`](crate::shared) in the manager's program, starting
+            /// `pproc::shared!` in the manager's program, starting
             /// as `value`.
             ///
             /// # Errors
