@@ -182,7 +182,8 @@ fn children_tree_and_parent_report_the_family() {
         [
             (1, pproc_workspace::slumber::NAME.to_owned()),
             (1, "sleep".to_owned())
-        ]
+        ],
+        "the tree below the child: {below:?}"
     );
     // The whole tree from here: one more level.
     let tree = pproc::tree();
