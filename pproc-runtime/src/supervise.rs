@@ -107,41 +107,10 @@ pub fn select<R, S, V, K>(
     }
     let deadline = timeout.map_or(Deadline::Never, Deadline::after);
     loop {
-        let mut fds = Vec::with_capacity(handles.len());
-        let mut owners = Vec::with_capacity(handles.len());
-        let mut blind = false;
-        for (i, handle) in handles.iter().enumerate() {
-            match handle.exit_raw_fd()? {
-                Exit::Done => return Ok(i),
-                Exit::Fd(fd) => {
-                    // SAFETY: the handle owns its pidfd until it is
-                    // dropped, which the borrow of `handles` prevents.
-                    fds.push(PollFd::new(
-                        unsafe { BorrowedFd::borrow_raw(fd) },
-                        PollFlags::POLLIN,
-                    ));
-                    owners.push(i);
-                }
-                Exit::Blind => blind = true,
-            }
+        if let Some(&first) = wait_exits(handles, None, deadline)?.done.first() {
+            return Ok(first);
         }
-        let wait = match deadline {
-            _ if !blind => deadline,
-            Deadline::At(at) => match Deadline::after(TICK) {
-                Deadline::At(tick) if tick < at => Deadline::At(tick),
-                _ => deadline,
-            },
-            Deadline::Now => Deadline::Now,
-            Deadline::Never => Deadline::after(TICK),
-        };
-        if poll_until(&mut fds, wait)? {
-            let ready = fds
-                .iter()
-                .position(|fd| fd.revents().is_some_and(|r| !r.is_empty()));
-            if let Some(at) = ready {
-                return Ok(owners[at]);
-            }
-        } else if deadline.passed() {
+        if deadline.passed() {
             return Err(Error::Timeout);
         }
     }
@@ -165,7 +134,74 @@ where
     Ok((i, handles.remove(i).join()))
 }
 
-/// What [`select`] watches of one child.
+/// What [`wait_exits`] saw.
+pub(crate) struct Exits {
+    /// The indices of the children that have finished.
+    pub(crate) done: Vec<usize>,
+    /// Whether the `wake` descriptor became readable.
+    pub(crate) woken: bool,
+}
+
+/// Waits until a child among `handles` has exited, `wake` is readable, or
+/// `deadline` passes; children without a pidfd are checked every [`TICK`],
+/// so `done` may come back empty before the deadline. A child that cannot
+/// be waited for counts as finished: joining it reports why.
+pub(crate) fn wait_exits<R, S, V, K>(
+    handles: &[Handle<R, S, V, K>],
+    wake: Option<BorrowedFd<'_>>,
+    deadline: Deadline,
+) -> Result<Exits> {
+    let mut fds: Vec<PollFd<'_>> = wake
+        .iter()
+        .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
+        .collect();
+    let mut owners = Vec::with_capacity(handles.len());
+    let mut done = Vec::new();
+    let mut blind = false;
+    for (i, handle) in handles.iter().enumerate() {
+        match handle.exit_raw_fd() {
+            Ok(Exit::Done) | Err(_) => done.push(i),
+            Ok(Exit::Fd(fd)) => {
+                // SAFETY: the handle owns its pidfd until it is dropped,
+                // which the borrow of `handles` prevents.
+                fds.push(PollFd::new(
+                    unsafe { BorrowedFd::borrow_raw(fd) },
+                    PollFlags::POLLIN,
+                ));
+                owners.push(i);
+            }
+            Ok(Exit::Blind) => blind = true,
+        }
+    }
+    if !done.is_empty() {
+        return Ok(Exits { done, woken: false });
+    }
+    let wait = match deadline {
+        _ if !blind => deadline,
+        Deadline::At(at) => match Deadline::after(TICK) {
+            Deadline::At(tick) if tick < at => Deadline::At(tick),
+            _ => deadline,
+        },
+        Deadline::Now => Deadline::Now,
+        Deadline::Never => Deadline::after(TICK),
+    };
+    if !poll_until(&mut fds, wait)? {
+        return Ok(Exits { done, woken: false });
+    }
+    let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+    let skip = usize::from(wake.is_some());
+    let woken = wake.is_some() && ready(&fds[0]);
+    done.extend(
+        fds[skip..]
+            .iter()
+            .zip(&owners)
+            .filter(|(fd, _)| ready(fd))
+            .map(|(_, i)| *i),
+    );
+    Ok(Exits { done, woken })
+}
+
+/// What [`wait_exits`] watches of one child.
 pub(crate) enum Exit {
     /// It has finished.
     Done,

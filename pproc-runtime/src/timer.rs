@@ -9,21 +9,17 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nix::poll::{PollFd, PollFlags};
 use serde::de::DeserializeOwned;
 
 use crate::call::{Call, Returns};
-use crate::conn::{Deadline, poll_until};
+use crate::conn::Deadline;
 use crate::error::{Error, Result};
 use crate::handle::Handle;
-use crate::supervise::Exit;
+use crate::supervise::wait_exits;
 
 /// How many runs of a [`rate`] timer may run side by side; past it, ticks
 /// are skipped (and counted, [`Timer::skipped`]).
 pub const MAX_RATE_OVERLAP: usize = 16;
-
-/// How often runs without a pidfd (kernels before 5.3) are checked.
-const TICK: Duration = Duration::from_millis(5);
 
 /// When a timer starts its runs.
 #[derive(Clone, Copy, Debug)]
@@ -356,49 +352,15 @@ fn run<R, S, V, K>(
             return;
         }
         // Wait for the next tick, a run's end, or the stop.
-        let mut blind = false;
-        let mut fds = vec![PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
-        let mut watched = Vec::new();
-        let mut done = Vec::new();
-        for (i, handle) in running.iter().enumerate() {
-            match handle.exit_raw_fd() {
-                Ok(Exit::Done) | Err(_) => done.push(i),
-                Ok(Exit::Fd(fd)) => {
-                    // SAFETY: the handle owns its pidfd and stays in
-                    // `running` until after this poll.
-                    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
-                    watched.push(i);
-                }
-                Ok(Exit::Blind) => blind = true,
-            }
+        let deadline = next.map_or(Deadline::Never, Deadline::At);
+        let Ok(exits) = wait_exits(&running, Some(wake.as_fd()), deadline) else {
+            return;
+        };
+        if exits.woken {
+            // Stopped: dropping `running` kills and reaps the runs.
+            return;
         }
-        if done.is_empty() {
-            let mut deadline = next.map_or(Deadline::Never, Deadline::At);
-            if blind {
-                let tick = Instant::now() + TICK;
-                deadline = match deadline {
-                    Deadline::At(at) if at < tick => deadline,
-                    _ => Deadline::At(tick),
-                };
-            }
-            if poll_until(&mut fds, deadline).is_err() {
-                return;
-            }
-            let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
-            if ready(&fds[0]) {
-                // Stopped: dropping `running` kills and reaps the runs.
-                return;
-            }
-            done.extend(
-                fds[1..]
-                    .iter()
-                    .zip(&watched)
-                    .filter(|(fd, _)| ready(fd))
-                    .map(|(_, i)| *i),
-            );
-        }
-        drop(fds);
+        let mut done = exits.done;
         done.sort_unstable();
         for i in done.into_iter().rev() {
             let result = running.remove(i).join();

@@ -224,11 +224,6 @@ impl fmt::Debug for Proxy {
     }
 }
 
-/// Encodes a value for the manager, which keeps it as bytes.
-fn bytes<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
-    encode(value)
-}
-
 /// A timeout as the manager takes it: milliseconds, rounded up.
 fn millis(timeout: Option<Duration>) -> Option<u64> {
     timeout.map(|t| u64::try_from(t.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX))
@@ -362,7 +357,9 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Map<K, V>
     /// [`Error::Remote`] if it refused the call, [`Error::Codec`] for a
     /// value that does not serialize.
     pub fn insert(&self, key: &K, value: &V) -> Result<Option<V>> {
-        let old: Option<Vec<u8>> = self.proxy.invoke("insert", &(bytes(key)?, bytes(value)?))?;
+        let old: Option<Vec<u8>> = self
+            .proxy
+            .invoke("insert", &(encode(key)?, encode(value)?))?;
         old.map(|b| decode(&b)).transpose()
     }
 
@@ -372,7 +369,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Map<K, V>
     ///
     /// As [`insert`](Self::insert).
     pub fn get(&self, key: &K) -> Result<Option<V>> {
-        let value: Option<Vec<u8>> = self.proxy.invoke("get", &bytes(key)?)?;
+        let value: Option<Vec<u8>> = self.proxy.invoke("get", &encode(key)?)?;
         value.map(|b| decode(&b)).transpose()
     }
 
@@ -382,7 +379,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Map<K, V>
     ///
     /// As [`insert`](Self::insert).
     pub fn remove(&self, key: &K) -> Result<Option<V>> {
-        let value: Option<Vec<u8>> = self.proxy.invoke("remove", &bytes(key)?)?;
+        let value: Option<Vec<u8>> = self.proxy.invoke("remove", &encode(key)?)?;
         value.map(|b| decode(&b)).transpose()
     }
 
@@ -392,7 +389,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Map<K, V>
     ///
     /// As [`insert`](Self::insert).
     pub fn contains_key(&self, key: &K) -> Result<bool> {
-        self.proxy.invoke("contains", &bytes(key)?)
+        self.proxy.invoke("contains", &encode(key)?)
     }
 
     /// The number of entries.
@@ -457,7 +454,7 @@ impl<K: Serialize + DeserializeOwned, V: Number> Map<K, V> {
     pub fn add(&self, key: &K, delta: V) -> Result<V> {
         let sum = self
             .proxy
-            .invoke_raw("add", &(bytes(key)?, bytes(&delta)?, V::KIND))?;
+            .invoke_raw("add", &(encode(key)?, encode(&delta)?, V::KIND))?;
         decode(&sum)
     }
 }
@@ -469,7 +466,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     ///
     /// As [`Map::insert`].
     pub fn push(&self, value: &T) -> Result<()> {
-        self.proxy.invoke("push", &bytes(value)?)
+        self.proxy.invoke("push", &encode(value)?)
     }
 
     /// Removes the last value and returns it.
@@ -497,7 +494,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     ///
     /// As [`get`](Self::get).
     pub fn set(&self, index: usize, value: &T) -> Result<()> {
-        self.proxy.invoke("set", &(index as u64, bytes(value)?))
+        self.proxy.invoke("set", &(index as u64, encode(value)?))
     }
 
     /// Inserts `value` at `index`, shifting what follows.
@@ -506,7 +503,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     ///
     /// As [`get`](Self::get).
     pub fn insert(&self, index: usize, value: &T) -> Result<()> {
-        self.proxy.invoke("insert", &(index as u64, bytes(value)?))
+        self.proxy.invoke("insert", &(index as u64, encode(value)?))
     }
 
     /// Removes the value at `index` and returns it.
@@ -527,7 +524,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     where
         T: 'a,
     {
-        let values = values.into_iter().map(bytes).collect::<Result<Vec<_>>>()?;
+        let values = values.into_iter().map(encode).collect::<Result<Vec<_>>>()?;
         self.proxy.invoke("extend", &values)
     }
 
@@ -576,7 +573,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// As [`Map::insert`].
     pub fn put(&self, value: &T) -> Result<()> {
-        self.proxy.invoke("put", &(bytes(value)?, None::<u64>))
+        self.proxy.invoke("put", &(encode(value)?, None::<u64>))
     }
 
     /// Appends `value`, waiting at most `timeout` for room.
@@ -586,7 +583,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// [`Error::Timeout`] if the queue stayed full, or as [`Map::insert`].
     pub fn put_timeout(&self, value: &T, timeout: Duration) -> Result<()> {
         self.proxy
-            .invoke("put", &(bytes(value)?, millis(Some(timeout))))
+            .invoke("put", &(encode(value)?, millis(Some(timeout))))
     }
 
     /// Takes the first value, waiting for one.
@@ -655,7 +652,7 @@ impl<T: Serialize + DeserializeOwned> Value<T> {
     ///
     /// As [`Map::insert`].
     pub fn set(&self, value: &T) -> Result<()> {
-        self.proxy.invoke("set", &bytes(value)?)
+        self.proxy.invoke("set", &encode(value)?)
     }
 }
 
@@ -666,7 +663,7 @@ impl<T: Number> Value<T> {
     ///
     /// [`Error::Remote`] if the sum overflows, or as [`Map::insert`].
     pub fn add(&self, delta: T) -> Result<T> {
-        decode(&self.proxy.invoke_raw("add", &(bytes(&delta)?, T::KIND))?)
+        decode(&self.proxy.invoke_raw("add", &(encode(&delta)?, T::KIND))?)
     }
 }
 
@@ -687,7 +684,7 @@ impl Namespace {
     ///
     /// As [`Map::insert`].
     pub fn set<T: Serialize + ?Sized>(&self, name: &str, value: &T) -> Result<bool> {
-        self.proxy.invoke("set", &(name, bytes(value)?))
+        self.proxy.invoke("set", &(name, encode(value)?))
     }
 
     /// Removes the field `name`; returns whether it existed.
@@ -898,7 +895,7 @@ impl<T: Number> Array<T> {
     ///
     /// As [`get`](Self::get).
     pub fn set(&self, index: usize, value: T) -> Result<()> {
-        self.proxy.invoke("set", &(index as u64, bytes(&value)?))
+        self.proxy.invoke("set", &(index as u64, encode(&value)?))
     }
 
     /// Adds `delta` to the value at `index`, atomically in the manager;
@@ -911,7 +908,7 @@ impl<T: Number> Array<T> {
         decode(
             &self
                 .proxy
-                .invoke_raw("add", &(index as u64, bytes(&delta)?, T::KIND))?,
+                .invoke_raw("add", &(index as u64, encode(&delta)?, T::KIND))?,
         )
     }
 
@@ -1201,7 +1198,7 @@ macro_rules! creators {
                 values: impl IntoIterator<Item = &'v T>,
             ) -> Result<List<T>> {
                 let $this = self;
-                let init = encode(&values.into_iter().map(bytes).collect::<Result<Vec<_>>>()?)?;
+                let init = encode(&values.into_iter().map(encode).collect::<Result<Vec<_>>>()?)?;
                 $manager.create(
                     Kind::List,
                     std::any::type_name::<List<T>>(),
@@ -1241,7 +1238,7 @@ macro_rules! creators {
                     Kind::Value,
                     std::any::type_name::<Value<T>>(),
                     $name,
-                    bytes(value)?,
+                    encode(value)?,
                     Value::wrap,
                 )
             }
@@ -1354,7 +1351,7 @@ macro_rules! creators {
                 let init = encode(
                     &values
                         .into_iter()
-                        .map(|v| bytes(&v))
+                        .map(|v| encode(&v))
                         .collect::<Result<Vec<_>>>()?,
                 )?;
                 $manager.create(
@@ -1380,7 +1377,7 @@ macro_rules! creators {
                     Kind::Custom(T::NAME.to_owned()),
                     T::NAME,
                     $name,
-                    bytes(value)?,
+                    encode(value)?,
                     Shared::wrap,
                 )
             }
