@@ -1,12 +1,15 @@
 //! Background children: started by one program, collected by another,
 //! after the first has exited; the address goes when the results are out.
+//!
+//! A test counts this process's children, and every test starts some (the
+//! probe, at least): every test holds `serial()`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pproc::{Background, Call, Error, Returns, parallel};
-use pproc_workspace::children;
+use pproc_workspace::{children, serial};
 
 fn address(name: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!("pproc-test-{}-{name}.sock", std::process::id()));
@@ -42,6 +45,7 @@ fn fails(x: u64) -> u64 {
 
 #[test]
 fn another_program_collects_what_a_finished_one_started() {
+    let _serial = serial();
     let path = address("count");
     let out = probe(&["background", path.to_str().unwrap(), "count", "5", "60"]);
     assert!(out.status.success(), "{out:?}");
@@ -58,6 +62,7 @@ fn another_program_collects_what_a_finished_one_started() {
 
 #[test]
 fn a_returned_value_is_collected_too() {
+    let _serial = serial();
     let path = address("double");
     let out = probe(&["background", path.to_str().unwrap(), "double", "21"]);
     assert!(out.status.success(), "{out:?}");
@@ -71,6 +76,7 @@ fn a_returned_value_is_collected_too() {
 
 #[test]
 fn a_collector_that_leaves_early_leaves_everything_to_the_next() {
+    let _serial = serial();
     let path = address("early");
     let out = probe(&["background", path.to_str().unwrap(), "count", "4", "20"]);
     assert!(out.status.success(), "{out:?}");
@@ -92,6 +98,7 @@ fn a_collector_that_leaves_early_leaves_everything_to_the_next() {
 
 #[test]
 fn a_panic_reaches_the_collector() {
+    let _serial = serial();
     let path = address("panic");
     pproc::start_background(&path, fails::call(7)).unwrap();
     let mut results = Background::<u64>::connect(&path).unwrap();
@@ -105,6 +112,7 @@ fn a_panic_reaches_the_collector() {
 
 #[test]
 fn bad_starts_are_errors_and_leave_no_address() {
+    let _serial = serial();
     let path = address("bad");
     let err = pproc::start_background(&path, Call::<u64, (), (), Returns>::new("no::such", &()))
         .unwrap_err();
@@ -125,6 +133,7 @@ fn bad_starts_are_errors_and_leave_no_address() {
 
 #[test]
 fn gather_takes_from_many_addresses_as_they_arrive() {
+    let _serial = serial();
     let paths: Vec<PathBuf> = (0..3).map(|i| address(&format!("gather-{i}"))).collect();
     // The slowest first: arrival order is not address order.
     for (path, ms) in paths.iter().zip(["1000", "0", "0"]) {
