@@ -9,6 +9,7 @@ mod call;
 mod capture;
 mod channel;
 mod child;
+mod codec;
 mod conn;
 mod error;
 mod exchange;

@@ -78,6 +78,7 @@ pub use wire::Address;
 
 use crate::call::Builder;
 use crate::child::{EXIT_PROTOCOL, first_frame};
+use crate::codec;
 use crate::conn::{Conn, decode, encode, tag};
 use crate::error::{Error, Result};
 use crate::handle::Handle;
@@ -108,9 +109,12 @@ impl Client {
     }
 
     fn ask(&mut self, op: &Op) -> Result<Vec<u8>> {
-        let gone = |_| Error::Disconnected;
-        wire::write_frame(&mut self.stream, &encode(op)?).map_err(gone)?;
-        let answer = wire::read_frame(&mut self.stream, server::MAX_REQUEST).map_err(gone)?;
+        let gone = |err| match err {
+            Error::Io(_) => Error::Disconnected,
+            other => other,
+        };
+        codec::write_frame(&mut self.stream, &encode(op)?).map_err(gone)?;
+        let answer = codec::read_frame(&mut self.stream, server::MAX_REQUEST).map_err(gone)?;
         match decode::<Answer>(&answer)? {
             Answer::Done(bytes) => Ok(bytes),
             Answer::Timeout => Err(Error::Timeout),

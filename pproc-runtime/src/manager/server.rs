@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use super::custom;
 use super::protocol::{Answer, Kind, NumKind, Op};
 use super::wire::{self, Listener, Stream};
+use crate::codec;
 use crate::conn::{decode, encode};
 
 /// How long a client may take over its half of the handshake.
@@ -322,7 +323,7 @@ impl Server {
     fn serve_client(&self, mut stream: Stream) {
         let id = self.next_client.fetch_add(1, Ordering::Relaxed);
         // Requests until the client goes away or sends garbage.
-        while let Ok(request) = wire::read_frame(&mut stream, MAX_REQUEST) {
+        while let Ok(request) = codec::read_frame(&mut stream, MAX_REQUEST) {
             let answer = match decode::<Op>(&request) {
                 Ok(op) => {
                     let caller = Caller {
@@ -338,8 +339,8 @@ impl Server {
                 }
                 Err(err) => Answer::Fault(format!("a request that does not decode: {err}")),
             };
-            let sent = encode(&answer).map(|bytes| wire::write_frame(&mut stream, &bytes));
-            if !matches!(sent, Ok(Ok(()))) {
+            let sent = encode(&answer).and_then(|bytes| codec::write_frame(&mut stream, &bytes));
+            if sent.is_err() {
                 break;
             }
         }

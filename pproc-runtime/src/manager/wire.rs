@@ -1,5 +1,6 @@
 //! The manager's transport: addresses, blocking streams (TCP or Unix),
-//! length-prefixed frames, and the challenge-response handshake.
+//! and the challenge-response handshake. Frames are the one codec's
+//! ([`crate::codec`]).
 //!
 //! The handshake reads and writes fixed-size messages only, so nothing
 //! larger than a challenge is allocated before a peer has proved it knows
@@ -197,33 +198,6 @@ impl AsFd for Listener {
             Self::Unix(l) => l.as_fd(),
         }
     }
-}
-
-/// Writes one frame: a little-endian `u32` length, then `body`.
-pub(crate) fn write_frame(stream: &mut Stream, body: &[u8]) -> io::Result<()> {
-    let len = u32::try_from(body.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a frame over 4 GiB"))?;
-    let mut frame = Vec::with_capacity(4 + body.len());
-    frame.extend_from_slice(&len.to_le_bytes());
-    frame.extend_from_slice(body);
-    stream.write_all(&frame)
-}
-
-/// Reads one frame of at most `max` bytes; a longer one is refused before
-/// anything is allocated for it.
-pub(crate) fn read_frame(stream: &mut Stream, max: usize) -> io::Result<Vec<u8>> {
-    let mut len = [0; 4];
-    stream.read_exact(&mut len)?;
-    let len = u32::from_le_bytes(len) as usize;
-    if len > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("a frame of {len} bytes exceeds the limit of {max}"),
-        ));
-    }
-    let mut body = vec![0; len];
-    stream.read_exact(&mut body)?;
-    Ok(body)
 }
 
 /// Opens every handshake: identifies the protocol and its version.

@@ -1,0 +1,656 @@
+//! The one frame codec: what every pproc connection (a child's channel, a
+//! pool worker's, a background call's, a manager's) sends and receives.
+//!
+//! A frame is a little-endian `u32` body length, then the body. Bodies
+//! carry bincode values, decoded by [`decode`], which never trusts a length
+//! written inside the bytes it was given: a string or a byte buffer is
+//! taken from the bytes that are there (a length that claims more is an
+//! error, not an allocation), a sequence or a map reserves room for at most
+//! as many elements as the body has bytes, and values nest at most
+//! [`MAX_DEPTH`] levels deep. So decoding a frame of `n` bytes allocates
+//! memory in proportion to `n`, whatever the frame says, and a body of the
+//! wrong type is an [`Error::Codec`] that names the type that was expected.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::marker::PhantomData;
+
+use serde::Serialize;
+use serde::de::{
+    self, DeserializeOwned, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess,
+    VariantAccess, Visitor,
+};
+
+use crate::error::{Error, Result};
+
+/// Bytes before a frame's body: its length.
+pub(crate) const HEADER: usize = 4;
+
+/// How deep values may nest inside one body. Only a recursive type (a
+/// tree, a linked list) can nest without bound; deeper than this, the body
+/// is refused rather than decoded on a stack it could exhaust.
+pub(crate) const MAX_DEPTH: usize = 256;
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Serializes `value` with the wire configuration.
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    bincode::serde::encode_to_vec(value, config()).map_err(Error::codec)
+}
+
+/// Serializes `value` onto the end of `out`.
+pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<()> {
+    bincode::serde::encode_into_std_write(value, out, config())
+        .map(drop)
+        .map_err(Error::codec)
+}
+
+/// Deserializes a whole body as a `T`; bytes left over mean the types
+/// disagree.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    decode_with::<T>(bytes, true)
+}
+
+/// Deserializes the `T` at the start of a body, ignoring what follows.
+pub(crate) fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    decode_with::<T>(bytes, false)
+}
+
+fn decode_with<T: DeserializeOwned>(bytes: &[u8], whole: bool) -> Result<T> {
+    let mut decoder = bincode::serde::BorrowedSerdeDecoder::from_slice(bytes, config(), ());
+    let seed = Whole::<T> {
+        budget: bytes.len(),
+        exact: whole,
+        _value: PhantomData,
+    };
+    seed.deserialize(decoder.as_deserializer()).map_err(|err| {
+        Error::codec(format_args!(
+            "{} bytes do not decode as a `{}`: {}",
+            bytes.len(),
+            std::any::type_name::<T>(),
+            Why(&err)
+        ))
+    })
+}
+
+/// A decode error, in words.
+struct Why<'a>(&'a bincode::error::DecodeError);
+
+impl fmt::Display for Why<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use bincode::error::DecodeError;
+        match self.0 {
+            DecodeError::UnexpectedEnd { additional } => {
+                write!(f, "the body ends {additional} or more bytes too soon")
+            }
+            DecodeError::OtherString(message) => f.write_str(message),
+            other => write!(f, "{other}"),
+        }
+    }
+}
+
+/// The length a frame's header announces, once the header is there: an
+/// error if it is over `max` or too short to hold `min` bytes.
+pub(crate) fn announced(buf: &[u8], min: usize, max: usize) -> Result<Option<usize>> {
+    let Some(head) = buf.get(..HEADER) else {
+        return Ok(None);
+    };
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    if len > max {
+        return Err(Error::codec(format_args!(
+            "a frame of {len} bytes exceeds the limit of {max} bytes"
+        )));
+    }
+    if len < min {
+        return Err(Error::codec(format_args!(
+            "a frame of {len} bytes is shorter than its {min}-byte tag"
+        )));
+    }
+    Ok(Some(len))
+}
+
+/// The header of a frame whose body is `len` bytes.
+pub(crate) fn header(len: usize) -> Result<[u8; HEADER]> {
+    u32::try_from(len).map(u32::to_le_bytes).map_err(|_| {
+        Error::codec(format_args!(
+            "a frame of {len} bytes exceeds the protocol's 4 GiB limit"
+        ))
+    })
+}
+
+/// Writes one frame to a blocking stream.
+pub(crate) fn write_frame(stream: &mut impl Write, body: &[u8]) -> Result<()> {
+    let mut frame = Vec::with_capacity(HEADER + body.len());
+    frame.extend_from_slice(&header(body.len())?);
+    frame.extend_from_slice(body);
+    stream.write_all(&frame).map_err(Error::Io)
+}
+
+/// Reads one frame of at most `max` bytes from a blocking stream. Memory
+/// grows with the bytes that arrive, not with the length the header
+/// claims: a peer that announces a gigabyte and sends ten bytes costs ten.
+pub(crate) fn read_frame(stream: &mut impl Read, max: usize) -> Result<Vec<u8>> {
+    let mut head = [0; HEADER];
+    stream.read_exact(&mut head).map_err(Error::Io)?;
+    let len = announced(&head, 0, max)?.unwrap_or_default();
+    let mut body = Vec::with_capacity(len.min(READ_AHEAD));
+    let got = stream
+        .take(len as u64)
+        .read_to_end(&mut body)
+        .map_err(Error::Io)?;
+    if got < len {
+        return Err(Error::Io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("the peer closed the stream {got} bytes into a frame of {len}"),
+        )));
+    }
+    Ok(body)
+}
+
+/// What [`read_frame`] reserves before the bytes arrive.
+const READ_AHEAD: usize = 64 * 1024;
+
+/// The top-level value: a `T`, then, for a whole body, nothing.
+struct Whole<T> {
+    budget: usize,
+    exact: bool,
+    _value: PhantomData<fn() -> T>,
+}
+
+impl<'de, T: DeserializeOwned> DeserializeSeed<'de> for Whole<T> {
+    type Value = T;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<T, D::Error> {
+        // A bincode tuple has no length on the wire: this reads the value,
+        // then tries one more byte, which must not be there.
+        deserializer.deserialize_tuple(2, self)
+    }
+}
+
+impl<'de, T: DeserializeOwned> Visitor<'de> for Whole<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a `{}`", std::any::type_name::<T>())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<T, A::Error> {
+        let seed = Bounded {
+            seed: PhantomData::<T>,
+            budget: self.budget,
+            depth: 0,
+        };
+        let value = seq
+            .next_element_seed(seed)?
+            .ok_or_else(|| de::Error::custom("an empty body"))?;
+        if self.exact && seq.next_element::<u8>().is_ok() {
+            return Err(de::Error::custom(format_args!(
+                "bytes are left over after the `{}`",
+                std::any::type_name::<T>()
+            )));
+        }
+        Ok(value)
+    }
+}
+
+/// A seed, a deserializer, a visitor or an access of the value being
+/// decoded, wrapped so that every part nested in it is bounded too: at
+/// most `budget` elements reserved ahead, at most [`MAX_DEPTH`] levels.
+struct Bounded<X> {
+    seed: X,
+    budget: usize,
+    depth: usize,
+}
+
+impl<X> Bounded<X> {
+    fn wrap<Y>(&self, inner: Y) -> Bounded<Y> {
+        Bounded {
+            seed: inner,
+            budget: self.budget,
+            depth: self.depth,
+        }
+    }
+
+    fn hint(&self, hint: Option<usize>) -> Option<usize> {
+        hint.map(|n| n.min(self.budget))
+    }
+}
+
+impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Bounded<S> {
+    type Value = S::Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<S::Value, D::Error> {
+        if self.depth >= MAX_DEPTH {
+            return Err(de::Error::custom(format_args!(
+                "values nest more than {MAX_DEPTH} levels deep"
+            )));
+        }
+        let inner = Bounded {
+            seed: deserializer,
+            budget: self.budget,
+            depth: self.depth + 1,
+        };
+        self.seed.deserialize(inner)
+    }
+}
+
+/// Forwards `deserialize_*` methods, wrapping the visitor.
+macro_rules! forward {
+    ($($method:ident($($arg:ident: $ty:ty),*);)*) => {
+        $(
+            fn $method<V: Visitor<'de>>(self $(, $arg: $ty)*, visitor: V) -> Result<V::Value, D::Error> {
+                let visitor = self.wrap(visitor);
+                self.seed.$method($($arg,)* visitor)
+            }
+        )*
+    };
+}
+
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for Bounded<D> {
+    type Error = D::Error;
+
+    forward! {
+        deserialize_any();
+        deserialize_bool();
+        deserialize_i8();
+        deserialize_i16();
+        deserialize_i32();
+        deserialize_i64();
+        deserialize_i128();
+        deserialize_u8();
+        deserialize_u16();
+        deserialize_u32();
+        deserialize_u64();
+        deserialize_u128();
+        deserialize_f32();
+        deserialize_f64();
+        deserialize_char();
+        deserialize_str();
+        deserialize_bytes();
+        deserialize_option();
+        deserialize_unit();
+        deserialize_unit_struct(name: &'static str);
+        deserialize_newtype_struct(name: &'static str);
+        deserialize_seq();
+        deserialize_tuple(len: usize);
+        deserialize_tuple_struct(name: &'static str, len: usize);
+        deserialize_map();
+        deserialize_struct(name: &'static str, fields: &'static [&'static str]);
+        deserialize_enum(name: &'static str, variants: &'static [&'static str]);
+        deserialize_identifier();
+        deserialize_ignored_any();
+    }
+
+    /// Taken from the body as it is, then copied: a length that claims
+    /// more than the body holds fails before anything is allocated.
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        self.seed.deserialize_str(Owned(visitor))
+    }
+
+    /// As [`Self::deserialize_string`].
+    fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        self.seed.deserialize_bytes(Owned(visitor))
+    }
+
+    fn is_human_readable(&self) -> bool {
+        self.seed.is_human_readable()
+    }
+}
+
+/// Forwards `visit_*` methods that carry no nested value.
+macro_rules! visit {
+    ($($method:ident($ty:ty);)*) => {
+        $(
+            fn $method<E: de::Error>(self, v: $ty) -> Result<V::Value, E> {
+                self.seed.$method(v)
+            }
+        )*
+    };
+}
+
+impl<'de, V: Visitor<'de>> Visitor<'de> for Bounded<V> {
+    type Value = V::Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.seed.expecting(f)
+    }
+
+    visit! {
+        visit_bool(bool);
+        visit_i8(i8);
+        visit_i16(i16);
+        visit_i32(i32);
+        visit_i64(i64);
+        visit_i128(i128);
+        visit_u8(u8);
+        visit_u16(u16);
+        visit_u32(u32);
+        visit_u64(u64);
+        visit_u128(u128);
+        visit_f32(f32);
+        visit_f64(f64);
+        visit_char(char);
+        visit_str(&str);
+        visit_borrowed_str(&'de str);
+        visit_string(String);
+        visit_bytes(&[u8]);
+        visit_borrowed_bytes(&'de [u8]);
+        visit_byte_buf(Vec<u8>);
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<V::Value, E> {
+        self.seed.visit_none()
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<V::Value, E> {
+        self.seed.visit_unit()
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<V::Value, D::Error> {
+        let inner = self.wrap(deserializer);
+        self.seed.visit_some(inner)
+    }
+
+    fn visit_newtype_struct<D: Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<V::Value, D::Error> {
+        let inner = self.wrap(deserializer);
+        self.seed.visit_newtype_struct(inner)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<V::Value, A::Error> {
+        let inner = self.wrap(seq);
+        self.seed.visit_seq(inner)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<V::Value, A::Error> {
+        let inner = self.wrap(map);
+        self.seed.visit_map(inner)
+    }
+
+    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<V::Value, A::Error> {
+        let inner = self.wrap(data);
+        self.seed.visit_enum(inner)
+    }
+}
+
+impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for Bounded<A> {
+    type Error = A::Error;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, A::Error> {
+        let seed = self.wrap(seed);
+        self.seed.next_element_seed(seed)
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        self.hint(self.seed.size_hint())
+    }
+}
+
+impl<'de, A: MapAccess<'de>> MapAccess<'de> for Bounded<A> {
+    type Error = A::Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, A::Error> {
+        let seed = self.wrap(seed);
+        self.seed.next_key_seed(seed)
+    }
+
+    fn next_value_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<T::Value, A::Error> {
+        let seed = self.wrap(seed);
+        self.seed.next_value_seed(seed)
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        self.hint(self.seed.size_hint())
+    }
+}
+
+impl<'de, A: EnumAccess<'de>> EnumAccess<'de> for Bounded<A> {
+    type Error = A::Error;
+    type Variant = Bounded<A::Variant>;
+
+    fn variant_seed<T: DeserializeSeed<'de>>(
+        self,
+        seed: T,
+    ) -> Result<(T::Value, Self::Variant), A::Error> {
+        let (budget, depth) = (self.budget, self.depth);
+        let seed = self.wrap(seed);
+        let (seed, variant) = self.seed.variant_seed(seed)?;
+        let variant = Bounded {
+            seed: variant,
+            budget,
+            depth,
+        };
+        Ok((seed, variant))
+    }
+}
+
+impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for Bounded<A> {
+    type Error = A::Error;
+
+    fn unit_variant(self) -> Result<(), A::Error> {
+        self.seed.unit_variant()
+    }
+
+    fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, A::Error> {
+        let seed = self.wrap(seed);
+        self.seed.newtype_variant_seed(seed)
+    }
+
+    fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, A::Error> {
+        let visitor = self.wrap(visitor);
+        self.seed.tuple_variant(len, visitor)
+    }
+
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, A::Error> {
+        let visitor = self.wrap(visitor);
+        self.seed.struct_variant(fields, visitor)
+    }
+}
+
+/// A visitor for an owned string or byte buffer, fed from borrowed bytes
+/// that are known to be in the body.
+struct Owned<V>(V);
+
+impl<'de, V: Visitor<'de>> Visitor<'de> for Owned<V> {
+    type Value = V::Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.expecting(f)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<V::Value, E> {
+        self.0.visit_string(v.to_owned())
+    }
+
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<V::Value, E> {
+        self.0.visit_byte_buf(v.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum Shape {
+        Unit,
+        Newtype(String),
+        Tuple(u8, Vec<u16>),
+        Struct { name: String, bytes: Vec<u8> },
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Everything {
+        small: (i8, i16, i32, i64, i128),
+        unsigned: (u8, u16, u32, u64, u128),
+        floats: (f32, f64),
+        flags: [bool; 3],
+        letter: char,
+        text: String,
+        maybe: Option<Box<str>>,
+        shapes: Vec<Shape>,
+        table: BTreeMap<String, Vec<u64>>,
+        unit: (),
+        path: std::path::PathBuf,
+    }
+
+    fn everything() -> Everything {
+        Everything {
+            small: (-1, -300, -70_000, i64::MIN, i128::MIN),
+            unsigned: (255, 65_535, u32::MAX, u64::MAX, u128::MAX),
+            floats: (1.5, -2.25),
+            flags: [true, false, true],
+            letter: 'ß',
+            text: "a string".into(),
+            maybe: Some("boxed".into()),
+            shapes: vec![
+                Shape::Unit,
+                Shape::Newtype("n".into()),
+                Shape::Tuple(7, vec![1, 1000]),
+                Shape::Struct {
+                    name: "s".into(),
+                    bytes: vec![0, 255],
+                },
+            ],
+            table: BTreeMap::from([("k".into(), vec![1, 2, 3])]),
+            unit: (),
+            path: "/tmp/x".into(),
+        }
+    }
+
+    #[test]
+    fn every_kind_of_value_round_trips() {
+        let value = everything();
+        let bytes = encode(&value).unwrap();
+        assert_eq!(decode::<Everything>(&bytes).unwrap(), value);
+        // The same bytes as bincode's own decoder reads.
+        let (theirs, used) =
+            bincode::serde::decode_from_slice::<Everything, _>(&bytes, config()).unwrap();
+        assert_eq!((theirs, used), (value, bytes.len()));
+    }
+
+    #[test]
+    fn a_lying_string_length_is_an_error_not_an_allocation() {
+        // A varint that claims 2^40 bytes, then three bytes.
+        let mut bytes = vec![253];
+        bytes.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        bytes.extend_from_slice(b"abc");
+        for err in [
+            decode::<String>(&bytes).unwrap_err(),
+            decode::<serde_bytes_like::Buf>(&bytes).unwrap_err(),
+            decode::<(String, u8)>(&bytes).unwrap_err(),
+            decode::<Vec<u64>>(&bytes).unwrap_err(),
+        ] {
+            let Error::Codec { message } = err else {
+                panic!("{err:?}")
+            };
+            assert!(message.contains("do not decode as a `"), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_result_of_another_type_is_a_codec_error_that_names_it() {
+        let bytes = encode(&(1u64 << 40)).unwrap();
+        let Error::Codec { message } = decode::<String>(&bytes).unwrap_err() else {
+            panic!()
+        };
+        assert!(message.contains("alloc::string::String"), "{message}");
+    }
+
+    #[test]
+    fn left_over_bytes_are_an_error_unless_only_a_prefix_is_read() {
+        let bytes = encode(&(1u32, 2u32)).unwrap();
+        assert!(matches!(decode::<u32>(&bytes), Err(Error::Codec { .. })));
+        assert_eq!(decode_prefix::<u32>(&bytes).unwrap(), 1);
+        assert!(matches!(decode::<u32>(&[]), Err(Error::Codec { .. })));
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    enum Tree {
+        Leaf,
+        Node(Box<Tree>),
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let mut tree = Tree::Leaf;
+        for _ in 0..MAX_DEPTH - 2 {
+            tree = Tree::Node(Box::new(tree));
+        }
+        let bytes = encode(&tree).unwrap();
+        assert!(decode::<Tree>(&bytes).is_ok());
+        // A million levels in a million bytes: refused, not a stack overflow.
+        let mut deep = vec![1u8; 1 << 20];
+        deep.push(0);
+        let Error::Codec { message } = decode::<Tree>(&deep).unwrap_err() else {
+            panic!()
+        };
+        assert!(message.contains("levels deep"), "{message}");
+    }
+
+    #[test]
+    fn frame_headers_are_checked_before_the_body() {
+        assert_eq!(announced(&[1, 0], 1, 16).unwrap(), None);
+        assert_eq!(announced(&[5, 0, 0, 0, 9], 1, 16).unwrap(), Some(5));
+        assert!(announced(&[17, 0, 0, 0], 1, 16).is_err());
+        assert!(announced(&[0, 0, 0, 0], 1, 16).is_err());
+        assert_eq!(announced(&[0, 0, 0, 0], 0, 16).unwrap(), Some(0));
+    }
+
+    #[test]
+    fn a_blocking_frame_reader_allocates_what_arrives() {
+        let mut frame = header(1 << 30).unwrap().to_vec();
+        frame.extend_from_slice(b"ten bytes!");
+        let err = read_frame(&mut frame.as_slice(), 1 << 30).unwrap_err();
+        assert!(matches!(err, Error::Io(ref e) if e.kind() == io::ErrorKind::UnexpectedEof));
+        let mut ok = Vec::new();
+        write_frame(&mut ok, b"body").unwrap();
+        assert_eq!(read_frame(&mut ok.as_slice(), 16).unwrap(), b"body");
+        assert!(read_frame(&mut ok.as_slice(), 3).is_err());
+    }
+
+    /// A byte buffer that deserializes through `deserialize_byte_buf`, as
+    /// `serde_bytes::ByteBuf` does.
+    mod serde_bytes_like {
+        use std::fmt;
+
+        use serde::de::{Deserialize, Deserializer, Visitor};
+
+        #[derive(Debug)]
+        pub(super) struct Buf(#[allow(dead_code)] pub(super) Vec<u8>);
+
+        impl<'de> Deserialize<'de> for Buf {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl Visitor<'_> for V {
+                    type Value = Buf;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("bytes")
+                    }
+                    fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Buf, E> {
+                        Ok(Buf(v))
+                    }
+                }
+                d.deserialize_byte_buf(V)
+            }
+        }
+    }
+}
