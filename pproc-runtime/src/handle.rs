@@ -142,6 +142,9 @@ pub(crate) enum Flow {
 pub(crate) enum Status {
     Exited(i32),
     Signaled(i32),
+    /// The kernel reaped it before we could: the program ignores
+    /// `SIGCHLD` (`SIG_IGN`), so how it ended is not known.
+    Unknown,
 }
 
 impl From<Status> for Error {
@@ -149,6 +152,7 @@ impl From<Status> for Error {
         match status {
             Status::Exited(code) => Self::Exited { code },
             Status::Signaled(signal) => Self::Signaled { signal },
+            Status::Unknown => Self::Disconnected,
         }
     }
 }
@@ -188,7 +192,10 @@ impl Child {
         loop {
             let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
             match waitid(Id::Pid(self.pid), flags) {
-                Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => return Ok(true),
+                // Reaped by the kernel: the program ignores `SIGCHLD`.
+                Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(Errno::ECHILD) => {
+                    return Ok(true);
+                }
                 Err(Errno::EINTR) | Ok(_) => {}
                 Err(err) => return Err(err.into()),
             }
@@ -228,6 +235,12 @@ impl Child {
                     live.remove(&self.pid.as_raw());
                     return Ok(*self.status.insert(Status::Signaled(signal as i32)));
                 }
+                Err(Errno::ECHILD) => {
+                    // The program ignores `SIGCHLD`: the kernel reaped the
+                    // child as it exited, and its status is gone.
+                    live.remove(&self.pid.as_raw());
+                    return Ok(*self.status.insert(Status::Unknown));
+                }
                 Err(Errno::EINTR) | Ok(_) => {}
                 Err(err) => return Err(err.into()),
             }
@@ -240,15 +253,32 @@ impl Child {
         if self.status.is_some() {
             return Ok(());
         }
-        // The process is not reaped yet, so its pid, and the group id it
-        // holds, cannot have been reused.
-        if self.group {
+        // While the process is not reaped, its pid, and the group id it
+        // holds, cannot have been reused. A program that ignores `SIGCHLD`
+        // has its children reaped by the kernel as they exit: then the
+        // pidfd still names the child alone, and its group is signalled
+        // only while the child is known to be unreaped.
+        if self.group && self.unreaped() {
             let _ = nix::sys::signal::killpg(self.pid, signal);
         }
-        match kill(self.pid, signal) {
+        let sent = match &self.pidfd {
+            Some(pidfd) => watchdog::pidfd_send_signal(pidfd, signal as libc::c_int)
+                .map_err(|err| Errno::from_raw(err.raw_os_error().unwrap_or(0))),
+            None if self.unreaped() => kill(self.pid, signal),
+            None => Ok(()),
+        };
+        match sent {
             Ok(()) | Err(Errno::ESRCH) => Ok(()),
             Err(err) => Err(err.into()),
         }
+    }
+
+    /// Whether the process is still ours to signal: running, or exited
+    /// and not reaped (by us, or by the kernel for a program that ignores
+    /// `SIGCHLD`).
+    fn unreaped(&self) -> bool {
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        !matches!(waitid(Id::Pid(self.pid), flags), Err(Errno::ECHILD))
     }
 
     fn kill(&self) -> Result<()> {

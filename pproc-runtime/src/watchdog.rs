@@ -147,7 +147,9 @@ fn kill(watch: &Watch) {
     let _ = pidfd_send_signal(&watch.pidfd, libc::SIGKILL);
 }
 
-fn pidfd_send_signal(pidfd: &OwnedFd, signal: libc::c_int) -> io::Result<()> {
+/// Signals the process a pidfd refers to: never another process that
+/// reused its pid.
+pub(crate) fn pidfd_send_signal(pidfd: &OwnedFd, signal: libc::c_int) -> io::Result<()> {
     // SAFETY: pidfd_send_signal takes a pidfd, a signal, a null siginfo and
     // no flags; nix has no wrapper for it.
     let rc = unsafe {
