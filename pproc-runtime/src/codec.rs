@@ -5,12 +5,14 @@
 //! carry bincode values, decoded by [`decode`], which never trusts a length
 //! written inside the bytes it was given: a string or a byte buffer is
 //! taken from the bytes that are there (a length that claims more is an
-//! error, not an allocation), a sequence or a map reserves room for at most
-//! as many elements as the body has bytes, and values nest at most
+//! error, not an allocation), the sequences and maps in a body together
+//! reserve room ahead for at most as many elements as the body has bytes
+//! (more elements grow them as they are decoded), and values nest at most
 //! [`MAX_DEPTH`] levels deep. So decoding a frame of `n` bytes allocates
 //! memory in proportion to `n`, whatever the frame says, and a body of the
 //! wrong type is an [`Error::Codec`] that names the type that was expected.
 
+use std::cell::Cell;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::marker::PhantomData;
@@ -60,8 +62,9 @@ pub(crate) fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 
 fn decode_with<T: DeserializeOwned>(bytes: &[u8], whole: bool) -> Result<T> {
     let mut decoder = bincode::serde::BorrowedSerdeDecoder::from_slice(bytes, config(), ());
+    let budget = Cell::new(bytes.len());
     let seed = Whole::<T> {
-        budget: bytes.len(),
+        budget: &budget,
         exact: whole,
         _value: PhantomData,
     };
@@ -111,6 +114,15 @@ pub(crate) fn announced(buf: &[u8], min: usize, max: usize) -> Result<Option<usi
     Ok(Some(len))
 }
 
+/// The body of the frame at the start of `buf`, once it has all arrived.
+/// `min` and `max` bound the length its header may announce.
+pub(crate) fn split_frame(buf: &[u8], min: usize, max: usize) -> Result<Option<&[u8]>> {
+    let Some(len) = announced(buf, min, max)? else {
+        return Ok(None);
+    };
+    Ok(buf.get(HEADER..HEADER + len))
+}
+
 /// The header of a frame whose body is `len` bytes.
 pub(crate) fn header(len: usize) -> Result<[u8; HEADER]> {
     u32::try_from(len).map(u32::to_le_bytes).map_err(|_| {
@@ -153,13 +165,13 @@ pub(crate) fn read_frame(stream: &mut impl Read, max: usize) -> Result<Vec<u8>> 
 const READ_AHEAD: usize = 64 * 1024;
 
 /// The top-level value: a `T`, then, for a whole body, nothing.
-struct Whole<T> {
-    budget: usize,
+struct Whole<'b, T> {
+    budget: &'b Cell<usize>,
     exact: bool,
     _value: PhantomData<fn() -> T>,
 }
 
-impl<'de, T: DeserializeOwned> DeserializeSeed<'de> for Whole<T> {
+impl<'de, T: DeserializeOwned> DeserializeSeed<'de> for Whole<'_, T> {
     type Value = T;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<T, D::Error> {
@@ -169,7 +181,7 @@ impl<'de, T: DeserializeOwned> DeserializeSeed<'de> for Whole<T> {
     }
 }
 
-impl<'de, T: DeserializeOwned> Visitor<'de> for Whole<T> {
+impl<'de, T: DeserializeOwned> Visitor<'de> for Whole<'_, T> {
     type Value = T;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -196,16 +208,17 @@ impl<'de, T: DeserializeOwned> Visitor<'de> for Whole<T> {
 }
 
 /// A seed, a deserializer, a visitor or an access of the value being
-/// decoded, wrapped so that every part nested in it is bounded too: at
-/// most `budget` elements reserved ahead, at most [`MAX_DEPTH`] levels.
-struct Bounded<X> {
+/// decoded, wrapped so that every part nested in it is bounded too: the
+/// whole value reserves at most `budget` elements ahead, and nests at most
+/// [`MAX_DEPTH`] levels.
+struct Bounded<'b, X> {
     seed: X,
-    budget: usize,
+    budget: &'b Cell<usize>,
     depth: usize,
 }
 
-impl<X> Bounded<X> {
-    fn wrap<Y>(&self, inner: Y) -> Bounded<Y> {
+impl<'b, X> Bounded<'b, X> {
+    fn wrap<Y>(&self, inner: Y) -> Bounded<'b, Y> {
         Bounded {
             seed: inner,
             budget: self.budget,
@@ -213,12 +226,17 @@ impl<X> Bounded<X> {
         }
     }
 
+    /// A container's length, as room to reserve: what is left of the
+    /// budget at most, and spent from it.
     fn hint(&self, hint: Option<usize>) -> Option<usize> {
-        hint.map(|n| n.min(self.budget))
+        let left = self.budget.get();
+        let n = hint?.min(left);
+        self.budget.set(left - n);
+        Some(n)
     }
 }
 
-impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Bounded<S> {
+impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Bounded<'_, S> {
     type Value = S::Value;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<S::Value, D::Error> {
@@ -248,7 +266,7 @@ macro_rules! forward {
     };
 }
 
-impl<'de, D: Deserializer<'de>> Deserializer<'de> for Bounded<D> {
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for Bounded<'_, D> {
     type Error = D::Error;
 
     forward! {
@@ -310,7 +328,7 @@ macro_rules! visit {
     };
 }
 
-impl<'de, V: Visitor<'de>> Visitor<'de> for Bounded<V> {
+impl<'de, V: Visitor<'de>> Visitor<'de> for Bounded<'_, V> {
     type Value = V::Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -377,7 +395,7 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Bounded<V> {
     }
 }
 
-impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for Bounded<A> {
+impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for Bounded<'_, A> {
     type Error = A::Error;
 
     fn next_element_seed<T: DeserializeSeed<'de>>(
@@ -393,7 +411,7 @@ impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for Bounded<A> {
     }
 }
 
-impl<'de, A: MapAccess<'de>> MapAccess<'de> for Bounded<A> {
+impl<'de, A: MapAccess<'de>> MapAccess<'de> for Bounded<'_, A> {
     type Error = A::Error;
 
     fn next_key_seed<K: DeserializeSeed<'de>>(
@@ -414,9 +432,9 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Bounded<A> {
     }
 }
 
-impl<'de, A: EnumAccess<'de>> EnumAccess<'de> for Bounded<A> {
+impl<'de, 'b, A: EnumAccess<'de>> EnumAccess<'de> for Bounded<'b, A> {
     type Error = A::Error;
-    type Variant = Bounded<A::Variant>;
+    type Variant = Bounded<'b, A::Variant>;
 
     fn variant_seed<T: DeserializeSeed<'de>>(
         self,
@@ -434,7 +452,7 @@ impl<'de, A: EnumAccess<'de>> EnumAccess<'de> for Bounded<A> {
     }
 }
 
-impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for Bounded<A> {
+impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for Bounded<'_, A> {
     type Error = A::Error;
 
     fn unit_variant(self) -> Result<(), A::Error> {

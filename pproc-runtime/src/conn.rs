@@ -237,8 +237,11 @@ impl Conn {
                 self.rbuf.drain(..self.rpos);
                 self.rpos = 0;
             }
-            // Read a whole pending frame at once where its length is known.
-            let want = self.missing().clamp(64 * 1024, 4 << 20);
+            // Read a whole pending frame at once where its length is known,
+            // but reserve no more ahead than has arrived already: a header
+            // that claims a gigabyte costs what its peer really sends.
+            let ahead = (self.rbuf.len() - self.rpos).clamp(64 * 1024, 4 << 20);
+            let want = self.missing().clamp(64 * 1024, ahead);
             let start = self.rbuf.len();
             self.rbuf.resize(start + want, 0);
             let got = recv(
@@ -291,8 +294,8 @@ impl Conn {
         if let Some(why) = &self.broken {
             return Err(Error::codec(why));
         }
-        let len = match codec::announced(&self.rbuf[self.rpos..], 1, self.max_frame) {
-            Ok(Some(len)) => len,
+        let body = match codec::split_frame(&self.rbuf[self.rpos..], 1, self.max_frame) {
+            Ok(Some(body)) => body,
             Ok(None) => return self.truncated(),
             Err(err) => {
                 // The stream lost its framing: nothing after this can be read.
@@ -302,12 +305,8 @@ impl Conn {
                 return Err(err);
             }
         };
-        let start = self.rpos + HEADER;
-        let Some(body) = self.rbuf.get(start..start + len) else {
-            return self.truncated();
-        };
         let out = f(body[0], &body[1..]);
-        self.rpos = start + len;
+        self.rpos += HEADER + body.len();
         Ok(Some(out))
     }
 
