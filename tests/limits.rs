@@ -142,6 +142,61 @@ fn memory_past_the_limit_is_a_clear_error() {
     );
 }
 
+/// Asks for 64 TiB at once, which no allocator gives.
+#[parallel]
+fn allocate_huge() -> usize {
+    let v: Vec<u8> = Vec::with_capacity(1 << 46);
+    v.capacity()
+}
+
+/// Aborts on purpose.
+#[parallel]
+fn abort_now() -> u8 {
+    std::process::abort()
+}
+
+/// Aborts after an allocation that failed but was handled: `errno` is left
+/// at `ENOMEM`, as an allocation failure leaves it.
+#[parallel]
+fn abort_after_a_handled_failure() -> u8 {
+    let mut v: Vec<u8> = Vec::new();
+    assert!(v.try_reserve(1 << 46).is_err());
+    std::process::abort()
+}
+
+#[test]
+fn an_abort_under_a_memory_limit_is_an_abort() {
+    let _serial = serial();
+    let limited = Builder::new().memory_limit(256 << 20);
+    match limited.start(abort_now::call()).unwrap().join() {
+        Err(Error::Signaled { signal }) => assert_eq!(signal, libc::SIGABRT),
+        other => panic!("unexpected {other:?}"),
+    }
+    // A failure that the child handled before it aborted still counts as
+    // running out of memory: that is the evidence the runtime has.
+    match limited
+        .start(abort_after_a_handled_failure::call())
+        .unwrap()
+        .join()
+    {
+        Err(Error::LimitExceeded(Limit::Memory { bytes })) => assert_eq!(bytes, 256 << 20),
+        other => panic!("unexpected {other:?}"),
+    }
+    // Without a limit from pproc, a failed allocation is still told apart,
+    // unless std's backtrace print overwrote the evidence.
+    let printed = std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0");
+    match Builder::new().start(allocate_huge::call()).unwrap().join() {
+        Err(Error::OutOfMemory) => assert!(!printed),
+        Err(Error::Signaled { signal }) => assert!(printed && signal == libc::SIGABRT),
+        other => panic!("unexpected {other:?}"),
+    }
+    // With a limit, it is told apart in every environment.
+    match limited.start(allocate_huge::call()).unwrap().join() {
+        Err(Error::LimitExceeded(Limit::Memory { bytes })) => assert_eq!(bytes, 256 << 20),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
 #[test]
 fn cpu_time_past_the_limit_is_a_clear_error() {
     let _serial = serial();

@@ -280,6 +280,13 @@ impl Builder {
     /// Limits the child's address space (`RLIMIT_AS`) to `bytes`. An
     /// allocation past it fails, and Rust aborts: the result is
     /// [`Error::LimitExceeded`] with [`Limit::Memory`](crate::Limit::Memory).
+    /// Any other abort stays [`Error::Signaled`] with `SIGABRT`: the child
+    /// tells them apart by `errno`, which a failed allocation leaves at
+    /// `ENOMEM` (see [`EXIT_OUT_OF_MEMORY`](crate::EXIT_OUT_OF_MEMORY)).
+    /// So that std's own backtrace print does not overwrite it, such a
+    /// child runs with `RUST_BACKTRACE=0`; its panics still capture
+    /// backtraces where asked, through `RUST_LIB_BACKTRACE`.
+    ///
     /// The address space counts every mapping, including reserved but
     /// untouched memory, so leave room above what the child uses.
     #[must_use]
@@ -366,7 +373,17 @@ impl Builder {
             setup.stdout = Some(out.as_fd());
             setup.stderr = Some(err.as_fd());
         }
-        if self.backtrace {
+        if self.limits.memory.is_some() {
+            // Where `RUST_BACKTRACE` asks, std prints a backtrace after a
+            // failed allocation, and that print loses the evidence by which
+            // the child reports the failure (see `child::watch_aborts`).
+            // Panics still capture theirs, through `RUST_LIB_BACKTRACE`.
+            let asked = std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0");
+            setup.env.push(("RUST_BACKTRACE", "0"));
+            if self.backtrace || asked {
+                setup.env.push(("RUST_LIB_BACKTRACE", "1"));
+            }
+        } else if self.backtrace {
             setup.env.push(("RUST_BACKTRACE", "1"));
         }
         let spawned = spawn::spawn(

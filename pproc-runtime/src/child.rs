@@ -22,6 +22,19 @@ pub const EXIT_PROTOCOL: i32 = 120;
 pub const EXIT_UNREGISTERED: i32 = 121;
 /// Exit status of a child whose build differs from its parent's.
 pub const EXIT_VERSION_SKEW: i32 = 122;
+/// Exit status of a child that aborted because an allocation failed,
+/// reported as [`Error::LimitExceeded`] under a
+/// [`Builder::memory_limit`](crate::Builder::memory_limit), and as
+/// [`Error::OutOfMemory`] otherwise.
+///
+/// A child tells such an abort from any other by `errno`: the C allocator
+/// sets it to `ENOMEM` when it fails, and Rust's allocation-failure path
+/// (a printed line, then `abort()`) keeps it, unless std also prints a
+/// backtrace there (`RUST_BACKTRACE` set), which overwrites it. Stable
+/// Rust has no hook into that path (`std::alloc::set_alloc_error_hook` and
+/// `-Z oom=panic` are unstable), so where the evidence is lost the abort is
+/// reported as it looks: [`Error::Signaled`] with `SIGABRT`.
+pub const EXIT_OUT_OF_MEMORY: i32 = 123;
 
 /// Why a child could not run its function, sent in a `FAIL` frame.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -202,6 +215,43 @@ pub(crate) fn install_panic_hook() {
     }));
 }
 
+/// Tells an abort that follows a failed allocation from any other abort.
+///
+/// Rust's allocation-failure path (`handle_alloc_error`) prints a line and
+/// calls `abort()`; stable Rust offers no hook into it (`set_alloc_error_hook`
+/// and `-Z oom=panic` are unstable), and a `#[global_allocator]` is the
+/// program's choice, not ours. What the path does leave is `errno`: the C
+/// allocator sets it to `ENOMEM` when it fails, and neither the print nor
+/// `abort()` changes it on the way. So a `SIGABRT` handler on the aborting
+/// thread that finds `ENOMEM` there exits with [`EXIT_OUT_OF_MEMORY`]; any
+/// other abort goes on as one (the handler resets itself, so `abort()`'s own
+/// second raise kills the process with `SIGABRT`, core dump and all).
+///
+/// The evidence can fail one way: a print that touches `errno` (a
+/// backtrace, or standard error closed) replaces it, and the abort is then
+/// reported as `SIGABRT`.
+pub(crate) fn watch_aborts() {
+    extern "C" fn on_abort(_: libc::c_int) {
+        // SAFETY: reading this thread's errno is async-signal-safe, and so
+        // is `_exit`.
+        unsafe {
+            if *libc::__errno_location() == libc::ENOMEM {
+                libc::_exit(EXIT_OUT_OF_MEMORY);
+            }
+        }
+    }
+    let handler: extern "C" fn(libc::c_int) = on_abort;
+    // SAFETY: a zeroed sigaction is valid; the handler only reads errno and
+    // may call `_exit`, both async-signal-safe.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = handler as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESETHAND;
+        libc::sigemptyset(&raw mut action.sa_mask);
+        libc::sigaction(libc::SIGABRT, &raw const action, std::ptr::null_mut());
+    }
+}
+
 /// The signature glibc calls `.init_array` entries with.
 type Constructor =
     unsafe extern "C" fn(libc::c_int, *const *const libc::c_char, *const *const libc::c_char);
@@ -347,7 +397,7 @@ fn tie_to_parent(parent: nix::unistd::Pid) -> bool {
 }
 
 /// The parsed `PPROC_CHILD` variable.
-struct Spec<'a> {
+pub(crate) struct Spec<'a> {
     fd: i32,
     parent: i32,
     fingerprint: u64,
@@ -355,7 +405,7 @@ struct Spec<'a> {
     name: &'a str,
 }
 
-fn parse(spec: &str) -> Option<Spec<'_>> {
+pub(crate) fn parse(spec: &str) -> Option<Spec<'_>> {
     let mut parts = spec.splitn(5, ' ');
     Some(Spec {
         fd: parts.next()?.parse().ok()?,
@@ -377,6 +427,7 @@ fn child_main(spec: &str) -> i32 {
         return EXIT_PROTOCOL;
     }
     crate::tree::set_parent(spec.parent);
+    watch_aborts();
     // As Rust's runtime does for `main`: writes to a closed pipe fail with
     // EPIPE instead of killing the process.
     // SAFETY: setting a signal to SIG_IGN installs no handler code.
@@ -479,6 +530,7 @@ where
                 );
             }
             crate::tree::set_parent(parent.as_raw());
+            watch_aborts();
             let code = if !tie_to_parent(parent) {
                 EXIT_PROTOCOL
             } else if let Ok(conn) = Conn::new(theirs) {

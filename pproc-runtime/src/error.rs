@@ -61,6 +61,10 @@ pub enum Error {
     /// [`Builder::cpu_limit`](crate::Builder::cpu_limit)).
     #[error("{0}")]
     LimitExceeded(Limit),
+    /// An allocation failed in a child that had no memory limit from
+    /// pproc (the machine, or a limit of the child's own, ran out).
+    #[error("child ran out of memory: an allocation failed")]
+    OutOfMemory,
     /// The child was killed by a signal (`kill`, an abort, the OOM killer).
     #[error("child was killed by signal {signal} ({})", signal_name(*signal))]
     Signaled {
@@ -162,8 +166,8 @@ impl From<nix::Error> for Error {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Limit {
-    /// The child aborted while its address space was limited to `bytes`:
-    /// an allocation most likely failed (Rust aborts when one does).
+    /// An allocation failed in the child, whose address space was limited
+    /// to `bytes` (Rust aborts when one does).
     Memory {
         /// The limit on the child's address space, in bytes.
         bytes: u64,
@@ -180,7 +184,7 @@ impl fmt::Display for Limit {
         match self {
             Self::Memory { bytes } => write!(
                 f,
-                "child aborted under its address-space limit of {} MiB: an allocation most likely failed",
+                "an allocation failed in the child under its address-space limit of {} MiB",
                 bytes / (1 << 20)
             ),
             Self::CpuTime { seconds } => {

@@ -438,11 +438,10 @@ pub(crate) fn status_error(status: Status, expired: bool, limits: &Limits) -> Er
                 seconds: limits.cpu.unwrap_or_default(),
             })
         }
-        Status::Signaled(libc::SIGABRT) if limits.memory.is_some() => {
-            Error::LimitExceeded(Limit::Memory {
-                bytes: limits.memory.unwrap_or_default(),
-            })
-        }
+        Status::Exited(crate::child::EXIT_OUT_OF_MEMORY) => match limits.memory {
+            Some(bytes) => Error::LimitExceeded(Limit::Memory { bytes }),
+            None => Error::OutOfMemory,
+        },
         other => other.into(),
     }
 }

@@ -32,7 +32,7 @@ pub mod private;
 pub use background::{Background, Gathered, start_background};
 pub use call::{Builder, Call, Delivery, Returns, Streams};
 pub use channel::{Channel, Iter};
-pub use child::{EXIT_PROTOCOL, EXIT_UNREGISTERED, EXIT_VERSION_SKEW};
+pub use child::{EXIT_OUT_OF_MEMORY, EXIT_PROTOCOL, EXIT_UNREGISTERED, EXIT_VERSION_SKEW};
 pub use conn::DEFAULT_MAX_FRAME;
 pub use error::{Error, Limit, Result};
 pub use exchange::{Exchange, Failure, Managed, Origin, Store};
