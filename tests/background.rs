@@ -4,11 +4,13 @@
 //! A test counts this process's children, and every test starts some (the
 //! probe, at least): every test holds `serial()`.
 
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pproc::{Background, Call, Error, Returns, parallel};
+use pproc::{Background, Call, Channel, Error, Returns, parallel};
 use pproc_workspace::{children, serial};
 
 fn address(name: &str) -> PathBuf {
@@ -74,26 +76,178 @@ fn a_returned_value_is_collected_too() {
     assert!(gone(&path));
 }
 
+/// Whether nothing listens at `path` any more: the file is gone.
+fn refused(path: &Path) -> bool {
+    matches!(
+        Background::<u64>::connect(path),
+        Err(Error::Io(err)) if err.kind() == ErrorKind::NotFound
+    )
+}
+
+/// Starts `count_slowly` (the probe's) in the background: `n` values,
+/// `ms` apart.
+fn count(path: &Path, n: u64, ms: u64) {
+    let out = probe(&[
+        "background",
+        path.to_str().unwrap(),
+        "count",
+        &n.to_string(),
+        &ms.to_string(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+}
+
 #[test]
-fn a_collector_that_leaves_early_leaves_everything_to_the_next() {
+fn a_collector_that_leaves_early_leaves_the_rest_to_the_next() {
     let _serial = serial();
     let path = address("early");
-    let out = probe(&["background", path.to_str().unwrap(), "count", "4", "20"]);
-    assert!(out.status.success(), "{out:?}");
+    count(&path, 5, 0);
     let mut first = Background::<u64>::connect(&path).unwrap();
     assert_eq!(first.next().unwrap().unwrap(), 0);
+    assert_eq!(first.next().unwrap().unwrap(), 1);
     drop(first);
+    let mut second = Background::<u64>::connect(&path).unwrap();
+    for expected in 2..5 {
+        assert_eq!(second.next().unwrap().unwrap(), expected);
+    }
+    assert!(second.next().is_none());
+    assert!(second.next().is_none());
+    assert!(gone(&path), "the address was not removed");
+    assert!(refused(&path));
+}
+
+#[test]
+fn a_collector_that_reads_nothing_leaves_everything_to_the_next() {
+    let _serial = serial();
+    let path = address("nothing");
+    count(&path, 5, 0);
+    drop(Background::<u64>::connect(&path).unwrap());
+    // And one that stops before the end, after the last value.
+    let mut second = Background::<u64>::connect(&path).unwrap();
+    drop(second.by_ref().take(5).collect::<pproc::Result<Vec<_>>>());
+    drop(second);
+    // Its values are gone, not the end.
+    let mut third = Background::<u64>::connect(&path).unwrap();
+    assert!(third.next().is_none());
+    assert!(gone(&path), "the address was not removed");
+    assert!(refused(&path));
+}
+
+#[test]
+fn a_collector_that_reads_everything_removes_the_address() {
+    let _serial = serial();
+    let path = address("everything");
+    count(&path, 5, 0);
+    drop(Background::<u64>::connect(&path).unwrap());
     let values: Vec<u64> = Background::connect(&path)
         .unwrap()
         .collect::<pproc::Result<_>>()
         .unwrap();
-    assert_eq!(values, [0, 1, 2, 3]);
-    assert!(gone(&path));
-    // Nobody listens any more.
-    assert!(matches!(
-        Background::<u64>::connect(&path),
-        Err(Error::Io(_))
-    ));
+    assert_eq!(values, [0, 1, 2, 3, 4]);
+    assert!(gone(&path), "the address was not removed");
+    assert!(refused(&path));
+}
+
+/// Sends `0..before`, then waits (up to a generous bound) for the file
+/// `gate` to exist, then sends `before..before + after`.
+#[parallel]
+fn gated(ch: Channel<u64>, gate: String, before: u64, after: u64) {
+    for i in 0..before {
+        ch.send(&i).expect("the background child keeps every value");
+    }
+    let start = Instant::now();
+    while !Path::new(&gate).exists() {
+        if start.elapsed() > Duration::from_secs(120) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for i in before..before + after {
+        ch.send(&i).expect("the background child keeps every value");
+    }
+}
+
+fn gate(name: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("pproc-test-{}-{name}.gate", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+/// Connects by hand, sends `bytes` and reads until the child closes the
+/// connection: it drops a collector that sends what it should not. Returns
+/// the connection, still open on this side.
+fn misbehave(path: &Path, bytes: &[u8]) -> UnixStream {
+    let mut stream = UnixStream::connect(path).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    stream.write_all(bytes).unwrap();
+    let mut sink = Vec::new();
+    // An error here is a timeout: the child did not drop it.
+    stream.read_to_end(&mut sink).unwrap();
+    stream
+}
+
+#[test]
+fn a_collector_that_leaves_while_the_call_runs_leaves_the_rest() {
+    let _serial = serial();
+    let path = address("running");
+    let gate = gate("running");
+    pproc::start_background(&path, gated::call(gate.to_str().unwrap().into(), 1, 2)).unwrap();
+    let mut first = Background::<u64>::connect(&path).unwrap();
+    assert_eq!(first.next().unwrap().unwrap(), 0);
+    drop(first);
+    // The child waits for the call's next value, and still notices that
+    // the first collector left: it serves (and drops) the next ones.
+    // An unknown tag.
+    let garbage = misbehave(&path, &[1, 0, 0, 0, 200]);
+    // An acknowledgement (tag 8) of a value it was not sent.
+    let liar = misbehave(&path, &[1, 0, 0, 0, 8]);
+    std::fs::write(&gate, b"").unwrap();
+    let values: Vec<u64> = Background::connect(&path)
+        .unwrap()
+        .collect::<pproc::Result<_>>()
+        .unwrap();
+    assert_eq!(values, [1, 2]);
+    assert!(gone(&path), "the address was not removed");
+    assert!(refused(&path));
+    drop((garbage, liar));
+    std::fs::remove_file(&gate).unwrap();
+}
+
+#[test]
+fn garbage_from_a_collector_leaves_everything_to_the_next() {
+    let _serial = serial();
+    let path = address("garbage");
+    let gate = gate("garbage");
+    pproc::start_background(&path, gated::call(gate.to_str().unwrap().into(), 2, 1)).unwrap();
+    let bad: [&[u8]; 5] = [
+        // An unknown tag.
+        &[1, 0, 0, 0, 200],
+        // A frame without a tag.
+        &[0, 0, 0, 0],
+        // A length over any limit.
+        &[255, 255, 255, 255],
+        // An acknowledgement (tag 8) with a body.
+        &[2, 0, 0, 0, 8, 0],
+        // Plain text.
+        b"hello, background child",
+    ];
+    // Each is dropped while it is still connected.
+    let held: Vec<UnixStream> = bad.iter().map(|bytes| misbehave(&path, bytes)).collect();
+    // One that closes in the middle of a frame.
+    let mut torn = UnixStream::connect(&path).unwrap();
+    torn.write_all(&[1, 0, 0]).unwrap();
+    drop(torn);
+    std::fs::write(&gate, b"").unwrap();
+    let values: Vec<u64> = Background::connect(&path)
+        .unwrap()
+        .collect::<pproc::Result<_>>()
+        .unwrap();
+    assert_eq!(values, [0, 1, 2]);
+    assert!(gone(&path), "the address was not removed");
+    drop(held);
+    std::fs::remove_file(&gate).unwrap();
 }
 
 #[test]

@@ -1,11 +1,12 @@
 //! Background children (pprocess's `start_persistent`, `BackgroundCallable`
 //! and `BackgroundQueue`): a call that runs detached from the program that
 //! started it, keeps its results, and hands them to whoever connects to its
-//! filesystem address, then removes the address and exits.
+//! filesystem address (each value to one collector, once it has read it),
+//! then removes the address and exits.
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -14,7 +15,7 @@ use serde::de::DeserializeOwned;
 
 use crate::call::{Call, Delivery};
 use crate::child::{self, Context, EXIT_PROTOCOL, EXIT_UNREGISTERED, EXIT_VERSION_SKEW, Failure};
-use crate::conn::{self, Conn, Deadline, Step, decode, tag};
+use crate::conn::{self, Conn, Deadline, Step, Wake, decode, tag};
 use crate::error::{Error, Result};
 use crate::{registry, spawn};
 
@@ -24,11 +25,20 @@ use crate::{registry, spawn};
 /// The child is detached: it is not a child of this process, does not die
 /// with it, and runs in a session of its own, with its standard input,
 /// output and error on `/dev/null` (it holds none of this program's
-/// terminal or pipes), so this program may exit at once. It keeps what the call delivers (its return value, or for a
-/// channel-style function the values it sends) until a program calls
-/// [`Background::connect`] with the same address; once one has received
-/// everything, the child removes the address and exits. A collector that
-/// goes away early leaves the results to the next one, from the start.
+/// terminal or pipes), so this program may exit at once.
+///
+/// It keeps what the call delivers (its return value, or for a
+/// channel-style function the values it sends) until programs collect it
+/// with [`Background::connect`] on the same address. Collectors are served
+/// one at a time, and each value goes to one of them: a value counts as
+/// read once a [`Background`] has returned it to its user, and each
+/// collector starts at the first value that none has read. A collector
+/// that goes away early (dropped, or its program gone) leaves what it has
+/// not read to the next one, including values already in its socket that
+/// it never returned. Once a collector has read everything and the end
+/// (its iterator returned `None`, or the call's failure), the child
+/// removes the address and exits; until then it stays, waiting for the
+/// next collector.
 ///
 /// Returns once the child has its arguments and runs.
 ///
@@ -133,12 +143,33 @@ fn start(
     }
 }
 
-/// The results of a background call, as its child keeps them.
+/// Collector to background child: one frame it has handed to its user
+/// (a value, an error the call sent in its place, or the end). The body is
+/// empty. Distinct from the tags of [`conn::tag`].
+const ACK: u8 = 8;
+
+/// The results of a background call, as its child keeps them, and how far
+/// collectors have read them.
 #[derive(Default)]
 struct Kept {
-    /// Frames for collectors: `DATA` values, then one end frame.
-    frames: Vec<(u8, Vec<u8>)>,
+    /// Frames for collectors: `DATA` (or `ERROR`) values, then one end
+    /// frame.
+    frames: Vec<(u8, Arc<[u8]>)>,
     ended: bool,
+    /// Frames that collectors have acknowledged: the next collector starts
+    /// after them.
+    acked: usize,
+    /// Frames written, or being written, to the current collector.
+    offered: usize,
+    /// The current collector went away, or sent what it should not.
+    left: bool,
+}
+
+impl Kept {
+    /// Whether a collector has read everything, the end frame included.
+    fn done(&self) -> bool {
+        self.ended && self.acked == self.frames.len()
+    }
 }
 
 type Shared = Arc<(Mutex<Kept>, Condvar)>;
@@ -222,7 +253,7 @@ pub(crate) fn serve(fd: RawFd, fingerprint: u64, name: &str, streams: bool) -> i
 }
 
 /// Runs the call, keeping what it delivers, and serves collectors until one
-/// has received it all.
+/// has read it all.
 fn run(listener: &UnixListener, entry: &registry::Entry, args: Vec<u8>, streams: bool) {
     let Ok((ours, theirs)) = conn::socketpair() else {
         return;
@@ -259,7 +290,7 @@ fn keep(mut conn: Conn, kept: &Shared, streams: bool) {
     let (lock, ready) = &**kept;
     let push = |tag: u8, body: Vec<u8>, end: bool| {
         let mut kept = lock.lock().unwrap_or_else(PoisonError::into_inner);
-        kept.frames.push((tag, body));
+        kept.frames.push((tag, body.into()));
         kept.ended |= end;
         ready.notify_all();
     };
@@ -304,50 +335,167 @@ fn keep(mut conn: Conn, kept: &Shared, streams: bool) {
     }
 }
 
-/// Serves collectors, one at a time, each from the first frame, until one
-/// has received the end frame.
+/// Serves collectors, one at a time, each from the first frame that no
+/// collector has acknowledged, until one has acknowledged the end frame.
 fn hand_out(listener: &UnixListener, kept: &Shared) {
-    let (lock, ready) = &**kept;
     loop {
         let Ok((stream, _)) = listener.accept() else {
             continue;
         };
-        let Ok(mut conn) = Conn::new(stream.into()) else {
-            continue;
-        };
-        let mut sent = 0;
-        let delivered = loop {
-            let (frames, ended) = {
-                let mut kept = lock.lock().unwrap_or_else(PoisonError::into_inner);
-                while kept.frames.len() == sent && !kept.ended {
-                    kept = ready.wait(kept).unwrap_or_else(PoisonError::into_inner);
-                }
-                (kept.frames[sent..].to_vec(), kept.ended)
-            };
-            if frames
-                .iter()
-                .any(|(tag, body)| conn.send_bytes(*tag, body).is_err())
-            {
-                break false; // the collector went away: wait for another
-            }
-            sent += frames.len();
-            if ended {
-                let kept = lock.lock().unwrap_or_else(PoisonError::into_inner);
-                if sent == kept.frames.len() {
-                    break true;
-                }
-            }
-        };
-        if delivered {
+        if serve_collector(&stream, kept) {
             return;
         }
     }
+}
+
+/// Serves one collector: writes it the frames it lacks as they come, while
+/// a thread of its own reads its acknowledgements. Returns whether it
+/// acknowledged the end frame.
+fn serve_collector(stream: &UnixStream, kept: &Shared) -> bool {
+    let (lock, _) = &**kept;
+    {
+        let mut kept = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        kept.offered = kept.acked;
+        kept.left = false;
+    }
+    // Two descriptors for the one socket: the reader's `Conn` buffers
+    // what it reads, and the writer must read nothing.
+    let acks = stream
+        .try_clone()
+        .map_err(Error::Io)
+        .and_then(|ours| Conn::new(ours.into()));
+    let Ok(acks) = acks else {
+        return false;
+    };
+    let reader = {
+        let kept = Arc::clone(kept);
+        std::thread::Builder::new()
+            .name("pproc-background-acks".into())
+            .spawn(move || read_acks(acks, &kept))
+    };
+    let Ok(reader) = reader else {
+        return false;
+    };
+    write_frames(stream, kept);
+    // Ends the reader's wait if the collector is still connected.
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let _ = reader.join();
+    lock.lock().unwrap_or_else(PoisonError::into_inner).done()
+}
+
+/// Writes the current collector the frames it lacks, as they come, until
+/// it has acknowledged the end frame, left, or cannot be written to.
+fn write_frames(stream: &UnixStream, kept: &Shared) {
+    let (lock, ready) = &**kept;
+    loop {
+        let frames = {
+            let mut kept = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            while kept.offered == kept.frames.len() && !kept.left && !kept.done() {
+                kept = ready.wait(kept).unwrap_or_else(PoisonError::into_inner);
+            }
+            if kept.left || kept.done() {
+                return;
+            }
+            let from = kept.offered;
+            // Counted before they are written: the collector may
+            // acknowledge one before its write returns here.
+            kept.offered = kept.frames.len();
+            kept.frames[from..].to_vec()
+        };
+        for (tag, body) in &frames {
+            if send_frame(stream.as_fd(), *tag, body).is_err() {
+                return; // the collector went away
+            }
+        }
+    }
+}
+
+/// Reads a collector's acknowledgements into `kept` until it acknowledges
+/// the end frame. A collector that leaves, or sends anything but an `ACK`
+/// for a frame it was sent, is marked as gone and its socket shut down, so
+/// that the writer stops too.
+fn read_acks(mut conn: Conn, kept: &Shared) {
+    let (lock, ready) = &**kept;
+    // An `ACK` is a tag alone: a longer length is garbage, refused before
+    // anything is allocated for it.
+    conn.set_max_frame(1);
+    loop {
+        match conn.with_frame(|tag, body| tag == ACK && body.is_empty()) {
+            Ok(Some(true)) => {
+                let mut kept = lock.lock().unwrap_or_else(PoisonError::into_inner);
+                if kept.acked == kept.offered {
+                    break; // it acknowledges a frame it was not sent
+                }
+                kept.acked += 1;
+                ready.notify_all();
+                if kept.done() {
+                    return;
+                }
+                continue;
+            }
+            Ok(Some(false)) | Err(_) => break,
+            Ok(None) => {}
+        }
+        if conn.is_eof() {
+            break;
+        }
+        if conn
+            .wait(None, Deadline::Never)
+            .and_then(|_| conn.fill())
+            .is_err()
+        {
+            break;
+        }
+    }
+    lock.lock().unwrap_or_else(PoisonError::into_inner).left = true;
+    ready.notify_all();
+    // Wakes a writer that waits for room in the socket.
+    let _ = nix::sys::socket::shutdown(conn.raw_fd(), nix::sys::socket::Shutdown::Both);
+}
+
+/// Writes one frame as [`Conn`] frames it (the body's length as a
+/// little-endian `u32`, then the body: the tag and the payload), waiting
+/// for room without reading: what the collector sends is for its reader.
+fn send_frame(fd: BorrowedFd<'_>, tag: u8, payload: &[u8]) -> Result<()> {
+    let len = u32::try_from(payload.len() + 1)
+        .map_err(|_| Error::codec("a frame exceeds the protocol's 4 GiB limit"))?;
+    let mut head = [0; 5];
+    head[..4].copy_from_slice(&len.to_le_bytes());
+    head[4] = tag;
+    write_all(fd, &head)?;
+    write_all(fd, payload)
+}
+
+fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> Result<()> {
+    use nix::errno::Errno;
+    use nix::sys::socket::{MsgFlags, send};
+    while !data.is_empty() {
+        match send(fd.as_raw_fd(), data, MsgFlags::MSG_NOSIGNAL) {
+            Ok(n) => data = &data[n..],
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => {
+                let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLOUT)];
+                conn::poll_until(&mut fds, Deadline::Never)?;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(())
 }
 
 /// The results of a background call, collected from its address
 /// (pprocess's `BackgroundQueue`): an iterator of the values it delivers,
 /// as `T` (the function's `Output`). A failure of the call (a panic) is
 /// yielded as a last `Err`.
+///
+/// It starts at the first value that no collector has read: a value is
+/// this collector's once the iterator has returned it (the child is told
+/// so before `next` returns). Dropped early, it leaves every value it has
+/// not returned to the next collector, and the child keeps its address;
+/// once the iterator has returned the last value and then the end (`None`,
+/// or the call's failure), the child removes its address and exits. A
+/// value that does not decode as `T` is yielded as an [`Error::Codec`] and
+/// ends the iteration: it stays for the next collector too.
 ///
 /// See [`start_background`].
 pub struct Background<T> {
@@ -361,8 +509,8 @@ impl<T> Background<T> {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if nothing listens there (no such call, or it has
-    /// handed its results out already).
+    /// [`Error::Io`] if nothing listens there (no such call, or a
+    /// collector has read all its results already).
     pub fn connect(address: impl AsRef<Path>) -> Result<Self> {
         let address = address.as_ref().to_path_buf();
         let conn = Conn::new(UnixStream::connect(&address).map_err(Error::Io)?.into())?;
@@ -390,49 +538,84 @@ enum Poll<T> {
     Done,
 }
 
+/// What one frame gives a collector.
+enum Got<T> {
+    /// A value, or an error the call sent in its place.
+    Value(Result<T>),
+    /// The end: the call's success, or its failure.
+    End(Result<()>),
+    /// A frame this collector cannot read (a value that is not a `T`): it
+    /// stays for the next collector.
+    Bad(Error),
+}
+
+fn read_frame<T: DeserializeOwned>(tag: u8, body: &[u8]) -> Got<T> {
+    match tag {
+        tag::DATA => decode::<T>(body).map_or_else(Got::Bad, |value| Got::Value(Ok(value))),
+        // A value the call sent as an error: yielded in its place.
+        tag::ERROR => match conn::remote(body) {
+            err @ Error::Remote { .. } => Got::Value(Err(err)),
+            err => Got::Bad(err),
+        },
+        tag::RESULT => Got::End(Ok(())),
+        tag::PANIC => Got::End(Err(
+            decode::<child::PanicReport>(body).map_or_else(|err| err, Error::from)
+        )),
+        tag::FAIL => Got::End(Err(
+            decode::<Failure>(body).map_or_else(|err| err, Error::from)
+        )),
+        other => Got::Bad(Error::codec(format_args!("unexpected frame tag {other}"))),
+    }
+}
+
 impl<T: DeserializeOwned> Background<T> {
+    /// The next item, waiting until `deadline`. What it hands out (a value
+    /// or the end) is acknowledged to the child first: from then on it is
+    /// this collector's, and not the next one's.
     fn poll(&mut self, deadline: Deadline) -> Poll<T> {
         let Some(conn) = self.conn.as_mut() else {
             return Poll::Done;
         };
-        let mut end: Option<Result<()>> = None;
-        let step = conn.recv_data(deadline, None, decode::<T>, |tag, body| {
-            if tag == tag::ERROR {
-                // A value the call sent as an error: yielded in its place.
-                return Err(conn::remote(body));
-            }
-            end = Some(match tag {
-                tag::RESULT => Ok(()),
-                tag::PANIC => {
-                    Err(decode::<child::PanicReport>(body).map_or_else(|err| err, Error::from))
+        loop {
+            // An acknowledgement that cannot be sent means the child is
+            // gone: what it sent is still handed out, then the end of the
+            // stream is an error.
+            match conn.with_frame(read_frame::<T>) {
+                Ok(Some(Got::Value(item))) => {
+                    let _ = conn.send_bytes(ACK, &[]);
+                    return Poll::Item(item);
                 }
-                tag::FAIL => Err(decode::<Failure>(body).map_or_else(|err| err, Error::from)),
-                other => Err(Error::codec(format_args!("unexpected frame tag {other}"))),
-            });
-            Ok(())
-        });
-        match (step, end) {
-            (Ok(Step::Data(value)), _) => Poll::Item(Ok(value)),
-            (Err(err @ Error::Remote { .. }), None) => Poll::Item(Err(err)),
-            (_, Some(Ok(()))) => {
-                self.conn = None;
-                Poll::Done
+                Ok(Some(Got::End(end))) => {
+                    let _ = conn.send_bytes(ACK, &[]);
+                    self.conn = None;
+                    return end.map_or_else(|err| Poll::Item(Err(err)), |()| Poll::Done);
+                }
+                Ok(Some(Got::Bad(err))) | Err(err) => {
+                    self.conn = None;
+                    return Poll::Item(Err(err));
+                }
+                Ok(None) => {}
             }
-            (_, Some(Err(err))) | (Err(err), None) => {
+            if conn.is_eof() {
                 self.conn = None;
-                Poll::Item(Err(err))
+                return Poll::Item(Err(Error::Disconnected));
             }
-            (Ok(Step::Timeout), None) => Poll::Idle,
-            (Ok(_), None) => {
+            let filled = match conn.wait(None, deadline) {
+                Ok(Wake::Timeout) => return Poll::Idle,
+                Ok(_) => conn.fill(),
+                Err(err) => Err(err),
+            };
+            if let Err(err) = filled {
                 self.conn = None;
-                Poll::Item(Err(Error::Disconnected))
+                return Poll::Item(Err(err));
             }
         }
     }
 
     /// Connects to the background calls at every address, and yields what
     /// they deliver as it arrives, each with the index of its address
-    /// (pprocess's `PersistentQueue` with several connections).
+    /// (pprocess's `PersistentQueue` with several connections). Each
+    /// connection counts what it has read as one [`Background`] does.
     ///
     /// # Errors
     ///
