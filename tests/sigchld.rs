@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use pproc::{Error, Pool, parallel};
+use pproc::{Background, Error, Pool, parallel};
 use pproc_workspace::{children, open_fds, serial};
 
 #[parallel]
@@ -90,4 +90,18 @@ fn pools_and_maps_work() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(children(), Vec::<u32>::new());
+}
+
+#[test]
+fn background_calls_start_and_deliver() {
+    let _serial = serial();
+    ignore_sigchld();
+    let address = std::env::temp_dir().join(format!("pproc-sigchld-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&address);
+    pproc::start_background(&address, square::call(12)).unwrap();
+    let got: Vec<u64> = Background::connect(&address)
+        .unwrap()
+        .collect::<pproc::Result<_>>()
+        .unwrap();
+    assert_eq!(got, [144]);
 }

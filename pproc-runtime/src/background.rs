@@ -17,7 +17,7 @@ use crate::call::{Call, Delivery};
 use crate::child::{self, Context, EXIT_PROTOCOL, EXIT_UNREGISTERED, EXIT_VERSION_SKEW, Failure};
 use crate::conn::{self, Conn, Deadline, Step, Wake, decode, tag};
 use crate::error::{Error, Result};
-use crate::{registry, spawn};
+use crate::{codec, registry, spawn};
 
 /// Starts `call` in the background, reachable at `address` (a path for a
 /// Unix socket, which must not exist yet).
@@ -129,7 +129,12 @@ fn start(
     }
     // The first process only detaches the one that runs the call: it exits
     // at once, and is reaped here.
-    let status = nix::sys::wait::waitpid(spawned.pid, None)?;
+    let status = match nix::sys::wait::waitpid(spawned.pid, None) {
+        // The program ignores `SIGCHLD`: the kernel reaped it, and only
+        // the handover says how the start went.
+        Err(nix::errno::Errno::ECHILD) => nix::sys::wait::WaitStatus::Exited(spawned.pid, 0),
+        other => other?,
+    };
     if let Some(failure) = failure {
         return Err(failure.into());
     }
@@ -453,16 +458,12 @@ fn read_acks(mut conn: Conn, kept: &Shared) {
     let _ = nix::sys::socket::shutdown(conn.raw_fd(), nix::sys::socket::Shutdown::Both);
 }
 
-/// Writes one frame as [`Conn`] frames it (the body's length as a
-/// little-endian `u32`, then the body: the tag and the payload), waiting
-/// for room without reading: what the collector sends is for its reader.
+/// Writes one frame as [`Conn`] frames it (the codec's header, then the
+/// body: the tag and the payload), waiting for room without reading: what
+/// the collector sends is for its reader.
 fn send_frame(fd: BorrowedFd<'_>, tag: u8, payload: &[u8]) -> Result<()> {
-    let len = u32::try_from(payload.len() + 1)
-        .map_err(|_| Error::codec("a frame exceeds the protocol's 4 GiB limit"))?;
-    let mut head = [0; 5];
-    head[..4].copy_from_slice(&len.to_le_bytes());
-    head[4] = tag;
-    write_all(fd, &head)?;
+    let [a, b, c, d] = codec::header(payload.len() + 1)?;
+    write_all(fd, &[a, b, c, d, tag])?;
     write_all(fd, payload)
 }
 
