@@ -1,10 +1,11 @@
 //! The manager: every kind of shared object used from real child
 //! processes, updates that are never lost, locks given back by clients that
 //! die, custom types, named objects, and authentication against wrong keys
-//! and hostile clients on loopback.
+//! and hostile clients on loopback, floods of them included.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use pproc::manager::{Array, Event, Lock, Manager, Map, Namespace, Queue, Semaphore, Value};
@@ -401,6 +402,169 @@ fn hostile_clients_leave_the_server_serving_the_others() {
     assert_eq!(late.value(&1_u64).unwrap().add(1).unwrap(), 2);
     assert_eq!(counter.add(1).unwrap(), 2);
     drop(silent);
+}
+
+/// Raises this process's descriptor limit to its hard limit, for tests that
+/// hold more connections than the usual 1024; a manager started after
+/// inherits it.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the one it is given.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) },
+        0
+    );
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: setrlimit reads the rlimit it is given.
+    assert_eq!(
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) },
+        0
+    );
+    assert!(
+        limit.rlim_cur >= 4096,
+        "these tests need 4096 descriptors; the hard limit is {}",
+        limit.rlim_cur
+    );
+}
+
+/// A TCP connection to `to` from the loopback address `from` (any of
+/// 127.0.0.0/8 reaches this machine), so that one test can play many hosts.
+fn connect_from(from: Ipv4Addr, to: SocketAddrV4) -> TcpStream {
+    let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::sa_family_t::try_from(libc::AF_INET).unwrap(),
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = libc::socklen_t::try_from(size_of::<libc::sockaddr_in>()).unwrap();
+    // SAFETY: socket takes no pointers; its descriptor is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
+    // SAFETY: a new descriptor that nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let local = sockaddr(from, 0);
+    // SAFETY: `local` is a sockaddr_in of `len` bytes.
+    let bound = unsafe { libc::bind(socket.as_raw_fd(), (&raw const local).cast(), len) };
+    assert_eq!(bound, 0, "bind {from}: {}", io::Error::last_os_error());
+    let remote = sockaddr(*to.ip(), to.port());
+    // SAFETY: `remote` is a sockaddr_in of `len` bytes.
+    let connected = unsafe { libc::connect(socket.as_raw_fd(), (&raw const remote).cast(), len) };
+    assert_eq!(connected, 0, "connect: {}", io::Error::last_os_error());
+    TcpStream::from(socket)
+}
+
+/// Whether the server has closed `stream`, on which it sent nothing more
+/// than what was read already.
+fn closed(stream: &mut TcpStream) -> bool {
+    stream.set_nonblocking(true).unwrap();
+    match stream.read(&mut [0; 1]) {
+        Ok(0) => true,
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock => false,
+        Err(_) => true,
+        Ok(_) => panic!("more than a hello"),
+    }
+}
+
+/// A manager on TCP loopback, its IPv4 address and its key.
+fn tcp_manager(key: &'static [u8]) -> (Manager, SocketAddrV4) {
+    let server = Manager::serve("127.0.0.1:0", key).unwrap();
+    let pproc::manager::Address::Tcp(SocketAddr::V4(addr)) = server.address().clone() else {
+        panic!("a TCP manager on 127.0.0.1");
+    };
+    (server, addr)
+}
+
+/// Silent connections held from 20 addresses, 55 from each (within an
+/// address's share of 128), 1100 in all: more than the server's 1024 handshakes at
+/// once, so that its table fills and its oldest make room. Between every 55,
+/// new clients from 127.0.0.1, each on connections of its own, are served.
+#[test]
+fn a_flood_of_silent_connections_does_not_lock_out_clients() {
+    let _serial = serial();
+    raise_fd_limit();
+    let key = b"flooded";
+    let (server, addr) = tcp_manager(key);
+    let counter = server.named("counter").value(&0_u64).unwrap();
+    let seen = server.map::<u32, u32>().unwrap();
+    let mut silent = Vec::with_capacity(1100);
+    for round in 0..20_u32 {
+        for i in 0..55_u8 {
+            let from = Ipv4Addr::new(127, 0, 0, 2 + i % 20);
+            silent.push(connect_from(from, addr));
+        }
+        // A new manager client (one connection) whose proxy opens another.
+        let fresh = Manager::connect(addr, key).unwrap();
+        let mine = fresh.named("counter").value(&0_u64).unwrap();
+        assert_eq!(mine.add(1).unwrap(), u64::from(round) + 1);
+        // A copy of a proxy: a connection of its own.
+        let copy = seen.clone();
+        assert_eq!(copy.insert(&round, &(round * 2)).unwrap(), None);
+        assert_eq!(copy.get(&round).unwrap(), Some(round * 2));
+    }
+    assert_eq!(silent.len(), 1100);
+    assert_eq!(counter.get().unwrap(), 20);
+    assert_eq!(seen.len().unwrap(), 20);
+    let late = seen.clone();
+    assert_eq!(late.get(&19).unwrap(), Some(38));
+    drop(silent);
+}
+
+/// 1100 silent connections from one address (127.0.0.2), each greeted: the
+/// server keeps that address's newest 128 handshakes (its `PEER_SHARE`),
+/// closing the older ones as the newer come, and a client from 127.0.0.1 is
+/// served throughout.
+#[test]
+fn one_address_holds_no_more_than_its_share_of_handshakes() {
+    const SHARE: usize = 128;
+    const FLOOD: usize = 1100;
+    let _serial = serial();
+    raise_fd_limit();
+    let key = b"shared out";
+    let (server, addr) = tcp_manager(key);
+    let counter = server.value(&0_u64).unwrap();
+    let hog = Ipv4Addr::new(127, 0, 0, 2);
+    let greeted = |_| {
+        let mut stream = connect_from(hog, addr);
+        let mut hello = [0; 41];
+        stream.read_exact(&mut hello).unwrap();
+        assert_eq!(&hello[..8], b"PPROCMGR");
+        stream
+    };
+    let mut silent: Vec<TcpStream> = (0..FLOOD - SHARE).map(greeted).collect();
+    // No handshake from here on can reach its deadline (2 s) before this
+    // much has passed.
+    let newest_greeted = Instant::now();
+    silent.extend((0..SHARE).map(greeted));
+    // Clients from elsewhere, on connections of their own, are served.
+    for n in 1..=3 {
+        assert_eq!(counter.clone().add(1).unwrap(), n);
+    }
+    let fresh = Manager::connect(addr, key).unwrap();
+    assert_eq!(fresh.value(&7_u64).unwrap().add(1).unwrap(), 8);
+    // Each eviction closed its victim before the next hello went out, so
+    // every close is here already.
+    let open: Vec<usize> = silent
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, stream)| (!closed(stream)).then_some(i))
+        .collect();
+    let in_time = newest_greeted.elapsed() < Duration::from_millis(1500);
+    assert!(open.len() <= SHARE, "{} of one address held", open.len());
+    assert!(
+        open.iter().all(|i| *i >= FLOOD - SHARE),
+        "an old handshake outlived newer ones: {open:?}"
+    );
+    if in_time {
+        // Nothing expired yet: exactly the newest share is held. (On a
+        // machine slow enough to let deadlines pass, fewer may be.)
+        assert_eq!(open, (FLOOD - SHARE..FLOOD).collect::<Vec<_>>());
+    }
+    assert_eq!(counter.get().unwrap(), 3);
 }
 
 #[test]

@@ -1,14 +1,26 @@
 //! The manager's server: accepts connections, authenticates them, and runs
 //! each client's calls on the shared objects, one thread per connection.
+//!
+//! Handshakes run on the accepting thread, in a table of bounded size:
+//! a flood of connections that never answer cannot lock out the clients
+//! that do, since a newcomer always finds room. It takes the place of its
+//! peer's oldest handshake if that peer has its share ([`PEER_SHARE`]), or
+//! of the oldest of all if the table is full ([`MAX_PENDING`]); an honest
+//! client answers within a round trip, long before either comes round.
+//! A peer ([`Peer`]) is an IPv4 address, an IPv6 /64, or, on a Unix socket,
+//! a user other than the server's; the server's own user is bounded by the
+//! table alone.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv6Addr};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{getsockopt, sockopt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -18,11 +30,23 @@ use super::wire::{self, Listener, Stream};
 use crate::codec;
 use crate::conn::{decode, encode};
 
-/// How long a client may take over its half of the handshake.
-const HANDSHAKE: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; connections past it are closed at once.
-/// Each costs a descriptor, no thread.
+/// How long a client may take over its half of the handshake, from its
+/// greeting: an honest client answers within a round trip.
+const HANDSHAKE: Duration = Duration::from_secs(2);
+/// Handshakes in progress at once. Each costs a descriptor, no thread; a
+/// newcomer that finds the table full takes the oldest one's place.
 const MAX_PENDING: usize = 1024;
+/// Handshakes in progress at once from one [`Peer`]: a newcomer from a peer
+/// that has this many takes that peer's oldest one's place, so that one
+/// host cannot fill the table (it takes eight) and churn everyone else's.
+/// An honest program may open this many connections within one round trip:
+/// a thousand threads connecting at once from one host, on two busy cores,
+/// lost no handshake to a share of 128, and some to one of 64.
+const PEER_SHARE: usize = 128;
+/// Connections accepted per turn of the loop: the answers that came in are
+/// read between batches, so that a burst of honest clients from one peer
+/// can answer before its share runs out.
+const ACCEPT_BATCH: usize = 32;
 /// Authenticated connections at once.
 const MAX_CLIENTS: usize = 4096;
 /// The largest request an authenticated client may send.
@@ -30,9 +54,47 @@ pub(crate) const MAX_REQUEST: usize = 1 << 30;
 /// How often a blocked call checks that its client is still there.
 const PATIENCE: Duration = Duration::from_millis(100);
 
+/// Whom a handshake in progress counts against, for [`PEER_SHARE`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Peer {
+    /// A TCP peer: its IPv4 address, or the /64 that its IPv6 address is in
+    /// (a host is given a whole /64, and can pick any address in it).
+    Ip(IpAddr),
+    /// A Unix peer run by another user than the server's.
+    User(libc::uid_t),
+    /// A peer whose address or credentials cannot be read.
+    Unknown,
+}
+
+impl Peer {
+    /// Whom `stream` counts against. `None` for a Unix peer run by `owner`,
+    /// the server's own user: it could stop the server anyway, so only the
+    /// table bounds it, and a program's own burst of clients on
+    /// [`Manager::start`](super::Manager::start)'s socket is never cut
+    /// short by a share.
+    fn of(stream: &Stream, owner: libc::uid_t) -> Option<Self> {
+        match stream {
+            Stream::Tcp(tcp) => Some(match tcp.peer_addr().map(|a| a.ip().to_canonical()) {
+                Ok(IpAddr::V6(v6)) => Self::Ip(IpAddr::V6(Ipv6Addr::from_bits(
+                    v6.to_bits() & !u128::from(u64::MAX),
+                ))),
+                Ok(v4) => Self::Ip(v4),
+                Err(_) => Self::Unknown,
+            }),
+            Stream::Unix(unix) => match getsockopt(unix, sockopt::PeerCredentials) {
+                Ok(peer) if peer.uid() == owner => None,
+                Ok(peer) => Some(Self::User(peer.uid())),
+                Err(_) => Some(Self::Unknown),
+            },
+        }
+    }
+}
+
 /// A connection in its handshake.
 struct Greeting {
     stream: Stream,
+    /// Whom it counts against; `None`: only the table bounds it.
+    peer: Option<Peer>,
     challenge: [u8; wire::CHALLENGE],
     answer: Vec<u8>,
     deadline: Instant,
@@ -47,7 +109,7 @@ enum Step {
 
 impl Greeting {
     /// Sends the challenge; `None` if the connection is unusable.
-    fn start(mut stream: Stream) -> Option<Self> {
+    fn start(mut stream: Stream, peer: Option<Peer>) -> Option<Self> {
         stream.set_nonblocking(true).ok()?;
         let challenge = wire::random().ok()?;
         // A fresh socket has room for the hello: a short write is a
@@ -56,6 +118,7 @@ impl Greeting {
         (stream.write(&hello).ok()? == hello.len()).then_some(())?;
         Some(Self {
             stream,
+            peer,
             challenge,
             answer: Vec::with_capacity(wire::ANSWER),
             deadline: Instant::now() + HANDSHAKE,
@@ -88,6 +151,120 @@ impl Greeting {
             Step::Authenticated(self.stream)
         } else {
             Step::Refused
+        }
+    }
+}
+
+/// The handshakes in progress, in order of arrival.
+struct Pending {
+    /// By arrival number: the first is the oldest, and expires first.
+    greetings: BTreeMap<u64, Greeting>,
+    /// Each bounded peer's arrival numbers, oldest first, at most
+    /// [`PEER_SHARE`] of them.
+    peers: HashMap<Peer, VecDeque<u64>>,
+    arrivals: u64,
+    /// The server's own user (see [`Peer::of`]).
+    owner: libc::uid_t,
+}
+
+impl Pending {
+    fn new() -> Self {
+        Self {
+            greetings: BTreeMap::new(),
+            peers: HashMap::new(),
+            arrivals: 0,
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            owner: unsafe { libc::geteuid() },
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.greetings.len()
+    }
+
+    fn push(&mut self, greeting: Greeting) {
+        let arrival = self.arrivals;
+        self.arrivals += 1;
+        if let Some(peer) = greeting.peer {
+            self.peers.entry(peer).or_default().push_back(arrival);
+        }
+        self.greetings.insert(arrival, greeting);
+    }
+
+    /// The oldest handshake's arrival number.
+    fn oldest(&self) -> Option<u64> {
+        self.greetings.keys().next().copied()
+    }
+
+    /// `peer`'s oldest handshake, if `peer` has its share.
+    fn crowded(&self, peer: Peer) -> Option<u64> {
+        self.peers
+            .get(&peer)
+            .filter(|arrivals| arrivals.len() >= PEER_SHARE)
+            .and_then(|arrivals| arrivals.front().copied())
+    }
+
+    /// When the oldest handshake runs out of time.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.greetings.values().next().map(|g| g.deadline)
+    }
+
+    /// Closes the handshakes whose time is up: the oldest ones, since
+    /// every handshake is given the same time.
+    fn expire(&mut self, now: Instant) {
+        while let Some(entry) = self.greetings.first_entry()
+            && entry.get().deadline <= now
+        {
+            let (arrival, greeting) = entry.remove_entry();
+            self.forget(arrival, greeting.peer);
+        }
+    }
+
+    /// Reads what a handshake's client sent: its stream once it is
+    /// authenticated; the handshake stays if it is not done.
+    fn advance(&mut self, arrival: u64, key: &[u8]) -> Option<Stream> {
+        let greeting = self.greetings.remove(&arrival)?;
+        let peer = greeting.peer;
+        match greeting.advance(key) {
+            Step::Waiting(greeting) => {
+                self.greetings.insert(arrival, greeting);
+                None
+            }
+            Step::Authenticated(stream) => {
+                self.forget(arrival, peer);
+                Some(stream)
+            }
+            Step::Refused => {
+                self.forget(arrival, peer);
+                None
+            }
+        }
+    }
+
+    /// Ends a handshake to make room, after one last read: a client
+    /// whose answer has come in is let in (its stream), any other closed.
+    fn evict(&mut self, arrival: u64, key: &[u8]) -> Option<Stream> {
+        let greeting = self.greetings.remove(&arrival)?;
+        self.forget(arrival, greeting.peer);
+        match greeting.advance(key) {
+            Step::Authenticated(stream) => Some(stream),
+            Step::Waiting(_) | Step::Refused => None,
+        }
+    }
+
+    /// Takes a handshake that has left the table off its peer's count.
+    fn forget(&mut self, arrival: u64, peer: Option<Peer>) {
+        let Some(peer) = peer else {
+            return;
+        };
+        if let Some(arrivals) = self.peers.get_mut(&peer) {
+            // At most a share to look through, and mostly the first.
+            if let Some(at) = arrivals.iter().position(|a| *a == arrival) {
+                arrivals.remove(at);
+            }
+            if arrivals.is_empty() {
+                self.peers.remove(&peer);
+            }
         }
     }
 }
@@ -226,19 +403,20 @@ impl Server {
 
     /// Accepts connections for ever. One thread (this one) accepts and
     /// runs every handshake, without blocking on any client: a slow or
-    /// silent client costs a descriptor until its deadline, and cannot
-    /// delay the others. Each authenticated client gets a thread of its own.
+    /// silent client costs a descriptor until its deadline ([`HANDSHAKE`])
+    /// or until a newcomer takes its place (see the [module](self)), and
+    /// cannot delay the others. Each authenticated client gets a thread of
+    /// its own.
     pub(crate) fn run(self: &Arc<Self>, listener: &Listener) -> io::Result<()> {
         listener.set_nonblocking(true)?;
-        let mut pending: Vec<Greeting> = Vec::new();
+        let mut pending = Pending::new();
         loop {
             let now = Instant::now();
-            pending.retain(|g| g.deadline > now);
+            pending.expire(now);
             let timeout = pending
-                .iter()
-                .map(|g| g.deadline.saturating_duration_since(now))
-                .min()
-                .map_or(PollTimeout::NONE, |left| {
+                .next_deadline()
+                .map_or(PollTimeout::NONE, |deadline| {
+                    let left = deadline.saturating_duration_since(now);
                     let ms = left.as_millis().saturating_add(1);
                     PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
                 });
@@ -247,7 +425,8 @@ impl Server {
                 fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
                 fds.extend(
                     pending
-                        .iter()
+                        .greetings
+                        .values()
                         .map(|g| PollFd::new(g.stream.as_fd(), PollFlags::POLLIN)),
                 );
                 match poll(&mut fds, timeout) {
@@ -256,49 +435,80 @@ impl Server {
                 }
                 let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
                 let accept = ready(&fds[0]);
-                let ready: Vec<bool> = fds[1..].iter().map(ready).collect();
+                // Arrival numbers, in the poll's order.
+                let ready: Vec<u64> = pending
+                    .greetings
+                    .keys()
+                    .zip(&fds[1..])
+                    .filter(|(_, fd)| ready(fd))
+                    .map(|(arrival, _)| *arrival)
+                    .collect();
                 (accept, ready)
             };
-            // Answers first (indices are the poll's), then new connections.
-            let mut keep = Vec::with_capacity(pending.len());
-            for (greeting, ready) in pending.drain(..).zip(ready) {
-                if !ready {
-                    keep.push(greeting);
-                    continue;
-                }
-                match greeting.advance(&self.key) {
-                    Step::Waiting(greeting) => keep.push(greeting),
-                    Step::Authenticated(stream) => self.admit(stream),
-                    Step::Refused => {}
+            // Answers first, then new connections.
+            for arrival in ready {
+                if let Some(stream) = pending.advance(arrival, &self.key) {
+                    self.admit(stream);
                 }
             }
-            pending = keep;
             if accept {
-                Self::accept_all(listener, &mut pending)?;
+                self.accept_some(listener, &mut pending)?;
             }
         }
     }
 
-    /// Accepts every waiting connection and greets it.
-    fn accept_all(listener: &Listener, pending: &mut Vec<Greeting>) -> io::Result<()> {
-        loop {
+    /// Accepts up to [`ACCEPT_BATCH`] waiting connections and greets them.
+    fn accept_some(self: &Arc<Self>, listener: &Listener, pending: &mut Pending) -> io::Result<()> {
+        for _ in 0..ACCEPT_BATCH {
             let stream = match listener.accept() {
                 Ok(stream) => stream,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(err) if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    // Out of descriptors: the oldest handshake gives up
+                    // its own; with none, let clients finish first.
+                    if let Some(oldest) = pending.oldest() {
+                        self.evict(pending, oldest);
+                        continue;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                    return Ok(());
+                }
                 Err(err) if is_transient(&err) => {
-                    // Out of descriptors or memory for a moment: let
-                    // clients finish before accepting more.
+                    // Out of memory for a moment: let clients finish
+                    // before accepting more.
                     std::thread::sleep(Duration::from_millis(10));
                     return Ok(());
                 }
                 Err(err) => return Err(err),
             };
-            if pending.len() >= MAX_PENDING {
-                continue; // dropped: closed at once
-            }
-            if let Some(greeting) = Greeting::start(stream) {
-                pending.push(greeting);
-            }
+            self.greet(stream, pending);
+        }
+        Ok(())
+    }
+
+    /// Greets a new connection, making room for it first: its peer's
+    /// oldest handshake goes if the peer has its share, the oldest of all
+    /// if the table is full. Never the newcomer: it is the one most likely
+    /// to be an honest client still on its way.
+    fn greet(self: &Arc<Self>, stream: Stream, pending: &mut Pending) {
+        let peer = Peer::of(&stream, pending.owner);
+        if let Some(oldest) = peer.and_then(|peer| pending.crowded(peer)) {
+            self.evict(pending, oldest);
+        }
+        if pending.len() >= MAX_PENDING
+            && let Some(oldest) = pending.oldest()
+        {
+            self.evict(pending, oldest);
+        }
+        if let Some(greeting) = Greeting::start(stream, peer) {
+            pending.push(greeting);
+        }
+    }
+
+    /// Ends a handshake to make room (see [`Pending::evict`]).
+    fn evict(self: &Arc<Self>, pending: &mut Pending, arrival: u64) {
+        if let Some(stream) = pending.evict(arrival, &self.key) {
+            self.admit(stream);
         }
     }
 
@@ -483,17 +693,12 @@ impl Server {
     }
 }
 
+/// An error of `accept` that passes (running out of descriptors is
+/// handled apart: see [`Server::accept_some`]).
 fn is_transient(err: &io::Error) -> bool {
     matches!(
         err.raw_os_error(),
-        Some(
-            libc::EMFILE
-                | libc::ENFILE
-                | libc::ENOBUFS
-                | libc::ENOMEM
-                | libc::ECONNABORTED
-                | libc::EINTR
-        )
+        Some(libc::ENOBUFS | libc::ENOMEM | libc::ECONNABORTED | libc::EINTR)
     )
 }
 
