@@ -29,6 +29,11 @@ mod watchdog;
 #[doc(hidden)]
 pub mod private;
 
+// Not public API: for the fuzz targets and the property tests.
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use background::{Background, Gathered, start_background};
 pub use call::{Builder, Call, Delivery, Returns, Streams};
 pub use channel::{Channel, Iter};

@@ -76,6 +76,9 @@ pub use custom::{Entry as SharedEntry, create as shared_create, invoke as shared
 pub use protocol::NumKind;
 pub use wire::Address;
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use server::{fuzz_handshake, fuzz_requests};
+
 use crate::call::Builder;
 use crate::child::{EXIT_PROTOCOL, first_frame};
 use crate::codec;

@@ -367,13 +367,13 @@ impl Caller<'_> {
                 },
                 None => PATIENCE,
             };
+            if self.gone() {
+                return Err(Fault::Gone);
+            }
             guard = cond
                 .wait_timeout(guard, slice)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
-            if self.gone() {
-                return Err(Fault::Gone);
-            }
         }
     }
 }
@@ -534,20 +534,8 @@ impl Server {
         let id = self.next_client.fetch_add(1, Ordering::Relaxed);
         // Requests until the client goes away or sends garbage.
         while let Ok(request) = codec::read_frame(&mut stream, MAX_REQUEST) {
-            let answer = match decode::<Op>(&request) {
-                Ok(op) => {
-                    let caller = Caller {
-                        id,
-                        stream: &stream,
-                    };
-                    match self.handle(op, &caller) {
-                        Ok(bytes) => Answer::Done(bytes),
-                        Err(Fault::Timeout) => Answer::Timeout,
-                        Err(Fault::Gone) => break,
-                        Err(Fault::Message(message)) => Answer::Fault(message),
-                    }
-                }
-                Err(err) => Answer::Fault(format!("a request that does not decode: {err}")),
+            let Some(answer) = self.answer(&request, id, &stream) else {
+                break;
             };
             let sent = encode(&answer).and_then(|bytes| codec::write_frame(&mut stream, &bytes));
             if sent.is_err() {
@@ -555,6 +543,25 @@ impl Server {
             }
         }
         self.release_all(id);
+    }
+
+    /// The answer to one request of client `id`, whatever its bytes;
+    /// `None` once the client has gone away.
+    fn answer(&self, request: &[u8], id: ClientId, stream: &Stream) -> Option<Answer> {
+        let op = match decode::<Op>(request) {
+            Ok(op) => op,
+            Err(err) => {
+                return Some(Answer::Fault(format!(
+                    "a request that does not decode: {err}"
+                )));
+            }
+        };
+        match self.handle(op, &Caller { id, stream }) {
+            Ok(bytes) => Some(Answer::Done(bytes)),
+            Err(Fault::Timeout) => Some(Answer::Timeout),
+            Err(Fault::Gone) => None,
+            Err(Fault::Message(message)) => Some(Answer::Fault(message)),
+        }
     }
 
     /// Gives back every lock and semaphore the client held, waking waiters.
@@ -1137,5 +1144,60 @@ fn add(kind: NumKind, stored: Option<&[u8]>, delta: &[u8]) -> Outcome {
         NumKind::U64 => sum::<u64>(stored, delta, u64::checked_add),
         NumKind::F32 => sum::<f32>(stored, delta, |a, b| Some(a + b)),
         NumKind::F64 => sum::<f64>(stored, delta, |a, b| Some(a + b)),
+    }
+}
+
+/// Not public API: a server's answers to the requests in `data` (frames
+/// of the codec), as one authenticated client that has closed its end:
+/// every decode and every operation on the objects the requests create,
+/// and a blocking call ends at once, as the client is gone.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn fuzz_requests(data: &[u8]) {
+    let Ok((ours, theirs)) = std::os::unix::net::UnixStream::pair() else {
+        return;
+    };
+    drop(theirs);
+    let stream = Stream::Unix(ours);
+    let server = Server::new(b"fuzz".to_vec());
+    let mut rest = data;
+    while let Ok(Some(request)) = codec::split_frame(rest, 0, 1 << 16) {
+        rest = &rest[codec::HEADER + request.len()..];
+        match server.answer(request, 1, &stream) {
+            Some(answer) => drop(encode(&answer)),
+            None => break,
+        }
+    }
+    server.release_all(1);
+}
+
+/// Not public API: both halves of the handshake, fed `data` as what the
+/// other side says: the server reads it as a client's answer, the client
+/// as a server's greeting and reply.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn fuzz_handshake(data: &[u8]) {
+    use std::os::unix::net::UnixStream;
+    // Our end, and theirs, which stays open for reading so that writes
+    // to it succeed.
+    let fed = |data: &[u8]| -> Option<(Stream, UnixStream)> {
+        let (ours, mut theirs) = UnixStream::pair().ok()?;
+        theirs.write_all(data).ok()?;
+        // What it says, then the end: a read never waits.
+        theirs.shutdown(std::net::Shutdown::Write).ok()?;
+        Some((Stream::Unix(ours), theirs))
+    };
+    if let Some((stream, _theirs)) = fed(data)
+        && let Some(mut greeting) = Greeting::start(stream, None)
+    {
+        // Each turn reads a byte or more, or ends the handshake.
+        for _ in 0..=data.len() {
+            match greeting.advance(b"fuzz") {
+                Step::Waiting(next) => greeting = next,
+                Step::Authenticated(_) | Step::Refused => break,
+            }
+        }
+    }
+    if let Some((mut stream, _theirs)) = fed(data) {
+        let address = super::Address::Local("fuzz".into());
+        let _ = wire::connect_handshake(&mut stream, b"fuzz", &address);
     }
 }

@@ -1,0 +1,247 @@
+//! Not public API: entry points over every decoder that a peer's bytes
+//! reach, for the fuzz targets in `fuzz/` and the property tests. Each
+//! takes arbitrary bytes and must return, whatever they are: no panic, no
+//! abort, no hang, and memory in proportion to the bytes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::net::UnixStream;
+
+use serde::{Deserialize, Serialize};
+
+use crate::child::{self, Failure, PanicReport};
+use crate::codec::decode;
+use crate::conn::{self, Conn, tag};
+
+/// A user type with every shape serde gives values: what results,
+/// arguments and messages decode as.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub enum Sample {
+    /// A unit variant.
+    Unit,
+    /// Numbers of every width.
+    Numbers(i8, u16, i32, u64, i128, f32, f64),
+    /// A character and a flag.
+    Letter(char, bool),
+    /// A string.
+    Text(String),
+    /// A byte vector.
+    Bytes(Vec<u8>),
+    /// Recursion through a sequence.
+    Many(Vec<Sample>),
+    /// Recursion through a map.
+    Table(BTreeMap<String, Sample>),
+    /// Recursion through boxes and options.
+    Pair(Box<Sample>, Option<Box<Sample>>),
+    /// A struct variant.
+    Named {
+        /// A path.
+        path: std::path::PathBuf,
+        /// A hash map.
+        counts: HashMap<u32, Vec<String>>,
+    },
+}
+
+/// Decodes `body` as each kind of value a user might give pproc.
+fn user_values(body: &[u8]) {
+    let _ = decode::<()>(body);
+    let _ = decode::<u64>(body);
+    let _ = decode::<String>(body);
+    let _ = decode::<Vec<u8>>(body);
+    let _ = decode::<Vec<String>>(body);
+    let _ = decode::<(u64, String, Option<Vec<u64>>)>(body);
+    let _ = decode::<HashMap<String, Vec<u64>>>(body);
+    let _ = decode::<Sample>(body);
+}
+
+/// Decodes one frame's body as its reader would, by its tag.
+pub fn body(frame_tag: u8, body: &[u8]) {
+    match frame_tag {
+        tag::ARGS | tag::DATA | tag::RESULT => user_values(body),
+        tag::PANIC => drop(decode::<PanicReport>(body)),
+        tag::FAIL => drop(decode::<Failure>(body)),
+        tag::ERROR => drop(conn::remote(body)),
+        tag::CALL => call_body(body),
+        _ => {
+            user_values(body);
+            drop(decode::<PanicReport>(body));
+            drop(decode::<Failure>(body));
+            drop(conn::remote(body));
+            call_body(body);
+        }
+    }
+}
+
+/// Reads `data` as a stream of frames through a real connection, with a
+/// small frame limit so that the limit is met too, and decodes each body
+/// by its tag.
+pub fn frames(data: &[u8]) {
+    let Ok((ours, theirs)) = UnixStream::pair() else {
+        return;
+    };
+    let Ok(mut conn) = Conn::new(ours.into()) else {
+        return;
+    };
+    conn.set_max_frame(4096);
+    let mut theirs = theirs;
+    // The socket holds far more than a fuzz input: the write completes,
+    // and closing the end marks the stream's end.
+    if std::io::Write::write_all(&mut theirs, data).is_err() {
+        return;
+    }
+    drop(theirs);
+    // Everything that was written, then the end.
+    while matches!(conn.fill(), Ok(n) if n > 0) {}
+    while let Ok(Some(())) = conn.with_frame(body) {}
+}
+
+/// A worker's reading of a `CALL` frame: the name, then the arguments.
+pub fn call_body(data: &[u8]) {
+    if let Some((name, args)) = child::split_call(data) {
+        let _ = crate::registry::lookup(&name);
+        user_values(&args);
+    }
+}
+
+/// The child's reading of its environment variable.
+pub fn child_env(data: &[u8]) {
+    if let Ok(spec) = std::str::from_utf8(data) {
+        let _ = child::parse(spec);
+    }
+}
+
+/// An authenticated client's request, answered by a manager's server: its
+/// decoding and what the operation does with the values in it.
+pub fn manager_request(data: &[u8]) {
+    crate::manager::fuzz_requests(data);
+}
+
+/// Both halves of the manager's handshake, fed `data` as what the other
+/// side says.
+pub fn handshake(data: &[u8]) {
+    crate::manager::fuzz_handshake(data);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::codec::encode;
+
+    /// Counts the bytes this thread has allocated at once, at most.
+    struct Counting;
+
+    thread_local! {
+        static NOW: Cell<usize> = const { Cell::new(0) };
+        static PEAK: Cell<usize> = const { Cell::new(0) };
+    }
+
+    // SAFETY: forwards to the system allocator; the counters are
+    // const-initialized thread locals, which neither allocate nor register
+    // destructors.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let now = NOW.get() + layout.size();
+            NOW.set(now);
+            PEAK.set(PEAK.get().max(now));
+            // SAFETY: the caller's layout, as it gave it.
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            NOW.set(NOW.get().saturating_sub(layout.size()));
+            // SAFETY: `ptr` came from `alloc` with this layout.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: Counting = Counting;
+
+    /// The most `f` had allocated at once, beyond what was allocated before.
+    fn peak(f: impl FnOnce()) -> usize {
+        let before = NOW.get();
+        PEAK.set(before);
+        f();
+        PEAK.get() - before
+    }
+
+    /// What reading `len` hostile bytes may cost: a socket's read buffer,
+    /// and a fixed multiple of the bytes.
+    fn bound(len: usize) -> usize {
+        256 * 1024 + 256 * len
+    }
+
+    /// Frames of every tag around real and mutated bodies.
+    fn frame_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let body = prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..256),
+            any::<String>().prop_map(|s| encode(&s).unwrap()),
+            (any::<u64>(), any::<String>()).prop_map(|v| encode(&v).unwrap()),
+        ];
+        let frame =
+            (0u8..9, body, any::<Option<(usize, u8)>>()).prop_map(|(tag, mut body, flip)| {
+                // A length byte, or any byte, changed.
+                if let Some((at, byte)) = flip
+                    && !body.is_empty()
+                {
+                    let at = at % body.len();
+                    body[at] = byte;
+                }
+                let mut frame = u32::try_from(body.len() + 1)
+                    .unwrap()
+                    .to_le_bytes()
+                    .to_vec();
+                frame.push(tag);
+                frame.extend(body);
+                frame
+            });
+        proptest::collection::vec(frame, 0..6).prop_map(|frames| frames.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_are_refused_within_bounds(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            for f in [frames, call_body, child_env] {
+                prop_assert!(peak(|| f(&data)) <= bound(data.len()));
+            }
+            for frame_tag in 0..9 {
+                prop_assert!(peak(|| body(frame_tag, &data)) <= bound(data.len()));
+            }
+        }
+
+        #[test]
+        fn mutated_frames_are_refused_within_bounds(data in frame_bytes()) {
+            prop_assert!(peak(|| frames(&data)) <= bound(data.len()));
+        }
+
+        #[test]
+        fn lying_lengths_cost_nothing(claim in any::<u64>(), tail in proptest::collection::vec(any::<u8>(), 0..64)) {
+            // A varint that claims `claim` bytes or elements, then `tail`.
+            let mut data = vec![253];
+            data.extend_from_slice(&claim.to_le_bytes());
+            data.extend_from_slice(&tail);
+            for frame_tag in 0..9 {
+                prop_assert!(peak(|| body(frame_tag, &data)) <= bound(data.len()));
+            }
+        }
+
+        #[test]
+        fn manager_requests_are_answered_within_bounds(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            prop_assert!(peak(|| manager_request(&data)) <= bound(data.len()) + (4 << 20));
+            prop_assert!(peak(|| handshake(&data)) <= bound(data.len()));
+        }
+    }
+
+    #[test]
+    fn real_values_still_decode() {
+        let value = Sample::Pair(
+            Box::new(Sample::Many(vec![Sample::Text("x".into()), Sample::Unit])),
+            Some(Box::new(Sample::Letter('q', true))),
+        );
+        assert_eq!(decode::<Sample>(&encode(&value).unwrap()).unwrap(), value);
+    }
+}
