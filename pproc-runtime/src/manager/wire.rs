@@ -292,8 +292,19 @@ pub(crate) fn connect_handshake(stream: &mut Stream, key: &[u8], address: &Addre
     answer.extend_from_slice(&ours);
     stream.write_all(&answer).map_err(Error::Io)?;
     let mut status = [0; 1];
-    if !matches!(stream.read_exact(&mut status), Ok(()) if status[0] == 1) {
-        return Err(auth(format!("the manager at {address} refused the key")));
+    match stream.read_exact(&mut status) {
+        Ok(()) if status[0] == 1 => {}
+        Ok(()) => return Err(auth(format!("the manager at {address} refused the key"))),
+        // Closed without a verdict: a manager whose handshake table is
+        // full of others' connections lets the oldest go.
+        Err(err) => {
+            return Err(Error::Io(io::Error::new(
+                err.kind(),
+                format!(
+                    "the manager at {address} closed the connection during the handshake (busy, or the answer came too late): {err}"
+                ),
+            )));
+        }
     }
     let mut proof = [0; TAG];
     stream.read_exact(&mut proof).map_err(Error::Io)?;
