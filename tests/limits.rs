@@ -145,8 +145,8 @@ fn memory_past_the_limit_is_a_clear_error() {
 /// Asks for 64 TiB at once, which no allocator gives.
 #[parallel]
 fn allocate_huge() -> usize {
-    let v: Vec<u8> = Vec::with_capacity(1 << 46);
-    v.capacity()
+    let v: Vec<u8> = Vec::with_capacity(std::hint::black_box(1 << 46));
+    std::hint::black_box(&v).capacity()
 }
 
 /// Aborts on purpose.
@@ -159,8 +159,10 @@ fn abort_now() -> u8 {
 /// at `ENOMEM`, as an allocation failure leaves it.
 #[parallel]
 fn abort_after_a_handled_failure() -> u8 {
-    let mut v: Vec<u8> = Vec::new();
-    assert!(v.try_reserve(1 << 46).is_err());
+    // `black_box`: in release, an allocation nothing reads may be left out.
+    let mut v: Vec<u8> = std::hint::black_box(Vec::new());
+    assert!(v.try_reserve(std::hint::black_box(1 << 46)).is_err());
+    std::hint::black_box(&v);
     std::process::abort()
 }
 
