@@ -8,9 +8,10 @@ use std::os::unix::net::UnixStream;
 
 use serde::{Deserialize, Serialize};
 
-use crate::child::{self, Failure, PanicReport};
-use crate::codec::decode;
-use crate::conn::{self, Conn, tag};
+use crate::wire::codec::decode;
+use crate::wire::conn::Conn;
+use crate::wire::frame::{PanicReport, Refusal, remote, split_call, tag};
+use crate::wire::spec::Spec;
 
 /// A user type with every shape serde gives values: what results,
 /// arguments and messages decode as.
@@ -58,14 +59,14 @@ pub fn body(frame_tag: u8, body: &[u8]) {
     match frame_tag {
         tag::ARGS | tag::DATA | tag::RESULT => user_values(body),
         tag::PANIC => drop(decode::<PanicReport>(body)),
-        tag::FAIL => drop(decode::<Failure>(body)),
-        tag::ERROR => drop(conn::remote(body)),
+        tag::FAIL => drop(decode::<Refusal>(body)),
+        tag::ERROR => drop(remote(body)),
         tag::CALL => call_body(body),
         _ => {
             user_values(body);
             drop(decode::<PanicReport>(body));
-            drop(decode::<Failure>(body));
-            drop(conn::remote(body));
+            drop(decode::<Refusal>(body));
+            drop(remote(body));
             call_body(body);
         }
     }
@@ -96,7 +97,7 @@ pub fn frames(data: &[u8]) {
 
 /// A worker's reading of a `CALL` frame: the name, then the arguments.
 pub fn call_body(data: &[u8]) {
-    if let Some((name, args)) = child::split_call(data) {
+    if let Some((name, args)) = split_call(data) {
         let _ = crate::registry::lookup(&name);
         user_values(&args);
     }
@@ -105,7 +106,7 @@ pub fn call_body(data: &[u8]) {
 /// The child's reading of its environment variable.
 pub fn child_env(data: &[u8]) {
     if let Ok(spec) = std::str::from_utf8(data) {
-        let _ = child::parse(spec);
+        let _ = Spec::parse(spec);
     }
 }
 
@@ -129,7 +130,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::codec::encode;
+    use crate::wire::codec::encode;
 
     /// Counts the bytes this thread has allocated at once, at most.
     struct Counting;

@@ -4,27 +4,21 @@
 //! Depend on `pproc`, which re-exports everything here with its macros; this
 //! crate's items are documented there.
 
-mod background;
-mod call;
-mod capture;
-mod channel;
+// The layers, from the bottom: error and lock; wire (what both ends
+// speak); process (the OS); registry; child (inside a child) and parent
+// (the handle); collect (many children); manager; boot (the constructor
+// that routes a child). Each imports only from the layers below it; see
+// ARCHITECTURE.md.
+mod boot;
 mod child;
-mod codec;
-mod conn;
+mod collect;
 mod error;
-mod exchange;
-mod handle;
+mod lock;
 pub mod manager;
-mod map;
-mod pool;
-mod progress;
+mod parent;
+mod process;
 mod registry;
-mod rpc;
-mod spawn;
-mod supervise;
-mod timer;
-mod tree;
-mod watchdog;
+mod wire;
 
 #[doc(hidden)]
 pub mod private;
@@ -34,18 +28,21 @@ pub mod private;
 #[doc(hidden)]
 pub mod fuzzing;
 
-pub use background::{Background, Gathered, start_background};
-pub use call::{Builder, Call, Delivery, Returns, Streams};
-pub use channel::{Channel, Iter};
-pub use child::{EXIT_OUT_OF_MEMORY, EXIT_PROTOCOL, EXIT_UNREGISTERED, EXIT_VERSION_SKEW};
-pub use conn::DEFAULT_MAX_FRAME;
+pub use child::channel::Channel;
+pub use collect::background::{Background, Gathered, start_background};
+pub use collect::exchange::{Exchange, Failure, Managed, Origin, Store};
+pub use collect::map::{Fork, Map, Queue, Task, fork, pmap};
+pub use collect::pool::{Arrivals, Pending, Pool};
+pub use collect::timer::{MAX_RATE_OVERLAP, Timer, interval, later, rate};
 pub use error::{Error, Limit, Result};
-pub use exchange::{Exchange, Failure, Managed, Origin, Store};
-pub use handle::{Handle, Output};
-pub use map::{Fork, Map, Queue, Task, fork, pmap};
-pub use pool::{Arrivals, Pending, Pool};
+pub use parent::builder::Builder;
+pub use parent::call::Call;
+pub use parent::delivery::{Delivery, Returns, Streams};
+pub use parent::handle::{Handle, Output};
+pub use parent::supervise::{join_all, join_any, select};
+pub use process::tree::{ChildInfo, Node, children, parent, tree, waitall};
 pub use registry::{is_registered, registered};
-pub use rpc::{Reply, Request, RequestId};
-pub use supervise::{join_all, join_any, select};
-pub use timer::{MAX_RATE_OVERLAP, Timer, interval, later, rate};
-pub use tree::{ChildInfo, Node, children, parent, tree, waitall};
+pub use wire::conn::DEFAULT_MAX_FRAME;
+pub use wire::frame::{EXIT_OUT_OF_MEMORY, EXIT_PROTOCOL, EXIT_UNREGISTERED, EXIT_VERSION_SKEW};
+pub use wire::recv::Iter;
+pub use wire::rpc::{Reply, Request, RequestId};

@@ -1,13 +1,13 @@
 //! Not public API. Used by code that `#[parallel]` generates.
 
-pub use crate::child::{Context, run_channel_entry, run_entry};
+pub use crate::child::entry::{run_channel_entry, run_entry};
 pub use crate::manager::{SharedEntry, shared_create, shared_invoke};
-pub use crate::registry::Entry;
+pub use crate::registry::{Context, Entry};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::call::Call;
+use crate::parent::call::Call;
 
 /// Builds the typed call of a generated `call` function.
 pub fn call<R, S, V, K, A: Serialize>(name: &'static str, args: &A) -> Call<R, S, V, K> {

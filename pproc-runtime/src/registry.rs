@@ -3,7 +3,28 @@
 
 use std::sync::OnceLock;
 
-use crate::child::Context;
+use crate::wire::conn::SharedConn;
+
+/// What a registered function's shim gets: its arguments and the channel.
+///
+/// Not public API.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Context {
+    args: Vec<u8>,
+    conn: SharedConn,
+}
+
+impl Context {
+    pub(crate) fn new(args: Vec<u8>, conn: SharedConn) -> Self {
+        Self { args, conn }
+    }
+
+    /// The serialized arguments and the channel.
+    pub(crate) fn into_parts(self) -> (Vec<u8>, SharedConn) {
+        (self.args, self.conn)
+    }
+}
 
 /// One registered `#[parallel]` function.
 ///

@@ -56,7 +56,7 @@ pub fn create<T>(init: &[u8]) -> Result<Box<dyn Any + Send>, String>
 where
     T: serde::de::DeserializeOwned + Send + 'static,
 {
-    crate::conn::decode::<T>(init)
+    crate::wire::codec::decode::<T>(init)
         .map(|value| Box::new(value) as Box<dyn Any + Send>)
         .map_err(|err| err.to_string())
 }
@@ -79,7 +79,7 @@ where
     let value = value
         .downcast_mut::<T>()
         .ok_or_else(|| format!("the shared value is not a `{}`", std::any::type_name::<T>()))?;
-    let args = crate::conn::decode::<A>(args)
+    let args = crate::wire::codec::decode::<A>(args)
         .map_err(|err| format!("arguments that do not decode: {err}"))?;
-    crate::conn::encode(&f(value, args)).map_err(|err| err.to_string())
+    crate::wire::codec::encode(&f(value, args)).map_err(|err| err.to_string())
 }

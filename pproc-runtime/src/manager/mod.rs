@@ -79,17 +79,16 @@ pub use wire::Address;
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use server::{fuzz_handshake, fuzz_requests};
 
-use crate::call::Builder;
-use crate::child::{EXIT_PROTOCOL, first_frame};
-use crate::codec;
-use crate::conn::{Conn, decode, encode, tag};
+use crate::child::prelude::first_frame;
 use crate::error::{Error, Result};
-use crate::handle::Handle;
+use crate::parent::builder::Builder;
+use crate::parent::handle::Handle;
+use crate::wire::codec::{self, decode, encode};
+use crate::wire::conn::Conn;
+use crate::wire::frame::{EXIT_PROTOCOL, tag};
+use crate::wire::spec::Mode;
 use protocol::{Answer, Kind, Op};
 use wire::{Listener, Stream};
-
-/// The name a manager process is started under.
-pub(crate) const MANAGER: &str = "pproc::__manager";
 
 /// How long a client waits for the manager's half of the handshake.
 const HANDSHAKE: Duration = Duration::from_secs(10);
@@ -1059,7 +1058,7 @@ impl Manager {
 
     fn launch(address: &Address, key: Vec<u8>) -> Result<Self> {
         let args = encode(&(address, &key))?;
-        let handle = Builder::new().start_raw(MANAGER.to_owned(), Ok(args))?;
+        let handle = Builder::new().start_role(Mode::Manager, &args)?;
         let handle: ServerProcess = handle.cast();
         let address = handle.recv()?.map_err(|message| {
             Error::Io(std::io::Error::other(format!(
@@ -1427,7 +1426,7 @@ pub(crate) fn serve_child(conn: &mut Conn) -> i32 {
     // Serve until the starting program closes the channel (it also kills
     // this process when it shuts the manager down, or dies).
     while !conn.is_eof() {
-        if conn.wait(None, crate::conn::Deadline::Never).is_err() || conn.fill().is_err() {
+        if conn.wait(None, crate::wire::wait::Deadline::Never).is_err() || conn.fill().is_err() {
             break;
         }
     }

@@ -27,8 +27,7 @@ use serde::de::DeserializeOwned;
 use super::custom;
 use super::protocol::{Answer, Kind, NumKind, Op};
 use super::wire::{self, Listener, Stream};
-use crate::codec;
-use crate::conn::{decode, encode};
+use crate::wire::codec::{self, decode, encode};
 
 /// How long a client may take over its half of the handshake, from its
 /// greeting: an honest client answers within a round trip.

@@ -1,6 +1,6 @@
 //! The manager's transport: addresses, blocking streams (TCP or Unix),
 //! and the challenge-response handshake. Frames are the one codec's
-//! ([`crate::codec`]).
+//! ([`crate::wire::codec`]).
 //!
 //! The handshake reads and writes fixed-size messages only, so nothing
 //! larger than a challenge is allocated before a peer has proved it knows

@@ -1,125 +1,20 @@
-//! Deferred invocations and the options for starting them.
+//! Options for starting children, and the one place where a child is
+//! started and its handle born.
 
-use std::fmt;
-use std::marker::PhantomData;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-use crate::child::WORKER;
-use crate::conn::{self, Conn, DEFAULT_MAX_FRAME};
+use super::call::Call;
+use super::handle::Handle;
 use crate::error::{Error, Result};
-use crate::handle::Handle;
-use crate::{capture, registry, spawn};
-
-/// A deferred, serializable invocation of a `#[parallel]` function: its
-/// registered name and its serialized arguments.
-///
-/// `#[parallel] fn f(..) -> R` generates `f::call(args…) -> Call<R>`; a
-/// channel-style function's call also carries the parent's send and receive
-/// types, as its [`Handle`] does. A `Call` can be stored, sent to another
-/// process, and started later with [`start`](Self::start) or a [`Builder`].
-///
-/// # Examples
-///
-/// ```
-/// use pproc::parallel;
-///
-/// #[parallel]
-/// fn add(a: i64, b: i64) -> i64 {
-///     a + b
-/// }
-///
-/// # fn main() -> pproc::Result<()> {
-/// let c: pproc::Call<i64> = add::call(2, 3);
-/// assert_eq!(c.name(), add::NAME);
-/// assert_eq!(c.start()?.join()?, 5);
-/// # Ok(())
-/// # }
-/// ```
-#[derive(Serialize, Deserialize)]
-#[serde(bound = "")]
-pub struct Call<R, S = (), V = (), K = Returns> {
-    name: String,
-    /// The serialized arguments, or why they did not serialize.
-    args: Result<Vec<u8>, String>,
-    #[serde(skip)]
-    _types: Types<R, S, V, K>,
-}
-
-/// The type parameters of a call or handle: sends `S`, yields `R` and `V`.
-pub(crate) type Types<R, S, V, K> = PhantomData<fn(S) -> (R, V, K)>;
-
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for super::Returns {}
-    impl Sealed for super::Streams {}
-}
-
-/// How a call delivers its values to an [`Exchange`](crate::Exchange): the
-/// last type parameter of [`Call`] and [`Handle`].
-///
-/// `#[parallel]` picks it: [`Returns`] for a function that returns its
-/// value, [`Streams`] for a channel-style function, whose values are the
-/// ones it sends on its channel.
-pub trait Delivery: sealed::Sealed + 'static {
-    /// Whether the values arrive on the channel.
-    const STREAMS: bool;
-    /// The type of the values an exchange stores, for a function that
-    /// returns `R` and sends `V` to the parent.
-    type Item<R, V>;
-}
-
-/// The [`Delivery`] of a function that returns its value: an exchange
-/// stores the returned `R`.
-#[derive(Clone, Copy, Debug)]
-pub enum Returns {}
-
-/// The [`Delivery`] of a channel-style function: an exchange stores the
-/// values it sends, and ignores its return value (pprocess's "return value
-/// is ignored"). A panic or a kill is still a failure of the call.
-#[derive(Clone, Copy, Debug)]
-pub enum Streams {}
-
-impl Delivery for Returns {
-    const STREAMS: bool = false;
-    type Item<R, V> = R;
-}
-
-impl Delivery for Streams {
-    const STREAMS: bool = true;
-    type Item<R, V> = V;
-}
+use crate::process::limits::Limits;
+use crate::process::{capture, spawn};
+use crate::registry;
+use crate::wire::conn::{self, Conn, DEFAULT_MAX_FRAME};
+use crate::wire::spec::Mode;
 
 impl<R, S, V, K> Call<R, S, V, K> {
-    /// A call of the function registered as `name` with `args` (a tuple of
-    /// the function's arguments, without its channel).
-    ///
-    /// `#[parallel]` generates typed `call` functions; this is for callers
-    /// that pick a function by name at run time. The types are not checked
-    /// until the child decodes the arguments.
-    pub fn new<A: Serialize>(name: impl Into<String>, args: &A) -> Self {
-        Self {
-            name: name.into(),
-            args: conn::encode(args).map_err(|err| err.to_string()),
-            _types: PhantomData,
-        }
-    }
-
-    /// The name and the serialized arguments (or why they did not
-    /// serialize).
-    pub(crate) fn into_parts(self) -> (String, Result<Vec<u8>, String>) {
-        (self.name, self.args)
-    }
-
-    /// The registered name of the function to call.
-    #[must_use]
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Runs the call in a new child process, with the default options.
     ///
     /// # Errors
@@ -127,25 +22,6 @@ impl<R, S, V, K> Call<R, S, V, K> {
     /// As [`Builder::start`].
     pub fn start(self) -> Result<Handle<R, S, V, K>> {
         Builder::new().start(self)
-    }
-}
-
-impl<R, S, V, K> Clone for Call<R, S, V, K> {
-    fn clone(&self) -> Self {
-        Self {
-            name: self.name.clone(),
-            args: self.args.clone(),
-            _types: PhantomData,
-        }
-    }
-}
-
-impl<R, S, V, K> fmt::Debug for Call<R, S, V, K> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Call")
-            .field("name", &self.name)
-            .field("args", &self.args.as_ref().map(Vec::len))
-            .finish_non_exhaustive()
     }
 }
 
@@ -201,16 +77,6 @@ pub struct Builder {
     pub(crate) limits: Limits,
     capture: bool,
     backtrace: bool,
-}
-
-/// The resource limits and deadline a child is started with.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Limits {
-    pub(crate) deadline: Option<Duration>,
-    /// Address space, in bytes.
-    pub(crate) memory: Option<u64>,
-    /// CPU time, in whole seconds.
-    pub(crate) cpu: Option<u64>,
 }
 
 impl Default for Builder {
@@ -345,7 +211,8 @@ impl Builder {
     /// [`Error::Spawn`] if the process could not be started (or a limit
     /// could not be set on it).
     pub fn start<R, S, V, K>(&self, call: Call<R, S, V, K>) -> Result<Handle<R, S, V, K>> {
-        self.start_raw(call.name, call.args).map(Handle::cast)
+        let (name, args) = call.into_parts();
+        self.start_raw(name, args).map(Handle::cast)
     }
 
     /// Starts the function registered as `name` with serialized `args`.
@@ -355,10 +222,20 @@ impl Builder {
         args: Result<Vec<u8>, String>,
     ) -> Result<Handle<(), (), ()>> {
         let args = args.map_err(|message| Error::Codec { message })?;
-        let builtin = name == WORKER || name == crate::manager::MANAGER;
-        if self.program.is_none() && !builtin && !registry::is_registered(&name) {
+        if self.program.is_none() && !registry::is_registered(&name) {
             return Err(Error::Unregistered { name });
         }
+        self.spawn(Mode::Call, name, &args)
+    }
+
+    /// Starts a built-in role ([`Mode::Worker`], [`Mode::Manager`]) with
+    /// serialized `args`.
+    pub(crate) fn start_role(&self, mode: Mode, args: &[u8]) -> Result<Handle<(), (), ()>> {
+        let name = mode.role_name().unwrap_or("pproc::__role").to_owned();
+        self.spawn(mode, name, args)
+    }
+
+    fn spawn(&self, mode: Mode, name: String, args: &[u8]) -> Result<Handle<(), (), ()>> {
         let (ours, theirs) = conn::socketpair()?;
         let pipes = if self.capture {
             Some((capture::pipe()?, capture::pipe()?))
@@ -376,7 +253,7 @@ impl Builder {
         if self.limits.memory.is_some() {
             // Where `RUST_BACKTRACE` asks, std prints a backtrace after a
             // failed allocation, and that print loses the evidence by which
-            // the child reports the failure (see `child::watch_aborts`).
+            // the child reports the failure (see `process::setup::watch_aborts`).
             // Panics still capture theirs, through `RUST_LIB_BACKTRACE`.
             let asked = std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0");
             setup.env.push(("RUST_BACKTRACE", "0"));
@@ -391,7 +268,7 @@ impl Builder {
             self.program.as_deref(),
             &theirs,
             registry::fingerprint(),
-            spawn::Mode::Child,
+            mode,
             &setup,
         )?;
         drop(setup);
@@ -406,7 +283,7 @@ impl Builder {
         }
         // Before the arguments: no user code runs before they arrive.
         handle.limit(self.limits)?;
-        handle.send_args(&args)?;
+        handle.send_args(args)?;
         Ok(handle)
     }
 }

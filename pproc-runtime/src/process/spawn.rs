@@ -19,45 +19,8 @@ use nix::sys::signal::SigSet;
 use nix::unistd::Pid;
 
 use crate::error::{Error, Result};
-
-/// The environment variable that tells a re-executed program to act as a
-/// child: `"<fd> <parent pid> <fingerprint> <mode> <name>"`. The child removes it
-/// before running user code, so processes it starts do not inherit it.
-pub(crate) const ENV: &str = "PPROC_CHILD";
-
-/// The descriptor at which a child finds its channel.
-pub(crate) const CHILD_FD: RawFd = 3;
-
-/// How a child runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Mode {
-    /// Tied to its parent: its descriptor is its channel.
-    Child,
-    /// In the background, detached from its parent: its descriptor is a
-    /// listening socket, and it keeps its results for whoever connects.
-    /// `streams` tells whether they are the values it sends or the one it
-    /// returns.
-    Background { streams: bool },
-}
-
-impl Mode {
-    fn letter(self) -> char {
-        match self {
-            Self::Child => 'c',
-            Self::Background { streams: false } => 'r',
-            Self::Background { streams: true } => 's',
-        }
-    }
-
-    pub(crate) fn from_letter(letter: &str) -> Option<Self> {
-        match letter {
-            "c" => Some(Self::Child),
-            "r" => Some(Self::Background { streams: false }),
-            "s" => Some(Self::Background { streams: true }),
-            _ => None,
-        }
-    }
-}
+use crate::lock::lock;
+use crate::wire::spec::{CHILD_FD, ENV, Mode, Spec};
 
 /// A started child, before it is wrapped in a handle.
 pub(crate) struct Spawned {
@@ -89,7 +52,7 @@ pub(crate) struct Setup<'a> {
 }
 
 /// What the spawner thread needs for one child.
-struct Request {
+struct Order {
     program: CString,
     argv: Vec<CString>,
     envp: Vec<CString>,
@@ -131,11 +94,14 @@ pub(crate) fn spawn(
             }
         }
     }
-    let spec = format!(
-        "{ENV}={CHILD_FD} {} {fingerprint:016x} {} {name}",
-        std::process::id(),
-        mode.letter()
-    );
+    let spec = Spec {
+        fd: CHILD_FD,
+        parent: std::process::id().cast_signed(),
+        fingerprint,
+        mode,
+        name,
+    }
+    .render();
     envp.push(CString::new(spec).map_err(|err| spawn_err(io::Error::other(err)))?);
     for (key, value) in &setup.env {
         envp.push(
@@ -145,7 +111,7 @@ pub(crate) fn spawn(
     }
 
     let (reply, answer) = mpsc::sync_channel(1);
-    let request = Request {
+    let request = Order {
         program,
         argv,
         envp,
@@ -180,18 +146,16 @@ fn cstring(s: &OsStr) -> io::Result<CString> {
 /// with it. A dedicated thread that lives as long as the process avoids that.
 /// A forked child (`Exchange::create`) has no such thread, though it has a
 /// copy of the parent's sender: the process id tells them apart.
-fn spawner() -> io::Result<mpsc::Sender<Request>> {
-    static SPAWNER: Mutex<Option<(u32, mpsc::Sender<Request>)>> = Mutex::new(None);
-    let mut spawner = SPAWNER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+fn spawner() -> io::Result<mpsc::Sender<Order>> {
+    static SPAWNER: Mutex<Option<(u32, mpsc::Sender<Order>)>> = Mutex::new(None);
+    let mut spawner = lock(&SPAWNER);
     let pid = std::process::id();
     if let Some((owner, tx)) = spawner.as_ref()
         && *owner == pid
     {
         return Ok(tx.clone());
     }
-    let (tx, rx) = mpsc::channel::<Request>();
+    let (tx, rx) = mpsc::channel::<Order>();
     // A failure to start the thread is returned and not kept: the next
     // spawn tries again.
     std::thread::Builder::new()
@@ -211,7 +175,7 @@ fn spawner() -> io::Result<mpsc::Sender<Request>> {
     Ok(tx)
 }
 
-fn spawn_now(request: &Request) -> nix::Result<Pid> {
+fn spawn_now(request: &Order) -> nix::Result<Pid> {
     let mut actions = PosixSpawnFileActions::init()?;
     let mut child_fd = request.child_fd;
     let mut moved = None;

@@ -1,283 +1,43 @@
 //! pprocess's `Exchange`: many children at once, their results stored as
 //! they arrive, with a limit on how many run at a time.
 
+mod member;
+mod poller;
+mod store;
+
 use std::collections::VecDeque;
 use std::fmt;
-use std::os::fd::{BorrowedFd, RawFd};
 use std::time::Duration;
 
-use nix::errno::Errno;
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::call::{Builder, Call, Delivery, Streams};
-use crate::channel::Channel;
-use crate::child::FORKED;
-use crate::conn::{Deadline, decode};
+use self::member::{Member, State};
+use self::poller::Poller;
+use self::store::Job;
+pub use self::store::{Failure, Origin, Store};
+use super::progress::Bar;
+use crate::child::channel::Channel;
+use crate::child::entry::run_forked;
 use crate::error::{Error, Result};
-use crate::handle::{Flow, Handle, Turn};
-use crate::progress::Bar;
+use crate::parent::builder::Builder;
+use crate::parent::call::Call;
+use crate::parent::delivery::{Delivery, Streams};
+use crate::parent::handle::Handle;
+use crate::process::fork::fork;
+use crate::wire::conn::Conn;
+use crate::wire::spec::Mode;
+use crate::wire::wait::Deadline;
 
-/// Where a stored value came from.
-#[derive(Clone, Copy, Debug)]
-pub struct Origin<'a> {
-    name: &'a str,
-    index: usize,
-    pid: Option<u32>,
-}
-
-impl Origin<'_> {
-    /// The registered name of the function that produced the value.
-    #[must_use]
-    pub fn name(&self) -> &str {
-        self.name
-    }
-
-    /// The position of the call among those given to the exchange (by
-    /// [`Exchange::start`] or [`Exchange::add`]), from 0.
-    #[must_use]
-    pub fn index(&self) -> usize {
-        self.index
-    }
-
-    /// The child's process id, or `None` if the call never started.
-    #[must_use]
-    pub fn pid(&self) -> Option<u32> {
-        self.pid
-    }
-}
-
-/// A call of an exchange that failed, as a `#[store(errors)]` field
-/// collects it.
-#[derive(Debug)]
-#[non_exhaustive]
-pub struct Failure {
-    /// The registered name of the function.
-    pub name: String,
-    /// The call's index (see [`Origin::index`]).
-    pub index: usize,
-    /// The child's process id, or `None` if the call never started.
-    pub pid: Option<u32>,
-    /// What went wrong.
-    pub error: Error,
-}
-
-impl Failure {
-    /// The failure of the call at `origin`.
-    #[must_use]
-    pub fn new(error: Error, origin: &Origin<'_>) -> Self {
-        Self {
-            name: origin.name.to_owned(),
-            index: origin.index,
-            pid: origin.pid,
-            error,
-        }
-    }
-}
-
-/// What an [`Exchange`] does with each result: pprocess's `store_data`.
-///
-/// `#[derive(Exchange)]` implements it for a struct of collections; it is
-/// implemented for `Vec<T>`, which keeps results in the order they arrive.
-///
-/// # Examples
-///
-/// ```
-/// use pproc::{parallel, Error, Exchange, Origin, Store};
-///
-/// #[parallel]
-/// fn square(x: u64) -> u64 {
-///     x * x
-/// }
-///
-/// /// Sums the results and counts the failures instead of stopping.
-/// #[derive(Default)]
-/// struct Sum {
-///     total: u64,
-///     failures: usize,
-/// }
-///
-/// impl Store<u64> for Sum {
-///     fn store(&mut self, value: u64, _origin: &Origin<'_>) -> pproc::Result<()> {
-///         self.total += value;
-///         Ok(())
-///     }
-///
-///     fn failed(&mut self, _error: Error, _origin: &Origin<'_>) -> pproc::Result<()> {
-///         self.failures += 1;
-///         Ok(())
-///     }
-/// }
-///
-/// # fn main() -> pproc::Result<()> {
-/// let mut ex = Exchange::new(Sum::default()).limit(2);
-/// for i in 0..10 {
-///     ex.start(square::call(i))?;
-/// }
-/// let sum = ex.finish()?;
-/// assert_eq!((sum.total, sum.failures), (285, 0));
-/// # Ok(())
-/// # }
-/// ```
-pub trait Store<T> {
-    /// Stores one result.
-    ///
-    /// # Errors
-    ///
-    /// An error stops the exchange, as a failed call does by default.
-    fn store(&mut self, value: T, origin: &Origin<'_>) -> Result<()>;
-
-    /// Called when a call fails (a panic, a kill, a result that does not
-    /// decode, a child that could not start). The default returns the
-    /// error, which stops the exchange: the other children are killed and
-    /// reaped and the method that met the failure returns it. Return
-    /// `Ok(())` to record the failure and go on.
-    ///
-    /// # Errors
-    ///
-    /// As [`store`](Self::store).
-    fn failed(&mut self, error: Error, origin: &Origin<'_>) -> Result<()> {
-        let _ = origin;
-        Err(error)
-    }
-
-    /// Called once when a call is over, after its value (or its last
-    /// value, with [`Exchange::continuous`]) or its failure. The default
-    /// does nothing; a store that counts calls in flight, or closes a
-    /// record per call, uses it.
-    ///
-    /// # Errors
-    ///
-    /// As [`store`](Self::store).
-    fn ended(&mut self, origin: &Origin<'_>) -> Result<()> {
-        let _ = origin;
-        Ok(())
-    }
-}
-
-impl<T> Store<T> for Vec<T> {
-    fn store(&mut self, value: T, _origin: &Origin<'_>) -> Result<()> {
-        self.push(value);
-        Ok(())
-    }
-}
-
-/// Decodes a value with its own type and hands it to the store.
-type Sink<S> = fn(&mut S, Result<&[u8]>, &Origin<'_>) -> Result<()>;
-
-fn sink<S: Store<T>, T: DeserializeOwned>(
-    store: &mut S,
-    result: Result<&[u8]>,
-    origin: &Origin<'_>,
-) -> Result<()> {
-    match result.and_then(decode::<T>) {
-        Ok(value) => store.store(value, origin),
-        Err(error) => store.failed(error, origin),
-    }
-}
-
-/// Tells the store that a call is over.
-type End<S> = fn(&mut S, &Origin<'_>) -> Result<()>;
-
-/// A call the exchange was given: what it runs and where its values go.
-struct Job<S> {
-    name: String,
-    index: usize,
-    sink: Sink<S>,
-    end: End<S>,
-    /// Whether its values arrive on the channel ([`Streams`]) rather than
-    /// as its return value.
-    streams: bool,
-    /// How many values it has delivered.
-    values: usize,
-}
-
-impl<S> Job<S> {
-    fn new<T: DeserializeOwned, K: Delivery>(name: String, index: usize) -> Self
-    where
-        S: Store<T>,
-    {
-        Self {
-            name,
-            index,
-            sink: sink::<S, T>,
-            end: <S as Store<T>>::ended,
-            streams: K::STREAMS,
-            values: 0,
-        }
-    }
-
-    fn origin(&self, pid: Option<u32>) -> Origin<'_> {
-        Origin {
-            name: &self.name,
-            index: self.index,
-            pid,
-        }
-    }
-}
-
-/// Where a child of the exchange stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    /// Running its call.
-    Running,
-    /// A reusable worker between calls.
-    Idle,
-    /// Its call has delivered its value (a streaming call without
-    /// [`continuous`](Exchange::continuous)); the exchange reads no more
-    /// from it and reaps the process when it exits.
-    Done,
-}
-
-/// A child in the exchange.
-struct Member<S> {
-    handle: Handle<(), (), ()>,
-    /// The call it runs or ran; `None` for an idle reusable worker.
-    job: Option<Job<S>>,
-    phase: Phase,
-    /// Whether it is a reusable worker, which runs call after call.
-    worker: bool,
-    /// Its socket, while it is in the poll set (it leaves once drained, so
-    /// that an ended stream does not wake the exchange over and over).
-    socket: Option<RawFd>,
-    /// Its pidfd, while it is in the poll set. Without one (kernels before
-    /// 5.3) the exchange checks the process now and then.
-    exit: Option<RawFd>,
-    /// Whether the process has exited and was reaped.
-    exited: bool,
-    /// How many calls it has run (a reusable worker).
-    calls: usize,
-}
-
-impl<S> Member<S> {
-    /// Whether the process still takes a place under the limit.
-    fn live(&self) -> bool {
-        !self.exited
-    }
-
-    /// Whether the exchange waits for something from it.
-    fn watched(&self) -> bool {
-        self.phase != Phase::Idle && !self.exited
-    }
-}
+/// The name of the children that [`Exchange::create`] forks, as their
+/// handles and origins report it.
+const FORKED: &str = "pproc::create";
 
 /// A call waiting for a free place under the limit.
 struct Queued<S> {
     job: Job<S>,
     args: Result<Vec<u8>, String>,
 }
-
-/// Readiness events taken per wait; more stay queued in the kernel (the set
-/// is level-triggered) for the next one.
-const EVENTS: usize = 256;
-
-/// Values read from one streaming child per turn, so that a child that
-/// never stops sending does not starve the others.
-const VALUES_PER_TURN: usize = 64;
-
-/// How often children without a pidfd (kernels before 5.3) are checked.
-const EXIT_TICK: Duration = Duration::from_millis(10);
 
 /// Runs many children and stores their results as they arrive (pprocess's
 /// `Exchange`).
@@ -380,8 +140,7 @@ pub struct Exchange<S> {
     builder: Builder,
     members: Vec<Option<Member<S>>>,
     waiting: VecDeque<Queued<S>>,
-    epoll: Option<Epoll>,
-    events: Vec<EpollEvent>,
+    poller: Poller,
     next_index: usize,
     bar: Bar,
 }
@@ -400,8 +159,7 @@ impl<S> Exchange<S> {
             builder: Builder::new(),
             members: Vec::new(),
             waiting: VecDeque::new(),
-            epoll: None,
-            events: Vec::new(),
+            poller: Poller::default(),
             next_index: 0,
             bar: Bar::default(),
         }
@@ -454,10 +212,8 @@ impl<S> Exchange<S> {
 
     fn spawn_workers(&mut self, n: usize) -> Result<()> {
         while self.members.iter().flatten().filter(|m| m.live()).count() < n && !self.full() {
-            let handle = self
-                .builder
-                .start_raw(crate::child::WORKER.to_owned(), Ok(Vec::new()))?;
-            self.insert(handle, None, true)?;
+            let handle = self.builder.start_role(Mode::Worker, &[])?;
+            self.insert(handle, Self::idle())?;
         }
         Ok(())
     }
@@ -531,8 +287,8 @@ impl<S> Exchange<S> {
         self.members
             .iter()
             .flatten()
-            .filter(|m| m.phase == Phase::Running)
-            .filter_map(|m| Some(m.job.as_ref()?.origin(Some(m.handle.pid()))))
+            .filter(|m| m.running())
+            .filter_map(|m| Some(m.job()?.origin(Some(m.handle.pid()))))
             .collect()
     }
 
@@ -540,7 +296,7 @@ impl<S> Exchange<S> {
         self.members
             .iter()
             .flatten()
-            .filter(|m| m.phase == Phase::Running)
+            .filter(|m| m.running())
             .count()
     }
 
@@ -565,23 +321,9 @@ impl<S> Exchange<S> {
         self.active_count() > 0 || !self.waiting.is_empty()
     }
 
-    fn epoll(&mut self) -> Result<&Epoll> {
-        if self.epoll.is_none() {
-            self.epoll = Some(Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?);
-        }
-        self.epoll
-            .as_ref()
-            .ok_or_else(|| Error::Io(std::io::Error::other("no epoll instance")))
-    }
-
-    /// Puts a started child in the poll set, in a free slot; returns the
-    /// slot.
-    fn insert(
-        &mut self,
-        mut handle: Handle<(), (), ()>,
-        job: Option<Job<S>>,
-        worker: bool,
-    ) -> Result<usize> {
+    /// Puts a started child in a free slot, in `state`, and watches it;
+    /// returns the slot.
+    fn insert(&mut self, handle: Handle<(), (), ()>, state: State<S>) -> Result<usize> {
         let slot = self
             .members
             .iter()
@@ -590,65 +332,34 @@ impl<S> Exchange<S> {
                 self.members.push(None);
                 self.members.len() - 1
             });
-        let token = u64::try_from(slot).unwrap_or(u64::MAX / 2) * 2;
-        let (socket, exit) = handle.watch_fds();
-        let epoll = self.epoll()?;
-        // SAFETY: the handle owns both descriptors and stays in `members`
-        // while they are in the poll set; `unwatch` takes them out before
-        // the handle goes.
-        unsafe {
-            epoll.add(
-                BorrowedFd::borrow_raw(socket),
-                EpollEvent::new(EpollFlags::EPOLLIN, token),
-            )?;
-            if let Some(exit) = exit {
-                epoll.add(
-                    BorrowedFd::borrow_raw(exit),
-                    EpollEvent::new(EpollFlags::EPOLLIN, token + 1),
-                )?;
-            }
-        }
-        let phase = if job.is_some() {
-            Phase::Running
-        } else {
-            Phase::Idle
-        };
+        let watched = self.poller.add(slot, &handle)?;
         self.members[slot] = Some(Member {
             handle,
-            job,
-            phase,
-            worker,
-            socket: Some(socket),
-            exit,
-            exited: false,
-            calls: 0,
+            state,
+            watched,
         });
         Ok(slot)
     }
 
-    /// Takes descriptors of the member in `slot` out of the poll set: its
-    /// socket, and its pidfd too if `exit` is set.
-    fn unwatch(&mut self, slot: usize, exit: bool) -> Result<()> {
-        let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) else {
-            return Ok(());
-        };
-        let mut fds = vec![member.socket.take()];
-        if exit {
-            fds.push(member.exit.take());
+    /// Stops watching the socket of the member in `slot`.
+    fn unwatch_socket(&mut self, slot: usize) -> Result<()> {
+        match self.members.get_mut(slot).and_then(Option::as_mut) {
+            Some(member) => self.poller.drop_socket(&member.handle, &mut member.watched),
+            None => Ok(()),
         }
-        if let Some(epoll) = &self.epoll {
-            for fd in fds.into_iter().flatten() {
-                // SAFETY: the member's handle owns the descriptor; it is
-                // open until the handle is dropped.
-                epoll.delete(unsafe { BorrowedFd::borrow_raw(fd) })?;
-            }
+    }
+
+    /// Stops watching the member in `slot` at all.
+    fn unwatch_all(&mut self, slot: usize) -> Result<()> {
+        match self.members.get_mut(slot).and_then(Option::as_mut) {
+            Some(member) => self.poller.drop_all(&member.handle, &mut member.watched),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Takes the member in `slot` out of the exchange.
     fn take(&mut self, slot: usize) -> Result<Option<Member<S>>> {
-        self.unwatch(slot, true)?;
+        self.unwatch_all(slot)?;
         Ok(self.members.get_mut(slot).and_then(Option::take))
     }
 
@@ -674,21 +385,22 @@ impl<S> Exchange<S> {
     fn idle_worker(&self) -> Option<usize> {
         self.members
             .iter()
-            .position(|m| m.as_ref().is_some_and(|m| m.phase == Phase::Idle))
+            .position(|m| m.as_ref().is_some_and(Member::idle))
     }
 
     /// Sends a queued call to the worker in `slot`.
     fn hand_over(&mut self, slot: usize, queued: Queued<S>) -> Result<()> {
         let args = match queued.args {
             Ok(args) => args,
-            Err(message) => return self.fail(&queued.job, Error::Codec { message }, None),
+            Err(message) => return self.fail(queued.job, Error::Codec { message }),
         };
         let Some(member) = self.members[slot].as_mut() else {
             return Ok(());
         };
         if member.handle.send_call(&queued.job.name, &args).is_ok() {
-            member.job = Some(queued.job);
-            member.phase = Phase::Running;
+            if let State::Worker { job, .. } = &mut member.state {
+                *job = Some(queued.job);
+            }
             return Ok(());
         }
         // The worker died while idle: drop it, and let the call try again.
@@ -702,57 +414,44 @@ impl<S> Exchange<S> {
 
     fn launch(&mut self, queued: Queued<S>) -> Result<()> {
         if self.reuse {
-            match self
-                .builder
-                .start_raw(crate::child::WORKER.to_owned(), Ok(Vec::new()))
-            {
+            match self.builder.start_role(Mode::Worker, &[]) {
                 Ok(handle) => {
-                    let slot = self.insert(handle, None, true)?;
+                    let slot = self.insert(handle, Self::idle())?;
                     self.hand_over(slot, queued)
                 }
-                Err(error) => self.fail(&queued.job, error, None),
+                Err(error) => self.fail(queued.job, error),
             }
         } else {
             match self.builder.start_raw(queued.job.name.clone(), queued.args) {
-                Ok(handle) => self.insert(handle, Some(queued.job), false).map(drop),
-                Err(error) => self.fail(&queued.job, error, None),
+                Ok(handle) => self.insert(handle, Self::running(queued.job)).map(drop),
+                Err(error) => self.fail(queued.job, error),
             }
         }
     }
 
+    /// A fresh reusable worker's state.
+    fn idle() -> State<S> {
+        State::Worker {
+            job: None,
+            calls: 0,
+        }
+    }
+
+    /// The state of a child that runs `job` in a process of its own.
+    fn running(job: Job<S>) -> State<S> {
+        if job.streams {
+            State::Stream(job)
+        } else {
+            State::Call(job)
+        }
+    }
+
     /// Hands a failure of `job` to the store.
-    fn fail(&mut self, job: &Job<S>, error: Error, pid: Option<u32>) -> Result<()> {
-        let origin = job.origin(pid);
-        let outcome = (job.sink)(&mut self.store, Err(error), &origin)
-            .and_then(|()| (job.end)(&mut self.store, &origin));
+    fn fail(&mut self, mut job: Job<S>, error: Error) -> Result<()> {
+        let outcome = job
+            .deliver(&mut self.store, Err(error), None)
+            .and_then(|()| job.end(&mut self.store, None));
         self.bar.ended();
-        self.check(outcome)
-    }
-
-    /// Tells the store that the call in `slot` is over.
-    fn conclude(&mut self, slot: usize) -> Result<()> {
-        let Some(member) = self.members.get(slot).and_then(Option::as_ref) else {
-            return Ok(());
-        };
-        let Some(job) = member.job.as_ref() else {
-            return Ok(());
-        };
-        let outcome = (job.end)(&mut self.store, &job.origin(Some(member.handle.pid())));
-        self.bar.ended();
-        self.check(outcome)
-    }
-
-    /// Hands a value of the call in `slot` to the store.
-    fn deliver(&mut self, slot: usize, value: Result<&[u8]>) -> Result<()> {
-        let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) else {
-            return Ok(());
-        };
-        let pid = Some(member.handle.pid());
-        let Some(job) = member.job.as_mut() else {
-            return Ok(());
-        };
-        job.values += 1;
-        let outcome = (job.sink)(&mut self.store, value, &job.origin(pid));
         self.check(outcome)
     }
 
@@ -763,7 +462,7 @@ impl<S> Exchange<S> {
             self.waiting.clear();
             // Dropping a handle kills and reaps its child.
             self.members.clear();
-            self.epoll = None;
+            self.poller.clear();
         }
         outcome
     }
@@ -774,277 +473,23 @@ impl<S> Exchange<S> {
         if !self.members.iter().flatten().any(Member::watched) {
             return Ok(Vec::new());
         }
-        let unwatched = |m: &Member<S>| m.watched() && m.exit.is_none();
-        let ticking = self.members.iter().flatten().any(unwatched);
-        let mut events = std::mem::take(&mut self.events);
-        events.resize(EVENTS, EpollEvent::empty());
-        let tick = Deadline::after(EXIT_TICK);
-        let wait = match deadline {
-            Deadline::Now => Deadline::Now,
-            Deadline::At(at) if ticking => match tick {
-                Deadline::At(t) if t < at => tick,
-                _ => deadline,
-            },
-            _ if ticking => tick,
-            other => other,
-        };
-        let epoll = self.epoll()?;
-        let n = loop {
-            let timeout = wait.poll_timeout().unwrap_or(EpollTimeout::ZERO);
-            match epoll.wait(&mut events, timeout) {
-                Ok(n) => break Ok(n),
-                Err(Errno::EINTR) => {}
-                Err(err) => break Err(err),
-            }
-        };
-        let slots = n.map(|n| {
-            events[..n]
-                .iter()
-                .filter_map(|e| usize::try_from(e.data() / 2).ok())
-                .collect::<Vec<_>>()
-        });
-        self.events = events;
-        let mut slots = slots?;
+        // Children without a pidfd (kernels before 5.3) are checked on
+        // every tick.
+        let blind = |m: &Member<S>| m.watched() && !m.watched.exit;
+        let ticking = self.members.iter().flatten().any(blind);
+        let mut slots = self.poller.wait(deadline, ticking)?;
         if ticking {
             slots.extend(
                 self.members
                     .iter()
                     .enumerate()
-                    .filter(|(_, m)| m.as_ref().is_some_and(unwatched))
+                    .filter(|(_, m)| m.as_ref().is_some_and(blind))
                     .map(|(slot, _)| slot),
             );
         }
         slots.sort_unstable();
         slots.dedup();
         Ok(slots)
-    }
-
-    /// Reads what the child in `slot` has to say and stores it; ends its
-    /// call if it is over. Returns how many values and failures went to the
-    /// store.
-    fn service(&mut self, slot: usize) -> Result<usize> {
-        let Some(member) = self.members.get(slot).and_then(Option::as_ref) else {
-            return Ok(0);
-        };
-        match member.phase {
-            _ if member.worker => self.service_worker(slot),
-            Phase::Running if member.job.as_ref().is_some_and(|job| job.streams) => {
-                self.service_stream(slot)
-            }
-            Phase::Running => self.service_call(slot),
-            Phase::Done | Phase::Idle => self.service_done(slot).map(|()| 0),
-        }
-    }
-
-    /// A child that returns its value: stores it once the child has ended.
-    fn service_call(&mut self, slot: usize) -> Result<usize> {
-        let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) else {
-            return Ok(0);
-        };
-        match member.handle.poll_result() {
-            None => {
-                if member.socket.is_some() && member.handle.is_drained() {
-                    self.unwatch(slot, false)?;
-                }
-                return Ok(0);
-            }
-            Some(Ok(bytes)) => self.deliver(slot, Ok(&bytes))?,
-            Some(Err(error)) => self.deliver(slot, Err(error))?,
-        }
-        self.conclude(slot)?;
-        drop(self.take(slot)?);
-        Ok(1)
-    }
-
-    /// A child that streams its values: stores them as they come.
-    fn service_stream(&mut self, slot: usize) -> Result<usize> {
-        let mut stored = 0;
-        while stored < VALUES_PER_TURN {
-            let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) else {
-                return Ok(stored);
-            };
-            let flow = member.handle.poll_flow();
-            match flow {
-                Ok(flow @ (Flow::Value(_) | Flow::Sent(_))) => {
-                    // An error sent in place of a value is stored as a
-                    // failure, and the stream goes on.
-                    match flow {
-                        Flow::Value(bytes) => self.deliver(slot, Ok(&bytes))?,
-                        Flow::Sent(error) => self.deliver(slot, Err(error))?,
-                        Flow::Idle | Flow::End => {}
-                    }
-                    stored += 1;
-                    if !self.continuous {
-                        self.retire(slot)?;
-                        return Ok(stored);
-                    }
-                }
-                Ok(Flow::Idle) => return Ok(stored),
-                Ok(Flow::End) => return Ok(stored + self.end_stream(slot)?),
-                Err(error) => {
-                    // A broken stream: the call has failed, the child goes.
-                    self.deliver(slot, Err(error))?;
-                    self.conclude(slot)?;
-                    drop(self.take(slot)?);
-                    return Ok(stored + 1);
-                }
-            }
-        }
-        Ok(stored)
-    }
-
-    /// A streaming child is done sending: once it has exited, a failure is
-    /// stored and it leaves. Returns how many failures were stored.
-    fn end_stream(&mut self, slot: usize) -> Result<usize> {
-        let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) else {
-            return Ok(0);
-        };
-        if member.socket.is_some() {
-            self.unwatch(slot, false)?;
-        }
-        let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) else {
-            return Ok(0);
-        };
-        let silent = !self.continuous && member.job.as_ref().is_some_and(|job| job.values == 0);
-        match member.handle.poll_result() {
-            None => Ok(0),
-            // A call that owed one value and returned without it.
-            Some(Ok(_)) if silent => {
-                self.deliver(slot, Err(Error::Disconnected))?;
-                self.conclude(slot)?;
-                drop(self.take(slot)?);
-                Ok(1)
-            }
-            // Its return value is not stored.
-            Some(Ok(_)) => {
-                self.conclude(slot)?;
-                drop(self.take(slot)?);
-                Ok(0)
-            }
-            Some(Err(error)) => {
-                self.deliver(slot, Err(error))?;
-                self.conclude(slot)?;
-                drop(self.take(slot)?);
-                Ok(1)
-            }
-        }
-    }
-
-    /// The call in `slot` has delivered its value: close its channel (with
-    /// `autoclose`) and wait for the process to exit.
-    fn retire(&mut self, slot: usize) -> Result<()> {
-        self.conclude(slot)?;
-        self.unwatch(slot, false)?;
-        let autoclose = self.autoclose;
-        if let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) {
-            member.phase = Phase::Done;
-            if autoclose {
-                member.handle.close_channel();
-            }
-        }
-        self.service_done(slot)
-    }
-
-    /// A delivered child (or an idle worker): reaps it if it has exited.
-    fn service_done(&mut self, slot: usize) -> Result<()> {
-        let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) else {
-            return Ok(());
-        };
-        if member.phase == Phase::Idle {
-            // An idle worker only wakes the exchange if it died.
-            if matches!(member.handle.poll_turn(&mut Vec::new()), Turn::Dead(_)) {
-                drop(self.take(slot)?);
-                self.replenish()?;
-            }
-            return Ok(());
-        }
-        match member.handle.wait_exit(Deadline::Now) {
-            Err(Error::Timeout) => Ok(()),
-            _ if self.autoclose => self.take(slot).map(drop),
-            _ => {
-                self.unwatch(slot, true)?;
-                if let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) {
-                    member.exited = true;
-                }
-                Ok(())
-            }
-        }
-    }
-
-    fn service_worker(&mut self, slot: usize) -> Result<usize> {
-        let continuous = self.continuous;
-        let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) else {
-            return Ok(0);
-        };
-        if member.phase == Phase::Idle {
-            return self.service_done(slot).map(|()| 0);
-        }
-        let mut values = Vec::new();
-        let turn = member.handle.poll_turn(&mut values);
-        let silent = member
-            .job
-            .as_ref()
-            .is_some_and(|job| job.values == 0 && values.is_empty());
-        let wanted = match member.job.as_ref() {
-            Some(job) if job.streams && continuous => values.len(),
-            Some(job) if job.streams => usize::from(job.values == 0),
-            _ => 0,
-        };
-        let mut stored = 0;
-        for value in values.into_iter().take(wanted) {
-            match value {
-                Ok(bytes) => self.deliver(slot, Ok(&bytes))?,
-                Err(error) => self.deliver(slot, Err(error))?,
-            }
-            stored += 1;
-        }
-        let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) else {
-            return Ok(stored);
-        };
-        let streams = member.job.as_ref().is_some_and(|job| job.streams);
-        match turn {
-            Turn::Running => Ok(stored),
-            Turn::Done(result) => {
-                match result {
-                    // A call that owed one value and returned without it.
-                    Ok(_) if streams && !continuous && silent => {
-                        self.deliver(slot, Err(Error::Disconnected))?;
-                        stored += 1;
-                    }
-                    // A streaming call's return value is not stored.
-                    Ok(_) if streams => {}
-                    Ok(bytes) => {
-                        self.deliver(slot, Ok(&bytes))?;
-                        stored += 1;
-                    }
-                    Err(error) => {
-                        self.deliver(slot, Err(error))?;
-                        stored += 1;
-                    }
-                }
-                self.conclude(slot)?;
-                let recycle = self.recycle;
-                if let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) {
-                    member.job = None;
-                    member.phase = Phase::Idle;
-                    member.calls += 1;
-                    if recycle.is_some_and(|n| member.calls >= n) {
-                        // Retired: an idle worker loses nothing by a kill;
-                        // the next call starts a fresh one.
-                        drop(self.take(slot)?);
-                        self.replenish()?;
-                    }
-                }
-                Ok(stored)
-            }
-            Turn::Dead(error) => {
-                self.deliver(slot, Err(error))?;
-                self.conclude(slot)?;
-                drop(self.take(slot)?);
-                self.replenish()?;
-                Ok(stored + 1)
-            }
-        }
     }
 
     /// One round: waits up to `deadline`, services the children that are
@@ -1098,12 +543,14 @@ impl<S> Exchange<S> {
                 let Some(member) = self.members.get(slot).and_then(Option::as_ref) else {
                     continue;
                 };
-                match (member.phase, &member.job) {
-                    (Phase::Running, Some(job)) => ready.push(job.index),
+                if member.running() {
+                    if let Some(job) = member.job() {
+                        ready.push(job.index);
+                    }
+                } else {
                     // Delivered children and idle workers are the
                     // exchange's business: reap them, and wait on.
-                    (Phase::Done | Phase::Idle, _) => self.service_done(slot)?,
-                    _ => {}
+                    self.service_done(slot)?;
                 }
             }
             if !ready.is_empty() || deadline.passed() || self.active_count() == 0 {
@@ -1169,7 +616,7 @@ impl<S> Exchange<S> {
             member.handle.wait_exit(Deadline::Never)?;
         }
         self.members.clear();
-        self.epoll = None;
+        self.poller.clear();
         Ok(())
     }
 
@@ -1222,7 +669,7 @@ impl<S> Exchange<S> {
     {
         let index = self.next_index();
         let job = Job::new::<K::Item<R, V>, K>(handle.name().to_owned(), index);
-        self.insert(handle.cast(), Some(job), false)?;
+        self.insert(handle.cast(), Self::running(job))?;
         Ok(index)
     }
 
@@ -1268,7 +715,7 @@ impl<S> Exchange<S> {
         }
         let slot = self.members.iter().position(|m| {
             m.as_ref()
-                .is_some_and(|m| m.job.as_ref().is_some_and(|job| job.index == index))
+                .is_some_and(|m| m.job().is_some_and(|job| job.index == index))
         });
         let Some(slot) = slot else {
             return Ok(None);
@@ -1342,11 +789,13 @@ impl<S> Exchange<S> {
         F: FnOnce(Channel<T, ()>),
     {
         self.make_room()?;
-        // SAFETY: the caller upholds fork's contract.
-        let (mut conn, spawned) = unsafe { crate::child::fork(f, self.builder.is_grouped())? };
+        let group = self.builder.is_grouped();
+        // SAFETY: the caller upholds fork's contract; the child runs `f`.
+        let (fd, spawned) = unsafe { fork(group, |fd| run_forked(fd, f))? };
+        let mut conn = Conn::new(fd)?;
         conn.set_max_frame(self.builder.max_frame_bytes());
         let mut handle = Handle::<(), (), T, Streams>::new(FORKED.to_owned(), conn, spawned);
-        handle.set_group(self.builder.is_grouped());
+        handle.set_group(group);
         self.add(handle)
     }
 

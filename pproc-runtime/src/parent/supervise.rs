@@ -7,12 +7,9 @@ use std::time::Duration;
 use nix::poll::{PollFd, PollFlags};
 use serde::de::DeserializeOwned;
 
-use crate::conn::{Deadline, poll_until};
+use super::handle::{Exit, Handle};
 use crate::error::{Error, Result};
-use crate::handle::Handle;
-
-/// How often children without a pidfd (kernels before 5.3) are checked.
-const TICK: Duration = Duration::from_millis(5);
+use crate::wire::wait::{Deadline, poll_until};
 
 /// Waits for every child and returns their results in the handles' order,
 /// each `Ok` or its own `Err` (concurrence's `join_all`).
@@ -143,7 +140,7 @@ pub(crate) struct Exits {
 }
 
 /// Waits until a child among `handles` has exited, `wake` is readable, or
-/// `deadline` passes; children without a pidfd are checked every [`TICK`],
+/// `deadline` passes; children without a pidfd are checked every [`BLIND_TICK`](crate::wire::wait::BLIND_TICK),
 /// so `done` may come back empty before the deadline. A child that cannot
 /// be waited for counts as finished: joining it reports why.
 pub(crate) fn wait_exits<R, S, V, K>(
@@ -159,15 +156,10 @@ pub(crate) fn wait_exits<R, S, V, K>(
     let mut done = Vec::new();
     let mut blind = false;
     for (i, handle) in handles.iter().enumerate() {
-        match handle.exit_raw_fd() {
+        match handle.exit_state() {
             Ok(Exit::Done) | Err(_) => done.push(i),
             Ok(Exit::Fd(fd)) => {
-                // SAFETY: the handle owns its pidfd until it is dropped,
-                // which the borrow of `handles` prevents.
-                fds.push(PollFd::new(
-                    unsafe { BorrowedFd::borrow_raw(fd) },
-                    PollFlags::POLLIN,
-                ));
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
                 owners.push(i);
             }
             Ok(Exit::Blind) => blind = true,
@@ -176,15 +168,7 @@ pub(crate) fn wait_exits<R, S, V, K>(
     if !done.is_empty() {
         return Ok(Exits { done, woken: false });
     }
-    let wait = match deadline {
-        _ if !blind => deadline,
-        Deadline::At(at) => match Deadline::after(TICK) {
-            Deadline::At(tick) if tick < at => Deadline::At(tick),
-            _ => deadline,
-        },
-        Deadline::Now => Deadline::Now,
-        Deadline::Never => Deadline::after(TICK),
-    };
+    let wait = if blind { deadline.or_tick() } else { deadline };
     if !poll_until(&mut fds, wait)? {
         return Ok(Exits { done, woken: false });
     }
@@ -199,14 +183,4 @@ pub(crate) fn wait_exits<R, S, V, K>(
             .map(|(_, i)| *i),
     );
     Ok(Exits { done, woken })
-}
-
-/// What [`wait_exits`] watches of one child.
-pub(crate) enum Exit {
-    /// It has finished.
-    Done,
-    /// Its pidfd, readable once it exits.
-    Fd(std::os::fd::RawFd),
-    /// No pidfd: check again later.
-    Blind,
 }

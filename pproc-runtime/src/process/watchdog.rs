@@ -10,13 +10,14 @@ use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::unistd::Pid;
 
 use crate::error::{Error, Result};
+use crate::lock::{lock, wait_timeout};
 
 /// A child being watched.
 struct Watch {
@@ -44,8 +45,8 @@ static STATE: Mutex<State> = Mutex::new(State {
 });
 static WAKE: Condvar = Condvar::new();
 
-fn lock() -> MutexGuard<'static, State> {
-    STATE.lock().unwrap_or_else(PoisonError::into_inner)
+fn state() -> MutexGuard<'static, State> {
+    lock(&STATE)
 }
 
 /// A child's watch: the flag says whether its deadline killed it.
@@ -63,7 +64,7 @@ impl Ticket {
 
     /// Stops watching. After this returns the watchdog sends nothing more.
     pub(crate) fn cancel(&self) {
-        lock().watches.remove(&self.id);
+        state().watches.remove(&self.id);
     }
 }
 
@@ -71,7 +72,7 @@ impl Ticket {
 pub(crate) fn watch(pidfd: BorrowedFd<'_>, pid: Pid, group: bool, at: Instant) -> Result<Ticket> {
     let pidfd = pidfd.try_clone_to_owned().map_err(Error::Io)?;
     let expired = Arc::new(AtomicBool::new(false));
-    let mut state = lock();
+    let mut state = state();
     let me = std::process::id();
     if state.owner != Some(me) {
         std::thread::Builder::new()
@@ -100,7 +101,7 @@ pub(crate) fn watch(pidfd: BorrowedFd<'_>, pid: Pid, group: bool, at: Instant) -
 
 /// The watchdog thread: sleeps until the next deadline, kills what is due.
 fn serve() {
-    let mut state = lock();
+    let mut state = state();
     loop {
         let now = Instant::now();
         let due: Vec<u64> = state
@@ -123,11 +124,9 @@ fn serve() {
         state = match next {
             Some(at) => {
                 let wait = at.saturating_duration_since(Instant::now());
-                WAKE.wait_timeout(state, wait)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0
+                wait_timeout(&WAKE, state, wait)
             }
-            None => WAKE.wait(state).unwrap_or_else(PoisonError::into_inner),
+            None => crate::lock::wait(&WAKE, state),
         };
     }
 }

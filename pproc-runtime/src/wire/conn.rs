@@ -1,109 +1,30 @@
-//! Framing over a non-blocking Unix stream socket.
+//! Framing over a non-blocking Unix stream socket (the frames themselves
+//! are in [`frame`](super::frame)).
 //!
-//! A frame is a little-endian `u32` body length followed by the body: one tag
-//! byte and the bincode payload. Writes never deadlock against a peer that is
+//! Writes never deadlock against a peer that is
 //! writing too: while a write waits for room, whatever the peer sends is read
 //! into the receive buffer, so both ends keep draining each other.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
 
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::{PollFd, PollFlags};
 use nix::sys::socket::{MsgFlags, recv, send};
 use serde::Serialize;
 
-use crate::codec::{self, HEADER};
-pub(crate) use crate::codec::{decode, decode_prefix, encode};
+use super::codec::{self, HEADER};
+use super::wait::{Deadline, poll_until};
 use crate::error::{Error, Result};
 
 /// The default limit on a frame's body, in bytes: larger frames are refused
 /// before anything is allocated for them.
 pub const DEFAULT_MAX_FRAME: usize = 1 << 30;
 
-/// Frame tags. Parent to child: `ARGS`, then `DATA`. Child to parent: `DATA`,
-/// then exactly one of `RESULT`, `PANIC` or `FAIL`. A reusable worker gets
-/// `CALL` frames instead of one `ARGS`, and answers each in the same way.
-pub(crate) mod tag {
-    pub(crate) const ARGS: u8 = 1;
-    pub(crate) const DATA: u8 = 2;
-    pub(crate) const RESULT: u8 = 3;
-    pub(crate) const PANIC: u8 = 4;
-    pub(crate) const FAIL: u8 = 5;
-    /// Parent to a reusable worker: run this function next. The body is
-    /// the name's length (`u32`), the name, then the serialized arguments.
-    pub(crate) const CALL: u8 = 6;
-    /// Either way, in place of a `DATA` value: an error the sender raised
-    /// (concurrence's `send_exception`). The body is its message.
-    pub(crate) const ERROR: u8 = 7;
-}
-
-/// The error an `ERROR` frame carries.
-pub(crate) fn remote(body: &[u8]) -> Error {
-    match decode::<String>(body) {
-        Ok(message) => Error::Remote { message },
-        Err(err) => err,
-    }
-}
-
-/// When a blocking operation gives up.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Deadline {
-    /// Wait as long as it takes.
-    Never,
-    /// Do not wait at all.
-    Now,
-    /// Wait until this instant.
-    At(Instant),
-}
-
-impl Deadline {
-    pub(crate) fn after(timeout: Duration) -> Self {
-        Instant::now()
-            .checked_add(timeout)
-            .map_or(Self::Never, Self::At)
-    }
-
-    /// Whether a wait with this deadline is over: always for `Now`, never
-    /// for `Never`.
-    pub(crate) fn passed(self) -> bool {
-        match self {
-            Self::Never => false,
-            Self::Now => true,
-            Self::At(at) => Instant::now() >= at,
-        }
-    }
-
-    pub(crate) fn poll_timeout(self) -> Option<PollTimeout> {
-        match self {
-            Self::Never => Some(PollTimeout::NONE),
-            Self::Now => Some(PollTimeout::ZERO),
-            Self::At(at) => {
-                let left = at.checked_duration_since(Instant::now())?;
-                // Round up, so that a wait never ends before its deadline.
-                let millis = left.as_nanos().div_ceil(1_000_000);
-                Some(PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX))
-            }
-        }
-    }
-}
-
-/// Polls `fds` until one is ready or the deadline passes, retrying `EINTR`.
-/// Returns `false` on timeout.
-pub(crate) fn poll_until(fds: &mut [PollFd<'_>], deadline: Deadline) -> Result<bool> {
-    loop {
-        let Some(timeout) = deadline.poll_timeout() else {
-            return Ok(false);
-        };
-        match poll(fds, timeout) {
-            Ok(0) if matches!(deadline, Deadline::Now) => return Ok(false),
-            Ok(0) | Err(Errno::EINTR) => {}
-            Ok(_) => return Ok(true),
-            Err(err) => return Err(err.into()),
-        }
-    }
-}
+/// A connection that several threads of a child share: its function, the
+/// channel it was handed, and the panic hook.
+pub(crate) type SharedConn = Arc<Mutex<Conn>>;
 
 /// What [`Conn::wait`] saw.
 #[derive(Debug, PartialEq, Eq)]
@@ -119,7 +40,8 @@ pub(crate) enum Wake {
 /// One end of a framed connection.
 #[derive(Debug)]
 pub(crate) struct Conn {
-    fd: OwnedFd,
+    /// Shared with the handle, which lends it without taking its lock.
+    fd: Arc<OwnedFd>,
     /// Received bytes; `rbuf[rpos..]` is not parsed yet.
     rbuf: Vec<u8>,
     rpos: usize,
@@ -132,11 +54,11 @@ pub(crate) struct Conn {
     deferred: Option<Error>,
 }
 
-/// How [`Conn::recv_data`] ended.
+/// What [`Conn::next`] saw.
 #[derive(Debug)]
-pub(crate) enum Step<V> {
-    /// A `DATA` frame, decoded.
-    Data(V),
+pub(crate) enum Next<T> {
+    /// A frame, as the caller read it.
+    Frame(T),
     /// The peer closed its end; everything it sent was read.
     Closed,
     /// The watched process exited; everything it sent was read.
@@ -152,7 +74,7 @@ impl Conn {
         let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
         nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags))?;
         Ok(Self {
-            fd,
+            fd: Arc::new(fd),
             rbuf: Vec::new(),
             rpos: 0,
             max_frame: DEFAULT_MAX_FRAME,
@@ -168,6 +90,12 @@ impl Conn {
 
     pub(crate) fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+
+    /// The socket, for an owner that lends it without locking the
+    /// connection.
+    pub(crate) fn shared_fd(&self) -> Arc<OwnedFd> {
+        Arc::clone(&self.fd)
     }
 
     /// Whether the peer closed its end and every byte it sent was read.
@@ -200,29 +128,19 @@ impl Conn {
         self.write_all(&frame)
     }
 
-    fn write_all(&mut self, mut data: &[u8]) -> Result<()> {
-        while !data.is_empty() {
-            match send(self.fd.as_raw_fd(), data, MsgFlags::MSG_NOSIGNAL) {
-                Ok(n) => data = &data[n..],
-                Err(Errno::EINTR) => {}
-                Err(Errno::EAGAIN) => {
-                    let mut fds = [PollFd::new(
-                        self.fd.as_fd(),
-                        PollFlags::POLLOUT | PollFlags::POLLIN,
-                    )];
-                    poll_until(&mut fds, Deadline::Never)?;
-                    let revents = fds[0].revents().unwrap_or(PollFlags::empty());
-                    if revents.intersects(PollFlags::POLLIN) && !self.eof {
-                        // Drain the peer while we wait for room, or two
-                        // writers would wait on each other forever.
-                        self.fill()?;
-                    }
-                }
-                Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(Error::Disconnected),
-                Err(err) => return Err(err.into()),
+    fn write_all(&mut self, data: &[u8]) -> Result<()> {
+        let fd = Arc::clone(&self.fd);
+        send_all(fd.as_fd(), data, |fd| {
+            let mut fds = [PollFd::new(fd, PollFlags::POLLOUT | PollFlags::POLLIN)];
+            poll_until(&mut fds, Deadline::Never)?;
+            let revents = fds[0].revents().unwrap_or(PollFlags::empty());
+            if revents.intersects(PollFlags::POLLIN) && !self.eof {
+                // Drain the peer while we wait for room, or two writers
+                // would wait on each other forever.
+                self.fill()?;
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Reads whatever the socket holds now into the receive buffer, without
@@ -323,38 +241,31 @@ impl Conn {
         Ok(None)
     }
 
-    /// Receives the next `DATA` frame through `data`, handing any other
-    /// frame to `control`.
-    /// `exit`, a pidfd, ends the wait when the peer process exits.
-    pub(crate) fn recv_data<V>(
+    /// Hands the next frame, its tag and body, to `read`, waiting for one
+    /// until `deadline`. `exit`, a pidfd, ends the wait once the peer
+    /// process has exited and everything it wrote has been read.
+    pub(crate) fn next<T>(
         &mut self,
         deadline: Deadline,
         exit: Option<BorrowedFd<'_>>,
-        mut data: impl FnMut(&[u8]) -> Result<V>,
-        mut control: impl FnMut(u8, &[u8]) -> Result<()>,
-    ) -> Result<Step<V>> {
+        read: impl FnOnce(u8, &[u8]) -> T,
+    ) -> Result<Next<T>> {
         if let Some(err) = self.deferred.take() {
             return Err(err);
         }
+        let mut read = Some(read);
         let mut exited = false;
         loop {
-            let frame = self.with_frame(|tag, body| {
-                if tag == tag::DATA {
-                    Some(data(body))
-                } else {
-                    control(tag, body).err().map(Err)
-                }
-            })?;
-            match frame {
-                Some(Some(value)) => return value.map(Step::Data),
-                Some(None) => continue,
-                None => {}
+            if let Some(Some(out)) =
+                self.with_frame(|tag, body| read.take().map(|f| f(tag, body)))?
+            {
+                return Ok(Next::Frame(out));
             }
             if self.is_eof() {
-                return Ok(Step::Closed);
+                return Ok(Next::Closed);
             }
             if exited {
-                return Ok(Step::Exited);
+                return Ok(Next::Exited);
             }
             match self.wait(exit, deadline)? {
                 Wake::Socket => {
@@ -365,7 +276,7 @@ impl Conn {
                     exited = true;
                     self.fill()?;
                 }
-                Wake::Timeout => return Ok(Step::Timeout),
+                Wake::Timeout => return Ok(Next::Timeout),
             }
         }
     }
@@ -400,6 +311,39 @@ impl AsFd for Conn {
     }
 }
 
+/// Writes `data` whole to the non-blocking socket `fd`, calling `wait`
+/// whenever it has no room.
+fn send_all(
+    fd: BorrowedFd<'_>,
+    mut data: &[u8],
+    mut wait: impl FnMut(BorrowedFd<'_>) -> Result<()>,
+) -> Result<()> {
+    while !data.is_empty() {
+        match send(fd.as_raw_fd(), data, MsgFlags::MSG_NOSIGNAL) {
+            Ok(n) => data = &data[n..],
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => wait(fd)?,
+            Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(Error::Disconnected),
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Writes one frame (tag and payload) to the socket `fd`, waiting for room
+/// without reading anything: for a writer whose socket another thread
+/// reads.
+pub(crate) fn write_frame(fd: BorrowedFd<'_>, tag: u8, payload: &[u8]) -> Result<()> {
+    let [a, b, c, d] = codec::header(payload.len() + 1)?;
+    send_all(fd, &[a, b, c, d, tag], wait_for_room)?;
+    send_all(fd, payload, wait_for_room)
+}
+
+fn wait_for_room(fd: BorrowedFd<'_>) -> Result<()> {
+    let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
+    poll_until(&mut fds, Deadline::Never).map(drop)
+}
+
 /// Creates a connected pair of close-on-exec stream sockets.
 pub(crate) fn socketpair() -> Result<(OwnedFd, OwnedFd)> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
@@ -415,6 +359,8 @@ pub(crate) fn socketpair() -> Result<(OwnedFd, OwnedFd)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::codec::decode;
+    use crate::wire::frame::tag;
 
     fn pair() -> (Conn, Conn) {
         let (a, b) = socketpair().unwrap();
@@ -451,7 +397,7 @@ mod tests {
     #[test]
     fn truncated_frame_at_eof_is_a_codec_error() {
         let (a, mut b) = pair();
-        nix::unistd::write(&a.fd, &[10, 0, 0, 0, tag::DATA, 1]).unwrap();
+        nix::unistd::write(&*a.fd, &[10, 0, 0, 0, tag::DATA, 1]).unwrap();
         drop(a);
         // The first read returns the bytes; the next one sees the end.
         b.fill().unwrap();

@@ -5,14 +5,17 @@ use std::any::Any;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
-use crate::call::{Builder, Call, Delivery};
+use super::exchange::{Exchange, Origin, Store};
 use crate::error::{Error, Result};
-use crate::exchange::{Exchange, Origin, Store};
+use crate::lock::lock;
+use crate::parent::builder::Builder;
+use crate::parent::call::Call;
+use crate::parent::delivery::Delivery;
 
 /// How long one turn of driving the pool may hold its lock, so that other
 /// threads can start calls meanwhile.
@@ -49,11 +52,8 @@ impl<T: Send + 'static> Store<T> for Results {
     }
 }
 
-type Shared = Arc<Mutex<Exchange<Results>>>;
-
-fn lock(shared: &Shared) -> MutexGuard<'_, Exchange<Results>> {
-    shared.lock().unwrap_or_else(PoisonError::into_inner)
-}
+/// The exchange that a pool's handles share.
+type Workers = Arc<Mutex<Exchange<Results>>>;
 
 /// `n` persistent worker processes that run any `#[parallel]` function,
 /// call after call.
@@ -98,7 +98,7 @@ fn lock(shared: &Shared) -> MutexGuard<'_, Exchange<Results>> {
 /// ```
 #[derive(Clone)]
 pub struct Pool {
-    shared: Shared,
+    shared: Workers,
 }
 
 impl Pool {
@@ -236,7 +236,7 @@ fn downcast<T: 'static>(outcome: Result<Box<dyn Any + Send>>) -> Result<T> {
 /// The results of [`Pool::queue`], as they arrive: an iterator of each
 /// item's index and result. Dropping it abandons the results still to come.
 pub struct Arrivals<T> {
-    shared: Shared,
+    shared: Workers,
     /// The pool's index of each call still to come, and its item's index.
     items: HashMap<usize, usize>,
     _result: PhantomData<fn() -> T>,
@@ -302,7 +302,7 @@ impl<T> fmt::Debug for Arrivals<T> {
 /// Dropping it without joining abandons the result: the call runs on, and
 /// its result is dropped when it arrives.
 pub struct Pending<R> {
-    shared: Shared,
+    shared: Workers,
     index: Option<usize>,
     _result: PhantomData<fn() -> R>,
 }

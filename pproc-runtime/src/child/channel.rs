@@ -4,15 +4,19 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::child::lock;
-use crate::conn::{Conn, Deadline, Step, decode, remote, tag};
 use crate::error::{Error, Result};
+use crate::lock::lock;
+use crate::wire::codec::decode;
+use crate::wire::conn::{Next, SharedConn};
+use crate::wire::frame::{remote, tag};
+use crate::wire::recv::{Iter, batch, optional};
+use crate::wire::rpc::{Reply, Request};
+use crate::wire::wait::Deadline;
 
 /// The child's end of the channel to its parent, as seen by the child: it
 /// sends `S` and receives `V`.
@@ -44,12 +48,12 @@ use crate::error::{Error, Result};
 /// # }
 /// ```
 pub struct Channel<S = (), V = ()> {
-    conn: Arc<Mutex<Conn>>,
+    conn: SharedConn,
     _types: PhantomData<fn(S) -> V>,
 }
 
 impl<S, V> Channel<S, V> {
-    pub(crate) fn new(conn: Arc<Mutex<Conn>>) -> Self {
+    pub(crate) fn new(conn: SharedConn) -> Self {
         Self {
             conn,
             _types: PhantomData,
@@ -113,18 +117,17 @@ impl<S, V> Channel<S, V> {
 
 impl<S, V: DeserializeOwned> Channel<S, V> {
     fn recv_until(&self, deadline: Deadline) -> Result<V> {
-        let mut conn = lock(&self.conn);
-        let step = conn.recv_data(deadline, None, decode::<V>, |tag, body| {
-            Err(if tag == tag::ERROR {
-                remote(body)
-            } else {
-                Error::codec(format_args!("unexpected frame tag {tag} from the parent"))
-            })
+        let next = lock(&self.conn).next(deadline, None, |tag, body| match tag {
+            tag::DATA => decode::<V>(body),
+            tag::ERROR => Err(remote(body)),
+            other => Err(Error::codec(format_args!(
+                "unexpected frame tag {other} from the parent"
+            ))),
         })?;
-        match step {
-            Step::Data(value) => Ok(value),
-            Step::Closed | Step::Exited => Err(Error::Disconnected),
-            Step::Timeout => Err(Error::Timeout),
+        match next {
+            Next::Frame(value) => value,
+            Next::Closed | Next::Exited => Err(Error::Disconnected),
+            Next::Timeout => Err(Error::Timeout),
         }
     }
 
@@ -211,91 +214,37 @@ impl<'a, S, V: DeserializeOwned> IntoIterator for &'a Channel<S, V> {
     }
 }
 
-/// `Ok(None)` for a timeout.
-pub(crate) fn optional<V>(result: Result<V>) -> Result<Option<V>> {
-    match result {
-        Ok(value) => Ok(Some(value)),
-        Err(Error::Timeout) => Ok(None),
-        Err(err) => Err(err),
+impl<Q: DeserializeOwned, P: Serialize> Channel<Reply<P>, Request<Q>> {
+    /// Answers every request with `f`, until the parent closes its end.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Codec`] if a request does not decode or a reply does not
+    /// encode; [`Error::Disconnected`] if the parent went away while a
+    /// reply was being sent.
+    pub fn serve(&self, mut f: impl FnMut(Q) -> P) -> Result<()> {
+        self.try_serve(|body| Ok::<_, std::convert::Infallible>(f(body)))
     }
-}
 
-/// concurrence's `receive_batch`: the first value with no deadline, then up
-/// to `timeout` to fill the batch. An error after the first value ends the
-/// batch and goes to `defer`.
-pub(crate) fn batch<V>(
-    max: usize,
-    timeout: Duration,
-    mut next: impl FnMut(Deadline) -> Result<V>,
-    defer: impl FnOnce(Error),
-) -> Result<Vec<V>> {
-    let mut out = Vec::new();
-    if max == 0 {
-        return Ok(out);
-    }
-    out.push(next(Deadline::Never)?);
-    let deadline = Deadline::after(timeout);
-    while out.len() < max {
-        match next(deadline) {
-            Ok(value) => out.push(value),
-            Err(Error::Timeout) => break,
-            Err(err) => {
-                defer(err);
-                break;
-            }
+    /// Answers every request with `f`, until the parent closes its end; an
+    /// `Err` is sent back as the reply's error, and serving goes on.
+    ///
+    /// # Errors
+    ///
+    /// As [`serve`](Self::serve).
+    pub fn try_serve<E: fmt::Display>(&self, mut f: impl FnMut(Q) -> Result<P, E>) -> Result<()> {
+        loop {
+            let request = match self.recv() {
+                Ok(request) => request,
+                Err(Error::Disconnected) => return Ok(()),
+                Err(err) => return Err(err),
+            };
+            let Request { id, body } = request;
+            let reply = Reply {
+                id,
+                body: f(body).map_err(|err| err.to_string()),
+            };
+            self.send(&reply)?;
         }
-    }
-    Ok(out)
-}
-
-/// An iterator over the values received on a channel or a handle.
-///
-/// It ends when the other side is done sending ([`Error::Disconnected`]),
-/// and after yielding any other error but [`Error::Remote`], an error sent in
-/// place of a value, after which it goes on.
-pub struct Iter<'a, V> {
-    next: Box<dyn FnMut() -> Result<V> + 'a>,
-    done: bool,
-}
-
-impl<'a, V> Iter<'a, V> {
-    pub(crate) fn new(next: impl FnMut() -> Result<V> + 'a) -> Self {
-        Self {
-            next: Box::new(next),
-            done: false,
-        }
-    }
-}
-
-impl<V> Iterator for Iter<'_, V> {
-    type Item = Result<V>;
-
-    fn next(&mut self) -> Option<Result<V>> {
-        if self.done {
-            return None;
-        }
-        match (self.next)() {
-            Ok(value) => Some(Ok(value)),
-            Err(Error::Disconnected) => {
-                self.done = true;
-                None
-            }
-            // An error sent in place of a value: the stream goes on.
-            Err(err @ Error::Remote { .. }) => Some(Err(err)),
-            Err(err) => {
-                self.done = true;
-                Some(Err(err))
-            }
-        }
-    }
-}
-
-impl<V> std::iter::FusedIterator for Iter<'_, V> {}
-
-impl<V> fmt::Debug for Iter<'_, V> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Iter")
-            .field("done", &self.done)
-            .finish_non_exhaustive()
     }
 }

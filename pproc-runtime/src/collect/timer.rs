@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
-use crate::call::{Call, Returns};
-use crate::conn::Deadline;
 use crate::error::{Error, Result};
-use crate::handle::Handle;
-use crate::supervise::wait_exits;
+use crate::parent::call::Call;
+use crate::parent::delivery::Returns;
+use crate::parent::handle::Handle;
+use crate::parent::supervise::wait_exits;
+use crate::wire::wait::Deadline;
 
 /// How many runs of a [`rate`] timer may run side by side; past it, ticks
 /// are skipped (and counted, [`Timer::skipped`]).
@@ -200,7 +201,7 @@ impl<R: DeserializeOwned + Send + 'static> Timer<R> {
         V: 'static,
         K: 'static,
     {
-        let (wake, stop) = crate::capture::pipe()?;
+        let (wake, stop) = crate::process::capture::pipe()?;
         let (tx, results) = mpsc::channel();
         let counts = Arc::new(Counts::default());
         let thread = {

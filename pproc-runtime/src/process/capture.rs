@@ -11,8 +11,9 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags};
 
-use crate::conn::{Deadline, poll_until};
 use crate::error::{Error, Result};
+use crate::lock::lock;
+use crate::wire::wait::{Deadline, poll_until};
 
 /// How long the output is awaited once the child has exited: a descendant
 /// that inherited its standard streams may keep them open.
@@ -50,7 +51,7 @@ impl Capture {
                 // Closed before the output is handed over, so that no
                 // descriptor outlives `finish`.
                 drop((stdout, stderr));
-                drain.0.lock().unwrap_or_else(PoisonError::into_inner).done = true;
+                lock(&drain.0).done = true;
                 drain.1.notify_all();
             })
             .map_err(Error::Spawn)?;
@@ -60,8 +61,8 @@ impl Capture {
     /// Waits until both pipes are closed, at most the grace period, and
     /// takes what they carried.
     pub(crate) fn finish(self) -> (Vec<u8>, Vec<u8>) {
-        let (lock, ended) = &*self.shared;
-        let captured = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let (state, ended) = &*self.shared;
+        let captured = lock(state);
         let (mut captured, _) = ended
             .wait_timeout_while(captured, GRACE, |c| !c.done)
             .unwrap_or_else(PoisonError::into_inner);
@@ -99,7 +100,7 @@ fn drain_both(stdout: &OwnedFd, stderr: &OwnedFd, captured: &Mutex<Captured>) {
             match nix::unistd::read(fd, &mut buf) {
                 Ok(0) | Err(Errno::EBADF | Errno::EIO) => open[i] = false,
                 Ok(n) => {
-                    let mut captured = captured.lock().unwrap_or_else(PoisonError::into_inner);
+                    let mut captured = lock(captured);
                     let sink = if i == 0 {
                         &mut captured.stdout
                     } else {

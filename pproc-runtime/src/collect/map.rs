@@ -9,10 +9,12 @@ use std::marker::PhantomData;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::call::{Builder, Call, Delivery};
-use crate::channel::Channel;
+use super::exchange::{Exchange, Origin, Store};
+use crate::child::channel::Channel;
 use crate::error::{Error, Result};
-use crate::exchange::{Exchange, Origin, Store};
+use crate::parent::builder::Builder;
+use crate::parent::call::Call;
+use crate::parent::delivery::Delivery;
 
 /// The outcomes of started items: by index for a map, in order of arrival
 /// for a queue.

@@ -3,15 +3,16 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags};
 use nix::unistd::Pid;
 
-use crate::conn::{Deadline, poll_until};
+use super::spawn::pidfd_open;
 use crate::error::{Error, Result};
-use crate::spawn::pidfd_open;
+use crate::lock::lock;
+use crate::wire::wait::{Deadline, poll_until};
 
 /// Children started by this process and not reaped yet, by pid, with the
 /// names of the functions they run. A handle reaps its child with this lock
@@ -22,7 +23,7 @@ static LIVE: Mutex<BTreeMap<i32, String>> = Mutex::new(BTreeMap::new());
 static PARENT: OnceLock<u32> = OnceLock::new();
 
 pub(crate) fn live() -> MutexGuard<'static, BTreeMap<i32, String>> {
-    LIVE.lock().unwrap_or_else(PoisonError::into_inner)
+    lock(&LIVE)
 }
 
 /// Records a started child.
@@ -167,7 +168,7 @@ fn proc_name(pid: u32) -> String {
         .ok()
         .and_then(|env| {
             env.split(|b| *b == 0)
-                .find_map(|var| var.strip_prefix(format!("{}=", crate::spawn::ENV).as_bytes()))
+                .find_map(|var| var.strip_prefix(format!("{}=", crate::wire::spec::ENV).as_bytes()))
                 .and_then(|spec| std::str::from_utf8(spec).ok())
                 .and_then(|spec| spec.splitn(5, ' ').nth(4))
                 .map(str::to_owned)

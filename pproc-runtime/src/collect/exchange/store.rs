@@ -1,0 +1,223 @@
+//! What users implement and see of an exchange: the [`Store`] a result
+//! goes to, the [`Origin`] it came from, a [`Failure`]; and the job that
+//! carries a call's static types to its store.
+
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::parent::delivery::Delivery;
+use crate::wire::codec::decode;
+
+/// Where a stored value came from.
+#[derive(Clone, Copy, Debug)]
+pub struct Origin<'a> {
+    name: &'a str,
+    index: usize,
+    pid: Option<u32>,
+}
+
+impl Origin<'_> {
+    /// The registered name of the function that produced the value.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        self.name
+    }
+
+    /// The position of the call among those given to the exchange (by
+    /// [`Exchange::start`](crate::Exchange::start) or [`Exchange::add`](crate::Exchange::add)), from 0.
+    #[must_use]
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The child's process id, or `None` if the call never started.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+}
+
+/// A call of an exchange that failed, as a `#[store(errors)]` field
+/// collects it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Failure {
+    /// The registered name of the function.
+    pub name: String,
+    /// The call's index (see [`Origin::index`]).
+    pub index: usize,
+    /// The child's process id, or `None` if the call never started.
+    pub pid: Option<u32>,
+    /// What went wrong.
+    pub error: Error,
+}
+
+impl Failure {
+    /// The failure of the call at `origin`.
+    #[must_use]
+    pub fn new(error: Error, origin: &Origin<'_>) -> Self {
+        Self {
+            name: origin.name.to_owned(),
+            index: origin.index,
+            pid: origin.pid,
+            error,
+        }
+    }
+}
+
+/// What an [`Exchange`](crate::Exchange) does with each result: pprocess's `store_data`.
+///
+/// `#[derive(Exchange)]` implements it for a struct of collections; it is
+/// implemented for `Vec<T>`, which keeps results in the order they arrive.
+///
+/// # Examples
+///
+/// ```
+/// use pproc::{parallel, Error, Exchange, Origin, Store};
+///
+/// #[parallel]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// /// Sums the results and counts the failures instead of stopping.
+/// #[derive(Default)]
+/// struct Sum {
+///     total: u64,
+///     failures: usize,
+/// }
+///
+/// impl Store<u64> for Sum {
+///     fn store(&mut self, value: u64, _origin: &Origin<'_>) -> pproc::Result<()> {
+///         self.total += value;
+///         Ok(())
+///     }
+///
+///     fn failed(&mut self, _error: Error, _origin: &Origin<'_>) -> pproc::Result<()> {
+///         self.failures += 1;
+///         Ok(())
+///     }
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// let mut ex = Exchange::new(Sum::default()).limit(2);
+/// for i in 0..10 {
+///     ex.start(square::call(i))?;
+/// }
+/// let sum = ex.finish()?;
+/// assert_eq!((sum.total, sum.failures), (285, 0));
+/// # Ok(())
+/// # }
+/// ```
+pub trait Store<T> {
+    /// Stores one result.
+    ///
+    /// # Errors
+    ///
+    /// An error stops the exchange, as a failed call does by default.
+    fn store(&mut self, value: T, origin: &Origin<'_>) -> Result<()>;
+
+    /// Called when a call fails (a panic, a kill, a result that does not
+    /// decode, a child that could not start). The default returns the
+    /// error, which stops the exchange: the other children are killed and
+    /// reaped and the method that met the failure returns it. Return
+    /// `Ok(())` to record the failure and go on.
+    ///
+    /// # Errors
+    ///
+    /// As [`store`](Self::store).
+    fn failed(&mut self, error: Error, origin: &Origin<'_>) -> Result<()> {
+        let _ = origin;
+        Err(error)
+    }
+
+    /// Called once when a call is over, after its value (or its last
+    /// value, with [`Exchange::continuous`](crate::Exchange::continuous)) or its failure. The default
+    /// does nothing; a store that counts calls in flight, or closes a
+    /// record per call, uses it.
+    ///
+    /// # Errors
+    ///
+    /// As [`store`](Self::store).
+    fn ended(&mut self, origin: &Origin<'_>) -> Result<()> {
+        let _ = origin;
+        Ok(())
+    }
+}
+
+impl<T> Store<T> for Vec<T> {
+    fn store(&mut self, value: T, _origin: &Origin<'_>) -> Result<()> {
+        self.push(value);
+        Ok(())
+    }
+}
+
+/// Decodes a value with its own type and hands it to the store.
+type Sink<S> = fn(&mut S, Result<&[u8]>, &Origin<'_>) -> Result<()>;
+
+fn sink<S: Store<T>, T: DeserializeOwned>(
+    store: &mut S,
+    result: Result<&[u8]>,
+    origin: &Origin<'_>,
+) -> Result<()> {
+    match result.and_then(decode::<T>) {
+        Ok(value) => store.store(value, origin),
+        Err(error) => store.failed(error, origin),
+    }
+}
+
+/// Tells the store that a call is over.
+type End<S> = fn(&mut S, &Origin<'_>) -> Result<()>;
+
+/// A call the exchange was given: what it runs and where its values go.
+pub(super) struct Job<S> {
+    pub(super) name: String,
+    pub(super) index: usize,
+    sink: Sink<S>,
+    end: End<S>,
+    /// Whether its values arrive on the channel ([`Streams`](crate::Streams)) rather than
+    /// as its return value.
+    pub(super) streams: bool,
+    /// How many values it has delivered.
+    pub(super) values: usize,
+}
+
+impl<S> Job<S> {
+    pub(super) fn new<T: DeserializeOwned, K: Delivery>(name: String, index: usize) -> Self
+    where
+        S: Store<T>,
+    {
+        Self {
+            name,
+            index,
+            sink: sink::<S, T>,
+            end: <S as Store<T>>::ended,
+            streams: K::STREAMS,
+            values: 0,
+        }
+    }
+
+    pub(super) fn origin(&self, pid: Option<u32>) -> Origin<'_> {
+        Origin {
+            name: &self.name,
+            index: self.index,
+            pid,
+        }
+    }
+
+    /// Hands one value of the call (or its failure) to the store.
+    pub(super) fn deliver(
+        &mut self,
+        store: &mut S,
+        value: Result<&[u8]>,
+        pid: Option<u32>,
+    ) -> Result<()> {
+        self.values += 1;
+        (self.sink)(store, value, &self.origin(pid))
+    }
+
+    /// Tells the store that the call is over.
+    pub(super) fn end(&self, store: &mut S, pid: Option<u32>) -> Result<()> {
+        (self.end)(store, &self.origin(pid))
+    }
+}

@@ -1,0 +1,529 @@
+//! The parent's end of a child: its process, its channel and its result.
+//! This file is the public face; [`read`] reads the channel, [`rpc`]
+//! matches replies to requests.
+
+mod read;
+mod rpc;
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use nix::sys::socket::Shutdown;
+use nix::unistd::Pid;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub(crate) use self::read::Event;
+use self::read::Inner;
+use super::delivery::{Returns, Types};
+use crate::error::{Error, Result};
+use crate::lock::lock;
+use crate::process::capture::Capture;
+use crate::process::child::Child;
+use crate::process::limits::{self, Limits};
+use crate::process::spawn::Spawned;
+use crate::process::tree;
+use crate::wire::conn::Conn;
+use crate::wire::frame::tag;
+use crate::wire::recv::{Iter, batch, optional};
+use crate::wire::wait::Deadline;
+
+/// A running (or finished) child process started by pproc, with the
+/// parent's end of its channel.
+///
+/// `R` is the function's return type; `S` is what the parent sends and `V`
+/// what it receives, the mirror of the child's [`Channel<V, S>`](crate::Channel).
+/// Functions without a channel have `S = V = ()`. `K` is how the call
+/// delivers its values to an exchange ([`Returns`] or
+/// [`Streams`](crate::Streams)), which `#[parallel]` picks.
+///
+/// A `Handle` owns its child: dropping it kills the child if it is still
+/// running and reaps it, so no zombie and no descriptor is left behind.
+///
+/// # Examples
+///
+/// ```
+/// use pproc::{parallel, Handle};
+///
+/// #[parallel]
+/// fn add(a: i64, b: i64) -> i64 {
+///     a + b
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// let h: Handle<i64> = add::start(2, 3)?;
+/// assert_eq!(h.join()?, 5);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Handle<R, S = (), V = (), K = Returns> {
+    inner: Mutex<Inner>,
+    /// The socket under the channel, and the pidfd: lent without the lock.
+    socket: Arc<OwnedFd>,
+    pidfd: Option<Arc<OwnedFd>>,
+    /// Signalled when a reply is filed in the book, or its reader stops.
+    news: Condvar,
+    name: String,
+    pid: Pid,
+    _types: Types<R, S, V, K>,
+}
+
+impl<R, S, V, K> Handle<R, S, V, K> {
+    pub(crate) fn new(name: String, conn: Conn, spawned: Spawned) -> Self {
+        tree::enter(spawned.pid, &name);
+        let pidfd = spawned.pidfd.map(Arc::new);
+        Self {
+            name,
+            pid: spawned.pid,
+            news: Condvar::new(),
+            socket: conn.shared_fd(),
+            pidfd: pidfd.clone(),
+            inner: Mutex::new(Inner::new(conn, Child::new(spawned.pid, pidfd))),
+            _types: PhantomData,
+        }
+    }
+
+    /// The same handle with other type parameters: an exchange holds
+    /// handles of many functions, and decodes each with its own types.
+    pub(crate) fn cast<R2, S2, V2, K2>(self) -> Handle<R2, S2, V2, K2> {
+        Handle {
+            inner: self.inner,
+            socket: self.socket,
+            pidfd: self.pidfd,
+            news: self.news,
+            name: self.name,
+            pid: self.pid,
+            _types: PhantomData,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        lock(&self.inner)
+    }
+
+    fn inner_mut(&mut self) -> &mut Inner {
+        self.inner
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sends a `DATA` frame holding `value`, whatever the handle's types.
+    pub(crate) fn send_data<T: Serialize>(&self, value: &T) -> Result<()> {
+        self.lock().conn.send_value(tag::DATA, value)
+    }
+
+    /// For `select`: whether the child has exited, or what to poll for it.
+    pub(crate) fn exit_state(&self) -> Result<Exit<'_>> {
+        if self.lock().child.wait_exited(Deadline::Now)? {
+            return Ok(Exit::Done);
+        }
+        Ok(self
+            .pidfd
+            .as_deref()
+            .map_or(Exit::Blind, |fd| Exit::Fd(fd.as_fd())))
+    }
+
+    /// The pidfd, readable once the child has exited; `None` on kernels
+    /// without pidfds (before 5.3).
+    pub(crate) fn pidfd(&self) -> Option<BorrowedFd<'_>> {
+        self.pidfd.as_deref().map(AsFd::as_fd)
+    }
+
+    /// Shuts the channel down both ways: the child's sends and receives
+    /// fail with `Disconnected` from now on, and a reusable worker exits.
+    pub(crate) fn close_channel(&self) {
+        // Only fails if the socket is not connected any more: closed is
+        // what we want.
+        let _ = nix::sys::socket::shutdown(self.socket.as_raw_fd(), Shutdown::Both);
+    }
+
+    /// The child leads its own process group.
+    pub(crate) fn set_group(&mut self, group: bool) {
+        self.inner_mut().child.group = group;
+    }
+
+    /// The child's output is captured.
+    pub(crate) fn set_capture(&mut self, capture: Capture) {
+        self.inner_mut().capture = Some(capture);
+    }
+
+    /// Applies resource limits to the child, and watches its deadline. On
+    /// failure the child is killed.
+    pub(crate) fn limit(&mut self, limits: Limits) -> Result<()> {
+        let inner = self.inner_mut();
+        inner.limits = limits;
+        limits::apply(&mut inner.child, limits)
+    }
+
+    pub(crate) fn send_args(&self, args: &[u8]) -> Result<()> {
+        match self.lock().conn.send_bytes(tag::ARGS, args) {
+            // The child refused to start (and said why): `join` reports it.
+            Err(Error::Disconnected) | Ok(()) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The child's process id.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.pid.as_raw().cast_unsigned()
+    }
+
+    /// The registered name of the function the child runs.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the child process has exited. Never blocks.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the process could not be waited for.
+    pub fn is_finished(&self) -> Result<bool> {
+        match self.lock().child.wait(Deadline::Now) {
+            Ok(_) => Ok(true),
+            Err(Error::Timeout) => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Kills the child with `SIGKILL`, and with it the processes it
+    /// started, when it leads its own process group (the default; see
+    /// [`Builder::process_group`](crate::Builder::process_group)). A later
+    /// [`join`](Self::join) returns [`Error::Signaled`], unless the child had
+    /// already sent its result. Killing a child that has exited does
+    /// nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the signal could not be sent.
+    pub fn kill(&self) -> Result<()> {
+        self.lock().child.kill()
+    }
+
+    /// Stops the child gracefully: sends `SIGTERM` (to its process group,
+    /// when it leads one), waits up to `grace` for it to exit, then sends
+    /// `SIGKILL`. Descendants still in its group when it exits are killed
+    /// too, so nothing of the tree is left running. The child is reaped; a
+    /// later [`join`](Self::join) reports how it ended (usually
+    /// [`Error::Signaled`] with `SIGTERM` or `SIGKILL`). A child that has
+    /// exited already is only reaped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pproc::{parallel, Error};
+    ///
+    /// #[parallel]
+    /// fn forever() {
+    ///     loop {
+    ///         std::thread::park();
+    ///     }
+    /// }
+    ///
+    /// # fn main() -> pproc::Result<()> {
+    /// let h = forever::start()?;
+    /// h.terminate(Duration::from_secs(1))?;
+    /// assert!(matches!(h.join(), Err(Error::Signaled { signal: 15 })));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if a signal could not be sent or the child could not
+    /// be waited for.
+    pub fn terminate(&self, grace: Duration) -> Result<()> {
+        self.lock().child.terminate(grace).map(drop)
+    }
+
+    /// Closes the parent's sending end: once the child has received what
+    /// was sent before, its receives fail with [`Error::Disconnected`] (a
+    /// serving child's [`Channel::serve`](crate::Channel::serve) returns).
+    /// The child can still send, and its result still comes back.
+    pub fn close(&self) {
+        // Fails only on a socket that is not connected any more: closed
+        // is what we want.
+        let _ = nix::sys::socket::shutdown(self.socket.as_raw_fd(), Shutdown::Write);
+    }
+
+    /// Sends an error in place of a value: the child's next receive on its
+    /// [`Channel`](crate::Channel) returns it as [`Error::Remote`] with this
+    /// message.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Disconnected`] if the child is gone.
+    pub fn send_error(&self, error: impl fmt::Display) -> Result<()> {
+        self.lock().conn.send_value(tag::ERROR, &error.to_string())
+    }
+}
+
+impl<R: DeserializeOwned, S, V, K> Handle<R, S, V, K> {
+    /// Waits for the child to finish and returns its result. Values the
+    /// child sent that were not received are dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Panicked`] if the child panicked, [`Error::Signaled`] if it
+    /// was killed, [`Error::Exited`] if it exited without a result,
+    /// [`Error::Codec`] if the result does not decode, and the errors of
+    /// starting a child ([`Error::Unregistered`], [`Error::VersionSkew`]).
+    pub fn join(mut self) -> Result<R> {
+        let inner = self.inner_mut();
+        let status = inner.settle(Deadline::Never, false)?;
+        inner.result(status)
+    }
+
+    /// Waits at most `timeout` for the child to finish and returns its
+    /// result. On [`Error::Timeout`] the child keeps running and the handle
+    /// stays usable: values it sent meanwhile can still be received.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`], or as [`join`](Self::join).
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<R> {
+        let inner = self.inner_mut();
+        let status = inner.settle(Deadline::after(timeout), true)?;
+        inner.result(status)
+    }
+
+    /// The result, or `None` if `deadline` passed first (the child runs
+    /// on).
+    pub(crate) fn join_until(&mut self, deadline: Deadline) -> Option<Result<R>> {
+        let inner = self.inner_mut();
+        match inner.settle(deadline, true) {
+            Ok(status) => Some(inner.result(status)),
+            Err(Error::Timeout) => None,
+            Err(err) => Some(Err(err)),
+        }
+    }
+
+    /// Waits for the child to finish, and returns its result with what it
+    /// wrote to its standard output and error, as
+    /// [`std::process::Command::output`] does. The streams are empty unless
+    /// the child was started with
+    /// [`Builder::capture_output`](crate::Builder::capture_output).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pproc::{parallel, Builder};
+    ///
+    /// #[parallel]
+    /// fn chatty(n: u32) -> u32 {
+    ///     println!("working on {n}");
+    ///     eprintln!("a warning");
+    ///     n + 1
+    /// }
+    ///
+    /// # fn main() -> pproc::Result<()> {
+    /// let out = Builder::new().capture_output(true).start(chatty::call(41))?.join_output();
+    /// assert_eq!(out.result?, 42);
+    /// assert_eq!(out.stdout, b"working on 41\n");
+    /// assert_eq!(out.stderr, b"a warning\n");
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use = "the output holds the child's result"]
+    pub fn join_output(mut self) -> Output<R> {
+        let inner = self.inner_mut();
+        let result = inner
+            .settle(Deadline::Never, false)
+            .and_then(|status| inner.result(status));
+        let (stdout, stderr) = inner
+            .capture
+            .take()
+            .map(Capture::finish)
+            .unwrap_or_default();
+        Output {
+            result,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+/// A child's result with its captured standard output and error, from
+/// [`Handle::join_output`].
+#[derive(Debug)]
+#[must_use = "the output holds the child's result"]
+pub struct Output<R> {
+    /// What [`Handle::join`] would have returned.
+    pub result: Result<R>,
+    /// Everything the child wrote to its standard output.
+    pub stdout: Vec<u8>,
+    /// Everything the child wrote to its standard error.
+    pub stderr: Vec<u8>,
+}
+
+impl<R, S: Serialize, V, K> Handle<R, S, V, K> {
+    /// Sends a value to the child.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Disconnected`] if the child is gone, [`Error::Codec`] if the
+    /// value does not serialize.
+    pub fn send(&self, value: &S) -> Result<()> {
+        self.lock().conn.send_value(tag::DATA, value)
+    }
+}
+
+impl<R, S, V: DeserializeOwned, K> Handle<R, S, V, K> {
+    /// Waits for the next value from the child.
+    ///
+    /// # Errors
+    ///
+    /// Once the child is done and everything it sent was received:
+    /// [`Error::Disconnected`] if it returned normally, otherwise how it
+    /// ended ([`Error::Panicked`], [`Error::Signaled`], [`Error::Exited`]).
+    /// [`Error::Codec`] for a value that does not decode as `V`;
+    /// [`Error::Remote`] for an error the child sent in place of a value
+    /// (the next receive goes on with the next one).
+    pub fn recv(&self) -> Result<V> {
+        self.lock().recv(Deadline::Never)
+    }
+
+    /// Waits at most `timeout` for the next value.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] if nothing arrived in time, otherwise as
+    /// [`recv`](Self::recv).
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<V> {
+        self.lock().recv(Deadline::after(timeout))
+    }
+
+    /// Returns the next value if one has arrived, without waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv).
+    pub fn try_recv(&self) -> Result<Option<V>> {
+        optional(self.lock().recv(Deadline::Now))
+    }
+
+    /// Waits for a first value, then up to `timeout` more to fill a batch
+    /// of at most `max` values (concurrence's `receive_batch`).
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv) for the first value; an error met after it
+    /// ends the batch and is returned by the next receive.
+    pub fn recv_batch(&self, max: usize, timeout: Duration) -> Result<Vec<V>> {
+        let mut inner = self.lock();
+        let mut deferred = None;
+        let out = batch(
+            max,
+            timeout,
+            |deadline| inner.recv(deadline),
+            |err| {
+                deferred = Some(err);
+            },
+        );
+        if let Some(err) = deferred {
+            inner.conn.defer(err);
+        }
+        out
+    }
+
+    /// An iterator over the values the child sends. It ends when the child
+    /// is done sending; an abnormal end (a panic, a kill) is yielded as a
+    /// last `Err`.
+    #[must_use]
+    pub fn iter(&self) -> Iter<'_, V> {
+        Iter::new(move || self.recv())
+    }
+
+    /// Calls `f` with each value the child sends, until it is done sending
+    /// (concurrence's `receiver`). Values the child sent before it exited
+    /// are all delivered. Errors the child sent in place of values
+    /// ([`Error::Remote`]) are handed to `f` too; run it on a scoped thread
+    /// to keep sending to the child meanwhile (a `Handle` is `Sync`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pproc::{parallel, Channel};
+    ///
+    /// #[parallel]
+    /// fn countdown(ch: Channel<u32>, from: u32) {
+    ///     for n in (0..=from).rev() {
+    ///         ch.send(&n).unwrap();
+    ///     }
+    /// }
+    ///
+    /// # fn main() -> pproc::Result<()> {
+    /// let h = countdown::start(3)?;
+    /// let mut seen = Vec::new();
+    /// h.for_each(|n| seen.push(n.unwrap()))?;
+    /// assert_eq!(seen, [3, 2, 1, 0]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// How the child ended, if not normally ([`Error::Panicked`],
+    /// [`Error::Signaled`], ...), or [`Error::Codec`] for a value that does
+    /// not decode.
+    pub fn for_each(&self, mut f: impl FnMut(Result<V>)) -> Result<()> {
+        loop {
+            match self.recv() {
+                Ok(value) => f(Ok(value)),
+                Err(sent @ Error::Remote { .. }) => f(Err(sent)),
+                Err(Error::Disconnected) => return Ok(()),
+                Err(err) => return Err(err),
+            }
+        }
+    }
+}
+
+impl<'a, R, S, V: DeserializeOwned, K> IntoIterator for &'a Handle<R, S, V, K> {
+    type Item = Result<V>;
+    type IntoIter = Iter<'a, V>;
+
+    fn into_iter(self) -> Iter<'a, V> {
+        self.iter()
+    }
+}
+
+impl<R, S, V, K> AsRawFd for Handle<R, S, V, K> {
+    /// The socket under the channel, for polling it in an event loop of
+    /// your own. Reading or writing it directly breaks the framing.
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+impl<R, S, V, K> AsFd for Handle<R, S, V, K> {
+    /// The socket under the channel, for polling it in an event loop of
+    /// your own. Reading or writing it directly breaks the framing.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
+/// What [`select`](crate::select) watches of one child.
+pub(crate) enum Exit<'a> {
+    /// It has finished.
+    Done,
+    /// Its pidfd, readable once it exits.
+    Fd(BorrowedFd<'a>),
+    /// No pidfd: check again later.
+    Blind,
+}
+
+impl<R, S, V, K> fmt::Debug for Handle<R, S, V, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle")
+            .field("name", &self.name)
+            .field("pid", &self.pid.as_raw())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,286 @@
+//! Reading a child's channel from the parent's side: one classifier of the
+//! frames a child sends, and on top of it the result, the receive family,
+//! and the readers that collectors poll without blocking.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use super::Handle;
+use super::rpc::Book;
+use crate::error::{Error, Result};
+use crate::process::capture::Capture;
+use crate::process::child::{Child, Status};
+use crate::process::limits::{Limits, status_error};
+use crate::wire::codec::decode;
+use crate::wire::conn::{Conn, Next};
+use crate::wire::frame::{PanicReport, Refusal, join_call, remote, tag};
+use crate::wire::wait::Deadline;
+
+/// How long a receive that saw the channel close waits for the child's exit
+/// status, to report how it ended rather than a bare `Disconnected`.
+const EXIT_GRACE: Duration = Duration::from_millis(200);
+
+/// What the handle keeps under its lock: the channel, the process, and
+/// what was read of them.
+#[derive(Debug)]
+pub(super) struct Inner {
+    pub(super) conn: Conn,
+    pub(super) child: Child,
+    outcome: Option<Outcome>,
+    /// Values (`DATA` frames, or errors sent in their place) read while
+    /// waiting for the result, not yet received.
+    pub(super) pending: VecDeque<Result<Vec<u8>>>,
+    /// The limits the child was started with, to tell why it died.
+    pub(super) limits: Limits,
+    /// Its standard output and error, when captured.
+    pub(super) capture: Option<Capture>,
+    /// Replies that arrived for requests other than the one awaited.
+    pub(super) book: Book,
+}
+
+/// How the child said its call ended.
+#[derive(Debug)]
+enum Outcome {
+    Value(Vec<u8>),
+    Panic(PanicReport),
+    Refused(Refusal),
+}
+
+impl Outcome {
+    fn from_frame(tag: u8, body: &[u8]) -> Result<Self> {
+        match tag {
+            tag::RESULT => Ok(Self::Value(body.to_vec())),
+            tag::PANIC => decode(body).map(Self::Panic),
+            tag::FAIL => decode(body).map(Self::Refused),
+            other => Err(Error::codec(format_args!(
+                "unexpected frame tag {other} from the child"
+            ))),
+        }
+    }
+
+    /// The error this outcome stands for, if it is one.
+    fn error(&self) -> Option<Error> {
+        match self {
+            Self::Value(_) => None,
+            Self::Panic(report) => Some(Error::Panicked {
+                message: report.message.clone(),
+                location: report.location.clone(),
+                backtrace: report.backtrace.clone(),
+            }),
+            Self::Refused(refusal) => Some(refusal.clone().into()),
+        }
+    }
+
+    /// The serialized value, or how the call failed.
+    fn into_result(self) -> Result<Vec<u8>> {
+        match self {
+            Self::Value(bytes) => Ok(bytes),
+            other => Err(other.error().unwrap_or(Error::Disconnected)),
+        }
+    }
+}
+
+/// What one read of a child's channel saw: every reader of the parent's
+/// side (join, the receive family, request and reply, the collectors)
+/// matches on this.
+#[derive(Debug)]
+pub(crate) enum Event<T> {
+    /// A `DATA` frame, as the caller's reader read it.
+    Data(T),
+    /// An `ERROR` frame: an error the child sent in place of a value. The
+    /// stream goes on after it.
+    Sent(Error),
+    /// The child said how its call ended (`RESULT`, `PANIC` or `FAIL`);
+    /// the handle keeps it.
+    Ended,
+    /// The child closed the channel; everything it sent was read.
+    Closed,
+    /// The child exited; everything it sent was read.
+    Exited,
+    /// The deadline passed.
+    Timeout,
+}
+
+impl Inner {
+    pub(super) fn new(conn: Conn, child: Child) -> Self {
+        Self {
+            conn,
+            child,
+            outcome: None,
+            pending: VecDeque::new(),
+            limits: Limits::default(),
+            capture: None,
+            book: Book::default(),
+        }
+    }
+
+    /// Reads the next frame, waiting until `deadline`, and classifies it;
+    /// a `DATA` frame's body goes through `read`.
+    pub(super) fn next_event<T>(
+        &mut self,
+        deadline: Deadline,
+        read: impl FnOnce(&[u8]) -> Result<T>,
+    ) -> Result<Event<T>> {
+        let Self {
+            conn,
+            child,
+            outcome,
+            ..
+        } = self;
+        let next = conn.next(deadline, child.exit_fd(), |tag, body| match tag {
+            tag::DATA => read(body).map(Event::Data),
+            tag::ERROR => Ok(Event::Sent(remote(body))),
+            other => {
+                *outcome = Some(Outcome::from_frame(other, body)?);
+                Ok(Event::Ended)
+            }
+        })?;
+        match next {
+            Next::Frame(event) => event,
+            Next::Closed => Ok(Event::Closed),
+            Next::Exited => Ok(Event::Exited),
+            Next::Timeout => Ok(Event::Timeout),
+        }
+    }
+
+    /// Reads until the child's outcome is known or it is gone, keeping
+    /// what it sent meanwhile when `keep` is set; then reaps the child.
+    pub(super) fn settle(&mut self, deadline: Deadline, keep: bool) -> Result<Status> {
+        while self.outcome.is_none() {
+            match self.next_event(deadline, |body| Ok(keep.then(|| body.to_vec())))? {
+                Event::Data(Some(bytes)) => self.pending.push_back(Ok(bytes)),
+                Event::Sent(error) if keep => self.pending.push_back(Err(error)),
+                Event::Data(None) | Event::Sent(_) | Event::Ended => {}
+                Event::Closed | Event::Exited => break,
+                Event::Timeout => return Err(Error::Timeout),
+            }
+        }
+        self.child.wait(deadline)
+    }
+
+    pub(super) fn result<R: DeserializeOwned>(&self, status: Status) -> Result<R> {
+        decode(self.result_bytes(status)?)
+    }
+
+    /// The serialized result, or how the child failed.
+    fn result_bytes(&self, status: Status) -> Result<&[u8]> {
+        match &self.outcome {
+            Some(Outcome::Value(bytes)) => Ok(bytes),
+            Some(other) => Err(other.error().unwrap_or(Error::Disconnected)),
+            None => Err(self.status_error(status)),
+        }
+    }
+
+    /// The error for a child that ended with `status` without a result:
+    /// its deadline, a resource limit, or the bare status.
+    fn status_error(&self, status: Status) -> Error {
+        status_error(status, self.child.expired(), &self.limits)
+    }
+
+    pub(super) fn recv<V: DeserializeOwned>(&mut self, deadline: Deadline) -> Result<V> {
+        self.recv_via(deadline, decode::<V>)
+    }
+
+    /// The next value, read by `read`.
+    pub(super) fn recv_via<V>(
+        &mut self,
+        deadline: Deadline,
+        mut read: impl FnMut(&[u8]) -> Result<V>,
+    ) -> Result<V> {
+        if let Some(value) = self.pending.pop_front() {
+            return value.and_then(|bytes| read(&bytes));
+        }
+        loop {
+            match self.next_event(deadline, &mut read)? {
+                Event::Data(value) => return Ok(value),
+                Event::Sent(error) => return Err(error),
+                Event::Ended => {}
+                Event::Timeout => return Err(Error::Timeout),
+                Event::Closed | Event::Exited => return Err(self.end_error(deadline)),
+            }
+        }
+    }
+
+    /// The error for a receive on a channel the child is done with: how the
+    /// child ended, or `Disconnected` if it returned normally.
+    pub(super) fn end_error(&mut self, deadline: Deadline) -> Error {
+        if let Some(outcome) = &self.outcome {
+            return outcome.error().unwrap_or(Error::Disconnected);
+        }
+        let grace = Deadline::after(EXIT_GRACE);
+        let deadline = match (deadline, grace) {
+            (Deadline::At(at), Deadline::At(g)) if at < g => deadline,
+            (Deadline::Now, _) => Deadline::Now,
+            _ => grace,
+        };
+        match self.child.wait(deadline) {
+            Ok(status) => self.status_error(status),
+            Err(Error::Timeout) => Error::Disconnected,
+            Err(err) => err,
+        }
+    }
+}
+
+/// What collectors read of their children, without blocking: an exchange,
+/// a pool and a map see every child through these.
+impl<R, S, V, K> Handle<R, S, V, K> {
+    /// The serialized result once the child has ended (or how it failed,
+    /// [`Error::Timeout`] among the ways when its deadline killed it),
+    /// `None` while it runs.
+    pub(crate) fn poll_result(&mut self) -> Option<Result<Vec<u8>>> {
+        let inner = self.inner_mut();
+        match inner.settle(Deadline::Now, false) {
+            Ok(status) => Some(inner.result_bytes(status).map(<[u8]>::to_vec)),
+            Err(Error::Timeout) => None,
+            Err(err) => Some(Err(err)),
+        }
+    }
+
+    /// The next thing the child said, without waiting: a value it sent
+    /// (read first from what a wait for the result kept), an error sent in
+    /// its place, the end of its call, or the end of its channel.
+    pub(crate) fn poll_event(&mut self) -> Result<Event<Vec<u8>>> {
+        let inner = self.inner_mut();
+        if let Some(value) = inner.pending.pop_front() {
+            return Ok(value.map_or_else(Event::Sent, Event::Data));
+        }
+        inner.next_event(Deadline::Now, |body| Ok(body.to_vec()))
+    }
+
+    /// How the child's call ended, once an [`Event::Ended`] said so; taken,
+    /// so that a reusable worker's next call starts afresh.
+    pub(crate) fn take_outcome(&mut self) -> Option<Result<Vec<u8>>> {
+        self.inner_mut().outcome.take().map(Outcome::into_result)
+    }
+
+    /// Reaps a child that is gone or going, and tells how it ended: its
+    /// deadline, a limit, or the bare status.
+    pub(crate) fn reap_error(&mut self) -> Error {
+        let inner = self.inner_mut();
+        match inner.child.wait(Deadline::Never) {
+            Ok(status) => inner.status_error(status),
+            Err(err) => err,
+        }
+    }
+
+    /// Whether nothing more can be read from the socket: the result (or
+    /// the end of the stream) is in, only the exit remains to be seen.
+    pub(crate) fn is_drained(&mut self) -> bool {
+        let inner = self.inner_mut();
+        inner.outcome.is_some() || inner.conn.is_eof()
+    }
+
+    /// Waits for the process to exit, and reaps it.
+    pub(crate) fn wait_exit(&mut self, deadline: Deadline) -> Result<()> {
+        self.inner_mut().child.wait(deadline).map(drop)
+    }
+
+    /// Sends a reusable worker its next call.
+    pub(crate) fn send_call(&mut self, name: &str, args: &[u8]) -> Result<()> {
+        self.inner_mut()
+            .conn
+            .send_bytes(tag::CALL, &join_call(name, args))
+    }
+}

@@ -1,0 +1,130 @@
+//! What the two ends of a channel say to each other: frame tags, and the
+//! bodies of the frames that end a call.
+//!
+//! A frame is a little-endian `u32` body length followed by the body: one
+//! tag byte and the payload, bincode unless a tag says otherwise (see
+//! [`codec`](super::codec)). Parent to child: `ARGS`, then `DATA`. Child to
+//! parent: `DATA`, then exactly one of `RESULT`, `PANIC` or `FAIL`. A
+//! reusable worker gets `CALL` frames after its `ARGS`, and answers each in
+//! the same way. Where a child cannot speak at all, its exit status says
+//! why (the `EXIT_*` constants).
+
+use serde::{Deserialize, Serialize};
+
+use super::codec::decode;
+use crate::error::Error;
+
+/// Frame tags.
+pub(crate) mod tag {
+    pub(crate) const ARGS: u8 = 1;
+    pub(crate) const DATA: u8 = 2;
+    pub(crate) const RESULT: u8 = 3;
+    pub(crate) const PANIC: u8 = 4;
+    pub(crate) const FAIL: u8 = 5;
+    /// Parent to a reusable worker: run this function next. The body is
+    /// the name's length (`u32`), the name, then the serialized arguments.
+    pub(crate) const CALL: u8 = 6;
+    /// Either way, in place of a `DATA` value: an error the sender raised
+    /// (concurrence's `send_exception`). The body is its message.
+    pub(crate) const ERROR: u8 = 7;
+    /// Collector to background child: one frame it has handed to its user
+    /// (a value, an error the call sent in its place, or the end). The body
+    /// is empty.
+    pub(crate) const ACK: u8 = 8;
+}
+
+/// The error an `ERROR` frame carries.
+pub(crate) fn remote(body: &[u8]) -> Error {
+    match decode::<String>(body) {
+        Ok(message) => Error::Remote { message },
+        Err(err) => err,
+    }
+}
+
+/// Exit status of a child whose environment or first frame was malformed, or
+/// whose parent vanished before sending the arguments.
+pub const EXIT_PROTOCOL: i32 = 120;
+/// Exit status of a child asked to run a name that is not registered.
+pub const EXIT_UNREGISTERED: i32 = 121;
+/// Exit status of a child whose build differs from its parent's.
+pub const EXIT_VERSION_SKEW: i32 = 122;
+/// Exit status of a child that aborted because an allocation failed,
+/// reported as [`Error::LimitExceeded`] under a
+/// [`Builder::memory_limit`](crate::Builder::memory_limit), and as
+/// [`Error::OutOfMemory`] otherwise.
+///
+/// A child tells such an abort from any other by `errno`: the C allocator
+/// sets it to `ENOMEM` when it fails, and Rust's allocation-failure path
+/// (a printed line, then `abort()`) keeps it, unless std also prints a
+/// backtrace there (`RUST_BACKTRACE` set), which overwrites it. Stable
+/// Rust has no hook into that path (`std::alloc::set_alloc_error_hook` and
+/// `-Z oom=panic` are unstable), so where the evidence is lost the abort is
+/// reported as it looks: [`Error::Signaled`] with `SIGABRT`.
+pub const EXIT_OUT_OF_MEMORY: i32 = 123;
+
+/// Why a child could not run its function, sent in a `FAIL` frame.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum Refusal {
+    Unregistered { name: String },
+    VersionSkew { parent: u64, child: u64 },
+    Codec { message: String },
+}
+
+impl From<Refusal> for Error {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Unregistered { name } => Self::Unregistered { name },
+            Refusal::VersionSkew { parent, child } => Self::VersionSkew { parent, child },
+            Refusal::Codec { message } => Self::Codec { message },
+        }
+    }
+}
+
+/// A panic's message and location, as sent in a `PANIC` frame.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct PanicReport {
+    pub(crate) message: String,
+    pub(crate) location: Option<String>,
+    /// The backtrace, when the child captured one (`RUST_BACKTRACE`).
+    pub(crate) backtrace: Option<String>,
+}
+
+impl From<PanicReport> for Error {
+    fn from(report: PanicReport) -> Self {
+        Self::Panicked {
+            message: report.message,
+            location: report.location,
+            backtrace: report.backtrace,
+        }
+    }
+}
+
+/// Splits a `CALL` body into the function's name and its arguments.
+pub(crate) fn split_call(body: &[u8]) -> Option<(String, Vec<u8>)> {
+    let len = usize::try_from(u32::from_le_bytes(body.get(..4)?.try_into().ok()?)).ok()?;
+    let name = std::str::from_utf8(body.get(4..4 + len)?).ok()?;
+    Some((name.to_owned(), body[4 + len..].to_vec()))
+}
+
+/// The body of a `CALL` frame.
+pub(crate) fn join_call(name: &str, args: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(name.len()).unwrap_or(u32::MAX);
+    let mut body = Vec::with_capacity(4 + name.len() + args.len());
+    body.extend_from_slice(&len.to_le_bytes());
+    body.extend_from_slice(name.as_bytes());
+    body.extend_from_slice(args);
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_frames_round_trip() {
+        let body = join_call("m::f", &[1, 2, 3]);
+        assert_eq!(split_call(&body), Some(("m::f".to_owned(), vec![1, 2, 3])));
+        assert_eq!(split_call(&body[..5]), None);
+        assert_eq!(split_call(&[]), None);
+    }
+}
