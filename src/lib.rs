@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use pproc::{Channel, parallel};
+use pproc::{Channel, Error, Origin, Store, parallel};
 
 pub mod grid;
 pub mod pygmy;
@@ -50,6 +50,74 @@ pub fn nest(ch: Channel<Vec<u32>>, ignore_term: bool) {
         .expect("the parent listens");
     loop {
         std::thread::park();
+    }
+}
+
+/// A store that fails the test if more children of this process than
+/// `limit` ever live while a value arrives, and keeps the most it saw.
+#[derive(Debug)]
+pub struct Bounded {
+    limit: usize,
+    /// The most children seen at once.
+    pub most: usize,
+    /// How many values were stored.
+    pub count: usize,
+}
+
+impl Bounded {
+    /// A store that allows `limit` children at once.
+    #[must_use]
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            most: 0,
+            count: 0,
+        }
+    }
+}
+
+impl Store<u64> for Bounded {
+    fn store(&mut self, _value: u64, _origin: &Origin<'_>) -> pproc::Result<()> {
+        let live = children().len();
+        assert!(
+            live <= self.limit,
+            "{live} children live, the limit is {}",
+            self.limit
+        );
+        self.most = self.most.max(live);
+        self.count += 1;
+        Ok(())
+    }
+}
+
+/// A store that keeps every value with its call's index, and takes each
+/// failure (with its index) instead of stopping the exchange.
+#[derive(Debug)]
+pub struct Tolerant<T> {
+    /// The values, with the index of the call that delivered each.
+    pub values: Vec<(usize, T)>,
+    /// The failures, with the index of the call that failed.
+    pub failures: Vec<(usize, Error)>,
+}
+
+impl<T> Default for Tolerant<T> {
+    fn default() -> Self {
+        Self {
+            values: Vec::new(),
+            failures: Vec::new(),
+        }
+    }
+}
+
+impl<T> Store<T> for Tolerant<T> {
+    fn store(&mut self, value: T, origin: &Origin<'_>) -> pproc::Result<()> {
+        self.values.push((origin.index(), value));
+        Ok(())
+    }
+
+    fn failed(&mut self, error: Error, origin: &Origin<'_>) -> pproc::Result<()> {
+        self.failures.push((origin.index(), error));
+        Ok(())
     }
 }
 

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use pproc::{Error, Exchange, Origin, Store, parallel};
-use pproc_workspace::{children, open_fds, serial};
+use pproc_workspace::{Bounded, Tolerant, children, open_fds, serial};
 
 #[parallel]
 fn square(x: u64) -> u64 {
@@ -64,46 +64,6 @@ impl Store<String> for Mixed {
     }
 }
 
-/// Values with their call index, and failures instead of a stop.
-#[derive(Default)]
-struct Tolerant {
-    values: Vec<(usize, u64)>,
-    failures: Vec<(usize, Error)>,
-}
-
-impl Store<u64> for Tolerant {
-    fn store(&mut self, value: u64, origin: &Origin<'_>) -> pproc::Result<()> {
-        self.values.push((origin.index(), value));
-        Ok(())
-    }
-
-    fn failed(&mut self, error: Error, origin: &Origin<'_>) -> pproc::Result<()> {
-        self.failures.push((origin.index(), error));
-        Ok(())
-    }
-}
-
-/// Fails the test if more children than `limit` ever run at once.
-struct Bounded {
-    limit: usize,
-    most: usize,
-    count: usize,
-}
-
-impl Store<u64> for Bounded {
-    fn store(&mut self, _value: u64, _origin: &Origin<'_>) -> pproc::Result<()> {
-        let live = children().len();
-        assert!(
-            live <= self.limit,
-            "{live} children run, the limit is {}",
-            self.limit
-        );
-        self.most = self.most.max(live);
-        self.count += 1;
-        Ok(())
-    }
-}
-
 #[test]
 fn the_spec_example_works() {
     let _serial = serial();
@@ -138,7 +98,7 @@ fn one_exchange_runs_functions_of_different_types() {
 #[test]
 fn a_child_killed_mid_stream_fails_only_its_call() {
     let _serial = serial();
-    let mut ex = Exchange::new(Tolerant::default()).limit(4);
+    let mut ex = Exchange::new(Tolerant::<u64>::default()).limit(4);
     for i in 0..200 {
         assert_eq!(
             ex.start(work::call(i, 77)).unwrap(),
@@ -181,12 +141,7 @@ fn the_first_failure_stops_the_exchange_and_reaps_everyone() {
 #[test]
 fn the_limit_is_never_exceeded() {
     let _serial = serial();
-    let mut ex = Exchange::new(Bounded {
-        limit: 3,
-        most: 0,
-        count: 0,
-    })
-    .limit(3);
+    let mut ex = Exchange::new(Bounded::new(3)).limit(3);
     for i in 0..40 {
         ex.start(sleeps::call(i % 5)).unwrap();
         assert!(ex.active().len() <= 3);

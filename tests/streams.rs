@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
 
 use pproc::{Call, Channel, Error, Exchange, Handle, Origin, Store, Streams, parallel};
-use pproc_workspace::{children, open_fds, serial};
+use pproc_workspace::{Bounded, Tolerant, children, open_fds, serial};
 
 /// Sends `(i, j)` for `j` in `0..n`, `ms` milliseconds apart.
 #[parallel]
@@ -62,28 +62,23 @@ fn good_then_garbage(ch: Channel<u64>, good: u64, bytes: Vec<u8>) {
     file.write_all(&bytes).expect("write");
 }
 
-/// Values with their call index, and failures instead of a stop.
+/// Kills call 77 from outside once it has sent two values; keeps values
+/// and failures as [`Tolerant`] does.
 #[derive(Default)]
-struct Tolerant {
-    values: Vec<(usize, (u64, u64))>,
-    failures: Vec<(usize, Error)>,
-}
+struct KillsCall77(Tolerant<(u64, u64)>);
 
-impl Store<(u64, u64)> for Tolerant {
+impl Store<(u64, u64)> for KillsCall77 {
     fn store(&mut self, value: (u64, u64), origin: &Origin<'_>) -> pproc::Result<()> {
-        // Kill call 77 from outside once it has sent two values.
         if origin.index() == 77 && value.1 == 1 {
             let pid = i32::try_from(origin.pid().expect("it runs")).unwrap();
             // SAFETY: kill(2) on a child that is not reaped yet.
             assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
         }
-        self.values.push((origin.index(), value));
-        Ok(())
+        self.0.store(value, origin)
     }
 
     fn failed(&mut self, error: Error, origin: &Origin<'_>) -> pproc::Result<()> {
-        self.failures.push((origin.index(), error));
-        Ok(())
+        self.0.failed(error, origin)
     }
 }
 
@@ -103,11 +98,13 @@ fn a_streaming_call_delivers_its_first_value_by_default() {
 #[test]
 fn continuous_stores_every_value_with_its_origin() {
     let _serial = serial();
-    let mut ex = Exchange::new(Tolerant::default()).limit(3).continuous(true);
+    let mut ex = Exchange::new(KillsCall77::default())
+        .limit(3)
+        .continuous(true);
     for i in 0..10 {
         assert_eq!(ex.start(row::call(i, 10, 1)).unwrap(), i as usize);
     }
-    let done = ex.finish().unwrap();
+    let done = ex.finish().unwrap().0;
     assert!(done.failures.is_empty());
     assert_eq!(done.values.len(), 100);
     for (index, (i, _)) in &done.values {
@@ -129,12 +126,14 @@ fn continuous_stores_every_value_with_its_origin() {
 fn a_streaming_child_killed_mid_stream_fails_only_its_call() {
     let _serial = serial();
     let fds = open_fds();
-    let mut ex = Exchange::new(Tolerant::default()).limit(4).continuous(true);
+    let mut ex = Exchange::new(KillsCall77::default())
+        .limit(4)
+        .continuous(true);
     for i in 0..200 {
         ex.start(row::call(i, 5, if i == 77 { 50 } else { 0 }))
             .unwrap();
     }
-    let done = ex.finish().unwrap();
+    let done = ex.finish().unwrap().0;
     assert_eq!(done.failures.len(), 1, "{:?}", done.failures);
     assert_eq!(done.failures[0].0, 77);
     assert!(
@@ -163,36 +162,10 @@ fn autoclose_closes_the_channel_of_a_delivered_child() {
     assert_eq!(children(), Vec::<u32>::new());
 }
 
-/// Fails the test if more children than `limit` ever live at once.
-struct Bounded {
-    limit: usize,
-    most: usize,
-    count: usize,
-}
-
-impl Store<u64> for Bounded {
-    fn store(&mut self, _value: u64, _origin: &Origin<'_>) -> pproc::Result<()> {
-        let live = children().len();
-        assert!(
-            live <= self.limit,
-            "{live} children live, the limit is {}",
-            self.limit
-        );
-        self.most = self.most.max(live);
-        self.count += 1;
-        Ok(())
-    }
-}
-
 #[test]
 fn delivered_children_keep_their_place_until_they_exit() {
     let _serial = serial();
-    let mut ex = Exchange::new(Bounded {
-        limit: 2,
-        most: 0,
-        count: 0,
-    })
-    .limit(2);
+    let mut ex = Exchange::new(Bounded::new(2)).limit(2);
     for i in 0..10 {
         ex.start(first_then_linger::call(i, 100)).unwrap();
         assert!(children().len() <= 2, "the limit was exceeded");
@@ -292,13 +265,7 @@ fn reused_workers_stream_too() {
 fn created_children_send_their_values_and_are_reaped() {
     let _serial = serial();
     let fds = open_fds();
-    let mut ex = Exchange::new(Bounded {
-        limit: 3,
-        most: 0,
-        count: 0,
-    })
-    .limit(3)
-    .continuous(true);
+    let mut ex = Exchange::new(Bounded::new(3)).limit(3).continuous(true);
     for i in 0..12_u64 {
         // SAFETY: the closure takes no lock that another thread holds.
         unsafe {

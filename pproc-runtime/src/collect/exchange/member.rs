@@ -43,23 +43,19 @@ impl<S> Member<S> {
     /// The call it runs or ran; `None` for an idle worker.
     pub(super) fn job(&self) -> Option<&Job<S>> {
         match &self.state {
-            State::Call(job)
-            | State::Stream(job)
-            | State::Delivered(job)
-            | State::Exited(job)
-            | State::Worker { job: Some(job), .. } => Some(job),
-            State::Worker { job: None, .. } => None,
+            State::Call(job) | State::Stream(job) | State::Delivered(job) | State::Exited(job) => {
+                Some(job)
+            }
+            State::Worker { job, .. } => job.as_ref(),
         }
     }
 
+    /// The call still taking values: not one that has delivered its value.
     fn job_mut(&mut self) -> Option<&mut Job<S>> {
         match &mut self.state {
-            State::Call(job)
-            | State::Stream(job)
-            | State::Delivered(job)
-            | State::Exited(job)
-            | State::Worker { job: Some(job), .. } => Some(job),
-            State::Worker { job: None, .. } => None,
+            State::Call(job) | State::Stream(job) => Some(job),
+            State::Worker { job, .. } => job.as_mut(),
+            State::Delivered(_) | State::Exited(_) => None,
         }
     }
 
