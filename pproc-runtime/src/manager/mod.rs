@@ -58,10 +58,11 @@
 //! and reach it through an encrypted tunnel (`ssh -L`, `WireGuard`, `stunnel`),
 //! and use a long random key (see [`Manager::key`]).
 
+mod auth;
 mod custom;
 mod protocol;
 mod server;
-mod wire;
+mod transport;
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -74,7 +75,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use custom::{Entry as SharedEntry, create as shared_create, invoke as shared_invoke};
 pub use protocol::NumKind;
-pub use wire::Address;
+pub use transport::Address;
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use server::{fuzz_handshake, fuzz_requests};
@@ -86,7 +87,7 @@ use crate::conn::{Conn, decode, encode, tag};
 use crate::error::{Error, Result};
 use crate::handle::Handle;
 use protocol::{Answer, Kind, Op};
-use wire::{Listener, Stream};
+use transport::{Listener, Stream};
 
 /// The name a manager process is started under.
 pub(crate) const MANAGER: &str = "pproc::__manager";
@@ -106,7 +107,7 @@ impl Client {
         stream
             .set_read_timeout(Some(HANDSHAKE))
             .map_err(Error::Io)?;
-        wire::connect_handshake(&mut stream, key, address)?;
+        auth::connect_handshake(&mut stream, key, address)?;
         stream.set_read_timeout(None).map_err(Error::Io)?;
         Ok(Self { stream })
     }
@@ -988,14 +989,14 @@ impl Manager {
     /// [`Error::Spawn`] if the process cannot start, [`Error::Io`] if it
     /// cannot listen.
     pub fn start() -> Result<Self> {
-        let nonce = wire::random().map_err(Error::Io)?;
+        let nonce = auth::random().map_err(Error::Io)?;
         let name = nonce[..8].iter().fold(String::new(), |mut name, b| {
             use fmt::Write as _;
             let _ = write!(name, "{b:02x}");
             name
         });
         let address = Address::Local(format!("pproc-manager-{}-{name}", std::process::id()));
-        Self::launch(&address, wire::random().map_err(Error::Io)?.to_vec())
+        Self::launch(&address, auth::random().map_err(Error::Io)?.to_vec())
     }
 
     /// Starts a manager process that listens on the TCP address `addr`

@@ -26,7 +26,8 @@ use serde::de::DeserializeOwned;
 
 use super::custom;
 use super::protocol::{Answer, Kind, NumKind, Op};
-use super::wire::{self, Listener, Stream};
+use super::auth;
+use super::transport::{Listener, Stream};
 use crate::codec;
 use crate::conn::{decode, encode};
 
@@ -95,7 +96,7 @@ struct Greeting {
     stream: Stream,
     /// Whom it counts against; `None`: only the table bounds it.
     peer: Option<Peer>,
-    challenge: [u8; wire::CHALLENGE],
+    challenge: [u8; auth::CHALLENGE],
     answer: Vec<u8>,
     deadline: Instant,
 }
@@ -111,24 +112,24 @@ impl Greeting {
     /// Sends the challenge; `None` if the connection is unusable.
     fn start(mut stream: Stream, peer: Option<Peer>) -> Option<Self> {
         stream.set_nonblocking(true).ok()?;
-        let challenge = wire::random().ok()?;
+        let challenge = auth::random().ok()?;
         // A fresh socket has room for the hello: a short write is a
         // broken client.
-        let hello = wire::hello(&challenge);
+        let hello = auth::hello(&challenge);
         (stream.write(&hello).ok()? == hello.len()).then_some(())?;
         Some(Self {
             stream,
             peer,
             challenge,
-            answer: Vec::with_capacity(wire::ANSWER),
+            answer: Vec::with_capacity(auth::ANSWER),
             deadline: Instant::now() + HANDSHAKE,
         })
     }
 
     /// Reads what the client sent; checks its answer once it is whole.
     fn advance(mut self, key: &[u8]) -> Step {
-        let mut buf = [0; wire::ANSWER];
-        let want = wire::ANSWER - self.answer.len();
+        let mut buf = [0; auth::ANSWER];
+        let want = auth::ANSWER - self.answer.len();
         match self.stream.read(&mut buf[..want]) {
             Ok(0) => return Step::Refused,
             Ok(n) => self.answer.extend_from_slice(&buf[..n]),
@@ -137,12 +138,12 @@ impl Greeting {
                     || err.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return Step::Refused,
         }
-        if self.answer.len() < wire::ANSWER {
+        if self.answer.len() < auth::ANSWER {
             return Step::Waiting(self);
         }
-        let reply = wire::check_answer(key, &self.challenge, &self.answer);
+        let reply = auth::check_answer(key, &self.challenge, &self.answer);
         let accepted = reply.is_some();
-        let reply = reply.unwrap_or_else(wire::refusal);
+        let reply = reply.unwrap_or_else(auth::refusal);
         let sent = self.stream.set_nonblocking(false).is_ok()
             && self.stream.set_write_timeout(Some(HANDSHAKE)).is_ok()
             && self.stream.write_all(&reply).is_ok()
@@ -1198,6 +1199,6 @@ pub(crate) fn fuzz_handshake(data: &[u8]) {
     }
     if let Some((mut stream, _theirs)) = fed(data) {
         let address = super::Address::Local("fuzz".into());
-        let _ = wire::connect_handshake(&mut stream, b"fuzz", &address);
+        let _ = auth::connect_handshake(&mut stream, b"fuzz", &address);
     }
 }
