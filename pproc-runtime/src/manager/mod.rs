@@ -59,7 +59,9 @@
 //! and use a long random key (see [`Manager::key`]).
 
 mod auth;
+mod client;
 mod custom;
+mod number;
 mod protocol;
 mod server;
 mod transport;
@@ -71,10 +73,10 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 pub use custom::{Entry as SharedEntry, create as shared_create, invoke as shared_invoke};
-pub use protocol::NumKind;
+pub use number::{NumKind, Number};
 pub use transport::Address;
 
 #[cfg(any(test, feature = "fuzzing"))]
@@ -82,187 +84,15 @@ pub(crate) use server::{fuzz_handshake, fuzz_requests};
 
 use crate::call::Builder;
 use crate::child::{EXIT_PROTOCOL, first_frame};
-use crate::codec;
 use crate::conn::{Conn, decode, encode, tag};
 use crate::error::{Error, Result};
 use crate::handle::Handle;
-use protocol::{Answer, Kind, Op};
-use transport::{Listener, Stream};
+use client::{Client, Line, Proxy, Target, in_time, millis};
+use protocol::{Kind, Op};
+use transport::Listener;
 
 /// The name a manager process is started under.
 pub(crate) const MANAGER: &str = "pproc::__manager";
-
-/// How long a client waits for the manager's half of the handshake.
-const HANDSHAKE: Duration = Duration::from_secs(10);
-
-/// One authenticated connection to a manager.
-#[derive(Debug)]
-struct Client {
-    stream: Stream,
-}
-
-impl Client {
-    fn connect(address: &Address, key: &[u8]) -> Result<Self> {
-        let mut stream = Stream::connect(address).map_err(Error::Io)?;
-        stream
-            .set_read_timeout(Some(HANDSHAKE))
-            .map_err(Error::Io)?;
-        auth::connect_handshake(&mut stream, key, address)?;
-        stream.set_read_timeout(None).map_err(Error::Io)?;
-        Ok(Self { stream })
-    }
-
-    fn ask(&mut self, op: &Op) -> Result<Vec<u8>> {
-        let gone = |err| match err {
-            Error::Io(_) => Error::Disconnected,
-            other => other,
-        };
-        codec::write_frame(&mut self.stream, &encode(op)?).map_err(gone)?;
-        let answer = codec::read_frame(&mut self.stream, server::MAX_REQUEST).map_err(gone)?;
-        match decode::<Answer>(&answer)? {
-            Answer::Done(bytes) => Ok(bytes),
-            Answer::Timeout => Err(Error::Timeout),
-            Answer::Fault(message) => Err(Error::Remote { message }),
-        }
-    }
-}
-
-/// Where a proxy's object lives, and the key to reach it.
-#[derive(Clone, Serialize, Deserialize)]
-struct Target {
-    address: Address,
-    key: Vec<u8>,
-}
-
-impl fmt::Debug for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never print the key.
-        f.debug_struct("Target")
-            .field("address", &self.address)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A connection opened on first use, and again after it broke.
-#[derive(Debug, Default)]
-struct Line(Mutex<Option<Client>>);
-
-impl Line {
-    fn ask(&self, target: &Target, op: &Op) -> Result<Vec<u8>> {
-        let mut line = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if line.is_none() {
-            *line = Some(Client::connect(&target.address, &target.key)?);
-        }
-        let Some(client) = line.as_mut() else {
-            return Err(Error::Disconnected);
-        };
-        let answer = client.ask(op);
-        if matches!(
-            answer,
-            Err(Error::Disconnected | Error::Io(_) | Error::Codec { .. })
-        ) {
-            // A broken or desynchronized connection is not used again.
-            *line = None;
-        }
-        answer
-    }
-}
-
-/// The untyped core of every proxy: the object's id where it lives, and a
-/// connection of its own.
-struct Proxy {
-    target: Target,
-    id: u64,
-    line: Line,
-}
-
-impl Proxy {
-    fn invoke<A: Serialize + ?Sized, R: DeserializeOwned>(
-        &self,
-        method: &str,
-        args: &A,
-    ) -> Result<R> {
-        decode(&self.invoke_raw(method, args)?)
-    }
-
-    fn invoke_raw<A: Serialize + ?Sized>(&self, method: &str, args: &A) -> Result<Vec<u8>> {
-        let op = Op::Call {
-            object: self.id,
-            method: method.to_owned(),
-            args: encode(args)?,
-        };
-        self.line.ask(&self.target, &op)
-    }
-}
-
-impl Clone for Proxy {
-    /// The same object, through a connection of its own.
-    fn clone(&self) -> Self {
-        Self {
-            target: self.target.clone(),
-            id: self.id,
-            line: Line::default(),
-        }
-    }
-}
-
-impl Serialize for Proxy {
-    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        (&self.target, self.id).serialize(serializer)
-    }
-}
-
-impl<'de> Deserialize<'de> for Proxy {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        let (target, id) = <(Target, u64)>::deserialize(deserializer)?;
-        Ok(Self {
-            target,
-            id,
-            line: Line::default(),
-        })
-    }
-}
-
-impl fmt::Debug for Proxy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Proxy")
-            .field("address", &self.target.address)
-            .field("id", &self.id)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A timeout as the manager takes it: milliseconds, rounded up.
-fn millis(timeout: Option<Duration>) -> Option<u64> {
-    timeout.map(|t| u64::try_from(t.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX))
-}
-
-/// `Ok(false)` for a timeout.
-fn in_time(result: Result<()>) -> Result<bool> {
-    match result {
-        Ok(()) => Ok(true),
-        Err(Error::Timeout) => Ok(false),
-        Err(err) => Err(err),
-    }
-}
-
-/// A number that shared values, maps and arrays can add to atomically, in
-/// the manager: the integer and float primitives.
-pub trait Number: Serialize + DeserializeOwned + Copy + Send + Sync + 'static {
-    /// The type, as the manager does arithmetic with it.
-    #[doc(hidden)]
-    const KIND: NumKind;
-}
-
-macro_rules! numbers {
-    ($($t:ty => $kind:ident),*) => {
-        $(impl Number for $t {
-            const KIND: NumKind = NumKind::$kind;
-        })*
-    };
-}
-
-numbers!(i8 => I8, i16 => I16, i32 => I32, i64 => I64, u8 => U8, u16 => U16, u32 => U32, u64 => U64, f32 => F32, f64 => F64);
 
 /// A type of your own that a manager can hold, registered with
 /// `pproc::shared!`, which implements this trait.
@@ -1161,6 +991,7 @@ impl fmt::Debug for Manager {
     }
 }
 
+/// Locks `mutex`, whether or not a thread panicked while holding it.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -63,19 +63,3 @@ pub(crate) enum Kind {
     /// A registered user type, by its registered name.
     Custom(String),
 }
-
-/// The numeric types shared values and arrays do arithmetic with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(missing_docs)]
-pub enum NumKind {
-    I8,
-    I16,
-    I32,
-    I64,
-    U8,
-    U16,
-    U32,
-    U64,
-    F32,
-    F64,
-}

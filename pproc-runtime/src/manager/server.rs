@@ -24,9 +24,10 @@ use nix::sys::socket::{getsockopt, sockopt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::custom;
-use super::protocol::{Answer, Kind, NumKind, Op};
 use super::auth;
+use super::custom;
+use super::number::NumKind;
+use super::protocol::{Answer, Kind, Op};
 use super::transport::{Listener, Stream};
 use crate::codec;
 use crate::conn::{decode, encode};
