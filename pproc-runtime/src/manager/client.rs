@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::auth;
-use super::protocol::{Answer, Op};
+use super::protocol::{Answer, ObjectOp, Op};
 use super::server;
 use super::transport::{Address, Stream};
 use crate::codec;
@@ -103,23 +103,16 @@ pub(super) struct Proxy {
 }
 
 impl Proxy {
-    pub(super) fn invoke<A: Serialize + ?Sized, R: DeserializeOwned>(
-        &self,
-        method: &str,
-        args: &A,
-    ) -> Result<R> {
-        decode(&self.invoke_raw(method, args)?)
+    /// Runs `op` on the object; decodes what it answers.
+    pub(super) fn ask<R: DeserializeOwned>(&self, op: impl Into<ObjectOp>) -> Result<R> {
+        decode(&self.ask_raw(op)?)
     }
 
-    pub(super) fn invoke_raw<A: Serialize + ?Sized>(
-        &self,
-        method: &str,
-        args: &A,
-    ) -> Result<Vec<u8>> {
+    /// Runs `op` on the object; what it answers, serialized.
+    pub(super) fn ask_raw(&self, op: impl Into<ObjectOp>) -> Result<Vec<u8>> {
         let op = Op::Call {
             object: self.id,
-            method: method.to_owned(),
-            args: encode(args)?,
+            op: op.into(),
         };
         self.line.ask(&self.target, &op)
     }

@@ -88,7 +88,10 @@ use crate::conn::{Conn, decode, encode, tag};
 use crate::error::{Error, Result};
 use crate::handle::Handle;
 use client::{Client, Line, Proxy, Target, in_time, millis};
-use protocol::{Kind, Op};
+use protocol::{
+    ArrayOp, ConditionOp, CustomOp, EventOp, Kind, ListOp, LockOp, MapOp, NamespaceOp, ObjectOp,
+    Op, QueueOp, SemaphoreOp, ValueOp,
+};
 use transport::Listener;
 
 /// The name a manager process is started under.
@@ -195,9 +198,10 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Map<K, V>
     /// [`Error::Remote`] if it refused the call, [`Error::Codec`] for a
     /// value that does not serialize.
     pub fn insert(&self, key: &K, value: &V) -> Result<Option<V>> {
-        let old: Option<Vec<u8>> = self
-            .proxy
-            .invoke("insert", &(encode(key)?, encode(value)?))?;
+        let old: Option<Vec<u8>> = self.proxy.ask(MapOp::Insert {
+            key: encode(key)?,
+            value: encode(value)?,
+        })?;
         old.map(|b| decode(&b)).transpose()
     }
 
@@ -207,7 +211,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Map<K, V>
     ///
     /// As [`insert`](Self::insert).
     pub fn get(&self, key: &K) -> Result<Option<V>> {
-        let value: Option<Vec<u8>> = self.proxy.invoke("get", &encode(key)?)?;
+        let value: Option<Vec<u8>> = self.proxy.ask(MapOp::Get { key: encode(key)? })?;
         value.map(|b| decode(&b)).transpose()
     }
 
@@ -217,7 +221,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Map<K, V>
     ///
     /// As [`insert`](Self::insert).
     pub fn remove(&self, key: &K) -> Result<Option<V>> {
-        let value: Option<Vec<u8>> = self.proxy.invoke("remove", &encode(key)?)?;
+        let value: Option<Vec<u8>> = self.proxy.ask(MapOp::Remove { key: encode(key)? })?;
         value.map(|b| decode(&b)).transpose()
     }
 
@@ -227,7 +231,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Map<K, V>
     ///
     /// As [`insert`](Self::insert).
     pub fn contains_key(&self, key: &K) -> Result<bool> {
-        self.proxy.invoke("contains", &encode(key)?)
+        self.proxy.ask(MapOp::ContainsKey { key: encode(key)? })
     }
 
     /// The number of entries.
@@ -236,7 +240,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Map<K, V>
     ///
     /// As [`insert`](Self::insert).
     pub fn len(&self) -> Result<usize> {
-        self.proxy.invoke("len", &())
+        self.proxy.ask(MapOp::Len)
     }
 
     /// Whether it has no entries.
@@ -254,7 +258,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Map<K, V>
     ///
     /// As [`insert`](Self::insert).
     pub fn clear(&self) -> Result<()> {
-        self.proxy.invoke("clear", &())
+        self.proxy.ask(MapOp::Clear)
     }
 
     /// The keys, in the order of their serialized forms.
@@ -263,7 +267,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Map<K, V>
     ///
     /// As [`insert`](Self::insert).
     pub fn keys(&self) -> Result<Vec<K>> {
-        let keys: Vec<Vec<u8>> = self.proxy.invoke("keys", &())?;
+        let keys: Vec<Vec<u8>> = self.proxy.ask(MapOp::Keys)?;
         keys.iter().map(|b| decode(b)).collect()
     }
 
@@ -273,7 +277,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Map<K, V>
     ///
     /// As [`insert`](Self::insert).
     pub fn items(&self) -> Result<Vec<(K, V)>> {
-        let items: Vec<(Vec<u8>, Vec<u8>)> = self.proxy.invoke("items", &())?;
+        let items: Vec<(Vec<u8>, Vec<u8>)> = self.proxy.ask(MapOp::Items)?;
         items
             .iter()
             .map(|(k, v)| Ok((decode(k)?, decode(v)?)))
@@ -290,9 +294,11 @@ impl<K: Serialize + DeserializeOwned, V: Number> Map<K, V> {
     /// [`Error::Remote`] if the sum overflows, or as
     /// [`insert`](Self::insert).
     pub fn add(&self, key: &K, delta: V) -> Result<V> {
-        let sum = self
-            .proxy
-            .invoke_raw("add", &(encode(key)?, encode(&delta)?, V::KIND))?;
+        let sum = self.proxy.ask_raw(MapOp::Add {
+            key: encode(key)?,
+            delta: encode(&delta)?,
+            kind: V::KIND,
+        })?;
         decode(&sum)
     }
 }
@@ -304,7 +310,9 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     ///
     /// As [`Map::insert`].
     pub fn push(&self, value: &T) -> Result<()> {
-        self.proxy.invoke("push", &encode(value)?)
+        self.proxy.ask(ListOp::Push {
+            value: encode(value)?,
+        })
     }
 
     /// Removes the last value and returns it.
@@ -313,7 +321,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     ///
     /// As [`Map::insert`].
     pub fn pop(&self) -> Result<Option<T>> {
-        let value: Option<Vec<u8>> = self.proxy.invoke("pop", &())?;
+        let value: Option<Vec<u8>> = self.proxy.ask(ListOp::Pop)?;
         value.map(|b| decode(&b)).transpose()
     }
 
@@ -323,7 +331,9 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     ///
     /// [`Error::Remote`] if `index` is out of range, or as [`Map::insert`].
     pub fn get(&self, index: usize) -> Result<T> {
-        decode(&self.proxy.invoke_raw("get", &(index as u64))?)
+        decode(&self.proxy.ask_raw(ListOp::Get {
+            index: index as u64,
+        })?)
     }
 
     /// Replaces the value at `index`.
@@ -332,7 +342,10 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     ///
     /// As [`get`](Self::get).
     pub fn set(&self, index: usize, value: &T) -> Result<()> {
-        self.proxy.invoke("set", &(index as u64, encode(value)?))
+        self.proxy.ask(ListOp::Set {
+            index: index as u64,
+            value: encode(value)?,
+        })
     }
 
     /// Inserts `value` at `index`, shifting what follows.
@@ -341,7 +354,10 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     ///
     /// As [`get`](Self::get).
     pub fn insert(&self, index: usize, value: &T) -> Result<()> {
-        self.proxy.invoke("insert", &(index as u64, encode(value)?))
+        self.proxy.ask(ListOp::Insert {
+            index: index as u64,
+            value: encode(value)?,
+        })
     }
 
     /// Removes the value at `index` and returns it.
@@ -350,7 +366,9 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     ///
     /// As [`get`](Self::get).
     pub fn remove(&self, index: usize) -> Result<T> {
-        decode(&self.proxy.invoke_raw("remove", &(index as u64))?)
+        decode(&self.proxy.ask_raw(ListOp::Remove {
+            index: index as u64,
+        })?)
     }
 
     /// Appends every value of `values`, in one call.
@@ -363,7 +381,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
         T: 'a,
     {
         let values = values.into_iter().map(encode).collect::<Result<Vec<_>>>()?;
-        self.proxy.invoke("extend", &values)
+        self.proxy.ask(ListOp::Extend { values })
     }
 
     /// The number of values.
@@ -372,7 +390,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     ///
     /// As [`Map::insert`].
     pub fn len(&self) -> Result<usize> {
-        self.proxy.invoke("len", &())
+        self.proxy.ask(ListOp::Len)
     }
 
     /// Whether it has no values.
@@ -390,7 +408,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     ///
     /// As [`Map::insert`].
     pub fn clear(&self) -> Result<()> {
-        self.proxy.invoke("clear", &())
+        self.proxy.ask(ListOp::Clear)
     }
 
     /// A copy of every value.
@@ -399,7 +417,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     ///
     /// As [`Map::insert`].
     pub fn to_vec(&self) -> Result<Vec<T>> {
-        let values: Vec<Vec<u8>> = self.proxy.invoke("to_vec", &())?;
+        let values: Vec<Vec<u8>> = self.proxy.ask(ListOp::ToVec)?;
         values.iter().map(|b| decode(b)).collect()
     }
 }
@@ -411,7 +429,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// As [`Map::insert`].
     pub fn put(&self, value: &T) -> Result<()> {
-        self.proxy.invoke("put", &(encode(value)?, None::<u64>))
+        self.proxy.ask(QueueOp::Put {
+            value: encode(value)?,
+            timeout_ms: None,
+        })
     }
 
     /// Appends `value`, waiting at most `timeout` for room.
@@ -420,8 +441,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// [`Error::Timeout`] if the queue stayed full, or as [`Map::insert`].
     pub fn put_timeout(&self, value: &T, timeout: Duration) -> Result<()> {
-        self.proxy
-            .invoke("put", &(encode(value)?, millis(Some(timeout))))
+        self.proxy.ask(QueueOp::Put {
+            value: encode(value)?,
+            timeout_ms: millis(Some(timeout)),
+        })
     }
 
     /// Takes the first value, waiting for one.
@@ -430,7 +453,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// As [`Map::insert`].
     pub fn get(&self) -> Result<T> {
-        decode(&self.proxy.invoke_raw("get", &None::<u64>)?)
+        decode(&self.proxy.ask_raw(QueueOp::Get { timeout_ms: None })?)
     }
 
     /// Takes the first value, waiting at most `timeout` for one.
@@ -439,7 +462,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// [`Error::Timeout`] if none came, or as [`Map::insert`].
     pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
-        decode(&self.proxy.invoke_raw("get", &millis(Some(timeout)))?)
+        decode(&self.proxy.ask_raw(QueueOp::Get {
+            timeout_ms: millis(Some(timeout)),
+        })?)
     }
 
     /// Takes the first value if there is one, without waiting.
@@ -461,7 +486,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// As [`Map::insert`].
     pub fn len(&self) -> Result<usize> {
-        self.proxy.invoke("len", &())
+        self.proxy.ask(QueueOp::Len)
     }
 
     /// Whether no value is waiting.
@@ -481,7 +506,7 @@ impl<T: Serialize + DeserializeOwned> Value<T> {
     ///
     /// As [`Map::insert`].
     pub fn get(&self) -> Result<T> {
-        decode(&self.proxy.invoke_raw("get", &())?)
+        decode(&self.proxy.ask_raw(ValueOp::Get)?)
     }
 
     /// Replaces the value.
@@ -490,7 +515,9 @@ impl<T: Serialize + DeserializeOwned> Value<T> {
     ///
     /// As [`Map::insert`].
     pub fn set(&self, value: &T) -> Result<()> {
-        self.proxy.invoke("set", &encode(value)?)
+        self.proxy.ask(ValueOp::Set {
+            value: encode(value)?,
+        })
     }
 }
 
@@ -501,7 +528,10 @@ impl<T: Number> Value<T> {
     ///
     /// [`Error::Remote`] if the sum overflows, or as [`Map::insert`].
     pub fn add(&self, delta: T) -> Result<T> {
-        decode(&self.proxy.invoke_raw("add", &(encode(&delta)?, T::KIND))?)
+        decode(&self.proxy.ask_raw(ValueOp::Add {
+            delta: encode(&delta)?,
+            kind: T::KIND,
+        })?)
     }
 }
 
@@ -512,7 +542,7 @@ impl Namespace {
     ///
     /// [`Error::Codec`] if it holds another type, or as [`Map::insert`].
     pub fn get<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
-        let value: Option<Vec<u8>> = self.proxy.invoke("get", name)?;
+        let value: Option<Vec<u8>> = self.proxy.ask(NamespaceOp::Get { name: name.into() })?;
         value.map(|b| decode(&b)).transpose()
     }
 
@@ -522,7 +552,10 @@ impl Namespace {
     ///
     /// As [`Map::insert`].
     pub fn set<T: Serialize + ?Sized>(&self, name: &str, value: &T) -> Result<bool> {
-        self.proxy.invoke("set", &(name, encode(value)?))
+        self.proxy.ask(NamespaceOp::Set {
+            name: name.into(),
+            value: encode(value)?,
+        })
     }
 
     /// Removes the field `name`; returns whether it existed.
@@ -531,7 +564,7 @@ impl Namespace {
     ///
     /// As [`Map::insert`].
     pub fn remove(&self, name: &str) -> Result<bool> {
-        self.proxy.invoke("remove", name)
+        self.proxy.ask(NamespaceOp::Remove { name: name.into() })
     }
 
     /// The names of its fields, sorted.
@@ -540,7 +573,7 @@ impl Namespace {
     ///
     /// As [`Map::insert`].
     pub fn names(&self) -> Result<Vec<String>> {
-        self.proxy.invoke("names", &())
+        self.proxy.ask(NamespaceOp::Names)
     }
 }
 
@@ -549,19 +582,27 @@ impl Namespace {
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct Guard<'a> {
     proxy: &'a Proxy,
+    /// What releases the lock, as the object's kind says it.
+    release: ObjectOp,
 }
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
         // If the manager is gone, so is the lock.
-        let _ = self.proxy.invoke::<_, ()>("release", &());
+        let _ = self.proxy.ask::<()>(self.release.clone());
     }
 }
 
-/// `acquire`, `release` and `lock` for proxies of lock-like objects.
+/// `acquire`, `release` and `lock` for proxies of lock-like objects, whose
+/// kind's operations take a lock's as `$wrap` makes them.
 macro_rules! locking {
-    ($name:ident) => {
+    ($name:ident, $wrap:expr) => {
         impl $name {
+            /// A lock operation, as this kind takes it.
+            fn lock_op(op: LockOp) -> ObjectOp {
+                ($wrap)(op)
+            }
+
             /// Waits until the lock is free and takes it.
             ///
             /// # Errors
@@ -569,7 +610,8 @@ macro_rules! locking {
             /// [`Error::Remote`] if this proxy holds a non-reentrant lock
             /// already, or as [`Map::insert`].
             pub fn acquire(&self) -> Result<()> {
-                self.proxy.invoke("acquire", &None::<u64>)
+                self.proxy
+                    .ask(Self::lock_op(LockOp::Acquire { timeout_ms: None }))
             }
 
             /// Waits at most `timeout` for the lock; whether it was taken.
@@ -578,7 +620,9 @@ macro_rules! locking {
             ///
             /// As [`acquire`](Self::acquire).
             pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool> {
-                in_time(self.proxy.invoke("acquire", &millis(Some(timeout))))
+                in_time(self.proxy.ask(Self::lock_op(LockOp::Acquire {
+                    timeout_ms: millis(Some(timeout)),
+                })))
             }
 
             /// Releases the lock (once, for a reentrant one).
@@ -588,7 +632,7 @@ macro_rules! locking {
             /// [`Error::Remote`] if this proxy does not hold it, or as
             /// [`Map::insert`].
             pub fn release(&self) -> Result<()> {
-                self.proxy.invoke("release", &())
+                self.proxy.ask(Self::lock_op(LockOp::Release))
             }
 
             /// Takes the lock and returns a guard that releases it.
@@ -598,14 +642,17 @@ macro_rules! locking {
             /// As [`acquire`](Self::acquire).
             pub fn lock(&self) -> Result<Guard<'_>> {
                 self.acquire()?;
-                Ok(Guard { proxy: &self.proxy })
+                Ok(Guard {
+                    proxy: &self.proxy,
+                    release: Self::lock_op(LockOp::Release),
+                })
             }
         }
     };
 }
 
-locking!(Lock);
-locking!(Condition);
+locking!(Lock, ObjectOp::Lock);
+locking!(Condition, |op| ObjectOp::Condition(ConditionOp::Lock(op)));
 
 impl Semaphore {
     /// Waits until the count is positive and decrements it.
@@ -614,7 +661,7 @@ impl Semaphore {
     ///
     /// As [`Map::insert`].
     pub fn acquire(&self) -> Result<()> {
-        self.proxy.invoke("acquire", &None::<u64>)
+        self.proxy.ask(SemaphoreOp::Acquire { timeout_ms: None })
     }
 
     /// Waits at most `timeout` to decrement the count; whether it did.
@@ -623,7 +670,9 @@ impl Semaphore {
     ///
     /// As [`Map::insert`].
     pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool> {
-        in_time(self.proxy.invoke("acquire", &millis(Some(timeout))))
+        in_time(self.proxy.ask(SemaphoreOp::Acquire {
+            timeout_ms: millis(Some(timeout)),
+        }))
     }
 
     /// Increments the count, waking a waiter.
@@ -633,7 +682,7 @@ impl Semaphore {
     /// [`Error::Remote`] if a bounded semaphore would pass its initial
     /// value, or as [`Map::insert`].
     pub fn release(&self) -> Result<()> {
-        self.proxy.invoke("release", &())
+        self.proxy.ask(SemaphoreOp::Release)
     }
 
     /// The count now.
@@ -642,7 +691,7 @@ impl Semaphore {
     ///
     /// As [`Map::insert`].
     pub fn value(&self) -> Result<u64> {
-        self.proxy.invoke("value", &())
+        self.proxy.ask(SemaphoreOp::Value)
     }
 }
 
@@ -656,7 +705,9 @@ impl Condition {
     /// [`Error::Remote`] if this proxy does not hold the lock, or as
     /// [`Map::insert`].
     pub fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
-        self.proxy.invoke("wait", &millis(timeout))
+        self.proxy.ask(ConditionOp::Wait {
+            timeout_ms: millis(timeout),
+        })
     }
 
     /// Wakes up to `n` waiters.
@@ -665,7 +716,7 @@ impl Condition {
     ///
     /// As [`Map::insert`].
     pub fn notify(&self, n: u64) -> Result<()> {
-        self.proxy.invoke("notify", &n)
+        self.proxy.ask(ConditionOp::Notify { n })
     }
 
     /// Wakes every waiter.
@@ -685,7 +736,7 @@ impl Event {
     ///
     /// As [`Map::insert`].
     pub fn set(&self) -> Result<()> {
-        self.proxy.invoke("set", &())
+        self.proxy.ask(EventOp::Set)
     }
 
     /// Clears the flag.
@@ -694,7 +745,7 @@ impl Event {
     ///
     /// As [`Map::insert`].
     pub fn clear(&self) -> Result<()> {
-        self.proxy.invoke("clear", &())
+        self.proxy.ask(EventOp::Clear)
     }
 
     /// Whether the flag is set.
@@ -703,7 +754,7 @@ impl Event {
     ///
     /// As [`Map::insert`].
     pub fn is_set(&self) -> Result<bool> {
-        self.proxy.invoke("is_set", &())
+        self.proxy.ask(EventOp::IsSet)
     }
 
     /// Waits until the flag is set, or `timeout` passes (`None`: as long as
@@ -713,7 +764,9 @@ impl Event {
     ///
     /// As [`Map::insert`].
     pub fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
-        self.proxy.invoke("wait", &millis(timeout))
+        self.proxy.ask(EventOp::Wait {
+            timeout_ms: millis(timeout),
+        })
     }
 }
 
@@ -724,7 +777,9 @@ impl<T: Number> Array<T> {
     ///
     /// [`Error::Remote`] if `index` is out of range, or as [`Map::insert`].
     pub fn get(&self, index: usize) -> Result<T> {
-        decode(&self.proxy.invoke_raw("get", &(index as u64))?)
+        decode(&self.proxy.ask_raw(ArrayOp::Get {
+            index: index as u64,
+        })?)
     }
 
     /// Replaces the value at `index`.
@@ -733,7 +788,10 @@ impl<T: Number> Array<T> {
     ///
     /// As [`get`](Self::get).
     pub fn set(&self, index: usize, value: T) -> Result<()> {
-        self.proxy.invoke("set", &(index as u64, encode(&value)?))
+        self.proxy.ask(ArrayOp::Set {
+            index: index as u64,
+            value: encode(&value)?,
+        })
     }
 
     /// Adds `delta` to the value at `index`, atomically in the manager;
@@ -743,11 +801,11 @@ impl<T: Number> Array<T> {
     ///
     /// [`Error::Remote`] if the sum overflows, or as [`get`](Self::get).
     pub fn add(&self, index: usize, delta: T) -> Result<T> {
-        decode(
-            &self
-                .proxy
-                .invoke_raw("add", &(index as u64, encode(&delta)?, T::KIND))?,
-        )
+        decode(&self.proxy.ask_raw(ArrayOp::Add {
+            index: index as u64,
+            delta: encode(&delta)?,
+            kind: T::KIND,
+        })?)
     }
 
     /// Its length.
@@ -756,7 +814,7 @@ impl<T: Number> Array<T> {
     ///
     /// As [`Map::insert`].
     pub fn len(&self) -> Result<usize> {
-        self.proxy.invoke("len", &())
+        self.proxy.ask(ArrayOp::Len)
     }
 
     /// Whether its length is 0.
@@ -774,7 +832,7 @@ impl<T: Number> Array<T> {
     ///
     /// As [`Map::insert`].
     pub fn to_vec(&self) -> Result<Vec<T>> {
-        let values: Vec<Vec<u8>> = self.proxy.invoke("to_vec", &())?;
+        let values: Vec<Vec<u8>> = self.proxy.ask(ArrayOp::ToVec)?;
         values.iter().map(|b| decode(b)).collect()
     }
 }
@@ -790,7 +848,10 @@ impl<T: SharedType> Shared<T> {
     /// [`Error::Remote`] if `T` does not expose `method` (the message names
     /// the methods it exposes), or as [`Map::insert`].
     pub fn call<A: Serialize, R: DeserializeOwned>(&self, method: &str, args: &A) -> Result<R> {
-        self.proxy.invoke(method, args)
+        decode(&self.proxy.ask_raw(CustomOp::Call {
+            method: method.to_owned(),
+            args: encode(args)?,
+        })?)
     }
 }
 
@@ -958,14 +1019,12 @@ impl Manager {
         kind: Kind,
         types: &str,
         name: Option<String>,
-        init: Vec<u8>,
         wrap: fn(Proxy) -> P,
     ) -> Result<P> {
         let op = Op::Create {
             kind,
             types: types.to_owned(),
             name,
-            init,
         };
         let id: u64 = decode(&self.line.ask(&self.target, &op)?)?;
         Ok(wrap(Proxy {
@@ -1022,7 +1081,6 @@ macro_rules! creators {
                     Kind::Map,
                     std::any::type_name::<Map<K, V>>(),
                     $name,
-                    Vec::new(),
                     Map::wrap,
                 )
             }
@@ -1037,12 +1095,11 @@ macro_rules! creators {
                 values: impl IntoIterator<Item = &'v T>,
             ) -> Result<List<T>> {
                 let $this = self;
-                let init = encode(&values.into_iter().map(encode).collect::<Result<Vec<_>>>()?)?;
+                let values = values.into_iter().map(encode).collect::<Result<Vec<_>>>()?;
                 $manager.create(
-                    Kind::List,
+                    Kind::List { values },
                     std::any::type_name::<List<T>>(),
                     $name,
-                    init,
                     List::wrap,
                 )
             }
@@ -1061,7 +1118,6 @@ macro_rules! creators {
                     Kind::Queue { capacity },
                     std::any::type_name::<Queue<T>>(),
                     $name,
-                    Vec::new(),
                     Queue::wrap,
                 )
             }
@@ -1074,10 +1130,11 @@ macro_rules! creators {
             pub fn value<T: Serialize + DeserializeOwned>(&self, value: &T) -> Result<Value<T>> {
                 let $this = self;
                 $manager.create(
-                    Kind::Value,
+                    Kind::Value {
+                        value: encode(value)?,
+                    },
                     std::any::type_name::<Value<T>>(),
                     $name,
-                    encode(value)?,
                     Value::wrap,
                 )
             }
@@ -1089,13 +1146,7 @@ macro_rules! creators {
             /// As [`map`](Self::map).
             pub fn namespace(&self) -> Result<Namespace> {
                 let $this = self;
-                $manager.create(
-                    Kind::Namespace,
-                    "Namespace",
-                    $name,
-                    Vec::new(),
-                    Namespace::wrap,
-                )
+                $manager.create(Kind::Namespace, "Namespace", $name, Namespace::wrap)
             }
 
             /// A shared lock (not reentrant: a proxy that holds it cannot
@@ -1106,7 +1157,7 @@ macro_rules! creators {
             /// As [`map`](Self::map).
             pub fn lock(&self) -> Result<Lock> {
                 let $this = self;
-                $manager.create(Kind::Lock, "Lock", $name, Vec::new(), Lock::wrap)
+                $manager.create(Kind::Lock { reentrant: false }, "Lock", $name, Lock::wrap)
             }
 
             /// A shared reentrant lock: the proxy that holds it may take it
@@ -1117,7 +1168,7 @@ macro_rules! creators {
             /// As [`map`](Self::map).
             pub fn rlock(&self) -> Result<Lock> {
                 let $this = self;
-                $manager.create(Kind::RLock, "RLock", $name, Vec::new(), Lock::wrap)
+                $manager.create(Kind::Lock { reentrant: true }, "RLock", $name, Lock::wrap)
             }
 
             /// A shared semaphore with a count of `value`.
@@ -1128,10 +1179,12 @@ macro_rules! creators {
             pub fn semaphore(&self, value: u64) -> Result<Semaphore> {
                 let $this = self;
                 $manager.create(
-                    Kind::Semaphore { value },
+                    Kind::Semaphore {
+                        value,
+                        bounded: false,
+                    },
                     "Semaphore",
                     $name,
-                    Vec::new(),
                     Semaphore::wrap,
                 )
             }
@@ -1145,10 +1198,12 @@ macro_rules! creators {
             pub fn bounded_semaphore(&self, value: u64) -> Result<Semaphore> {
                 let $this = self;
                 $manager.create(
-                    Kind::BoundedSemaphore { value },
+                    Kind::Semaphore {
+                        value,
+                        bounded: true,
+                    },
                     "BoundedSemaphore",
                     $name,
-                    Vec::new(),
                     Semaphore::wrap,
                 )
             }
@@ -1164,7 +1219,7 @@ macro_rules! creators {
                 let kind = Kind::Condition {
                     lock: lock.map(|l| l.proxy.id),
                 };
-                $manager.create(kind, "Condition", $name, Vec::new(), Condition::wrap)
+                $manager.create(kind, "Condition", $name, Condition::wrap)
             }
 
             /// A shared event, not set.
@@ -1174,7 +1229,7 @@ macro_rules! creators {
             /// As [`map`](Self::map).
             pub fn event(&self) -> Result<Event> {
                 let $this = self;
-                $manager.create(Kind::Event, "Event", $name, Vec::new(), Event::wrap)
+                $manager.create(Kind::Event, "Event", $name, Event::wrap)
             }
 
             /// A shared array of numbers holding `values`.
@@ -1187,17 +1242,14 @@ macro_rules! creators {
                 values: impl IntoIterator<Item = T>,
             ) -> Result<Array<T>> {
                 let $this = self;
-                let init = encode(
-                    &values
-                        .into_iter()
-                        .map(|v| encode(&v))
-                        .collect::<Result<Vec<_>>>()?,
-                )?;
+                let values = values
+                    .into_iter()
+                    .map(|v| encode(&v))
+                    .collect::<Result<Vec<_>>>()?;
                 $manager.create(
-                    Kind::Array,
+                    Kind::Array { values },
                     std::any::type_name::<Array<T>>(),
                     $name,
-                    init,
                     Array::wrap,
                 )
             }
@@ -1213,10 +1265,12 @@ macro_rules! creators {
             pub fn shared<T: SharedType>(&self, value: &T) -> Result<Shared<T>> {
                 let $this = self;
                 $manager.create(
-                    Kind::Custom(T::NAME.to_owned()),
+                    Kind::Custom {
+                        name: T::NAME.to_owned(),
+                        value: encode(value)?,
+                    },
                     T::NAME,
                     $name,
-                    encode(value)?,
                     Shared::wrap,
                 )
             }

@@ -27,7 +27,10 @@ use serde::de::DeserializeOwned;
 use super::auth;
 use super::custom;
 use super::number::NumKind;
-use super::protocol::{Answer, Kind, Op};
+use super::protocol::{
+    Answer, ArrayOp, ConditionOp, CustomOp, EventOp, Kind, ListOp, LockOp, MapOp, NamespaceOp,
+    ObjectOp, Op, QueueOp, SemaphoreOp, ValueOp,
+};
 use super::transport::{Listener, Stream};
 use crate::codec;
 use crate::conn::{decode, encode};
@@ -385,7 +388,7 @@ pub(crate) struct Server {
     key: Vec<u8>,
     objects: Mutex<HashMap<u64, Arc<Object>>>,
     /// Named objects: id, kind and types.
-    names: Mutex<HashMap<String, (u64, Kind, String)>>,
+    names: Mutex<HashMap<String, (u64, &'static str, String)>>,
     next_object: AtomicU64,
     next_client: AtomicU64,
     clients: AtomicUsize,
@@ -593,77 +596,55 @@ impl Server {
 
     fn handle(&self, op: Op, caller: &Caller<'_>) -> Outcome {
         match op {
-            Op::Create {
-                kind,
-                types,
-                name,
-                init,
-            } => {
-                let id = self.create(&kind, types, name, init)?;
+            Op::Create { kind, types, name } => {
+                let id = self.create(kind, types, name)?;
                 done(&id)
             }
-            Op::Call {
-                object,
-                method,
-                args,
-            } => {
+            Op::Call { object, op } => {
                 let target = lock(&self.objects)
                     .get(&object)
                     .cloned()
                     .ok_or_else(|| format!("no shared object {object} on this manager"))?;
-                call(&target, &method, &args, caller)
+                call(&target, op, caller)
             }
         }
     }
 
-    fn create(
-        &self,
-        kind: &Kind,
-        types: String,
-        name: Option<String>,
-        init: Vec<u8>,
-    ) -> Result<u64, String> {
+    fn create(&self, kind: Kind, types: String, name: Option<String>) -> Result<u64, String> {
         let mut names = lock(&self.names);
         if let Some(name) = &name
             && let Some((id, existing, their_types)) = names.get(name)
         {
-            if *existing != kind_tag(kind) || *their_types != types {
+            if *existing != kind.name() || *their_types != types {
                 return Err(format!(
-                    "the shared object `{name}` is a {existing:?} of {their_types}, not a {:?} of {types}",
-                    kind_tag(kind)
+                    "the shared object `{name}` is a {existing} of {their_types}, not a {} of {types}",
+                    kind.name()
                 ));
             }
             return Ok(*id);
         }
-        let object = self.build(kind, init)?;
+        let kind_name = kind.name();
+        let object = self.build(kind)?;
         let id = self.next_object.fetch_add(1, Ordering::Relaxed);
         lock(&self.objects).insert(id, Arc::new(object));
         if let Some(name) = name {
-            names.insert(name, (id, kind_tag(kind), types));
+            names.insert(name, (id, kind_name, types));
         }
         Ok(id)
     }
 
-    fn build(&self, kind: &Kind, init: Vec<u8>) -> Result<Object, String> {
-        let bytes = |init: Vec<u8>| -> Result<Vec<Vec<u8>>, String> {
-            if init.is_empty() {
-                Ok(Vec::new())
-            } else {
-                decode(&init).map_err(|e| e.to_string())
-            }
-        };
+    fn build(&self, kind: Kind) -> Result<Object, String> {
         Ok(match kind {
-            Kind::Map => Object::Map(Mutex::new(bytes_pairs(&init)?.into_iter().collect())),
-            Kind::List => Object::List(Mutex::new(bytes(init)?)),
-            Kind::Queue { capacity } => Object::Queue(Mutex::default(), Condvar::new(), *capacity),
-            Kind::Value => Object::Value(Mutex::new(init)),
+            Kind::Map => Object::Map(Mutex::default()),
+            Kind::List { values } => Object::List(Mutex::new(values)),
+            Kind::Queue { capacity } => Object::Queue(Mutex::default(), Condvar::new(), capacity),
+            Kind::Value { value } => Object::Value(Mutex::new(value)),
             Kind::Namespace => Object::Namespace(Mutex::default()),
-            Kind::Lock => Object::Lock(Mutex::default(), Condvar::new(), false),
-            Kind::RLock => Object::Lock(Mutex::default(), Condvar::new(), true),
-            Kind::Semaphore { value } | Kind::BoundedSemaphore { value } => Object::Semaphore(
+            Kind::Lock { reentrant } => Object::Lock(Mutex::default(), Condvar::new(), reentrant),
+            Kind::Semaphore { value, bounded } => Object::Semaphore(
                 Mutex::new(Counter {
-                    value: *value,
-                    bound: matches!(kind, Kind::BoundedSemaphore { .. }).then_some(*value),
+                    value,
+                    bound: bounded.then_some(value),
                     held: HashMap::new(),
                 }),
                 Condvar::new(),
@@ -671,7 +652,7 @@ impl Server {
             Kind::Condition { lock: with } => {
                 let lock_object = if let Some(id) = with {
                     let object = lock(&self.objects)
-                        .get(id)
+                        .get(&id)
                         .cloned()
                         .ok_or_else(|| format!("no shared lock {id} on this manager"))?;
                     if !matches!(&*object, Object::Lock(..)) {
@@ -689,14 +670,14 @@ impl Server {
                 Object::Condition(lock_object, Mutex::default(), Condvar::new())
             }
             Kind::Event => Object::Event(Mutex::new(false), Condvar::new()),
-            Kind::Array => Object::Array(Mutex::new(bytes(init)?)),
-            Kind::Custom(type_name) => {
-                let entry = custom::lookup(type_name).ok_or_else(|| {
+            Kind::Array { values } => Object::Array(Mutex::new(values)),
+            Kind::Custom { name, value } => {
+                let entry = custom::lookup(&name).ok_or_else(|| {
                     format!(
-                        "`{type_name}` is not registered with `pproc::shared!` in the manager's program"
+                        "`{name}` is not registered with `pproc::shared!` in the manager's program"
                     )
                 })?;
-                Object::Custom(Mutex::new((entry.create)(&init)?), entry)
+                Object::Custom(Mutex::new((entry.create)(&value)?), entry)
             }
         })
     }
@@ -711,28 +692,6 @@ fn is_transient(err: &io::Error) -> bool {
     )
 }
 
-/// The kind without its creation parameters, to compare named objects.
-fn kind_tag(kind: &Kind) -> Kind {
-    match kind {
-        Kind::Queue { .. } => Kind::Queue { capacity: None },
-        Kind::Semaphore { .. } => Kind::Semaphore { value: 0 },
-        Kind::BoundedSemaphore { .. } => Kind::BoundedSemaphore { value: 0 },
-        Kind::Condition { .. } => Kind::Condition { lock: None },
-        other => other.clone(),
-    }
-}
-
-/// A map's entries, serialized.
-type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
-
-fn bytes_pairs(init: &[u8]) -> Result<Pairs, String> {
-    if init.is_empty() {
-        Ok(Vec::new())
-    } else {
-        decode(init).map_err(|e| e.to_string())
-    }
-}
-
 fn args<A: DeserializeOwned>(bytes: &[u8]) -> Outcome<A> {
     decode(bytes).map_err(|err| Fault::Message(format!("arguments that do not decode: {err}")))
 }
@@ -741,125 +700,175 @@ fn done<T: Serialize + ?Sized>(value: &T) -> Outcome {
     encode(value).map_err(Fault::from)
 }
 
-fn unknown(kind: &str, method: &str) -> Fault {
-    Fault::Message(format!("a shared {kind} has no method `{method}`"))
-}
-
 /// A deadline from an optional timeout in milliseconds.
 fn deadline(timeout_ms: Option<u64>) -> Option<Instant> {
     timeout_ms.and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)))
 }
 
-/// Runs `method` on `object`.
-fn call(object: &Object, method: &str, bytes: &[u8], caller: &Caller<'_>) -> Outcome {
-    match object {
-        Object::Map(map) => map_call(map, method, bytes),
-        Object::List(list) | Object::Array(list) => {
-            list_call(list, matches!(object, Object::Array(_)), method, bytes)
+/// Runs `op` on `object`, if it is an operation of the object's kind.
+fn call(object: &Object, op: ObjectOp, caller: &Caller<'_>) -> Outcome {
+    match (object, op) {
+        (Object::Map(map), ObjectOp::Map(op)) => map_call(map, op),
+        (Object::List(list), ObjectOp::List(op)) => list_call(list, op),
+        (Object::Queue(queue, cond, capacity), ObjectOp::Queue(op)) => {
+            queue_call(queue, cond, *capacity, op, caller)
         }
-        Object::Queue(queue, cond, capacity) => {
-            queue_call(queue, cond, *capacity, method, bytes, caller)
+        (Object::Value(value), ObjectOp::Value(op)) => value_call(value, op),
+        (Object::Namespace(fields), ObjectOp::Namespace(op)) => namespace_call(fields, op),
+        (Object::Lock(state, cond, reentrant), ObjectOp::Lock(op)) => {
+            lock_call(state, cond, *reentrant, op, caller)
         }
-        Object::Value(value) => value_call(value, method, bytes),
-        Object::Namespace(fields) => namespace_call(fields, method, bytes),
-        Object::Lock(state, cond, reentrant) => {
-            lock_call(state, cond, *reentrant, method, bytes, caller)
+        (Object::Semaphore(state, cond), ObjectOp::Semaphore(op)) => {
+            semaphore_call(state, cond, op, caller)
         }
-        Object::Semaphore(state, cond) => semaphore_call(state, cond, method, bytes, caller),
-        Object::Condition(with, waiters, cond) => {
-            condition_call(with, waiters, cond, method, bytes, caller)
+        (Object::Condition(with, waiters, cond), ObjectOp::Condition(op)) => {
+            condition_call(with, waiters, cond, op, caller)
         }
-        Object::Event(flag, cond) => event_call(flag, cond, method, bytes, caller),
-        Object::Custom(value, entry) => {
+        (Object::Event(flag, cond), ObjectOp::Event(op)) => event_call(flag, cond, op, caller),
+        (Object::Array(array), ObjectOp::Array(op)) => array_call(array, op),
+        (Object::Custom(value, entry), ObjectOp::Custom(CustomOp::Call { method, args })) => {
             let mut value = lock(value);
-            if !entry.methods.contains(&method) {
+            if !entry.methods.contains(&method.as_str()) {
                 return Err(Fault::Message(format!(
                     "`{method}` is not exposed by `{}`; exposed: {}",
                     entry.name,
                     entry.methods.join(", ")
                 )));
             }
-            (entry.dispatch)(value.as_mut(), method, bytes).map_err(Fault::Message)
+            (entry.dispatch)(value.as_mut(), &method, &args).map_err(Fault::Message)
         }
+        (object, op) => Err(Fault::Message(format!(
+            "a shared {} has no {} operations",
+            object_kind(object),
+            op_kind(&op)
+        ))),
     }
 }
 
-fn map_call(map: &Mutex<BTreeMap<Vec<u8>, Vec<u8>>>, method: &str, bytes: &[u8]) -> Outcome {
+/// What an object's kind is called, in messages.
+fn object_kind(object: &Object) -> &'static str {
+    match object {
+        Object::Map(..) => "map",
+        Object::List(..) => "list",
+        Object::Queue(..) => "queue",
+        Object::Value(..) => "value",
+        Object::Namespace(..) => "namespace",
+        Object::Lock(..) => "lock",
+        Object::Semaphore(..) => "semaphore",
+        Object::Condition(..) => "condition",
+        Object::Event(..) => "event",
+        Object::Array(..) => "array",
+        Object::Custom(..) => "custom value",
+    }
+}
+
+/// What the kind an operation is for is called, in messages.
+fn op_kind(op: &ObjectOp) -> &'static str {
+    match op {
+        ObjectOp::Map(_) => "map",
+        ObjectOp::List(_) => "list",
+        ObjectOp::Queue(_) => "queue",
+        ObjectOp::Value(_) => "value",
+        ObjectOp::Namespace(_) => "namespace",
+        ObjectOp::Lock(_) => "lock",
+        ObjectOp::Semaphore(_) => "semaphore",
+        ObjectOp::Condition(_) => "condition",
+        ObjectOp::Event(_) => "event",
+        ObjectOp::Array(_) => "array",
+        ObjectOp::Custom(_) => "custom value",
+    }
+}
+
+fn map_call(map: &Mutex<BTreeMap<Vec<u8>, Vec<u8>>>, op: MapOp) -> Outcome {
     let mut map = lock(map);
-    match method {
-        "insert" => {
-            let (k, v): (Vec<u8>, Vec<u8>) = args(bytes)?;
-            done(&map.insert(k, v))
-        }
-        "get" => done(&map.get(&args::<Vec<u8>>(bytes)?)),
-        "remove" => done(&map.remove(&args::<Vec<u8>>(bytes)?)),
-        "contains" => done(&map.contains_key(&args::<Vec<u8>>(bytes)?)),
-        "len" => done(&map.len()),
-        "clear" => done(&map.clear()),
-        "keys" => done(&map.keys().collect::<Vec<_>>()),
-        "items" => done(&map.iter().collect::<Vec<_>>()),
-        "add" => {
-            let (k, delta, kind): (Vec<u8>, Vec<u8>, NumKind) = args(bytes)?;
-            let sum = add(kind, map.get(&k).map(Vec::as_slice), &delta)?;
-            map.insert(k, sum.clone());
+    match op {
+        MapOp::Insert { key, value } => done(&map.insert(key, value)),
+        MapOp::Get { key } => done(&map.get(&key)),
+        MapOp::Remove { key } => done(&map.remove(&key)),
+        MapOp::ContainsKey { key } => done(&map.contains_key(&key)),
+        MapOp::Len => done(&map.len()),
+        MapOp::Clear => done(&map.clear()),
+        MapOp::Keys => done(&map.keys().collect::<Vec<_>>()),
+        MapOp::Items => done(&map.iter().collect::<Vec<_>>()),
+        MapOp::Add { key, delta, kind } => {
+            let sum = add(kind, map.get(&key).map(Vec::as_slice), &delta)?;
+            map.insert(key, sum.clone());
             Ok(sum)
         }
-        other => Err(unknown("map", other)),
     }
 }
 
-fn list_call(list: &Mutex<Vec<Vec<u8>>>, array: bool, method: &str, bytes: &[u8]) -> Outcome {
+/// `index` as an index into `len` values.
+fn index(index: u64, len: usize) -> Outcome<usize> {
+    usize::try_from(index)
+        .ok()
+        .filter(|i| *i < len)
+        .ok_or_else(|| Fault::Message(format!("index {index} out of range for length {len}")))
+}
+
+fn list_call(list: &Mutex<Vec<Vec<u8>>>, op: ListOp) -> Outcome {
     let mut list = lock(list);
-    let index = |i: u64, len: usize| -> Outcome<usize> {
-        usize::try_from(i)
-            .ok()
-            .filter(|i| *i < len)
-            .ok_or_else(|| Fault::Message(format!("index {i} out of range for length {len}")))
-    };
-    match method {
-        "get" => {
-            let i = index(args(bytes)?, list.len())?;
+    match op {
+        ListOp::Push { value } => {
+            list.push(value);
+            done(&())
+        }
+        ListOp::Pop => done(&list.pop()),
+        ListOp::Get { index: i } => {
+            let i = index(i, list.len())?;
             Ok(list[i].clone())
         }
-        "set" => {
-            let (i, v): (u64, Vec<u8>) = args(bytes)?;
+        ListOp::Set { index: i, value } => {
             let i = index(i, list.len())?;
-            list[i] = v;
+            list[i] = value;
             done(&())
         }
-        "len" => done(&list.len()),
-        "to_vec" => done(&*list),
-        "add" if array => {
-            let (i, delta, kind): (u64, Vec<u8>, NumKind) = args(bytes)?;
-            let i = index(i, list.len())?;
-            let sum = add(kind, Some(&list[i]), &delta)?;
-            list[i].clone_from(&sum);
-            Ok(sum)
-        }
-        "push" if !array => {
-            list.push(args(bytes)?);
-            done(&())
-        }
-        "pop" if !array => done(&list.pop()),
-        "insert" if !array => {
-            let (i, v): (u64, Vec<u8>) = args(bytes)?;
+        ListOp::Insert { index: i, value } => {
             let i = usize::try_from(i)
                 .ok()
                 .filter(|i| *i <= list.len())
                 .ok_or_else(|| format!("index {i} out of range for insertion"))?;
-            list.insert(i, v);
+            list.insert(i, value);
             done(&())
         }
-        "remove" if !array => {
-            let i = index(args(bytes)?, list.len())?;
+        ListOp::Remove { index: i } => {
+            let i = index(i, list.len())?;
             Ok(list.remove(i))
         }
-        "extend" if !array => {
-            list.extend(args::<Vec<Vec<u8>>>(bytes)?);
+        ListOp::Extend { values } => {
+            list.extend(values);
             done(&())
         }
-        "clear" if !array => done(&list.clear()),
-        other => Err(unknown(if array { "array" } else { "list" }, other)),
+        ListOp::Len => done(&list.len()),
+        ListOp::Clear => done(&list.clear()),
+        ListOp::ToVec => done(&*list),
+    }
+}
+
+fn array_call(array: &Mutex<Vec<Vec<u8>>>, op: ArrayOp) -> Outcome {
+    let mut array = lock(array);
+    match op {
+        ArrayOp::Get { index: i } => {
+            let i = index(i, array.len())?;
+            Ok(array[i].clone())
+        }
+        ArrayOp::Set { index: i, value } => {
+            let i = index(i, array.len())?;
+            array[i] = value;
+            done(&())
+        }
+        ArrayOp::Add {
+            index: i,
+            delta,
+            kind,
+        } => {
+            let i = index(i, array.len())?;
+            let sum = add(kind, Some(&array[i]), &delta)?;
+            array[i].clone_from(&sum);
+            Ok(sum)
+        }
+        ArrayOp::Len => done(&array.len()),
+        ArrayOp::ToVec => done(&*array),
     }
 }
 
@@ -867,87 +876,71 @@ fn queue_call(
     queue: &Mutex<VecDeque<Vec<u8>>>,
     cond: &Condvar,
     capacity: Option<usize>,
-    method: &str,
-    bytes: &[u8],
+    op: QueueOp,
     caller: &Caller<'_>,
 ) -> Outcome {
-    match method {
-        "put" => {
-            let (v, timeout): (Vec<u8>, Option<u64>) = args(bytes)?;
+    match op {
+        QueueOp::Put { value, timeout_ms } => {
             let guard = lock(queue);
-            let mut guard = caller.wait(cond, guard, deadline(timeout), |q| {
+            let mut guard = caller.wait(cond, guard, deadline(timeout_ms), |q| {
                 capacity.is_none_or(|cap| q.len() < cap)
             })?;
-            guard.push_back(v);
+            guard.push_back(value);
             cond.notify_all();
             done(&())
         }
-        "get" => {
-            let timeout: Option<u64> = args(bytes)?;
+        QueueOp::Get { timeout_ms } => {
             let guard = lock(queue);
-            let mut guard = caller.wait(cond, guard, deadline(timeout), |q| !q.is_empty())?;
+            let mut guard = caller.wait(cond, guard, deadline(timeout_ms), |q| !q.is_empty())?;
             let value = guard.pop_front().unwrap_or_default();
             cond.notify_all();
             Ok(value)
         }
-        "len" => done(&lock(queue).len()),
-        other => Err(unknown("queue", other)),
+        QueueOp::Len => done(&lock(queue).len()),
     }
 }
 
-fn value_call(value: &Mutex<Vec<u8>>, method: &str, bytes: &[u8]) -> Outcome {
+fn value_call(value: &Mutex<Vec<u8>>, op: ValueOp) -> Outcome {
     let mut value = lock(value);
-    match method {
-        "get" => Ok(value.clone()),
-        "set" => {
-            *value = args(bytes)?;
+    match op {
+        ValueOp::Get => Ok(value.clone()),
+        ValueOp::Set { value: new } => {
+            *value = new;
             done(&())
         }
-        "add" => {
-            let (delta, kind): (Vec<u8>, NumKind) = args(bytes)?;
+        ValueOp::Add { delta, kind } => {
             let sum = add(kind, Some(&value), &delta)?;
             value.clone_from(&sum);
             Ok(sum)
         }
-        other => Err(unknown("value", other)),
     }
 }
 
-fn namespace_call(
-    fields: &Mutex<BTreeMap<String, Vec<u8>>>,
-    method: &str,
-    bytes: &[u8],
-) -> Outcome {
+fn namespace_call(fields: &Mutex<BTreeMap<String, Vec<u8>>>, op: NamespaceOp) -> Outcome {
     let mut fields = lock(fields);
-    match method {
-        "get" => done(&fields.get(&args::<String>(bytes)?)),
-        "set" => {
-            let (name, v): (String, Vec<u8>) = args(bytes)?;
-            done(&fields.insert(name, v).is_some())
-        }
-        "remove" => done(&fields.remove(&args::<String>(bytes)?).is_some()),
-        "names" => done(&fields.keys().collect::<Vec<_>>()),
-        other => Err(unknown("namespace", other)),
+    match op {
+        NamespaceOp::Get { name } => done(&fields.get(&name)),
+        NamespaceOp::Set { name, value } => done(&fields.insert(name, value).is_some()),
+        NamespaceOp::Remove { name } => done(&fields.remove(&name).is_some()),
+        NamespaceOp::Names => done(&fields.keys().collect::<Vec<_>>()),
     }
 }
 
 fn semaphore_call(
     state: &Mutex<Counter>,
     cond: &Condvar,
-    method: &str,
-    bytes: &[u8],
+    op: SemaphoreOp,
     caller: &Caller<'_>,
 ) -> Outcome {
-    match method {
-        "acquire" => {
-            let timeout: Option<u64> = args(bytes)?;
+    match op {
+        SemaphoreOp::Acquire { timeout_ms } => {
             let guard = lock(state);
-            let mut guard = caller.wait(cond, guard, deadline(timeout), |s| s.value > 0)?;
+            let mut guard = caller.wait(cond, guard, deadline(timeout_ms), |s| s.value > 0)?;
             guard.value -= 1;
             *guard.held.entry(caller.id).or_default() += 1;
             done(&())
         }
-        "release" => {
+        SemaphoreOp::Release => {
             let mut guard = lock(state);
             if guard.bound.is_some_and(|bound| guard.value >= bound) {
                 return Err(Fault::Message(
@@ -964,8 +957,7 @@ fn semaphore_call(
             cond.notify_all();
             done(&())
         }
-        "value" => done(&lock(state).value),
-        other => Err(unknown("semaphore", other)),
+        SemaphoreOp::Value => done(&lock(state).value),
     }
 }
 
@@ -973,17 +965,15 @@ fn condition_call(
     with: &Object,
     waiters: &Mutex<VecDeque<Arc<AtomicBool>>>,
     cond: &Condvar,
-    method: &str,
-    bytes: &[u8],
+    op: ConditionOp,
     caller: &Caller<'_>,
 ) -> Outcome {
     let Object::Lock(state, lock_cond, reentrant) = with else {
         return Err(Fault::Message("a condition without a lock".into()));
     };
-    match method {
-        "acquire" | "release" => lock_call(state, lock_cond, *reentrant, method, bytes, caller),
-        "wait" => {
-            let timeout: Option<u64> = args(bytes)?;
+    match op {
+        ConditionOp::Lock(op) => lock_call(state, lock_cond, *reentrant, op, caller),
+        ConditionOp::Wait { timeout_ms } => {
             // Line up as a waiter while still holding the lock, so
             // that a notify made after we let it go reaches us; then
             // give the lock up, whatever its count, and wait.
@@ -1003,7 +993,7 @@ fn condition_call(
                 count
             };
             let woken = caller
-                .wait(cond, lock(waiters), deadline(timeout), |_| {
+                .wait(cond, lock(waiters), deadline(timeout_ms), |_| {
                     me.load(Ordering::Acquire)
                 })
                 // The waiters' lock goes before the lock is taken
@@ -1028,8 +1018,7 @@ fn condition_call(
             guard.count = count;
             done(&notified)
         }
-        "notify" => {
-            let n: u64 = args(bytes)?;
+        ConditionOp::Notify { n } => {
             let mut waiters = lock(waiters);
             for _ in 0..n {
                 let Some(waiter) = waiters.pop_front() else {
@@ -1040,52 +1029,41 @@ fn condition_call(
             cond.notify_all();
             done(&())
         }
-        other => Err(unknown("condition", other)),
     }
 }
 
-fn event_call(
-    flag: &Mutex<bool>,
-    cond: &Condvar,
-    method: &str,
-    bytes: &[u8],
-    caller: &Caller<'_>,
-) -> Outcome {
-    match method {
-        "set" => {
+fn event_call(flag: &Mutex<bool>, cond: &Condvar, op: EventOp, caller: &Caller<'_>) -> Outcome {
+    match op {
+        EventOp::Set => {
             *lock(flag) = true;
             cond.notify_all();
             done(&())
         }
-        "clear" => {
+        EventOp::Clear => {
             *lock(flag) = false;
             done(&())
         }
-        "is_set" => done(&*lock(flag)),
-        "wait" => {
-            let timeout: Option<u64> = args(bytes)?;
-            match caller.wait(cond, lock(flag), deadline(timeout), |set| *set) {
+        EventOp::IsSet => done(&*lock(flag)),
+        EventOp::Wait { timeout_ms } => {
+            match caller.wait(cond, lock(flag), deadline(timeout_ms), |set| *set) {
                 Ok(_) => done(&true),
                 Err(Fault::Timeout) => done(&false),
                 Err(other) => Err(other),
             }
         }
-        other => Err(unknown("event", other)),
     }
 }
 
-/// `acquire` and `release` of a lock (reentrant or not).
+/// A lock's operations (reentrant or not).
 fn lock_call(
     state: &Mutex<Ownership>,
     cond: &Condvar,
     reentrant: bool,
-    method: &str,
-    bytes: &[u8],
+    op: LockOp,
     caller: &Caller<'_>,
 ) -> Outcome {
-    match method {
-        "acquire" => {
-            let timeout: Option<u64> = args(bytes)?;
+    match op {
+        LockOp::Acquire { timeout_ms } => {
             let guard = lock(state);
             if guard.owner == Some(caller.id) {
                 if !reentrant {
@@ -1097,12 +1075,13 @@ fn lock_call(
                 guard.count += 1;
                 return done(&());
             }
-            let mut guard = caller.wait(cond, guard, deadline(timeout), |s| s.owner.is_none())?;
+            let mut guard =
+                caller.wait(cond, guard, deadline(timeout_ms), |s| s.owner.is_none())?;
             guard.owner = Some(caller.id);
             guard.count = 1;
             done(&())
         }
-        "release" => {
+        LockOp::Release => {
             let mut guard = lock(state);
             if guard.owner != Some(caller.id) {
                 return Err(Fault::Message(
@@ -1116,7 +1095,6 @@ fn lock_call(
             }
             done(&())
         }
-        other => Err(unknown("lock", other)),
     }
 }
 
