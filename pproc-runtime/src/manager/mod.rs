@@ -60,8 +60,8 @@
 
 mod auth;
 mod client;
-mod custom;
 mod number;
+mod objects;
 mod protocol;
 mod server;
 mod transport;
@@ -75,7 +75,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-pub use custom::{Entry as SharedEntry, create as shared_create, invoke as shared_invoke};
+pub use objects::custom::{Entry as SharedEntry, create as shared_create, invoke as shared_invoke};
 pub use number::{NumKind, Number};
 pub use transport::Address;
 

@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::auth;
-use super::custom;
+use super::objects::custom;
 use super::number::NumKind;
 use super::protocol::{
     Answer, ArrayOp, ConditionOp, CustomOp, EventOp, Kind, ListOp, LockOp, MapOp, NamespaceOp,

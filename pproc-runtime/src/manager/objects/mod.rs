@@ -1,0 +1,3 @@
+//! The kinds of shared objects, one file each.
+
+pub(crate) mod custom;
