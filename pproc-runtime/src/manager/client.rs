@@ -1,7 +1,9 @@
 //! The client's side of a manager: one authenticated connection
 //! ([`Client`]), opened on first use and again after it broke ([`Line`]),
 //! and the untyped core of every proxy ([`Proxy`]): where its object lives
-//! ([`Target`]) and its id there.
+//! ([`Target`]) and its id there. The typed proxies of each kind, in
+//! [`objects`](super::objects), are made with [`proxy_type!`] and share
+//! their collection methods through [`collection_methods!`].
 
 use std::fmt;
 use std::sync::Mutex;
@@ -168,3 +170,101 @@ pub(super) fn in_time(result: Result<()>) -> Result<bool> {
         Err(err) => Err(err),
     }
 }
+
+/// A value the manager answered, serialized, if there is one.
+pub(super) fn decode_some<T: DeserializeOwned>(value: Option<Vec<u8>>) -> Result<Option<T>> {
+    value.map(|bytes| decode(&bytes)).transpose()
+}
+
+/// Values the manager answered, each serialized.
+pub(super) fn decode_all<T: DeserializeOwned>(values: &[Vec<u8>]) -> Result<Vec<T>> {
+    values.iter().map(|bytes| decode(bytes)).collect()
+}
+
+/// A typed proxy: a [`Proxy`] and the types its object holds, serialized
+/// as the proxy, cloned with a connection of its own.
+macro_rules! proxy_type {
+    ($(#[$meta:meta])* $name:ident $(<$($t:ident),*>)?) => {
+        $(#[$meta])*
+        #[derive(::serde::Serialize, ::serde::Deserialize)]
+        #[serde(bound = "")]
+        pub struct $name $(<$($t),*>)? {
+            pub(in crate::manager) proxy: $crate::manager::client::Proxy,
+            #[serde(skip)]
+            _types: ::std::marker::PhantomData<fn() -> ($($($t,)*)?)>,
+        }
+
+        impl $(<$($t),*>)? $name $(<$($t),*>)? {
+            pub(in crate::manager) fn wrap(proxy: $crate::manager::client::Proxy) -> Self {
+                Self { proxy, _types: ::std::marker::PhantomData }
+            }
+        }
+
+        impl $(<$($t),*>)? Clone for $name $(<$($t),*>)? {
+            /// The same shared object, through a connection of its own.
+            fn clone(&self) -> Self {
+                Self::wrap(self.proxy.clone())
+            }
+        }
+
+        impl $(<$($t),*>)? ::std::fmt::Debug for $name $(<$($t),*>)? {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.debug_tuple(stringify!($name)).field(&self.proxy).finish()
+            }
+        }
+    };
+}
+
+/// The methods that collection proxies share, in an `impl` block: `len`
+/// and `is_empty` from the kind's operation `$len`, and `clear` and
+/// `to_vec` where the kind has them; each summary is the kind's own.
+macro_rules! collection_methods {
+    (
+        len: $len:expr, $len_doc:literal, $empty_doc:literal;
+        $(clear: $clear:expr, $clear_doc:literal;)?
+        $(to_vec: $to_vec:expr, $item:ty;)?
+    ) => {
+        #[doc = $len_doc]
+        ///
+        /// # Errors
+        ///
+        /// As [`Map::insert`](crate::manager::Map::insert).
+        pub fn len(&self) -> $crate::error::Result<usize> {
+            self.proxy.ask($len)
+        }
+
+        #[doc = $empty_doc]
+        ///
+        /// # Errors
+        ///
+        /// As [`Map::insert`](crate::manager::Map::insert).
+        pub fn is_empty(&self) -> $crate::error::Result<bool> {
+            self.len().map(|n| n == 0)
+        }
+
+        $(
+            #[doc = $clear_doc]
+            ///
+            /// # Errors
+            ///
+            /// As [`Map::insert`](crate::manager::Map::insert).
+            pub fn clear(&self) -> $crate::error::Result<()> {
+                self.proxy.ask($clear)
+            }
+        )?
+
+        $(
+            /// A copy of every value.
+            ///
+            /// # Errors
+            ///
+            /// As [`Map::insert`](crate::manager::Map::insert).
+            pub fn to_vec(&self) -> $crate::error::Result<Vec<$item>> {
+                let values: Vec<Vec<u8>> = self.proxy.ask($to_vec)?;
+                $crate::manager::client::decode_all(&values)
+            }
+        )?
+    };
+}
+
+pub(super) use {collection_methods, proxy_type};

@@ -61,22 +61,30 @@
 mod auth;
 mod client;
 mod number;
-mod objects;
+pub(crate) mod objects;
 mod protocol;
 mod server;
 mod transport;
 
 use std::fmt;
-use std::marker::PhantomData;
 use std::net::ToSocketAddrs;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
-pub use objects::custom::{Entry as SharedEntry, create as shared_create, invoke as shared_invoke};
 pub use number::{NumKind, Number};
+pub use objects::array::Array;
+pub use objects::condition::Condition;
+pub use objects::custom::{Shared, SharedType};
+pub use objects::event::Event;
+pub use objects::list::List;
+pub use objects::lock::{Guard, Lock};
+pub use objects::map::Map;
+pub use objects::namespace::Namespace;
+pub use objects::queue::Queue;
+pub use objects::semaphore::Semaphore;
+pub use objects::value::Value;
 pub use transport::Address;
 
 #[cfg(any(test, feature = "fuzzing"))]
@@ -87,773 +95,15 @@ use crate::child::{EXIT_PROTOCOL, first_frame};
 use crate::conn::{Conn, decode, encode, tag};
 use crate::error::{Error, Result};
 use crate::handle::Handle;
-use client::{Client, Line, Proxy, Target, in_time, millis};
-use protocol::{
-    ArrayOp, ConditionOp, CustomOp, EventOp, Kind, ListOp, LockOp, MapOp, NamespaceOp, ObjectOp,
-    Op, QueueOp, SemaphoreOp, ValueOp,
-};
+use client::{Client, Line, Proxy, Target};
+use objects::custom::NewCustom;
+use objects::lock::NewLock;
+use objects::semaphore::NewSemaphore;
+use protocol::{Kind, Op};
 use transport::Listener;
 
 /// The name a manager process is started under.
 pub(crate) const MANAGER: &str = "pproc::__manager";
-
-/// A type of your own that a manager can hold, registered with
-/// `pproc::shared!`, which implements this trait.
-pub trait SharedType: Serialize + DeserializeOwned + Send + 'static {
-    /// The name it is registered under: its module path and name.
-    const NAME: &'static str;
-}
-
-macro_rules! proxy_type {
-    ($(#[$meta:meta])* $name:ident $(<$($t:ident),*>)?) => {
-        $(#[$meta])*
-        #[derive(Serialize, Deserialize)]
-        #[serde(bound = "")]
-        pub struct $name $(<$($t),*>)? {
-            proxy: Proxy,
-            #[serde(skip)]
-            _types: PhantomData<fn() -> ($($($t,)*)?)>,
-        }
-
-        impl $(<$($t),*>)? $name $(<$($t),*>)? {
-            fn wrap(proxy: Proxy) -> Self {
-                Self { proxy, _types: PhantomData }
-            }
-        }
-
-        impl $(<$($t),*>)? Clone for $name $(<$($t),*>)? {
-            /// The same shared object, through a connection of its own.
-            fn clone(&self) -> Self {
-                Self::wrap(self.proxy.clone())
-            }
-        }
-
-        impl $(<$($t),*>)? fmt::Debug for $name $(<$($t),*>)? {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.debug_tuple(stringify!($name)).field(&self.proxy).finish()
-            }
-        }
-    };
-}
-
-proxy_type!(
-    /// A shared map (Python's `dict`), keyed by the serialized key.
-    Map<K, V>
-);
-proxy_type!(
-    /// A shared list.
-    List<T>
-);
-proxy_type!(
-    /// A shared FIFO queue, bounded when created with a capacity: `put`
-    /// waits for room, `get` for a value.
-    Queue<T>
-);
-proxy_type!(
-    /// A shared value.
-    Value<T>
-);
-proxy_type!(
-    /// A shared namespace: named fields of any serializable types.
-    Namespace
-);
-proxy_type!(
-    /// A shared lock, reentrant or not ([`Manager::lock`],
-    /// [`Manager::rlock`]). It is held by the proxy that acquired it; if
-    /// that proxy's process dies, the lock is given back.
-    Lock
-);
-proxy_type!(
-    /// A shared semaphore, bounded or not ([`Manager::semaphore`],
-    /// [`Manager::bounded_semaphore`]). What a process that dies holds is
-    /// given back.
-    Semaphore
-);
-proxy_type!(
-    /// A shared condition variable, with its lock.
-    Condition
-);
-proxy_type!(
-    /// A shared event: a flag that processes can wait for.
-    Event
-);
-proxy_type!(
-    /// A shared fixed-length array of numbers.
-    Array<T>
-);
-proxy_type!(
-    /// A shared value of a type of your own, registered with
-    /// `pproc::shared!`: only the methods it exposes can be
-    /// called, through the trait that `shared!` generates or
-    /// [`call`](Self::call).
-    Shared<T>
-);
-
-impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Map<K, V> {
-    /// Sets `key` to `value`; returns the value it replaced.
-    ///
-    /// # Errors
-    ///
-    /// As every proxy call: [`Error::Disconnected`] if the manager is gone,
-    /// [`Error::Remote`] if it refused the call, [`Error::Codec`] for a
-    /// value that does not serialize.
-    pub fn insert(&self, key: &K, value: &V) -> Result<Option<V>> {
-        let old: Option<Vec<u8>> = self.proxy.ask(MapOp::Insert {
-            key: encode(key)?,
-            value: encode(value)?,
-        })?;
-        old.map(|b| decode(&b)).transpose()
-    }
-
-    /// The value of `key`.
-    ///
-    /// # Errors
-    ///
-    /// As [`insert`](Self::insert).
-    pub fn get(&self, key: &K) -> Result<Option<V>> {
-        let value: Option<Vec<u8>> = self.proxy.ask(MapOp::Get { key: encode(key)? })?;
-        value.map(|b| decode(&b)).transpose()
-    }
-
-    /// Removes `key`; returns its value.
-    ///
-    /// # Errors
-    ///
-    /// As [`insert`](Self::insert).
-    pub fn remove(&self, key: &K) -> Result<Option<V>> {
-        let value: Option<Vec<u8>> = self.proxy.ask(MapOp::Remove { key: encode(key)? })?;
-        value.map(|b| decode(&b)).transpose()
-    }
-
-    /// Whether `key` has a value.
-    ///
-    /// # Errors
-    ///
-    /// As [`insert`](Self::insert).
-    pub fn contains_key(&self, key: &K) -> Result<bool> {
-        self.proxy.ask(MapOp::ContainsKey { key: encode(key)? })
-    }
-
-    /// The number of entries.
-    ///
-    /// # Errors
-    ///
-    /// As [`insert`](Self::insert).
-    pub fn len(&self) -> Result<usize> {
-        self.proxy.ask(MapOp::Len)
-    }
-
-    /// Whether it has no entries.
-    ///
-    /// # Errors
-    ///
-    /// As [`insert`](Self::insert).
-    pub fn is_empty(&self) -> Result<bool> {
-        self.len().map(|n| n == 0)
-    }
-
-    /// Removes every entry.
-    ///
-    /// # Errors
-    ///
-    /// As [`insert`](Self::insert).
-    pub fn clear(&self) -> Result<()> {
-        self.proxy.ask(MapOp::Clear)
-    }
-
-    /// The keys, in the order of their serialized forms.
-    ///
-    /// # Errors
-    ///
-    /// As [`insert`](Self::insert).
-    pub fn keys(&self) -> Result<Vec<K>> {
-        let keys: Vec<Vec<u8>> = self.proxy.ask(MapOp::Keys)?;
-        keys.iter().map(|b| decode(b)).collect()
-    }
-
-    /// Every entry, in the order of the keys' serialized forms.
-    ///
-    /// # Errors
-    ///
-    /// As [`insert`](Self::insert).
-    pub fn items(&self) -> Result<Vec<(K, V)>> {
-        let items: Vec<(Vec<u8>, Vec<u8>)> = self.proxy.ask(MapOp::Items)?;
-        items
-            .iter()
-            .map(|(k, v)| Ok((decode(k)?, decode(v)?)))
-            .collect()
-    }
-}
-
-impl<K: Serialize + DeserializeOwned, V: Number> Map<K, V> {
-    /// Adds `delta` to the value of `key` (0 if it has none), atomically in
-    /// the manager; returns the new value.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Remote`] if the sum overflows, or as
-    /// [`insert`](Self::insert).
-    pub fn add(&self, key: &K, delta: V) -> Result<V> {
-        let sum = self.proxy.ask_raw(MapOp::Add {
-            key: encode(key)?,
-            delta: encode(&delta)?,
-            kind: V::KIND,
-        })?;
-        decode(&sum)
-    }
-}
-
-impl<T: Serialize + DeserializeOwned> List<T> {
-    /// Appends `value`.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn push(&self, value: &T) -> Result<()> {
-        self.proxy.ask(ListOp::Push {
-            value: encode(value)?,
-        })
-    }
-
-    /// Removes the last value and returns it.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn pop(&self) -> Result<Option<T>> {
-        let value: Option<Vec<u8>> = self.proxy.ask(ListOp::Pop)?;
-        value.map(|b| decode(&b)).transpose()
-    }
-
-    /// The value at `index`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Remote`] if `index` is out of range, or as [`Map::insert`].
-    pub fn get(&self, index: usize) -> Result<T> {
-        decode(&self.proxy.ask_raw(ListOp::Get {
-            index: index as u64,
-        })?)
-    }
-
-    /// Replaces the value at `index`.
-    ///
-    /// # Errors
-    ///
-    /// As [`get`](Self::get).
-    pub fn set(&self, index: usize, value: &T) -> Result<()> {
-        self.proxy.ask(ListOp::Set {
-            index: index as u64,
-            value: encode(value)?,
-        })
-    }
-
-    /// Inserts `value` at `index`, shifting what follows.
-    ///
-    /// # Errors
-    ///
-    /// As [`get`](Self::get).
-    pub fn insert(&self, index: usize, value: &T) -> Result<()> {
-        self.proxy.ask(ListOp::Insert {
-            index: index as u64,
-            value: encode(value)?,
-        })
-    }
-
-    /// Removes the value at `index` and returns it.
-    ///
-    /// # Errors
-    ///
-    /// As [`get`](Self::get).
-    pub fn remove(&self, index: usize) -> Result<T> {
-        decode(&self.proxy.ask_raw(ListOp::Remove {
-            index: index as u64,
-        })?)
-    }
-
-    /// Appends every value of `values`, in one call.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn extend<'a>(&self, values: impl IntoIterator<Item = &'a T>) -> Result<()>
-    where
-        T: 'a,
-    {
-        let values = values.into_iter().map(encode).collect::<Result<Vec<_>>>()?;
-        self.proxy.ask(ListOp::Extend { values })
-    }
-
-    /// The number of values.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn len(&self) -> Result<usize> {
-        self.proxy.ask(ListOp::Len)
-    }
-
-    /// Whether it has no values.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn is_empty(&self) -> Result<bool> {
-        self.len().map(|n| n == 0)
-    }
-
-    /// Removes every value.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn clear(&self) -> Result<()> {
-        self.proxy.ask(ListOp::Clear)
-    }
-
-    /// A copy of every value.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn to_vec(&self) -> Result<Vec<T>> {
-        let values: Vec<Vec<u8>> = self.proxy.ask(ListOp::ToVec)?;
-        values.iter().map(|b| decode(b)).collect()
-    }
-}
-
-impl<T: Serialize + DeserializeOwned> Queue<T> {
-    /// Appends `value`, waiting while a bounded queue is full.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn put(&self, value: &T) -> Result<()> {
-        self.proxy.ask(QueueOp::Put {
-            value: encode(value)?,
-            timeout_ms: None,
-        })
-    }
-
-    /// Appends `value`, waiting at most `timeout` for room.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Timeout`] if the queue stayed full, or as [`Map::insert`].
-    pub fn put_timeout(&self, value: &T, timeout: Duration) -> Result<()> {
-        self.proxy.ask(QueueOp::Put {
-            value: encode(value)?,
-            timeout_ms: millis(Some(timeout)),
-        })
-    }
-
-    /// Takes the first value, waiting for one.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn get(&self) -> Result<T> {
-        decode(&self.proxy.ask_raw(QueueOp::Get { timeout_ms: None })?)
-    }
-
-    /// Takes the first value, waiting at most `timeout` for one.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Timeout`] if none came, or as [`Map::insert`].
-    pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
-        decode(&self.proxy.ask_raw(QueueOp::Get {
-            timeout_ms: millis(Some(timeout)),
-        })?)
-    }
-
-    /// Takes the first value if there is one, without waiting.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn try_get(&self) -> Result<Option<T>> {
-        match self.get_timeout(Duration::ZERO) {
-            Ok(value) => Ok(Some(value)),
-            Err(Error::Timeout) => Ok(None),
-            Err(err) => Err(err),
-        }
-    }
-
-    /// The number of values waiting.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn len(&self) -> Result<usize> {
-        self.proxy.ask(QueueOp::Len)
-    }
-
-    /// Whether no value is waiting.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn is_empty(&self) -> Result<bool> {
-        self.len().map(|n| n == 0)
-    }
-}
-
-impl<T: Serialize + DeserializeOwned> Value<T> {
-    /// The value.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn get(&self) -> Result<T> {
-        decode(&self.proxy.ask_raw(ValueOp::Get)?)
-    }
-
-    /// Replaces the value.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn set(&self, value: &T) -> Result<()> {
-        self.proxy.ask(ValueOp::Set {
-            value: encode(value)?,
-        })
-    }
-}
-
-impl<T: Number> Value<T> {
-    /// Adds `delta`, atomically in the manager; returns the new value.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Remote`] if the sum overflows, or as [`Map::insert`].
-    pub fn add(&self, delta: T) -> Result<T> {
-        decode(&self.proxy.ask_raw(ValueOp::Add {
-            delta: encode(&delta)?,
-            kind: T::KIND,
-        })?)
-    }
-}
-
-impl Namespace {
-    /// The field `name`, as a `T`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Codec`] if it holds another type, or as [`Map::insert`].
-    pub fn get<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
-        let value: Option<Vec<u8>> = self.proxy.ask(NamespaceOp::Get { name: name.into() })?;
-        value.map(|b| decode(&b)).transpose()
-    }
-
-    /// Sets the field `name`; returns whether it existed.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn set<T: Serialize + ?Sized>(&self, name: &str, value: &T) -> Result<bool> {
-        self.proxy.ask(NamespaceOp::Set {
-            name: name.into(),
-            value: encode(value)?,
-        })
-    }
-
-    /// Removes the field `name`; returns whether it existed.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn remove(&self, name: &str) -> Result<bool> {
-        self.proxy.ask(NamespaceOp::Remove { name: name.into() })
-    }
-
-    /// The names of its fields, sorted.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn names(&self) -> Result<Vec<String>> {
-        self.proxy.ask(NamespaceOp::Names)
-    }
-}
-
-/// Holds a shared [`Lock`] (or a [`Condition`]'s lock) until dropped.
-#[derive(Debug)]
-#[must_use = "the lock is released when the guard is dropped"]
-pub struct Guard<'a> {
-    proxy: &'a Proxy,
-    /// What releases the lock, as the object's kind says it.
-    release: ObjectOp,
-}
-
-impl Drop for Guard<'_> {
-    fn drop(&mut self) {
-        // If the manager is gone, so is the lock.
-        let _ = self.proxy.ask::<()>(self.release.clone());
-    }
-}
-
-/// `acquire`, `release` and `lock` for proxies of lock-like objects, whose
-/// kind's operations take a lock's as `$wrap` makes them.
-macro_rules! locking {
-    ($name:ident, $wrap:expr) => {
-        impl $name {
-            /// A lock operation, as this kind takes it.
-            fn lock_op(op: LockOp) -> ObjectOp {
-                ($wrap)(op)
-            }
-
-            /// Waits until the lock is free and takes it.
-            ///
-            /// # Errors
-            ///
-            /// [`Error::Remote`] if this proxy holds a non-reentrant lock
-            /// already, or as [`Map::insert`].
-            pub fn acquire(&self) -> Result<()> {
-                self.proxy
-                    .ask(Self::lock_op(LockOp::Acquire { timeout_ms: None }))
-            }
-
-            /// Waits at most `timeout` for the lock; whether it was taken.
-            ///
-            /// # Errors
-            ///
-            /// As [`acquire`](Self::acquire).
-            pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool> {
-                in_time(self.proxy.ask(Self::lock_op(LockOp::Acquire {
-                    timeout_ms: millis(Some(timeout)),
-                })))
-            }
-
-            /// Releases the lock (once, for a reentrant one).
-            ///
-            /// # Errors
-            ///
-            /// [`Error::Remote`] if this proxy does not hold it, or as
-            /// [`Map::insert`].
-            pub fn release(&self) -> Result<()> {
-                self.proxy.ask(Self::lock_op(LockOp::Release))
-            }
-
-            /// Takes the lock and returns a guard that releases it.
-            ///
-            /// # Errors
-            ///
-            /// As [`acquire`](Self::acquire).
-            pub fn lock(&self) -> Result<Guard<'_>> {
-                self.acquire()?;
-                Ok(Guard {
-                    proxy: &self.proxy,
-                    release: Self::lock_op(LockOp::Release),
-                })
-            }
-        }
-    };
-}
-
-locking!(Lock, ObjectOp::Lock);
-locking!(Condition, |op| ObjectOp::Condition(ConditionOp::Lock(op)));
-
-impl Semaphore {
-    /// Waits until the count is positive and decrements it.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn acquire(&self) -> Result<()> {
-        self.proxy.ask(SemaphoreOp::Acquire { timeout_ms: None })
-    }
-
-    /// Waits at most `timeout` to decrement the count; whether it did.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool> {
-        in_time(self.proxy.ask(SemaphoreOp::Acquire {
-            timeout_ms: millis(Some(timeout)),
-        }))
-    }
-
-    /// Increments the count, waking a waiter.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Remote`] if a bounded semaphore would pass its initial
-    /// value, or as [`Map::insert`].
-    pub fn release(&self) -> Result<()> {
-        self.proxy.ask(SemaphoreOp::Release)
-    }
-
-    /// The count now.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn value(&self) -> Result<u64> {
-        self.proxy.ask(SemaphoreOp::Value)
-    }
-}
-
-impl Condition {
-    /// Releases the lock (which this proxy must hold), waits until
-    /// notified or `timeout` passes (`None`: as long as it takes), and
-    /// takes the lock back; whether it was notified.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Remote`] if this proxy does not hold the lock, or as
-    /// [`Map::insert`].
-    pub fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
-        self.proxy.ask(ConditionOp::Wait {
-            timeout_ms: millis(timeout),
-        })
-    }
-
-    /// Wakes up to `n` waiters.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn notify(&self, n: u64) -> Result<()> {
-        self.proxy.ask(ConditionOp::Notify { n })
-    }
-
-    /// Wakes every waiter.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn notify_all(&self) -> Result<()> {
-        self.notify(u64::MAX)
-    }
-}
-
-impl Event {
-    /// Sets the flag, waking every waiter.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn set(&self) -> Result<()> {
-        self.proxy.ask(EventOp::Set)
-    }
-
-    /// Clears the flag.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn clear(&self) -> Result<()> {
-        self.proxy.ask(EventOp::Clear)
-    }
-
-    /// Whether the flag is set.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn is_set(&self) -> Result<bool> {
-        self.proxy.ask(EventOp::IsSet)
-    }
-
-    /// Waits until the flag is set, or `timeout` passes (`None`: as long as
-    /// it takes); whether it is set.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
-        self.proxy.ask(EventOp::Wait {
-            timeout_ms: millis(timeout),
-        })
-    }
-}
-
-impl<T: Number> Array<T> {
-    /// The value at `index`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Remote`] if `index` is out of range, or as [`Map::insert`].
-    pub fn get(&self, index: usize) -> Result<T> {
-        decode(&self.proxy.ask_raw(ArrayOp::Get {
-            index: index as u64,
-        })?)
-    }
-
-    /// Replaces the value at `index`.
-    ///
-    /// # Errors
-    ///
-    /// As [`get`](Self::get).
-    pub fn set(&self, index: usize, value: T) -> Result<()> {
-        self.proxy.ask(ArrayOp::Set {
-            index: index as u64,
-            value: encode(&value)?,
-        })
-    }
-
-    /// Adds `delta` to the value at `index`, atomically in the manager;
-    /// returns the new value.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Remote`] if the sum overflows, or as [`get`](Self::get).
-    pub fn add(&self, index: usize, delta: T) -> Result<T> {
-        decode(&self.proxy.ask_raw(ArrayOp::Add {
-            index: index as u64,
-            delta: encode(&delta)?,
-            kind: T::KIND,
-        })?)
-    }
-
-    /// Its length.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn len(&self) -> Result<usize> {
-        self.proxy.ask(ArrayOp::Len)
-    }
-
-    /// Whether its length is 0.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn is_empty(&self) -> Result<bool> {
-        self.len().map(|n| n == 0)
-    }
-
-    /// A copy of every value.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn to_vec(&self) -> Result<Vec<T>> {
-        let values: Vec<Vec<u8>> = self.proxy.ask(ArrayOp::ToVec)?;
-        values.iter().map(|b| decode(b)).collect()
-    }
-}
-
-impl<T: SharedType> Shared<T> {
-    /// Calls the exposed method `method` with `args` (a tuple of its
-    /// arguments) in the manager, and returns its result. The trait that
-    /// `pproc::shared!` generates calls this, with the types
-    /// checked.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Remote`] if `T` does not expose `method` (the message names
-    /// the methods it exposes), or as [`Map::insert`].
-    pub fn call<A: Serialize, R: DeserializeOwned>(&self, method: &str, args: &A) -> Result<R> {
-        decode(&self.proxy.ask_raw(CustomOp::Call {
-            method: method.to_owned(),
-            args: encode(args)?,
-        })?)
-    }
-}
 
 /// The manager process, which reports where it listens (or why it cannot).
 type ServerProcess = Handle<(), (), std::result::Result<Address, String>>;
@@ -1078,7 +328,7 @@ macro_rules! creators {
             ) -> Result<Map<K, V>> {
                 let $this = self;
                 $manager.create(
-                    Kind::Map,
+                    Kind::Map(()),
                     std::any::type_name::<Map<K, V>>(),
                     $name,
                     Map::wrap,
@@ -1097,7 +347,7 @@ macro_rules! creators {
                 let $this = self;
                 let values = values.into_iter().map(encode).collect::<Result<Vec<_>>>()?;
                 $manager.create(
-                    Kind::List { values },
+                    Kind::List(values),
                     std::any::type_name::<List<T>>(),
                     $name,
                     List::wrap,
@@ -1115,7 +365,7 @@ macro_rules! creators {
             ) -> Result<Queue<T>> {
                 let $this = self;
                 $manager.create(
-                    Kind::Queue { capacity },
+                    Kind::Queue(capacity),
                     std::any::type_name::<Queue<T>>(),
                     $name,
                     Queue::wrap,
@@ -1130,9 +380,7 @@ macro_rules! creators {
             pub fn value<T: Serialize + DeserializeOwned>(&self, value: &T) -> Result<Value<T>> {
                 let $this = self;
                 $manager.create(
-                    Kind::Value {
-                        value: encode(value)?,
-                    },
+                    Kind::Value(encode(value)?),
                     std::any::type_name::<Value<T>>(),
                     $name,
                     Value::wrap,
@@ -1146,7 +394,7 @@ macro_rules! creators {
             /// As [`map`](Self::map).
             pub fn namespace(&self) -> Result<Namespace> {
                 let $this = self;
-                $manager.create(Kind::Namespace, "Namespace", $name, Namespace::wrap)
+                $manager.create(Kind::Namespace(()), "Namespace", $name, Namespace::wrap)
             }
 
             /// A shared lock (not reentrant: a proxy that holds it cannot
@@ -1157,7 +405,12 @@ macro_rules! creators {
             /// As [`map`](Self::map).
             pub fn lock(&self) -> Result<Lock> {
                 let $this = self;
-                $manager.create(Kind::Lock { reentrant: false }, "Lock", $name, Lock::wrap)
+                $manager.create(
+                    Kind::Lock(NewLock { reentrant: false }),
+                    "Lock",
+                    $name,
+                    Lock::wrap,
+                )
             }
 
             /// A shared reentrant lock: the proxy that holds it may take it
@@ -1168,7 +421,12 @@ macro_rules! creators {
             /// As [`map`](Self::map).
             pub fn rlock(&self) -> Result<Lock> {
                 let $this = self;
-                $manager.create(Kind::Lock { reentrant: true }, "RLock", $name, Lock::wrap)
+                $manager.create(
+                    Kind::Lock(NewLock { reentrant: true }),
+                    "RLock",
+                    $name,
+                    Lock::wrap,
+                )
             }
 
             /// A shared semaphore with a count of `value`.
@@ -1179,10 +437,10 @@ macro_rules! creators {
             pub fn semaphore(&self, value: u64) -> Result<Semaphore> {
                 let $this = self;
                 $manager.create(
-                    Kind::Semaphore {
+                    Kind::Semaphore(NewSemaphore {
                         value,
                         bounded: false,
-                    },
+                    }),
                     "Semaphore",
                     $name,
                     Semaphore::wrap,
@@ -1198,10 +456,10 @@ macro_rules! creators {
             pub fn bounded_semaphore(&self, value: u64) -> Result<Semaphore> {
                 let $this = self;
                 $manager.create(
-                    Kind::Semaphore {
+                    Kind::Semaphore(NewSemaphore {
                         value,
                         bounded: true,
-                    },
+                    }),
                     "BoundedSemaphore",
                     $name,
                     Semaphore::wrap,
@@ -1216,9 +474,7 @@ macro_rules! creators {
             /// As [`map`](Self::map).
             pub fn condition(&self, lock: Option<&Lock>) -> Result<Condition> {
                 let $this = self;
-                let kind = Kind::Condition {
-                    lock: lock.map(|l| l.proxy.id),
-                };
+                let kind = Kind::Condition(lock.map(|l| l.proxy.id));
                 $manager.create(kind, "Condition", $name, Condition::wrap)
             }
 
@@ -1229,7 +485,7 @@ macro_rules! creators {
             /// As [`map`](Self::map).
             pub fn event(&self) -> Result<Event> {
                 let $this = self;
-                $manager.create(Kind::Event, "Event", $name, Event::wrap)
+                $manager.create(Kind::Event(()), "Event", $name, Event::wrap)
             }
 
             /// A shared array of numbers holding `values`.
@@ -1247,7 +503,7 @@ macro_rules! creators {
                     .map(|v| encode(&v))
                     .collect::<Result<Vec<_>>>()?;
                 $manager.create(
-                    Kind::Array { values },
+                    Kind::Array(values),
                     std::any::type_name::<Array<T>>(),
                     $name,
                     Array::wrap,
@@ -1265,10 +521,10 @@ macro_rules! creators {
             pub fn shared<T: SharedType>(&self, value: &T) -> Result<Shared<T>> {
                 let $this = self;
                 $manager.create(
-                    Kind::Custom {
+                    Kind::Custom(NewCustom {
                         name: T::NAME.to_owned(),
                         value: encode(value)?,
-                    },
+                    }),
                     T::NAME,
                     $name,
                     Shared::wrap,

@@ -15,22 +15,17 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv6Addr};
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{getsockopt, sockopt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use super::auth;
-use super::objects::custom;
-use super::number::NumKind;
-use super::protocol::{
-    Answer, ArrayOp, ConditionOp, CustomOp, EventOp, Kind, ListOp, LockOp, MapOp, NamespaceOp,
-    ObjectOp, Op, QueueOp, SemaphoreOp, ValueOp,
-};
+use super::lock;
+use super::objects::{CallResult, Caller, ClientId, Fault, Object, done};
+use super::protocol::{Answer, Kind, Op};
 use super::transport::{Listener, Stream};
 use crate::codec;
 use crate::conn::{decode, encode};
@@ -56,8 +51,6 @@ const ACCEPT_BATCH: usize = 32;
 const MAX_CLIENTS: usize = 4096;
 /// The largest request an authenticated client may send.
 pub(crate) const MAX_REQUEST: usize = 1 << 30;
-/// How often a blocked call checks that its client is still there.
-const PATIENCE: Duration = Duration::from_millis(100);
 
 /// Whom a handshake in progress counts against, for [`PEER_SHARE`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -274,122 +267,45 @@ impl Pending {
     }
 }
 
-/// A client connection's id: what holds locks and semaphores.
-type ClientId = u64;
-
-/// Why a call failed, before it becomes an [`Answer`].
-enum Fault {
-    Timeout,
-    /// The client went away while the call waited.
-    Gone,
-    Message(String),
+/// The shared objects, by id: what the server's clients share.
+pub(crate) struct Table {
+    objects: Mutex<HashMap<u64, Arc<Object>>>,
+    next: AtomicU64,
 }
 
-impl From<String> for Fault {
-    fn from(message: String) -> Self {
-        Self::Message(message)
-    }
-}
-
-impl From<crate::Error> for Fault {
-    fn from(err: crate::Error) -> Self {
-        Self::Message(err.to_string())
-    }
-}
-
-type Outcome<T = Vec<u8>> = Result<T, Fault>;
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// A lock's state: who holds it, how many times.
-#[derive(Default)]
-struct Ownership {
-    owner: Option<ClientId>,
-    count: u64,
-}
-
-/// A semaphore's state.
-struct Counter {
-    value: u64,
-    /// The initial value, for a bounded semaphore.
-    bound: Option<u64>,
-    /// What each client holds, given back if it goes away.
-    held: HashMap<ClientId, u64>,
-}
-
-/// A shared object, as the server keeps it: values stay serialized, since
-/// the server does not know their types.
-enum Object {
-    Map(Mutex<BTreeMap<Vec<u8>, Vec<u8>>>),
-    List(Mutex<Vec<Vec<u8>>>),
-    Queue(Mutex<VecDeque<Vec<u8>>>, Condvar, Option<usize>),
-    Value(Mutex<Vec<u8>>),
-    Namespace(Mutex<BTreeMap<String, Vec<u8>>>),
-    Lock(Mutex<Ownership>, Condvar, bool),
-    Semaphore(Mutex<Counter>, Condvar),
-    Condition(Arc<Object>, Mutex<VecDeque<Arc<AtomicBool>>>, Condvar),
-    Event(Mutex<bool>, Condvar),
-    Array(Mutex<Vec<Vec<u8>>>),
-    Custom(Mutex<Box<dyn std::any::Any + Send>>, &'static custom::Entry),
-}
-
-/// What one call sees of its client.
-struct Caller<'a> {
-    id: ClientId,
-    stream: &'a Stream,
-}
-
-impl Caller<'_> {
-    /// Whether the client has gone away (it sends nothing while it waits
-    /// for an answer, so anything readable means it closed).
-    fn gone(&self) -> bool {
-        let mut fds = [PollFd::new(
-            self.stream.as_fd(),
-            PollFlags::POLLIN | PollFlags::from_bits_retain(libc::POLLRDHUP),
-        )];
-        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
-    }
-
-    /// Waits on `cond` until `ready` holds, the deadline passes, or the
-    /// client goes away; checks the client every [`PATIENCE`].
-    fn wait<'g, T>(
-        &self,
-        cond: &Condvar,
-        mut guard: MutexGuard<'g, T>,
-        deadline: Option<Instant>,
-        mut ready: impl FnMut(&mut T) -> bool,
-    ) -> Outcome<MutexGuard<'g, T>> {
-        loop {
-            if ready(&mut guard) {
-                return Ok(guard);
-            }
-            let slice = match deadline {
-                Some(at) => match at.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => left.min(PATIENCE),
-                    _ => return Err(Fault::Timeout),
-                },
-                None => PATIENCE,
-            };
-            if self.gone() {
-                return Err(Fault::Gone);
-            }
-            guard = cond
-                .wait_timeout(guard, slice)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+impl Table {
+    fn new() -> Self {
+        Self {
+            objects: Mutex::default(),
+            next: AtomicU64::new(1),
         }
+    }
+
+    /// The object `id`.
+    pub(crate) fn get(&self, id: u64) -> Option<Arc<Object>> {
+        lock(&self.objects).get(&id).cloned()
+    }
+
+    /// Lists `object` under a new id: the id, and the object as listed.
+    pub(crate) fn insert(&self, object: Object) -> (u64, Arc<Object>) {
+        let object = Arc::new(object);
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        lock(&self.objects).insert(id, Arc::clone(&object));
+        (id, object)
+    }
+
+    /// Every object.
+    fn all(&self) -> Vec<Arc<Object>> {
+        lock(&self.objects).values().cloned().collect()
     }
 }
 
 /// The server's state, shared by its connection threads.
 pub(crate) struct Server {
     key: Vec<u8>,
-    objects: Mutex<HashMap<u64, Arc<Object>>>,
+    objects: Table,
     /// Named objects: id, kind and types.
     names: Mutex<HashMap<String, (u64, &'static str, String)>>,
-    next_object: AtomicU64,
     next_client: AtomicU64,
     clients: AtomicUsize,
 }
@@ -398,9 +314,8 @@ impl Server {
     pub(crate) fn new(key: Vec<u8>) -> Arc<Self> {
         Arc::new(Self {
             key,
-            objects: Mutex::default(),
+            objects: Table::new(),
             names: Mutex::default(),
-            next_object: AtomicU64::new(1),
             next_client: AtomicU64::new(1),
             clients: AtomicUsize::new(0),
         })
@@ -571,41 +486,23 @@ impl Server {
 
     /// Gives back every lock and semaphore the client held, waking waiters.
     fn release_all(&self, client: ClientId) {
-        let objects: Vec<Arc<Object>> = lock(&self.objects).values().cloned().collect();
-        for object in objects {
-            match &*object {
-                Object::Lock(state, cond, _) => {
-                    let mut state = lock(state);
-                    if state.owner == Some(client) {
-                        state.owner = None;
-                        state.count = 0;
-                        cond.notify_all();
-                    }
-                }
-                Object::Semaphore(state, cond) => {
-                    let mut state = lock(state);
-                    if let Some(held) = state.held.remove(&client) {
-                        state.value += held;
-                        cond.notify_all();
-                    }
-                }
-                _ => {}
-            }
+        for object in self.objects.all() {
+            object.release(client);
         }
     }
 
-    fn handle(&self, op: Op, caller: &Caller<'_>) -> Outcome {
+    fn handle(&self, op: Op, caller: &Caller<'_>) -> CallResult {
         match op {
             Op::Create { kind, types, name } => {
                 let id = self.create(kind, types, name)?;
                 done(&id)
             }
             Op::Call { object, op } => {
-                let target = lock(&self.objects)
-                    .get(&object)
-                    .cloned()
+                let target = self
+                    .objects
+                    .get(object)
                     .ok_or_else(|| format!("no shared object {object} on this manager"))?;
-                call(&target, op, caller)
+                target.call(op, caller)
             }
         }
     }
@@ -624,62 +521,11 @@ impl Server {
             return Ok(*id);
         }
         let kind_name = kind.name();
-        let object = self.build(kind)?;
-        let id = self.next_object.fetch_add(1, Ordering::Relaxed);
-        lock(&self.objects).insert(id, Arc::new(object));
+        let (id, _) = self.objects.insert(Object::build(kind, &self.objects)?);
         if let Some(name) = name {
             names.insert(name, (id, kind_name, types));
         }
         Ok(id)
-    }
-
-    fn build(&self, kind: Kind) -> Result<Object, String> {
-        Ok(match kind {
-            Kind::Map => Object::Map(Mutex::default()),
-            Kind::List { values } => Object::List(Mutex::new(values)),
-            Kind::Queue { capacity } => Object::Queue(Mutex::default(), Condvar::new(), capacity),
-            Kind::Value { value } => Object::Value(Mutex::new(value)),
-            Kind::Namespace => Object::Namespace(Mutex::default()),
-            Kind::Lock { reentrant } => Object::Lock(Mutex::default(), Condvar::new(), reentrant),
-            Kind::Semaphore { value, bounded } => Object::Semaphore(
-                Mutex::new(Counter {
-                    value,
-                    bound: bounded.then_some(value),
-                    held: HashMap::new(),
-                }),
-                Condvar::new(),
-            ),
-            Kind::Condition { lock: with } => {
-                let lock_object = if let Some(id) = with {
-                    let object = lock(&self.objects)
-                        .get(&id)
-                        .cloned()
-                        .ok_or_else(|| format!("no shared lock {id} on this manager"))?;
-                    if !matches!(&*object, Object::Lock(..)) {
-                        return Err("a condition needs a shared `Lock` or `RLock`".into());
-                    }
-                    object
-                } else {
-                    // Listed, so that a client that dies holding it gives
-                    // it back.
-                    let object = Arc::new(Object::Lock(Mutex::default(), Condvar::new(), true));
-                    let id = self.next_object.fetch_add(1, Ordering::Relaxed);
-                    lock(&self.objects).insert(id, Arc::clone(&object));
-                    object
-                };
-                Object::Condition(lock_object, Mutex::default(), Condvar::new())
-            }
-            Kind::Event => Object::Event(Mutex::new(false), Condvar::new()),
-            Kind::Array { values } => Object::Array(Mutex::new(values)),
-            Kind::Custom { name, value } => {
-                let entry = custom::lookup(&name).ok_or_else(|| {
-                    format!(
-                        "`{name}` is not registered with `pproc::shared!` in the manager's program"
-                    )
-                })?;
-                Object::Custom(Mutex::new((entry.create)(&value)?), entry)
-            }
-        })
     }
 }
 
@@ -690,441 +536,6 @@ fn is_transient(err: &io::Error) -> bool {
         err.raw_os_error(),
         Some(libc::ENOBUFS | libc::ENOMEM | libc::ECONNABORTED | libc::EINTR)
     )
-}
-
-fn args<A: DeserializeOwned>(bytes: &[u8]) -> Outcome<A> {
-    decode(bytes).map_err(|err| Fault::Message(format!("arguments that do not decode: {err}")))
-}
-
-fn done<T: Serialize + ?Sized>(value: &T) -> Outcome {
-    encode(value).map_err(Fault::from)
-}
-
-/// A deadline from an optional timeout in milliseconds.
-fn deadline(timeout_ms: Option<u64>) -> Option<Instant> {
-    timeout_ms.and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)))
-}
-
-/// Runs `op` on `object`, if it is an operation of the object's kind.
-fn call(object: &Object, op: ObjectOp, caller: &Caller<'_>) -> Outcome {
-    match (object, op) {
-        (Object::Map(map), ObjectOp::Map(op)) => map_call(map, op),
-        (Object::List(list), ObjectOp::List(op)) => list_call(list, op),
-        (Object::Queue(queue, cond, capacity), ObjectOp::Queue(op)) => {
-            queue_call(queue, cond, *capacity, op, caller)
-        }
-        (Object::Value(value), ObjectOp::Value(op)) => value_call(value, op),
-        (Object::Namespace(fields), ObjectOp::Namespace(op)) => namespace_call(fields, op),
-        (Object::Lock(state, cond, reentrant), ObjectOp::Lock(op)) => {
-            lock_call(state, cond, *reentrant, op, caller)
-        }
-        (Object::Semaphore(state, cond), ObjectOp::Semaphore(op)) => {
-            semaphore_call(state, cond, op, caller)
-        }
-        (Object::Condition(with, waiters, cond), ObjectOp::Condition(op)) => {
-            condition_call(with, waiters, cond, op, caller)
-        }
-        (Object::Event(flag, cond), ObjectOp::Event(op)) => event_call(flag, cond, op, caller),
-        (Object::Array(array), ObjectOp::Array(op)) => array_call(array, op),
-        (Object::Custom(value, entry), ObjectOp::Custom(CustomOp::Call { method, args })) => {
-            let mut value = lock(value);
-            if !entry.methods.contains(&method.as_str()) {
-                return Err(Fault::Message(format!(
-                    "`{method}` is not exposed by `{}`; exposed: {}",
-                    entry.name,
-                    entry.methods.join(", ")
-                )));
-            }
-            (entry.dispatch)(value.as_mut(), &method, &args).map_err(Fault::Message)
-        }
-        (object, op) => Err(Fault::Message(format!(
-            "a shared {} has no {} operations",
-            object_kind(object),
-            op_kind(&op)
-        ))),
-    }
-}
-
-/// What an object's kind is called, in messages.
-fn object_kind(object: &Object) -> &'static str {
-    match object {
-        Object::Map(..) => "map",
-        Object::List(..) => "list",
-        Object::Queue(..) => "queue",
-        Object::Value(..) => "value",
-        Object::Namespace(..) => "namespace",
-        Object::Lock(..) => "lock",
-        Object::Semaphore(..) => "semaphore",
-        Object::Condition(..) => "condition",
-        Object::Event(..) => "event",
-        Object::Array(..) => "array",
-        Object::Custom(..) => "custom value",
-    }
-}
-
-/// What the kind an operation is for is called, in messages.
-fn op_kind(op: &ObjectOp) -> &'static str {
-    match op {
-        ObjectOp::Map(_) => "map",
-        ObjectOp::List(_) => "list",
-        ObjectOp::Queue(_) => "queue",
-        ObjectOp::Value(_) => "value",
-        ObjectOp::Namespace(_) => "namespace",
-        ObjectOp::Lock(_) => "lock",
-        ObjectOp::Semaphore(_) => "semaphore",
-        ObjectOp::Condition(_) => "condition",
-        ObjectOp::Event(_) => "event",
-        ObjectOp::Array(_) => "array",
-        ObjectOp::Custom(_) => "custom value",
-    }
-}
-
-fn map_call(map: &Mutex<BTreeMap<Vec<u8>, Vec<u8>>>, op: MapOp) -> Outcome {
-    let mut map = lock(map);
-    match op {
-        MapOp::Insert { key, value } => done(&map.insert(key, value)),
-        MapOp::Get { key } => done(&map.get(&key)),
-        MapOp::Remove { key } => done(&map.remove(&key)),
-        MapOp::ContainsKey { key } => done(&map.contains_key(&key)),
-        MapOp::Len => done(&map.len()),
-        MapOp::Clear => done(&map.clear()),
-        MapOp::Keys => done(&map.keys().collect::<Vec<_>>()),
-        MapOp::Items => done(&map.iter().collect::<Vec<_>>()),
-        MapOp::Add { key, delta, kind } => {
-            let sum = add(kind, map.get(&key).map(Vec::as_slice), &delta)?;
-            map.insert(key, sum.clone());
-            Ok(sum)
-        }
-    }
-}
-
-/// `index` as an index into `len` values.
-fn index(index: u64, len: usize) -> Outcome<usize> {
-    usize::try_from(index)
-        .ok()
-        .filter(|i| *i < len)
-        .ok_or_else(|| Fault::Message(format!("index {index} out of range for length {len}")))
-}
-
-fn list_call(list: &Mutex<Vec<Vec<u8>>>, op: ListOp) -> Outcome {
-    let mut list = lock(list);
-    match op {
-        ListOp::Push { value } => {
-            list.push(value);
-            done(&())
-        }
-        ListOp::Pop => done(&list.pop()),
-        ListOp::Get { index: i } => {
-            let i = index(i, list.len())?;
-            Ok(list[i].clone())
-        }
-        ListOp::Set { index: i, value } => {
-            let i = index(i, list.len())?;
-            list[i] = value;
-            done(&())
-        }
-        ListOp::Insert { index: i, value } => {
-            let i = usize::try_from(i)
-                .ok()
-                .filter(|i| *i <= list.len())
-                .ok_or_else(|| format!("index {i} out of range for insertion"))?;
-            list.insert(i, value);
-            done(&())
-        }
-        ListOp::Remove { index: i } => {
-            let i = index(i, list.len())?;
-            Ok(list.remove(i))
-        }
-        ListOp::Extend { values } => {
-            list.extend(values);
-            done(&())
-        }
-        ListOp::Len => done(&list.len()),
-        ListOp::Clear => done(&list.clear()),
-        ListOp::ToVec => done(&*list),
-    }
-}
-
-fn array_call(array: &Mutex<Vec<Vec<u8>>>, op: ArrayOp) -> Outcome {
-    let mut array = lock(array);
-    match op {
-        ArrayOp::Get { index: i } => {
-            let i = index(i, array.len())?;
-            Ok(array[i].clone())
-        }
-        ArrayOp::Set { index: i, value } => {
-            let i = index(i, array.len())?;
-            array[i] = value;
-            done(&())
-        }
-        ArrayOp::Add {
-            index: i,
-            delta,
-            kind,
-        } => {
-            let i = index(i, array.len())?;
-            let sum = add(kind, Some(&array[i]), &delta)?;
-            array[i].clone_from(&sum);
-            Ok(sum)
-        }
-        ArrayOp::Len => done(&array.len()),
-        ArrayOp::ToVec => done(&*array),
-    }
-}
-
-fn queue_call(
-    queue: &Mutex<VecDeque<Vec<u8>>>,
-    cond: &Condvar,
-    capacity: Option<usize>,
-    op: QueueOp,
-    caller: &Caller<'_>,
-) -> Outcome {
-    match op {
-        QueueOp::Put { value, timeout_ms } => {
-            let guard = lock(queue);
-            let mut guard = caller.wait(cond, guard, deadline(timeout_ms), |q| {
-                capacity.is_none_or(|cap| q.len() < cap)
-            })?;
-            guard.push_back(value);
-            cond.notify_all();
-            done(&())
-        }
-        QueueOp::Get { timeout_ms } => {
-            let guard = lock(queue);
-            let mut guard = caller.wait(cond, guard, deadline(timeout_ms), |q| !q.is_empty())?;
-            let value = guard.pop_front().unwrap_or_default();
-            cond.notify_all();
-            Ok(value)
-        }
-        QueueOp::Len => done(&lock(queue).len()),
-    }
-}
-
-fn value_call(value: &Mutex<Vec<u8>>, op: ValueOp) -> Outcome {
-    let mut value = lock(value);
-    match op {
-        ValueOp::Get => Ok(value.clone()),
-        ValueOp::Set { value: new } => {
-            *value = new;
-            done(&())
-        }
-        ValueOp::Add { delta, kind } => {
-            let sum = add(kind, Some(&value), &delta)?;
-            value.clone_from(&sum);
-            Ok(sum)
-        }
-    }
-}
-
-fn namespace_call(fields: &Mutex<BTreeMap<String, Vec<u8>>>, op: NamespaceOp) -> Outcome {
-    let mut fields = lock(fields);
-    match op {
-        NamespaceOp::Get { name } => done(&fields.get(&name)),
-        NamespaceOp::Set { name, value } => done(&fields.insert(name, value).is_some()),
-        NamespaceOp::Remove { name } => done(&fields.remove(&name).is_some()),
-        NamespaceOp::Names => done(&fields.keys().collect::<Vec<_>>()),
-    }
-}
-
-fn semaphore_call(
-    state: &Mutex<Counter>,
-    cond: &Condvar,
-    op: SemaphoreOp,
-    caller: &Caller<'_>,
-) -> Outcome {
-    match op {
-        SemaphoreOp::Acquire { timeout_ms } => {
-            let guard = lock(state);
-            let mut guard = caller.wait(cond, guard, deadline(timeout_ms), |s| s.value > 0)?;
-            guard.value -= 1;
-            *guard.held.entry(caller.id).or_default() += 1;
-            done(&())
-        }
-        SemaphoreOp::Release => {
-            let mut guard = lock(state);
-            if guard.bound.is_some_and(|bound| guard.value >= bound) {
-                return Err(Fault::Message(
-                    "a bounded semaphore released too many times".into(),
-                ));
-            }
-            guard.value += 1;
-            if let Some(held) = guard.held.get_mut(&caller.id) {
-                *held -= 1;
-                if *held == 0 {
-                    guard.held.remove(&caller.id);
-                }
-            }
-            cond.notify_all();
-            done(&())
-        }
-        SemaphoreOp::Value => done(&lock(state).value),
-    }
-}
-
-fn condition_call(
-    with: &Object,
-    waiters: &Mutex<VecDeque<Arc<AtomicBool>>>,
-    cond: &Condvar,
-    op: ConditionOp,
-    caller: &Caller<'_>,
-) -> Outcome {
-    let Object::Lock(state, lock_cond, reentrant) = with else {
-        return Err(Fault::Message("a condition without a lock".into()));
-    };
-    match op {
-        ConditionOp::Lock(op) => lock_call(state, lock_cond, *reentrant, op, caller),
-        ConditionOp::Wait { timeout_ms } => {
-            // Line up as a waiter while still holding the lock, so
-            // that a notify made after we let it go reaches us; then
-            // give the lock up, whatever its count, and wait.
-            let me = Arc::new(AtomicBool::new(false));
-            let count = {
-                let mut state = lock(state);
-                if state.owner != Some(caller.id) {
-                    return Err(Fault::Message(
-                        "wait on a condition whose lock is not held".into(),
-                    ));
-                }
-                lock(waiters).push_back(Arc::clone(&me));
-                let count = state.count;
-                state.owner = None;
-                state.count = 0;
-                lock_cond.notify_all();
-                count
-            };
-            let woken = caller
-                .wait(cond, lock(waiters), deadline(timeout_ms), |_| {
-                    me.load(Ordering::Acquire)
-                })
-                // The waiters' lock goes before the lock is taken
-                // back: `wait` takes them in the other order.
-                .map(drop);
-            let notified = match woken {
-                Ok(()) => true,
-                Err(fault) => {
-                    // Out of the line, so that no notify is spent on
-                    // a waiter that left.
-                    lock(waiters).retain(|w| !Arc::ptr_eq(w, &me));
-                    match fault {
-                        Fault::Timeout => me.load(Ordering::Acquire),
-                        other => return Err(other),
-                    }
-                }
-            };
-            // Take the lock back, as it was.
-            let guard = lock(state);
-            let mut guard = caller.wait(lock_cond, guard, None, |s| s.owner.is_none())?;
-            guard.owner = Some(caller.id);
-            guard.count = count;
-            done(&notified)
-        }
-        ConditionOp::Notify { n } => {
-            let mut waiters = lock(waiters);
-            for _ in 0..n {
-                let Some(waiter) = waiters.pop_front() else {
-                    break;
-                };
-                waiter.store(true, Ordering::Release);
-            }
-            cond.notify_all();
-            done(&())
-        }
-    }
-}
-
-fn event_call(flag: &Mutex<bool>, cond: &Condvar, op: EventOp, caller: &Caller<'_>) -> Outcome {
-    match op {
-        EventOp::Set => {
-            *lock(flag) = true;
-            cond.notify_all();
-            done(&())
-        }
-        EventOp::Clear => {
-            *lock(flag) = false;
-            done(&())
-        }
-        EventOp::IsSet => done(&*lock(flag)),
-        EventOp::Wait { timeout_ms } => {
-            match caller.wait(cond, lock(flag), deadline(timeout_ms), |set| *set) {
-                Ok(_) => done(&true),
-                Err(Fault::Timeout) => done(&false),
-                Err(other) => Err(other),
-            }
-        }
-    }
-}
-
-/// A lock's operations (reentrant or not).
-fn lock_call(
-    state: &Mutex<Ownership>,
-    cond: &Condvar,
-    reentrant: bool,
-    op: LockOp,
-    caller: &Caller<'_>,
-) -> Outcome {
-    match op {
-        LockOp::Acquire { timeout_ms } => {
-            let guard = lock(state);
-            if guard.owner == Some(caller.id) {
-                if !reentrant {
-                    return Err(Fault::Message(
-                        "this proxy holds the lock already (a `Lock` is not reentrant; use an `RLock`)".into(),
-                    ));
-                }
-                let mut guard = guard;
-                guard.count += 1;
-                return done(&());
-            }
-            let mut guard =
-                caller.wait(cond, guard, deadline(timeout_ms), |s| s.owner.is_none())?;
-            guard.owner = Some(caller.id);
-            guard.count = 1;
-            done(&())
-        }
-        LockOp::Release => {
-            let mut guard = lock(state);
-            if guard.owner != Some(caller.id) {
-                return Err(Fault::Message(
-                    "release of a lock this proxy does not hold".into(),
-                ));
-            }
-            guard.count -= 1;
-            if guard.count == 0 {
-                guard.owner = None;
-                cond.notify_all();
-            }
-            done(&())
-        }
-    }
-}
-
-/// `stored + delta` as numbers of `kind` (a missing value counts as 0).
-fn add(kind: NumKind, stored: Option<&[u8]>, delta: &[u8]) -> Outcome {
-    fn sum<T>(stored: Option<&[u8]>, delta: &[u8], plus: impl Fn(T, T) -> Option<T>) -> Outcome
-    where
-        T: Serialize + DeserializeOwned + Default,
-    {
-        let a: T = match stored {
-            Some(bytes) => decode(bytes)
-                .map_err(|e| format!("the stored value is not a number of this type: {e}"))?,
-            None => T::default(),
-        };
-        let b: T = args(delta)?;
-        let total = plus(a, b).ok_or_else(|| "the sum overflows".to_owned())?;
-        done(&total)
-    }
-    match kind {
-        NumKind::I8 => sum::<i8>(stored, delta, i8::checked_add),
-        NumKind::I16 => sum::<i16>(stored, delta, i16::checked_add),
-        NumKind::I32 => sum::<i32>(stored, delta, i32::checked_add),
-        NumKind::I64 => sum::<i64>(stored, delta, i64::checked_add),
-        NumKind::U8 => sum::<u8>(stored, delta, u8::checked_add),
-        NumKind::U16 => sum::<u16>(stored, delta, u16::checked_add),
-        NumKind::U32 => sum::<u32>(stored, delta, u32::checked_add),
-        NumKind::U64 => sum::<u64>(stored, delta, u64::checked_add),
-        NumKind::F32 => sum::<f32>(stored, delta, |a, b| Some(a + b)),
-        NumKind::F64 => sum::<f64>(stored, delta, |a, b| Some(a + b)),
-    }
 }
 
 /// Not public API: a server's answers to the requests in `data` (frames
