@@ -186,8 +186,8 @@ fn a_manager_refuses_lying_requests_and_serves_on() {
     };
     let counter = server.value(&0_u64).unwrap();
     let mut raw = RawClient::connect(addr, key);
-    // `Op::Call { object: 1, method: <a terabyte>, args }`.
-    let mut call = vec![1, 1];
+    // `Op::Call { object: 1, op: Custom(Call { method: <a terabyte>, args }) }`.
+    let mut call = vec![1, 1, 10, 0];
     call.extend(lying_string());
     // `Op::Create { kind: Map, types: <a terabyte>, .. }`.
     let mut create = vec![0, 0];

@@ -58,909 +58,54 @@
 //! and reach it through an encrypted tunnel (`ssh -L`, `WireGuard`, `stunnel`),
 //! and use a long random key (see [`Manager::key`]).
 
-mod custom;
+mod auth;
+mod client;
+mod number;
+pub(crate) mod objects;
 mod protocol;
 mod server;
-mod wire;
+mod transport;
 
 use std::fmt;
-use std::marker::PhantomData;
 use std::net::ToSocketAddrs;
-use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::Mutex;
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-pub use custom::{Entry as SharedEntry, create as shared_create, invoke as shared_invoke};
-pub use protocol::NumKind;
-pub use wire::Address;
+pub use number::{NumKind, Number};
+pub use objects::array::Array;
+pub use objects::condition::Condition;
+pub use objects::custom::{Shared, SharedType};
+pub use objects::event::Event;
+pub use objects::list::List;
+pub use objects::lock::{Guard, Lock};
+pub use objects::map::Map;
+pub use objects::namespace::Namespace;
+pub use objects::queue::Queue;
+pub use objects::semaphore::Semaphore;
+pub use objects::value::Value;
+pub use transport::Address;
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use server::{fuzz_handshake, fuzz_requests};
 
 use crate::child::prelude::first_frame;
 use crate::error::{Error, Result};
+use crate::lock::lock;
 use crate::parent::builder::Builder;
 use crate::parent::handle::Handle;
-use crate::wire::codec::{self, decode, encode};
+use crate::wire::codec::{decode, encode};
 use crate::wire::conn::Conn;
-use crate::wire::frame::{EXIT_PROTOCOL, tag};
+use crate::wire::frame::EXIT_PROTOCOL;
+use crate::wire::frame::tag;
 use crate::wire::spec::Mode;
-use protocol::{Answer, Kind, Op};
-use wire::{Listener, Stream};
-
-/// How long a client waits for the manager's half of the handshake.
-const HANDSHAKE: Duration = Duration::from_secs(10);
-
-/// One authenticated connection to a manager.
-#[derive(Debug)]
-struct Client {
-    stream: Stream,
-}
-
-impl Client {
-    fn connect(address: &Address, key: &[u8]) -> Result<Self> {
-        let mut stream = Stream::connect(address).map_err(Error::Io)?;
-        stream
-            .set_read_timeout(Some(HANDSHAKE))
-            .map_err(Error::Io)?;
-        wire::connect_handshake(&mut stream, key, address)?;
-        stream.set_read_timeout(None).map_err(Error::Io)?;
-        Ok(Self { stream })
-    }
-
-    fn ask(&mut self, op: &Op) -> Result<Vec<u8>> {
-        let gone = |err| match err {
-            Error::Io(_) => Error::Disconnected,
-            other => other,
-        };
-        codec::write_frame(&mut self.stream, &encode(op)?).map_err(gone)?;
-        let answer = codec::read_frame(&mut self.stream, server::MAX_REQUEST).map_err(gone)?;
-        match decode::<Answer>(&answer)? {
-            Answer::Done(bytes) => Ok(bytes),
-            Answer::Timeout => Err(Error::Timeout),
-            Answer::Fault(message) => Err(Error::Remote { message }),
-        }
-    }
-}
-
-/// Where a proxy's object lives, and the key to reach it.
-#[derive(Clone, Serialize, Deserialize)]
-struct Target {
-    address: Address,
-    key: Vec<u8>,
-}
-
-impl fmt::Debug for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never print the key.
-        f.debug_struct("Target")
-            .field("address", &self.address)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A connection opened on first use, and again after it broke.
-#[derive(Debug, Default)]
-struct Line(Mutex<Option<Client>>);
-
-impl Line {
-    fn ask(&self, target: &Target, op: &Op) -> Result<Vec<u8>> {
-        let mut line = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if line.is_none() {
-            *line = Some(Client::connect(&target.address, &target.key)?);
-        }
-        let Some(client) = line.as_mut() else {
-            return Err(Error::Disconnected);
-        };
-        let answer = client.ask(op);
-        if matches!(
-            answer,
-            Err(Error::Disconnected | Error::Io(_) | Error::Codec { .. })
-        ) {
-            // A broken or desynchronized connection is not used again.
-            *line = None;
-        }
-        answer
-    }
-}
-
-/// The untyped core of every proxy: the object's id where it lives, and a
-/// connection of its own.
-struct Proxy {
-    target: Target,
-    id: u64,
-    line: Line,
-}
-
-impl Proxy {
-    fn invoke<A: Serialize + ?Sized, R: DeserializeOwned>(
-        &self,
-        method: &str,
-        args: &A,
-    ) -> Result<R> {
-        decode(&self.invoke_raw(method, args)?)
-    }
-
-    fn invoke_raw<A: Serialize + ?Sized>(&self, method: &str, args: &A) -> Result<Vec<u8>> {
-        let op = Op::Call {
-            object: self.id,
-            method: method.to_owned(),
-            args: encode(args)?,
-        };
-        self.line.ask(&self.target, &op)
-    }
-}
-
-impl Clone for Proxy {
-    /// The same object, through a connection of its own.
-    fn clone(&self) -> Self {
-        Self {
-            target: self.target.clone(),
-            id: self.id,
-            line: Line::default(),
-        }
-    }
-}
-
-impl Serialize for Proxy {
-    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        (&self.target, self.id).serialize(serializer)
-    }
-}
-
-impl<'de> Deserialize<'de> for Proxy {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        let (target, id) = <(Target, u64)>::deserialize(deserializer)?;
-        Ok(Self {
-            target,
-            id,
-            line: Line::default(),
-        })
-    }
-}
-
-impl fmt::Debug for Proxy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Proxy")
-            .field("address", &self.target.address)
-            .field("id", &self.id)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A timeout as the manager takes it: milliseconds, rounded up.
-fn millis(timeout: Option<Duration>) -> Option<u64> {
-    timeout.map(|t| u64::try_from(t.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX))
-}
-
-/// `Ok(false)` for a timeout.
-fn in_time(result: Result<()>) -> Result<bool> {
-    match result {
-        Ok(()) => Ok(true),
-        Err(Error::Timeout) => Ok(false),
-        Err(err) => Err(err),
-    }
-}
-
-/// A number that shared values, maps and arrays can add to atomically, in
-/// the manager: the integer and float primitives.
-pub trait Number: Serialize + DeserializeOwned + Copy + Send + Sync + 'static {
-    /// The type, as the manager does arithmetic with it.
-    #[doc(hidden)]
-    const KIND: NumKind;
-}
-
-macro_rules! numbers {
-    ($($t:ty => $kind:ident),*) => {
-        $(impl Number for $t {
-            const KIND: NumKind = NumKind::$kind;
-        })*
-    };
-}
-
-numbers!(i8 => I8, i16 => I16, i32 => I32, i64 => I64, u8 => U8, u16 => U16, u32 => U32, u64 => U64, f32 => F32, f64 => F64);
-
-/// A type of your own that a manager can hold, registered with
-/// `pproc::shared!`, which implements this trait.
-pub trait SharedType: Serialize + DeserializeOwned + Send + 'static {
-    /// The name it is registered under: its module path and name.
-    const NAME: &'static str;
-}
-
-macro_rules! proxy_type {
-    ($(#[$meta:meta])* $name:ident $(<$($t:ident),*>)?) => {
-        $(#[$meta])*
-        #[derive(Serialize, Deserialize)]
-        #[serde(bound = "")]
-        pub struct $name $(<$($t),*>)? {
-            proxy: Proxy,
-            #[serde(skip)]
-            _types: PhantomData<fn() -> ($($($t,)*)?)>,
-        }
-
-        impl $(<$($t),*>)? $name $(<$($t),*>)? {
-            fn wrap(proxy: Proxy) -> Self {
-                Self { proxy, _types: PhantomData }
-            }
-        }
-
-        impl $(<$($t),*>)? Clone for $name $(<$($t),*>)? {
-            /// The same shared object, through a connection of its own.
-            fn clone(&self) -> Self {
-                Self::wrap(self.proxy.clone())
-            }
-        }
-
-        impl $(<$($t),*>)? fmt::Debug for $name $(<$($t),*>)? {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.debug_tuple(stringify!($name)).field(&self.proxy).finish()
-            }
-        }
-    };
-}
-
-proxy_type!(
-    /// A shared map (Python's `dict`), keyed by the serialized key.
-    Map<K, V>
-);
-proxy_type!(
-    /// A shared list.
-    List<T>
-);
-proxy_type!(
-    /// A shared FIFO queue, bounded when created with a capacity: `put`
-    /// waits for room, `get` for a value.
-    Queue<T>
-);
-proxy_type!(
-    /// A shared value.
-    Value<T>
-);
-proxy_type!(
-    /// A shared namespace: named fields of any serializable types.
-    Namespace
-);
-proxy_type!(
-    /// A shared lock, reentrant or not ([`Manager::lock`],
-    /// [`Manager::rlock`]). It is held by the proxy that acquired it; if
-    /// that proxy's process dies, the lock is given back.
-    Lock
-);
-proxy_type!(
-    /// A shared semaphore, bounded or not ([`Manager::semaphore`],
-    /// [`Manager::bounded_semaphore`]). What a process that dies holds is
-    /// given back.
-    Semaphore
-);
-proxy_type!(
-    /// A shared condition variable, with its lock.
-    Condition
-);
-proxy_type!(
-    /// A shared event: a flag that processes can wait for.
-    Event
-);
-proxy_type!(
-    /// A shared fixed-length array of numbers.
-    Array<T>
-);
-proxy_type!(
-    /// A shared value of a type of your own, registered with
-    /// `pproc::shared!`: only the methods it exposes can be
-    /// called, through the trait that `shared!` generates or
-    /// [`call`](Self::call).
-    Shared<T>
-);
-
-impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Map<K, V> {
-    /// Sets `key` to `value`; returns the value it replaced.
-    ///
-    /// # Errors
-    ///
-    /// As every proxy call: [`Error::Disconnected`] if the manager is gone,
-    /// [`Error::Remote`] if it refused the call, [`Error::Codec`] for a
-    /// value that does not serialize.
-    pub fn insert(&self, key: &K, value: &V) -> Result<Option<V>> {
-        let old: Option<Vec<u8>> = self
-            .proxy
-            .invoke("insert", &(encode(key)?, encode(value)?))?;
-        old.map(|b| decode(&b)).transpose()
-    }
-
-    /// The value of `key`.
-    ///
-    /// # Errors
-    ///
-    /// As [`insert`](Self::insert).
-    pub fn get(&self, key: &K) -> Result<Option<V>> {
-        let value: Option<Vec<u8>> = self.proxy.invoke("get", &encode(key)?)?;
-        value.map(|b| decode(&b)).transpose()
-    }
-
-    /// Removes `key`; returns its value.
-    ///
-    /// # Errors
-    ///
-    /// As [`insert`](Self::insert).
-    pub fn remove(&self, key: &K) -> Result<Option<V>> {
-        let value: Option<Vec<u8>> = self.proxy.invoke("remove", &encode(key)?)?;
-        value.map(|b| decode(&b)).transpose()
-    }
-
-    /// Whether `key` has a value.
-    ///
-    /// # Errors
-    ///
-    /// As [`insert`](Self::insert).
-    pub fn contains_key(&self, key: &K) -> Result<bool> {
-        self.proxy.invoke("contains", &encode(key)?)
-    }
-
-    /// The number of entries.
-    ///
-    /// # Errors
-    ///
-    /// As [`insert`](Self::insert).
-    pub fn len(&self) -> Result<usize> {
-        self.proxy.invoke("len", &())
-    }
-
-    /// Whether it has no entries.
-    ///
-    /// # Errors
-    ///
-    /// As [`insert`](Self::insert).
-    pub fn is_empty(&self) -> Result<bool> {
-        self.len().map(|n| n == 0)
-    }
-
-    /// Removes every entry.
-    ///
-    /// # Errors
-    ///
-    /// As [`insert`](Self::insert).
-    pub fn clear(&self) -> Result<()> {
-        self.proxy.invoke("clear", &())
-    }
-
-    /// The keys, in the order of their serialized forms.
-    ///
-    /// # Errors
-    ///
-    /// As [`insert`](Self::insert).
-    pub fn keys(&self) -> Result<Vec<K>> {
-        let keys: Vec<Vec<u8>> = self.proxy.invoke("keys", &())?;
-        keys.iter().map(|b| decode(b)).collect()
-    }
-
-    /// Every entry, in the order of the keys' serialized forms.
-    ///
-    /// # Errors
-    ///
-    /// As [`insert`](Self::insert).
-    pub fn items(&self) -> Result<Vec<(K, V)>> {
-        let items: Vec<(Vec<u8>, Vec<u8>)> = self.proxy.invoke("items", &())?;
-        items
-            .iter()
-            .map(|(k, v)| Ok((decode(k)?, decode(v)?)))
-            .collect()
-    }
-}
-
-impl<K: Serialize + DeserializeOwned, V: Number> Map<K, V> {
-    /// Adds `delta` to the value of `key` (0 if it has none), atomically in
-    /// the manager; returns the new value.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Remote`] if the sum overflows, or as
-    /// [`insert`](Self::insert).
-    pub fn add(&self, key: &K, delta: V) -> Result<V> {
-        let sum = self
-            .proxy
-            .invoke_raw("add", &(encode(key)?, encode(&delta)?, V::KIND))?;
-        decode(&sum)
-    }
-}
-
-impl<T: Serialize + DeserializeOwned> List<T> {
-    /// Appends `value`.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn push(&self, value: &T) -> Result<()> {
-        self.proxy.invoke("push", &encode(value)?)
-    }
-
-    /// Removes the last value and returns it.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn pop(&self) -> Result<Option<T>> {
-        let value: Option<Vec<u8>> = self.proxy.invoke("pop", &())?;
-        value.map(|b| decode(&b)).transpose()
-    }
-
-    /// The value at `index`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Remote`] if `index` is out of range, or as [`Map::insert`].
-    pub fn get(&self, index: usize) -> Result<T> {
-        decode(&self.proxy.invoke_raw("get", &(index as u64))?)
-    }
-
-    /// Replaces the value at `index`.
-    ///
-    /// # Errors
-    ///
-    /// As [`get`](Self::get).
-    pub fn set(&self, index: usize, value: &T) -> Result<()> {
-        self.proxy.invoke("set", &(index as u64, encode(value)?))
-    }
-
-    /// Inserts `value` at `index`, shifting what follows.
-    ///
-    /// # Errors
-    ///
-    /// As [`get`](Self::get).
-    pub fn insert(&self, index: usize, value: &T) -> Result<()> {
-        self.proxy.invoke("insert", &(index as u64, encode(value)?))
-    }
-
-    /// Removes the value at `index` and returns it.
-    ///
-    /// # Errors
-    ///
-    /// As [`get`](Self::get).
-    pub fn remove(&self, index: usize) -> Result<T> {
-        decode(&self.proxy.invoke_raw("remove", &(index as u64))?)
-    }
-
-    /// Appends every value of `values`, in one call.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn extend<'a>(&self, values: impl IntoIterator<Item = &'a T>) -> Result<()>
-    where
-        T: 'a,
-    {
-        let values = values.into_iter().map(encode).collect::<Result<Vec<_>>>()?;
-        self.proxy.invoke("extend", &values)
-    }
-
-    /// The number of values.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn len(&self) -> Result<usize> {
-        self.proxy.invoke("len", &())
-    }
-
-    /// Whether it has no values.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn is_empty(&self) -> Result<bool> {
-        self.len().map(|n| n == 0)
-    }
-
-    /// Removes every value.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn clear(&self) -> Result<()> {
-        self.proxy.invoke("clear", &())
-    }
-
-    /// A copy of every value.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn to_vec(&self) -> Result<Vec<T>> {
-        let values: Vec<Vec<u8>> = self.proxy.invoke("to_vec", &())?;
-        values.iter().map(|b| decode(b)).collect()
-    }
-}
-
-impl<T: Serialize + DeserializeOwned> Queue<T> {
-    /// Appends `value`, waiting while a bounded queue is full.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn put(&self, value: &T) -> Result<()> {
-        self.proxy.invoke("put", &(encode(value)?, None::<u64>))
-    }
-
-    /// Appends `value`, waiting at most `timeout` for room.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Timeout`] if the queue stayed full, or as [`Map::insert`].
-    pub fn put_timeout(&self, value: &T, timeout: Duration) -> Result<()> {
-        self.proxy
-            .invoke("put", &(encode(value)?, millis(Some(timeout))))
-    }
-
-    /// Takes the first value, waiting for one.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn get(&self) -> Result<T> {
-        decode(&self.proxy.invoke_raw("get", &None::<u64>)?)
-    }
-
-    /// Takes the first value, waiting at most `timeout` for one.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Timeout`] if none came, or as [`Map::insert`].
-    pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
-        decode(&self.proxy.invoke_raw("get", &millis(Some(timeout)))?)
-    }
-
-    /// Takes the first value if there is one, without waiting.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn try_get(&self) -> Result<Option<T>> {
-        match self.get_timeout(Duration::ZERO) {
-            Ok(value) => Ok(Some(value)),
-            Err(Error::Timeout) => Ok(None),
-            Err(err) => Err(err),
-        }
-    }
-
-    /// The number of values waiting.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn len(&self) -> Result<usize> {
-        self.proxy.invoke("len", &())
-    }
-
-    /// Whether no value is waiting.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn is_empty(&self) -> Result<bool> {
-        self.len().map(|n| n == 0)
-    }
-}
-
-impl<T: Serialize + DeserializeOwned> Value<T> {
-    /// The value.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn get(&self) -> Result<T> {
-        decode(&self.proxy.invoke_raw("get", &())?)
-    }
-
-    /// Replaces the value.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn set(&self, value: &T) -> Result<()> {
-        self.proxy.invoke("set", &encode(value)?)
-    }
-}
-
-impl<T: Number> Value<T> {
-    /// Adds `delta`, atomically in the manager; returns the new value.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Remote`] if the sum overflows, or as [`Map::insert`].
-    pub fn add(&self, delta: T) -> Result<T> {
-        decode(&self.proxy.invoke_raw("add", &(encode(&delta)?, T::KIND))?)
-    }
-}
-
-impl Namespace {
-    /// The field `name`, as a `T`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Codec`] if it holds another type, or as [`Map::insert`].
-    pub fn get<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
-        let value: Option<Vec<u8>> = self.proxy.invoke("get", name)?;
-        value.map(|b| decode(&b)).transpose()
-    }
-
-    /// Sets the field `name`; returns whether it existed.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn set<T: Serialize + ?Sized>(&self, name: &str, value: &T) -> Result<bool> {
-        self.proxy.invoke("set", &(name, encode(value)?))
-    }
-
-    /// Removes the field `name`; returns whether it existed.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn remove(&self, name: &str) -> Result<bool> {
-        self.proxy.invoke("remove", name)
-    }
-
-    /// The names of its fields, sorted.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn names(&self) -> Result<Vec<String>> {
-        self.proxy.invoke("names", &())
-    }
-}
-
-/// Holds a shared [`Lock`] (or a [`Condition`]'s lock) until dropped.
-#[derive(Debug)]
-#[must_use = "the lock is released when the guard is dropped"]
-pub struct Guard<'a> {
-    proxy: &'a Proxy,
-}
-
-impl Drop for Guard<'_> {
-    fn drop(&mut self) {
-        // If the manager is gone, so is the lock.
-        let _ = self.proxy.invoke::<_, ()>("release", &());
-    }
-}
-
-/// `acquire`, `release` and `lock` for proxies of lock-like objects.
-macro_rules! locking {
-    ($name:ident) => {
-        impl $name {
-            /// Waits until the lock is free and takes it.
-            ///
-            /// # Errors
-            ///
-            /// [`Error::Remote`] if this proxy holds a non-reentrant lock
-            /// already, or as [`Map::insert`].
-            pub fn acquire(&self) -> Result<()> {
-                self.proxy.invoke("acquire", &None::<u64>)
-            }
-
-            /// Waits at most `timeout` for the lock; whether it was taken.
-            ///
-            /// # Errors
-            ///
-            /// As [`acquire`](Self::acquire).
-            pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool> {
-                in_time(self.proxy.invoke("acquire", &millis(Some(timeout))))
-            }
-
-            /// Releases the lock (once, for a reentrant one).
-            ///
-            /// # Errors
-            ///
-            /// [`Error::Remote`] if this proxy does not hold it, or as
-            /// [`Map::insert`].
-            pub fn release(&self) -> Result<()> {
-                self.proxy.invoke("release", &())
-            }
-
-            /// Takes the lock and returns a guard that releases it.
-            ///
-            /// # Errors
-            ///
-            /// As [`acquire`](Self::acquire).
-            pub fn lock(&self) -> Result<Guard<'_>> {
-                self.acquire()?;
-                Ok(Guard { proxy: &self.proxy })
-            }
-        }
-    };
-}
-
-locking!(Lock);
-locking!(Condition);
-
-impl Semaphore {
-    /// Waits until the count is positive and decrements it.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn acquire(&self) -> Result<()> {
-        self.proxy.invoke("acquire", &None::<u64>)
-    }
-
-    /// Waits at most `timeout` to decrement the count; whether it did.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool> {
-        in_time(self.proxy.invoke("acquire", &millis(Some(timeout))))
-    }
-
-    /// Increments the count, waking a waiter.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Remote`] if a bounded semaphore would pass its initial
-    /// value, or as [`Map::insert`].
-    pub fn release(&self) -> Result<()> {
-        self.proxy.invoke("release", &())
-    }
-
-    /// The count now.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn value(&self) -> Result<u64> {
-        self.proxy.invoke("value", &())
-    }
-}
-
-impl Condition {
-    /// Releases the lock (which this proxy must hold), waits until
-    /// notified or `timeout` passes (`None`: as long as it takes), and
-    /// takes the lock back; whether it was notified.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Remote`] if this proxy does not hold the lock, or as
-    /// [`Map::insert`].
-    pub fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
-        self.proxy.invoke("wait", &millis(timeout))
-    }
-
-    /// Wakes up to `n` waiters.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn notify(&self, n: u64) -> Result<()> {
-        self.proxy.invoke("notify", &n)
-    }
-
-    /// Wakes every waiter.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn notify_all(&self) -> Result<()> {
-        self.notify(u64::MAX)
-    }
-}
-
-impl Event {
-    /// Sets the flag, waking every waiter.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn set(&self) -> Result<()> {
-        self.proxy.invoke("set", &())
-    }
-
-    /// Clears the flag.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn clear(&self) -> Result<()> {
-        self.proxy.invoke("clear", &())
-    }
-
-    /// Whether the flag is set.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn is_set(&self) -> Result<bool> {
-        self.proxy.invoke("is_set", &())
-    }
-
-    /// Waits until the flag is set, or `timeout` passes (`None`: as long as
-    /// it takes); whether it is set.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
-        self.proxy.invoke("wait", &millis(timeout))
-    }
-}
-
-impl<T: Number> Array<T> {
-    /// The value at `index`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Remote`] if `index` is out of range, or as [`Map::insert`].
-    pub fn get(&self, index: usize) -> Result<T> {
-        decode(&self.proxy.invoke_raw("get", &(index as u64))?)
-    }
-
-    /// Replaces the value at `index`.
-    ///
-    /// # Errors
-    ///
-    /// As [`get`](Self::get).
-    pub fn set(&self, index: usize, value: T) -> Result<()> {
-        self.proxy.invoke("set", &(index as u64, encode(&value)?))
-    }
-
-    /// Adds `delta` to the value at `index`, atomically in the manager;
-    /// returns the new value.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Remote`] if the sum overflows, or as [`get`](Self::get).
-    pub fn add(&self, index: usize, delta: T) -> Result<T> {
-        decode(
-            &self
-                .proxy
-                .invoke_raw("add", &(index as u64, encode(&delta)?, T::KIND))?,
-        )
-    }
-
-    /// Its length.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn len(&self) -> Result<usize> {
-        self.proxy.invoke("len", &())
-    }
-
-    /// Whether its length is 0.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn is_empty(&self) -> Result<bool> {
-        self.len().map(|n| n == 0)
-    }
-
-    /// A copy of every value.
-    ///
-    /// # Errors
-    ///
-    /// As [`Map::insert`].
-    pub fn to_vec(&self) -> Result<Vec<T>> {
-        let values: Vec<Vec<u8>> = self.proxy.invoke("to_vec", &())?;
-        values.iter().map(|b| decode(b)).collect()
-    }
-}
-
-impl<T: SharedType> Shared<T> {
-    /// Calls the exposed method `method` with `args` (a tuple of its
-    /// arguments) in the manager, and returns its result. The trait that
-    /// `pproc::shared!` generates calls this, with the types
-    /// checked.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Remote`] if `T` does not expose `method` (the message names
-    /// the methods it exposes), or as [`Map::insert`].
-    pub fn call<A: Serialize, R: DeserializeOwned>(&self, method: &str, args: &A) -> Result<R> {
-        self.proxy.invoke(method, args)
-    }
-}
+use client::{Client, Line, Proxy, Target};
+use objects::custom::NewCustom;
+use objects::lock::NewLock;
+use objects::semaphore::NewSemaphore;
+use protocol::{Kind, Op};
+use transport::Listener;
 
 /// The manager process, which reports where it listens (or why it cannot).
 type ServerProcess = Handle<(), (), std::result::Result<Address, String>>;
@@ -987,14 +132,14 @@ impl Manager {
     /// [`Error::Spawn`] if the process cannot start, [`Error::Io`] if it
     /// cannot listen.
     pub fn start() -> Result<Self> {
-        let nonce = wire::random().map_err(Error::Io)?;
+        let nonce = auth::random().map_err(Error::Io)?;
         let name = nonce[..8].iter().fold(String::new(), |mut name, b| {
             use fmt::Write as _;
             let _ = write!(name, "{b:02x}");
             name
         });
         let address = Address::Local(format!("pproc-manager-{}-{name}", std::process::id()));
-        Self::launch(&address, wire::random().map_err(Error::Io)?.to_vec())
+        Self::launch(&address, auth::random().map_err(Error::Io)?.to_vec())
     }
 
     /// Starts a manager process that listens on the TCP address `addr`
@@ -1126,14 +271,12 @@ impl Manager {
         kind: Kind,
         types: &str,
         name: Option<String>,
-        init: Vec<u8>,
         wrap: fn(Proxy) -> P,
     ) -> Result<P> {
         let op = Op::Create {
             kind,
             types: types.to_owned(),
             name,
-            init,
         };
         let id: u64 = decode(&self.line.ask(&self.target, &op)?)?;
         Ok(wrap(Proxy {
@@ -1159,10 +302,6 @@ impl fmt::Debug for Manager {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// Creators of objects by name, from [`Manager::named`].
 #[derive(Debug)]
 pub struct Named<'a> {
@@ -1186,10 +325,9 @@ macro_rules! creators {
             ) -> Result<Map<K, V>> {
                 let $this = self;
                 $manager.create(
-                    Kind::Map,
+                    Kind::Map(()),
                     std::any::type_name::<Map<K, V>>(),
                     $name,
-                    Vec::new(),
                     Map::wrap,
                 )
             }
@@ -1204,12 +342,11 @@ macro_rules! creators {
                 values: impl IntoIterator<Item = &'v T>,
             ) -> Result<List<T>> {
                 let $this = self;
-                let init = encode(&values.into_iter().map(encode).collect::<Result<Vec<_>>>()?)?;
+                let values = values.into_iter().map(encode).collect::<Result<Vec<_>>>()?;
                 $manager.create(
-                    Kind::List,
+                    Kind::List(values),
                     std::any::type_name::<List<T>>(),
                     $name,
-                    init,
                     List::wrap,
                 )
             }
@@ -1225,10 +362,9 @@ macro_rules! creators {
             ) -> Result<Queue<T>> {
                 let $this = self;
                 $manager.create(
-                    Kind::Queue { capacity },
+                    Kind::Queue(capacity),
                     std::any::type_name::<Queue<T>>(),
                     $name,
-                    Vec::new(),
                     Queue::wrap,
                 )
             }
@@ -1241,10 +377,9 @@ macro_rules! creators {
             pub fn value<T: Serialize + DeserializeOwned>(&self, value: &T) -> Result<Value<T>> {
                 let $this = self;
                 $manager.create(
-                    Kind::Value,
+                    Kind::Value(encode(value)?),
                     std::any::type_name::<Value<T>>(),
                     $name,
-                    encode(value)?,
                     Value::wrap,
                 )
             }
@@ -1256,13 +391,7 @@ macro_rules! creators {
             /// As [`map`](Self::map).
             pub fn namespace(&self) -> Result<Namespace> {
                 let $this = self;
-                $manager.create(
-                    Kind::Namespace,
-                    "Namespace",
-                    $name,
-                    Vec::new(),
-                    Namespace::wrap,
-                )
+                $manager.create(Kind::Namespace(()), "Namespace", $name, Namespace::wrap)
             }
 
             /// A shared lock (not reentrant: a proxy that holds it cannot
@@ -1273,7 +402,12 @@ macro_rules! creators {
             /// As [`map`](Self::map).
             pub fn lock(&self) -> Result<Lock> {
                 let $this = self;
-                $manager.create(Kind::Lock, "Lock", $name, Vec::new(), Lock::wrap)
+                $manager.create(
+                    Kind::Lock(NewLock { reentrant: false }),
+                    "Lock",
+                    $name,
+                    Lock::wrap,
+                )
             }
 
             /// A shared reentrant lock: the proxy that holds it may take it
@@ -1284,7 +418,12 @@ macro_rules! creators {
             /// As [`map`](Self::map).
             pub fn rlock(&self) -> Result<Lock> {
                 let $this = self;
-                $manager.create(Kind::RLock, "RLock", $name, Vec::new(), Lock::wrap)
+                $manager.create(
+                    Kind::Lock(NewLock { reentrant: true }),
+                    "RLock",
+                    $name,
+                    Lock::wrap,
+                )
             }
 
             /// A shared semaphore with a count of `value`.
@@ -1295,10 +434,12 @@ macro_rules! creators {
             pub fn semaphore(&self, value: u64) -> Result<Semaphore> {
                 let $this = self;
                 $manager.create(
-                    Kind::Semaphore { value },
+                    Kind::Semaphore(NewSemaphore {
+                        value,
+                        bounded: false,
+                    }),
                     "Semaphore",
                     $name,
-                    Vec::new(),
                     Semaphore::wrap,
                 )
             }
@@ -1312,10 +453,12 @@ macro_rules! creators {
             pub fn bounded_semaphore(&self, value: u64) -> Result<Semaphore> {
                 let $this = self;
                 $manager.create(
-                    Kind::BoundedSemaphore { value },
+                    Kind::Semaphore(NewSemaphore {
+                        value,
+                        bounded: true,
+                    }),
                     "BoundedSemaphore",
                     $name,
-                    Vec::new(),
                     Semaphore::wrap,
                 )
             }
@@ -1328,10 +471,8 @@ macro_rules! creators {
             /// As [`map`](Self::map).
             pub fn condition(&self, lock: Option<&Lock>) -> Result<Condition> {
                 let $this = self;
-                let kind = Kind::Condition {
-                    lock: lock.map(|l| l.proxy.id),
-                };
-                $manager.create(kind, "Condition", $name, Vec::new(), Condition::wrap)
+                let kind = Kind::Condition(lock.map(|l| l.proxy.id));
+                $manager.create(kind, "Condition", $name, Condition::wrap)
             }
 
             /// A shared event, not set.
@@ -1341,7 +482,7 @@ macro_rules! creators {
             /// As [`map`](Self::map).
             pub fn event(&self) -> Result<Event> {
                 let $this = self;
-                $manager.create(Kind::Event, "Event", $name, Vec::new(), Event::wrap)
+                $manager.create(Kind::Event(()), "Event", $name, Event::wrap)
             }
 
             /// A shared array of numbers holding `values`.
@@ -1354,17 +495,14 @@ macro_rules! creators {
                 values: impl IntoIterator<Item = T>,
             ) -> Result<Array<T>> {
                 let $this = self;
-                let init = encode(
-                    &values
-                        .into_iter()
-                        .map(|v| encode(&v))
-                        .collect::<Result<Vec<_>>>()?,
-                )?;
+                let values = values
+                    .into_iter()
+                    .map(|v| encode(&v))
+                    .collect::<Result<Vec<_>>>()?;
                 $manager.create(
-                    Kind::Array,
+                    Kind::Array(values),
                     std::any::type_name::<Array<T>>(),
                     $name,
-                    init,
                     Array::wrap,
                 )
             }
@@ -1380,10 +518,12 @@ macro_rules! creators {
             pub fn shared<T: SharedType>(&self, value: &T) -> Result<Shared<T>> {
                 let $this = self;
                 $manager.create(
-                    Kind::Custom(T::NAME.to_owned()),
+                    Kind::Custom(NewCustom {
+                        name: T::NAME.to_owned(),
+                        value: encode(value)?,
+                    }),
                     T::NAME,
                     $name,
-                    encode(value)?,
                     Shared::wrap,
                 )
             }

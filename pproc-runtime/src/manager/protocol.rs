@@ -1,6 +1,11 @@
-//! What manager clients ask and servers answer, after the handshake.
+//! What manager clients ask and servers answer, after the handshake: an
+//! [`Op`] and its [`Answer`], each one frame of the codec. What creating an
+//! object takes ([`Kind`]) and the operations on one ([`ObjectOp`]) are
+//! each kind's own, in [`objects`](super::objects).
 
 use serde::{Deserialize, Serialize};
+
+pub(crate) use super::objects::{Kind, ObjectOp};
 
 /// A request from a client.
 #[derive(Debug, Serialize, Deserialize)]
@@ -12,70 +17,18 @@ pub(crate) enum Op {
         /// object agree on what it holds.
         types: String,
         name: Option<String>,
-        /// The initial value, serialized, where the kind takes one.
-        init: Vec<u8>,
     },
-    /// Calls a method of a shared object.
-    Call {
-        object: u64,
-        method: String,
-        args: Vec<u8>,
-    },
+    /// Runs an operation on a shared object.
+    Call { object: u64, op: ObjectOp },
 }
 
 /// The server's answer to an [`Op`].
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Answer {
-    /// Done: the method's result, serialized.
+    /// Done: the operation's result, serialized.
     Done(Vec<u8>),
     /// A blocking call's timeout passed.
     Timeout,
     /// The call failed: why.
     Fault(String),
-}
-
-/// The kinds of shared objects, with what creating one takes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum Kind {
-    Map,
-    List,
-    /// A FIFO queue, bounded when `capacity` is set.
-    Queue {
-        capacity: Option<usize>,
-    },
-    Value,
-    Namespace,
-    Lock,
-    RLock,
-    Semaphore {
-        value: u64,
-    },
-    BoundedSemaphore {
-        value: u64,
-    },
-    /// Uses the lock `lock` (a `Lock` or `RLock`), or a new `RLock`.
-    Condition {
-        lock: Option<u64>,
-    },
-    Event,
-    /// A fixed-length array of numbers.
-    Array,
-    /// A registered user type, by its registered name.
-    Custom(String),
-}
-
-/// The numeric types shared values and arrays do arithmetic with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(missing_docs)]
-pub enum NumKind {
-    I8,
-    I16,
-    I32,
-    I64,
-    U8,
-    U16,
-    U32,
-    U64,
-    F32,
-    F64,
 }

@@ -15,19 +15,20 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv6Addr};
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{getsockopt, sockopt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
-use super::custom;
-use super::protocol::{Answer, Kind, NumKind, Op};
-use super::wire::{self, Listener, Stream};
-use crate::wire::codec::{self, decode, encode};
+use super::auth;
+use super::objects::{CallResult, Caller, ClientId, Fault, Object, Table, done};
+use super::protocol::{Answer, Kind, Op};
+use super::transport::{Listener, Stream};
+use crate::lock::lock;
+use crate::wire::codec;
+use crate::wire::codec::{decode, encode};
 
 /// How long a client may take over its half of the handshake, from its
 /// greeting: an honest client answers within a round trip.
@@ -50,8 +51,6 @@ const ACCEPT_BATCH: usize = 32;
 const MAX_CLIENTS: usize = 4096;
 /// The largest request an authenticated client may send.
 pub(crate) const MAX_REQUEST: usize = 1 << 30;
-/// How often a blocked call checks that its client is still there.
-const PATIENCE: Duration = Duration::from_millis(100);
 
 /// Whom a handshake in progress counts against, for [`PEER_SHARE`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -94,7 +93,7 @@ struct Greeting {
     stream: Stream,
     /// Whom it counts against; `None`: only the table bounds it.
     peer: Option<Peer>,
-    challenge: [u8; wire::CHALLENGE],
+    challenge: [u8; auth::CHALLENGE],
     answer: Vec<u8>,
     deadline: Instant,
 }
@@ -110,24 +109,24 @@ impl Greeting {
     /// Sends the challenge; `None` if the connection is unusable.
     fn start(mut stream: Stream, peer: Option<Peer>) -> Option<Self> {
         stream.set_nonblocking(true).ok()?;
-        let challenge = wire::random().ok()?;
+        let challenge = auth::random().ok()?;
         // A fresh socket has room for the hello: a short write is a
         // broken client.
-        let hello = wire::hello(&challenge);
+        let hello = auth::hello(&challenge);
         (stream.write(&hello).ok()? == hello.len()).then_some(())?;
         Some(Self {
             stream,
             peer,
             challenge,
-            answer: Vec::with_capacity(wire::ANSWER),
+            answer: Vec::with_capacity(auth::ANSWER),
             deadline: Instant::now() + HANDSHAKE,
         })
     }
 
     /// Reads what the client sent; checks its answer once it is whole.
     fn advance(mut self, key: &[u8]) -> Step {
-        let mut buf = [0; wire::ANSWER];
-        let want = wire::ANSWER - self.answer.len();
+        let mut buf = [0; auth::ANSWER];
+        let want = auth::ANSWER - self.answer.len();
         match self.stream.read(&mut buf[..want]) {
             Ok(0) => return Step::Refused,
             Ok(n) => self.answer.extend_from_slice(&buf[..n]),
@@ -136,12 +135,12 @@ impl Greeting {
                     || err.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return Step::Refused,
         }
-        if self.answer.len() < wire::ANSWER {
+        if self.answer.len() < auth::ANSWER {
             return Step::Waiting(self);
         }
-        let reply = wire::check_answer(key, &self.challenge, &self.answer);
+        let reply = auth::check_answer(key, &self.challenge, &self.answer);
         let accepted = reply.is_some();
-        let reply = reply.unwrap_or_else(wire::refusal);
+        let reply = reply.unwrap_or_else(auth::refusal);
         let sent = self.stream.set_nonblocking(false).is_ok()
             && self.stream.set_write_timeout(Some(HANDSHAKE)).is_ok()
             && self.stream.write_all(&reply).is_ok()
@@ -268,122 +267,12 @@ impl Pending {
     }
 }
 
-/// A client connection's id: what holds locks and semaphores.
-type ClientId = u64;
-
-/// Why a call failed, before it becomes an [`Answer`].
-enum Fault {
-    Timeout,
-    /// The client went away while the call waited.
-    Gone,
-    Message(String),
-}
-
-impl From<String> for Fault {
-    fn from(message: String) -> Self {
-        Self::Message(message)
-    }
-}
-
-impl From<crate::Error> for Fault {
-    fn from(err: crate::Error) -> Self {
-        Self::Message(err.to_string())
-    }
-}
-
-type Outcome<T = Vec<u8>> = Result<T, Fault>;
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// A lock's state: who holds it, how many times.
-#[derive(Default)]
-struct Ownership {
-    owner: Option<ClientId>,
-    count: u64,
-}
-
-/// A semaphore's state.
-struct Counter {
-    value: u64,
-    /// The initial value, for a bounded semaphore.
-    bound: Option<u64>,
-    /// What each client holds, given back if it goes away.
-    held: HashMap<ClientId, u64>,
-}
-
-/// A shared object, as the server keeps it: values stay serialized, since
-/// the server does not know their types.
-enum Object {
-    Map(Mutex<BTreeMap<Vec<u8>, Vec<u8>>>),
-    List(Mutex<Vec<Vec<u8>>>),
-    Queue(Mutex<VecDeque<Vec<u8>>>, Condvar, Option<usize>),
-    Value(Mutex<Vec<u8>>),
-    Namespace(Mutex<BTreeMap<String, Vec<u8>>>),
-    Lock(Mutex<Ownership>, Condvar, bool),
-    Semaphore(Mutex<Counter>, Condvar),
-    Condition(Arc<Object>, Mutex<VecDeque<Arc<AtomicBool>>>, Condvar),
-    Event(Mutex<bool>, Condvar),
-    Array(Mutex<Vec<Vec<u8>>>),
-    Custom(Mutex<Box<dyn std::any::Any + Send>>, &'static custom::Entry),
-}
-
-/// What one call sees of its client.
-struct Caller<'a> {
-    id: ClientId,
-    stream: &'a Stream,
-}
-
-impl Caller<'_> {
-    /// Whether the client has gone away (it sends nothing while it waits
-    /// for an answer, so anything readable means it closed).
-    fn gone(&self) -> bool {
-        let mut fds = [PollFd::new(
-            self.stream.as_fd(),
-            PollFlags::POLLIN | PollFlags::from_bits_retain(libc::POLLRDHUP),
-        )];
-        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
-    }
-
-    /// Waits on `cond` until `ready` holds, the deadline passes, or the
-    /// client goes away; checks the client every [`PATIENCE`].
-    fn wait<'g, T>(
-        &self,
-        cond: &Condvar,
-        mut guard: MutexGuard<'g, T>,
-        deadline: Option<Instant>,
-        mut ready: impl FnMut(&mut T) -> bool,
-    ) -> Outcome<MutexGuard<'g, T>> {
-        loop {
-            if ready(&mut guard) {
-                return Ok(guard);
-            }
-            let slice = match deadline {
-                Some(at) => match at.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => left.min(PATIENCE),
-                    _ => return Err(Fault::Timeout),
-                },
-                None => PATIENCE,
-            };
-            if self.gone() {
-                return Err(Fault::Gone);
-            }
-            guard = cond
-                .wait_timeout(guard, slice)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-    }
-}
-
 /// The server's state, shared by its connection threads.
 pub(crate) struct Server {
     key: Vec<u8>,
-    objects: Mutex<HashMap<u64, Arc<Object>>>,
+    objects: Table,
     /// Named objects: id, kind and types.
-    names: Mutex<HashMap<String, (u64, Kind, String)>>,
-    next_object: AtomicU64,
+    names: Mutex<HashMap<String, (u64, &'static str, String)>>,
     next_client: AtomicU64,
     clients: AtomicUsize,
 }
@@ -392,9 +281,8 @@ impl Server {
     pub(crate) fn new(key: Vec<u8>) -> Arc<Self> {
         Arc::new(Self {
             key,
-            objects: Mutex::default(),
+            objects: Table::new(),
             names: Mutex::default(),
-            next_object: AtomicU64::new(1),
             next_client: AtomicU64::new(1),
             clients: AtomicUsize::new(0),
         })
@@ -565,137 +453,46 @@ impl Server {
 
     /// Gives back every lock and semaphore the client held, waking waiters.
     fn release_all(&self, client: ClientId) {
-        let objects: Vec<Arc<Object>> = lock(&self.objects).values().cloned().collect();
-        for object in objects {
-            match &*object {
-                Object::Lock(state, cond, _) => {
-                    let mut state = lock(state);
-                    if state.owner == Some(client) {
-                        state.owner = None;
-                        state.count = 0;
-                        cond.notify_all();
-                    }
-                }
-                Object::Semaphore(state, cond) => {
-                    let mut state = lock(state);
-                    if let Some(held) = state.held.remove(&client) {
-                        state.value += held;
-                        cond.notify_all();
-                    }
-                }
-                _ => {}
-            }
+        for object in self.objects.all() {
+            object.release(client);
         }
     }
 
-    fn handle(&self, op: Op, caller: &Caller<'_>) -> Outcome {
+    fn handle(&self, op: Op, caller: &Caller<'_>) -> CallResult {
         match op {
-            Op::Create {
-                kind,
-                types,
-                name,
-                init,
-            } => {
-                let id = self.create(&kind, types, name, init)?;
+            Op::Create { kind, types, name } => {
+                let id = self.create(kind, types, name)?;
                 done(&id)
             }
-            Op::Call {
-                object,
-                method,
-                args,
-            } => {
-                let target = lock(&self.objects)
-                    .get(&object)
-                    .cloned()
+            Op::Call { object, op } => {
+                let target = self
+                    .objects
+                    .get(object)
                     .ok_or_else(|| format!("no shared object {object} on this manager"))?;
-                call(&target, &method, &args, caller)
+                target.call(op, caller)
             }
         }
     }
 
-    fn create(
-        &self,
-        kind: &Kind,
-        types: String,
-        name: Option<String>,
-        init: Vec<u8>,
-    ) -> Result<u64, String> {
+    fn create(&self, kind: Kind, types: String, name: Option<String>) -> Result<u64, String> {
         let mut names = lock(&self.names);
         if let Some(name) = &name
             && let Some((id, existing, their_types)) = names.get(name)
         {
-            if *existing != kind_tag(kind) || *their_types != types {
+            if *existing != kind.name() || *their_types != types {
                 return Err(format!(
-                    "the shared object `{name}` is a {existing:?} of {their_types}, not a {:?} of {types}",
-                    kind_tag(kind)
+                    "the shared object `{name}` is a {existing} of {their_types}, not a {} of {types}",
+                    kind.name()
                 ));
             }
             return Ok(*id);
         }
-        let object = self.build(kind, init)?;
-        let id = self.next_object.fetch_add(1, Ordering::Relaxed);
-        lock(&self.objects).insert(id, Arc::new(object));
+        let kind_name = kind.name();
+        let (id, _) = self.objects.insert(Object::build(kind, &self.objects)?);
         if let Some(name) = name {
-            names.insert(name, (id, kind_tag(kind), types));
+            names.insert(name, (id, kind_name, types));
         }
         Ok(id)
-    }
-
-    fn build(&self, kind: &Kind, init: Vec<u8>) -> Result<Object, String> {
-        let bytes = |init: Vec<u8>| -> Result<Vec<Vec<u8>>, String> {
-            if init.is_empty() {
-                Ok(Vec::new())
-            } else {
-                decode(&init).map_err(|e| e.to_string())
-            }
-        };
-        Ok(match kind {
-            Kind::Map => Object::Map(Mutex::new(bytes_pairs(&init)?.into_iter().collect())),
-            Kind::List => Object::List(Mutex::new(bytes(init)?)),
-            Kind::Queue { capacity } => Object::Queue(Mutex::default(), Condvar::new(), *capacity),
-            Kind::Value => Object::Value(Mutex::new(init)),
-            Kind::Namespace => Object::Namespace(Mutex::default()),
-            Kind::Lock => Object::Lock(Mutex::default(), Condvar::new(), false),
-            Kind::RLock => Object::Lock(Mutex::default(), Condvar::new(), true),
-            Kind::Semaphore { value } | Kind::BoundedSemaphore { value } => Object::Semaphore(
-                Mutex::new(Counter {
-                    value: *value,
-                    bound: matches!(kind, Kind::BoundedSemaphore { .. }).then_some(*value),
-                    held: HashMap::new(),
-                }),
-                Condvar::new(),
-            ),
-            Kind::Condition { lock: with } => {
-                let lock_object = if let Some(id) = with {
-                    let object = lock(&self.objects)
-                        .get(id)
-                        .cloned()
-                        .ok_or_else(|| format!("no shared lock {id} on this manager"))?;
-                    if !matches!(&*object, Object::Lock(..)) {
-                        return Err("a condition needs a shared `Lock` or `RLock`".into());
-                    }
-                    object
-                } else {
-                    // Listed, so that a client that dies holding it gives
-                    // it back.
-                    let object = Arc::new(Object::Lock(Mutex::default(), Condvar::new(), true));
-                    let id = self.next_object.fetch_add(1, Ordering::Relaxed);
-                    lock(&self.objects).insert(id, Arc::clone(&object));
-                    object
-                };
-                Object::Condition(lock_object, Mutex::default(), Condvar::new())
-            }
-            Kind::Event => Object::Event(Mutex::new(false), Condvar::new()),
-            Kind::Array => Object::Array(Mutex::new(bytes(init)?)),
-            Kind::Custom(type_name) => {
-                let entry = custom::lookup(type_name).ok_or_else(|| {
-                    format!(
-                        "`{type_name}` is not registered with `pproc::shared!` in the manager's program"
-                    )
-                })?;
-                Object::Custom(Mutex::new((entry.create)(&init)?), entry)
-            }
-        })
     }
 }
 
@@ -706,444 +503,6 @@ fn is_transient(err: &io::Error) -> bool {
         err.raw_os_error(),
         Some(libc::ENOBUFS | libc::ENOMEM | libc::ECONNABORTED | libc::EINTR)
     )
-}
-
-/// The kind without its creation parameters, to compare named objects.
-fn kind_tag(kind: &Kind) -> Kind {
-    match kind {
-        Kind::Queue { .. } => Kind::Queue { capacity: None },
-        Kind::Semaphore { .. } => Kind::Semaphore { value: 0 },
-        Kind::BoundedSemaphore { .. } => Kind::BoundedSemaphore { value: 0 },
-        Kind::Condition { .. } => Kind::Condition { lock: None },
-        other => other.clone(),
-    }
-}
-
-/// A map's entries, serialized.
-type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
-
-fn bytes_pairs(init: &[u8]) -> Result<Pairs, String> {
-    if init.is_empty() {
-        Ok(Vec::new())
-    } else {
-        decode(init).map_err(|e| e.to_string())
-    }
-}
-
-fn args<A: DeserializeOwned>(bytes: &[u8]) -> Outcome<A> {
-    decode(bytes).map_err(|err| Fault::Message(format!("arguments that do not decode: {err}")))
-}
-
-fn done<T: Serialize + ?Sized>(value: &T) -> Outcome {
-    encode(value).map_err(Fault::from)
-}
-
-fn unknown(kind: &str, method: &str) -> Fault {
-    Fault::Message(format!("a shared {kind} has no method `{method}`"))
-}
-
-/// A deadline from an optional timeout in milliseconds.
-fn deadline(timeout_ms: Option<u64>) -> Option<Instant> {
-    timeout_ms.and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)))
-}
-
-/// Runs `method` on `object`.
-fn call(object: &Object, method: &str, bytes: &[u8], caller: &Caller<'_>) -> Outcome {
-    match object {
-        Object::Map(map) => map_call(map, method, bytes),
-        Object::List(list) | Object::Array(list) => {
-            list_call(list, matches!(object, Object::Array(_)), method, bytes)
-        }
-        Object::Queue(queue, cond, capacity) => {
-            queue_call(queue, cond, *capacity, method, bytes, caller)
-        }
-        Object::Value(value) => value_call(value, method, bytes),
-        Object::Namespace(fields) => namespace_call(fields, method, bytes),
-        Object::Lock(state, cond, reentrant) => {
-            lock_call(state, cond, *reentrant, method, bytes, caller)
-        }
-        Object::Semaphore(state, cond) => semaphore_call(state, cond, method, bytes, caller),
-        Object::Condition(with, waiters, cond) => {
-            condition_call(with, waiters, cond, method, bytes, caller)
-        }
-        Object::Event(flag, cond) => event_call(flag, cond, method, bytes, caller),
-        Object::Custom(value, entry) => {
-            let mut value = lock(value);
-            if !entry.methods.contains(&method) {
-                return Err(Fault::Message(format!(
-                    "`{method}` is not exposed by `{}`; exposed: {}",
-                    entry.name,
-                    entry.methods.join(", ")
-                )));
-            }
-            (entry.dispatch)(value.as_mut(), method, bytes).map_err(Fault::Message)
-        }
-    }
-}
-
-fn map_call(map: &Mutex<BTreeMap<Vec<u8>, Vec<u8>>>, method: &str, bytes: &[u8]) -> Outcome {
-    let mut map = lock(map);
-    match method {
-        "insert" => {
-            let (k, v): (Vec<u8>, Vec<u8>) = args(bytes)?;
-            done(&map.insert(k, v))
-        }
-        "get" => done(&map.get(&args::<Vec<u8>>(bytes)?)),
-        "remove" => done(&map.remove(&args::<Vec<u8>>(bytes)?)),
-        "contains" => done(&map.contains_key(&args::<Vec<u8>>(bytes)?)),
-        "len" => done(&map.len()),
-        "clear" => done(&map.clear()),
-        "keys" => done(&map.keys().collect::<Vec<_>>()),
-        "items" => done(&map.iter().collect::<Vec<_>>()),
-        "add" => {
-            let (k, delta, kind): (Vec<u8>, Vec<u8>, NumKind) = args(bytes)?;
-            let sum = add(kind, map.get(&k).map(Vec::as_slice), &delta)?;
-            map.insert(k, sum.clone());
-            Ok(sum)
-        }
-        other => Err(unknown("map", other)),
-    }
-}
-
-fn list_call(list: &Mutex<Vec<Vec<u8>>>, array: bool, method: &str, bytes: &[u8]) -> Outcome {
-    let mut list = lock(list);
-    let index = |i: u64, len: usize| -> Outcome<usize> {
-        usize::try_from(i)
-            .ok()
-            .filter(|i| *i < len)
-            .ok_or_else(|| Fault::Message(format!("index {i} out of range for length {len}")))
-    };
-    match method {
-        "get" => {
-            let i = index(args(bytes)?, list.len())?;
-            Ok(list[i].clone())
-        }
-        "set" => {
-            let (i, v): (u64, Vec<u8>) = args(bytes)?;
-            let i = index(i, list.len())?;
-            list[i] = v;
-            done(&())
-        }
-        "len" => done(&list.len()),
-        "to_vec" => done(&*list),
-        "add" if array => {
-            let (i, delta, kind): (u64, Vec<u8>, NumKind) = args(bytes)?;
-            let i = index(i, list.len())?;
-            let sum = add(kind, Some(&list[i]), &delta)?;
-            list[i].clone_from(&sum);
-            Ok(sum)
-        }
-        "push" if !array => {
-            list.push(args(bytes)?);
-            done(&())
-        }
-        "pop" if !array => done(&list.pop()),
-        "insert" if !array => {
-            let (i, v): (u64, Vec<u8>) = args(bytes)?;
-            let i = usize::try_from(i)
-                .ok()
-                .filter(|i| *i <= list.len())
-                .ok_or_else(|| format!("index {i} out of range for insertion"))?;
-            list.insert(i, v);
-            done(&())
-        }
-        "remove" if !array => {
-            let i = index(args(bytes)?, list.len())?;
-            Ok(list.remove(i))
-        }
-        "extend" if !array => {
-            list.extend(args::<Vec<Vec<u8>>>(bytes)?);
-            done(&())
-        }
-        "clear" if !array => done(&list.clear()),
-        other => Err(unknown(if array { "array" } else { "list" }, other)),
-    }
-}
-
-fn queue_call(
-    queue: &Mutex<VecDeque<Vec<u8>>>,
-    cond: &Condvar,
-    capacity: Option<usize>,
-    method: &str,
-    bytes: &[u8],
-    caller: &Caller<'_>,
-) -> Outcome {
-    match method {
-        "put" => {
-            let (v, timeout): (Vec<u8>, Option<u64>) = args(bytes)?;
-            let guard = lock(queue);
-            let mut guard = caller.wait(cond, guard, deadline(timeout), |q| {
-                capacity.is_none_or(|cap| q.len() < cap)
-            })?;
-            guard.push_back(v);
-            cond.notify_all();
-            done(&())
-        }
-        "get" => {
-            let timeout: Option<u64> = args(bytes)?;
-            let guard = lock(queue);
-            let mut guard = caller.wait(cond, guard, deadline(timeout), |q| !q.is_empty())?;
-            let value = guard.pop_front().unwrap_or_default();
-            cond.notify_all();
-            Ok(value)
-        }
-        "len" => done(&lock(queue).len()),
-        other => Err(unknown("queue", other)),
-    }
-}
-
-fn value_call(value: &Mutex<Vec<u8>>, method: &str, bytes: &[u8]) -> Outcome {
-    let mut value = lock(value);
-    match method {
-        "get" => Ok(value.clone()),
-        "set" => {
-            *value = args(bytes)?;
-            done(&())
-        }
-        "add" => {
-            let (delta, kind): (Vec<u8>, NumKind) = args(bytes)?;
-            let sum = add(kind, Some(&value), &delta)?;
-            value.clone_from(&sum);
-            Ok(sum)
-        }
-        other => Err(unknown("value", other)),
-    }
-}
-
-fn namespace_call(
-    fields: &Mutex<BTreeMap<String, Vec<u8>>>,
-    method: &str,
-    bytes: &[u8],
-) -> Outcome {
-    let mut fields = lock(fields);
-    match method {
-        "get" => done(&fields.get(&args::<String>(bytes)?)),
-        "set" => {
-            let (name, v): (String, Vec<u8>) = args(bytes)?;
-            done(&fields.insert(name, v).is_some())
-        }
-        "remove" => done(&fields.remove(&args::<String>(bytes)?).is_some()),
-        "names" => done(&fields.keys().collect::<Vec<_>>()),
-        other => Err(unknown("namespace", other)),
-    }
-}
-
-fn semaphore_call(
-    state: &Mutex<Counter>,
-    cond: &Condvar,
-    method: &str,
-    bytes: &[u8],
-    caller: &Caller<'_>,
-) -> Outcome {
-    match method {
-        "acquire" => {
-            let timeout: Option<u64> = args(bytes)?;
-            let guard = lock(state);
-            let mut guard = caller.wait(cond, guard, deadline(timeout), |s| s.value > 0)?;
-            guard.value -= 1;
-            *guard.held.entry(caller.id).or_default() += 1;
-            done(&())
-        }
-        "release" => {
-            let mut guard = lock(state);
-            if guard.bound.is_some_and(|bound| guard.value >= bound) {
-                return Err(Fault::Message(
-                    "a bounded semaphore released too many times".into(),
-                ));
-            }
-            guard.value += 1;
-            if let Some(held) = guard.held.get_mut(&caller.id) {
-                *held -= 1;
-                if *held == 0 {
-                    guard.held.remove(&caller.id);
-                }
-            }
-            cond.notify_all();
-            done(&())
-        }
-        "value" => done(&lock(state).value),
-        other => Err(unknown("semaphore", other)),
-    }
-}
-
-fn condition_call(
-    with: &Object,
-    waiters: &Mutex<VecDeque<Arc<AtomicBool>>>,
-    cond: &Condvar,
-    method: &str,
-    bytes: &[u8],
-    caller: &Caller<'_>,
-) -> Outcome {
-    let Object::Lock(state, lock_cond, reentrant) = with else {
-        return Err(Fault::Message("a condition without a lock".into()));
-    };
-    match method {
-        "acquire" | "release" => lock_call(state, lock_cond, *reentrant, method, bytes, caller),
-        "wait" => {
-            let timeout: Option<u64> = args(bytes)?;
-            // Line up as a waiter while still holding the lock, so
-            // that a notify made after we let it go reaches us; then
-            // give the lock up, whatever its count, and wait.
-            let me = Arc::new(AtomicBool::new(false));
-            let count = {
-                let mut state = lock(state);
-                if state.owner != Some(caller.id) {
-                    return Err(Fault::Message(
-                        "wait on a condition whose lock is not held".into(),
-                    ));
-                }
-                lock(waiters).push_back(Arc::clone(&me));
-                let count = state.count;
-                state.owner = None;
-                state.count = 0;
-                lock_cond.notify_all();
-                count
-            };
-            let woken = caller
-                .wait(cond, lock(waiters), deadline(timeout), |_| {
-                    me.load(Ordering::Acquire)
-                })
-                // The waiters' lock goes before the lock is taken
-                // back: `wait` takes them in the other order.
-                .map(drop);
-            let notified = match woken {
-                Ok(()) => true,
-                Err(fault) => {
-                    // Out of the line, so that no notify is spent on
-                    // a waiter that left.
-                    lock(waiters).retain(|w| !Arc::ptr_eq(w, &me));
-                    match fault {
-                        Fault::Timeout => me.load(Ordering::Acquire),
-                        other => return Err(other),
-                    }
-                }
-            };
-            // Take the lock back, as it was.
-            let guard = lock(state);
-            let mut guard = caller.wait(lock_cond, guard, None, |s| s.owner.is_none())?;
-            guard.owner = Some(caller.id);
-            guard.count = count;
-            done(&notified)
-        }
-        "notify" => {
-            let n: u64 = args(bytes)?;
-            let mut waiters = lock(waiters);
-            for _ in 0..n {
-                let Some(waiter) = waiters.pop_front() else {
-                    break;
-                };
-                waiter.store(true, Ordering::Release);
-            }
-            cond.notify_all();
-            done(&())
-        }
-        other => Err(unknown("condition", other)),
-    }
-}
-
-fn event_call(
-    flag: &Mutex<bool>,
-    cond: &Condvar,
-    method: &str,
-    bytes: &[u8],
-    caller: &Caller<'_>,
-) -> Outcome {
-    match method {
-        "set" => {
-            *lock(flag) = true;
-            cond.notify_all();
-            done(&())
-        }
-        "clear" => {
-            *lock(flag) = false;
-            done(&())
-        }
-        "is_set" => done(&*lock(flag)),
-        "wait" => {
-            let timeout: Option<u64> = args(bytes)?;
-            match caller.wait(cond, lock(flag), deadline(timeout), |set| *set) {
-                Ok(_) => done(&true),
-                Err(Fault::Timeout) => done(&false),
-                Err(other) => Err(other),
-            }
-        }
-        other => Err(unknown("event", other)),
-    }
-}
-
-/// `acquire` and `release` of a lock (reentrant or not).
-fn lock_call(
-    state: &Mutex<Ownership>,
-    cond: &Condvar,
-    reentrant: bool,
-    method: &str,
-    bytes: &[u8],
-    caller: &Caller<'_>,
-) -> Outcome {
-    match method {
-        "acquire" => {
-            let timeout: Option<u64> = args(bytes)?;
-            let guard = lock(state);
-            if guard.owner == Some(caller.id) {
-                if !reentrant {
-                    return Err(Fault::Message(
-                        "this proxy holds the lock already (a `Lock` is not reentrant; use an `RLock`)".into(),
-                    ));
-                }
-                let mut guard = guard;
-                guard.count += 1;
-                return done(&());
-            }
-            let mut guard = caller.wait(cond, guard, deadline(timeout), |s| s.owner.is_none())?;
-            guard.owner = Some(caller.id);
-            guard.count = 1;
-            done(&())
-        }
-        "release" => {
-            let mut guard = lock(state);
-            if guard.owner != Some(caller.id) {
-                return Err(Fault::Message(
-                    "release of a lock this proxy does not hold".into(),
-                ));
-            }
-            guard.count -= 1;
-            if guard.count == 0 {
-                guard.owner = None;
-                cond.notify_all();
-            }
-            done(&())
-        }
-        other => Err(unknown("lock", other)),
-    }
-}
-
-/// `stored + delta` as numbers of `kind` (a missing value counts as 0).
-fn add(kind: NumKind, stored: Option<&[u8]>, delta: &[u8]) -> Outcome {
-    fn sum<T>(stored: Option<&[u8]>, delta: &[u8], plus: impl Fn(T, T) -> Option<T>) -> Outcome
-    where
-        T: Serialize + DeserializeOwned + Default,
-    {
-        let a: T = match stored {
-            Some(bytes) => decode(bytes)
-                .map_err(|e| format!("the stored value is not a number of this type: {e}"))?,
-            None => T::default(),
-        };
-        let b: T = args(delta)?;
-        let total = plus(a, b).ok_or_else(|| "the sum overflows".to_owned())?;
-        done(&total)
-    }
-    match kind {
-        NumKind::I8 => sum::<i8>(stored, delta, i8::checked_add),
-        NumKind::I16 => sum::<i16>(stored, delta, i16::checked_add),
-        NumKind::I32 => sum::<i32>(stored, delta, i32::checked_add),
-        NumKind::I64 => sum::<i64>(stored, delta, i64::checked_add),
-        NumKind::U8 => sum::<u8>(stored, delta, u8::checked_add),
-        NumKind::U16 => sum::<u16>(stored, delta, u16::checked_add),
-        NumKind::U32 => sum::<u32>(stored, delta, u32::checked_add),
-        NumKind::U64 => sum::<u64>(stored, delta, u64::checked_add),
-        NumKind::F32 => sum::<f32>(stored, delta, |a, b| Some(a + b)),
-        NumKind::F64 => sum::<f64>(stored, delta, |a, b| Some(a + b)),
-    }
 }
 
 /// Not public API: a server's answers to the requests in `data` (frames
@@ -1197,6 +556,6 @@ pub(crate) fn fuzz_handshake(data: &[u8]) {
     }
     if let Some((mut stream, _theirs)) = fed(data) {
         let address = super::Address::Local("fuzz".into());
-        let _ = wire::connect_handshake(&mut stream, b"fuzz", &address);
+        let _ = auth::connect_handshake(&mut stream, b"fuzz", &address);
     }
 }
