@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 
 /// Opens every handshake: identifies the protocol and its version.
 const MAGIC: &[u8; 8] = b"PPROCMGR";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 pub(crate) const CHALLENGE: usize = 32;
 const TAG: usize = 32;
 /// The server's greeting's length.
