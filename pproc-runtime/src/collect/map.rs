@@ -370,15 +370,14 @@ pub struct Map<C, T> {
     broken: Option<Error>,
 }
 
-impl<I: Iterator, F, T> Map<std::iter::Map<I, F>, T> {
+impl<I: Iterator, F, X, T> Map<std::iter::Map<I, F>, T>
+where
+    F: FnMut(I::Item) -> X,
+    X: Task<Item = T>,
+{
     /// A map of `f` over `items`. Nothing starts until the first item is
     /// asked for.
-    pub fn new<II, X>(f: F, items: II) -> Self
-    where
-        II: IntoIterator<IntoIter = I>,
-        F: FnMut(I::Item) -> X,
-        X: Task<Item = T>,
-    {
+    pub fn new<II: IntoIterator<IntoIter = I>>(f: F, items: II) -> Self {
         Self {
             engine: Engine::new(items.into_iter().map(f), true),
             next: 0,
@@ -521,15 +520,14 @@ pub struct Queue<C, T> {
     engine: Engine<C, T>,
 }
 
-impl<I: Iterator, F, T> Queue<std::iter::Map<I, F>, T> {
+impl<I: Iterator, F, X, T> Queue<std::iter::Map<I, F>, T>
+where
+    F: FnMut(I::Item) -> X,
+    X: Task<Item = T>,
+{
     /// A queue of `f` over `items`. Nothing starts until the first result
     /// is asked for.
-    pub fn new<II, X>(f: F, items: II) -> Self
-    where
-        II: IntoIterator<IntoIter = I>,
-        F: FnMut(I::Item) -> X,
-        X: Task<Item = T>,
-    {
+    pub fn new<II: IntoIterator<IntoIter = I>>(f: F, items: II) -> Self {
         Self {
             engine: Engine::new(items.into_iter().map(f), false),
         }

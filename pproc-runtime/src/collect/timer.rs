@@ -88,9 +88,7 @@ pub struct Timer<R> {
 pub fn later<R, S, V, K>(delay: Duration, call: Call<R, S, V, K>) -> Result<Timer<R>>
 where
     R: DeserializeOwned + Send + 'static,
-    S: 'static,
-    V: 'static,
-    K: 'static,
+    Call<R, S, V, K>: 'static,
 {
     let mut call = Some(call);
     Timer::start(Pace::Once(delay), move || {
@@ -133,9 +131,7 @@ where
 pub fn interval<R, S, V, K, F>(period: Duration, mut make: F) -> Result<Timer<R>>
 where
     R: DeserializeOwned + Send + 'static,
-    S: 'static,
-    V: 'static,
-    K: 'static,
+    Call<R, S, V, K>: 'static,
     F: FnMut() -> Call<R, S, V, K> + Send + 'static,
 {
     Timer::start(Pace::Interval(period), move || Ok(make()))
@@ -174,9 +170,7 @@ where
 pub fn rate<R, S, V, K, F>(per_second: f64, mut make: F) -> Result<Timer<R>>
 where
     R: DeserializeOwned + Send + 'static,
-    S: 'static,
-    V: 'static,
-    K: 'static,
+    Call<R, S, V, K>: 'static,
     F: FnMut() -> Call<R, S, V, K> + Send + 'static,
 {
     let period = Duration::try_from_secs_f64(1.0 / per_second)
@@ -197,9 +191,7 @@ impl<R: DeserializeOwned + Send + 'static> Timer<R> {
         make: impl FnMut() -> Result<Call<R, S, V, K>> + Send + 'static,
     ) -> Result<Self>
     where
-        S: 'static,
-        V: 'static,
-        K: 'static,
+        Call<R, S, V, K>: 'static,
     {
         let (wake, stop) = crate::process::capture::pipe()?;
         let (tx, results) = mpsc::channel();
