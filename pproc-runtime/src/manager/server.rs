@@ -154,7 +154,7 @@ impl Greeting {
 }
 
 /// The handshakes in progress, in order of arrival.
-struct Pending {
+struct Handshakes {
     /// By arrival number: the first is the oldest, and expires first.
     greetings: BTreeMap<u64, Greeting>,
     /// Each bounded peer's arrival numbers, oldest first, at most
@@ -165,7 +165,7 @@ struct Pending {
     owner: libc::uid_t,
 }
 
-impl Pending {
+impl Handshakes {
     fn new() -> Self {
         Self {
             greetings: BTreeMap::new(),
@@ -296,7 +296,7 @@ impl Server {
     /// its own.
     pub(crate) fn run(self: &Arc<Self>, listener: &Listener) -> io::Result<()> {
         listener.set_nonblocking(true)?;
-        let mut pending = Pending::new();
+        let mut pending = Handshakes::new();
         loop {
             let now = Instant::now();
             pending.expire(now);
@@ -345,7 +345,11 @@ impl Server {
     }
 
     /// Accepts up to [`ACCEPT_BATCH`] waiting connections and greets them.
-    fn accept_some(self: &Arc<Self>, listener: &Listener, pending: &mut Pending) -> io::Result<()> {
+    fn accept_some(
+        self: &Arc<Self>,
+        listener: &Listener,
+        pending: &mut Handshakes,
+    ) -> io::Result<()> {
         for _ in 0..ACCEPT_BATCH {
             let stream = match listener.accept() {
                 Ok(stream) => stream,
@@ -377,7 +381,7 @@ impl Server {
     /// oldest handshake goes if the peer has its share, the oldest of all
     /// if the table is full. Never the newcomer: it is the one most likely
     /// to be an honest client still on its way.
-    fn greet(self: &Arc<Self>, stream: Stream, pending: &mut Pending) {
+    fn greet(self: &Arc<Self>, stream: Stream, pending: &mut Handshakes) {
         let peer = Peer::of(&stream, pending.owner);
         if let Some(oldest) = peer.and_then(|peer| pending.crowded(peer)) {
             self.evict(pending, oldest);
@@ -392,8 +396,8 @@ impl Server {
         }
     }
 
-    /// Ends a handshake to make room (see [`Pending::evict`]).
-    fn evict(self: &Arc<Self>, pending: &mut Pending, arrival: u64) {
+    /// Ends a handshake to make room (see [`Handshakes::evict`]).
+    fn evict(self: &Arc<Self>, pending: &mut Handshakes, arrival: u64) {
         if let Some(stream) = pending.evict(arrival, &self.key) {
             self.admit(stream);
         }

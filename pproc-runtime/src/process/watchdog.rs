@@ -29,7 +29,7 @@ struct Watch {
 }
 
 #[derive(Default)]
-struct State {
+struct Watchdog {
     /// Watches by id.
     watches: BTreeMap<u64, Watch>,
     next: u64,
@@ -38,14 +38,14 @@ struct State {
     owner: Option<u32>,
 }
 
-static STATE: Mutex<State> = Mutex::new(State {
+static STATE: Mutex<Watchdog> = Mutex::new(Watchdog {
     watches: BTreeMap::new(),
     next: 0,
     owner: None,
 });
 static WAKE: Condvar = Condvar::new();
 
-fn state() -> MutexGuard<'static, State> {
+fn state() -> MutexGuard<'static, Watchdog> {
     lock(&STATE)
 }
 

@@ -2,7 +2,7 @@
 //! exchange services each when the child has something to say.
 
 use super::Exchange;
-use super::poller::Watched;
+use super::poller::Registered;
 use super::store::Job;
 use crate::error::{Error, Result};
 use crate::parent::handle::{Event, Handle};
@@ -36,7 +36,7 @@ pub(super) enum State<S> {
 pub(super) struct Member<S> {
     pub(super) handle: Handle<(), (), ()>,
     pub(super) state: State<S>,
-    pub(super) watched: Watched,
+    pub(super) watched: Registered,
 }
 
 impl<S> Member<S> {

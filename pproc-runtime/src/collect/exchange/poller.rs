@@ -17,7 +17,7 @@ const EVENTS: usize = 256;
 /// drained, so that an ended stream does not wake the exchange over and
 /// over; its pidfd leaves when the child is reaped.
 #[derive(Debug, Default)]
-pub(super) struct Watched {
+pub(super) struct Registered {
     pub(super) socket: bool,
     pub(super) exit: bool,
 }
@@ -42,11 +42,11 @@ impl Poller {
 
     /// Watches the socket and the pidfd (where there is one) of the child
     /// in `slot`.
-    pub(super) fn add(&mut self, slot: usize, handle: &Handle<(), (), ()>) -> Result<Watched> {
+    pub(super) fn add(&mut self, slot: usize, handle: &Handle<(), (), ()>) -> Result<Registered> {
         let token = u64::try_from(slot).unwrap_or(u64::MAX / 2) * 2;
         let epoll = self.epoll()?;
         epoll.add(handle, EpollEvent::new(EpollFlags::EPOLLIN, token))?;
-        let mut watched = Watched {
+        let mut watched = Registered {
             socket: true,
             exit: false,
         };
@@ -64,7 +64,7 @@ impl Poller {
     pub(super) fn drop_socket(
         &mut self,
         handle: &Handle<(), (), ()>,
-        watched: &mut Watched,
+        watched: &mut Registered,
     ) -> Result<()> {
         if std::mem::take(&mut watched.socket)
             && let Some(epoll) = &self.epoll
@@ -78,7 +78,7 @@ impl Poller {
     pub(super) fn drop_all(
         &mut self,
         handle: &Handle<(), (), ()>,
-        watched: &mut Watched,
+        watched: &mut Registered,
     ) -> Result<()> {
         self.drop_socket(handle, watched)?;
         if std::mem::take(&mut watched.exit)
