@@ -97,6 +97,30 @@ fn a_tuple_struct_derive_runs() -> pproc::Result<()> {
     Ok(())
 }
 
+/// With the crate path spelled out.
+#[parallel(crate = ::pproc)]
+fn spelled(b: u8) -> u8 {
+    b
+}
+
+/// Stored with the crate path spelled out.
+#[derive(Default, pproc::Exchange)]
+#[store(crate = ::pproc)]
+pub struct Spelled {
+    /// What `spelled` returned.
+    #[store(from = spelled)]
+    pub bytes: Vec<u8>,
+}
+
+#[test]
+fn the_crate_option_runs() -> pproc::Result<()> {
+    assert_eq!(spelled::start(3)?.join()?, 3);
+    let mut ex = pproc::Exchange::new(Spelled::default());
+    ex.start(spelled::call(4))?;
+    assert_eq!(ex.finish()?.bytes, [4]);
+    Ok(())
+}
+
 #[test]
 fn every_form_runs() -> pproc::Result<()> {
     assert_eq!(

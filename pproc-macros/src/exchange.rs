@@ -3,19 +3,63 @@
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{Data, DeriveInput, Fields, Member, Path, Type};
+use syn::{Attribute, Data, DeriveInput, Fields, Member, Path, Type};
 
 use crate::errors::Errors;
+use crate::path;
 
 pub(crate) fn expand(input: TokenStream) -> TokenStream {
     let input: DeriveInput = match syn::parse2(input) {
         Ok(input) => input,
         Err(err) => return err.into_compile_error(),
     };
-    match Store::parse(&input) {
-        Ok(store) => generate(&input, &store),
-        Err(err) => err.into_compile_error(),
+    let krate = container_options(&input.attrs);
+    match (krate, Store::parse(&input)) {
+        (Ok(krate), Ok(store)) => generate(&input, &store, &krate),
+        (krate, store) => {
+            let mut errors = Errors::default();
+            errors.extend(krate.err());
+            errors.extend(store.err());
+            errors
+                .finish()
+                .err()
+                .map(syn::Error::into_compile_error)
+                .unwrap_or_default()
+        }
     }
+}
+
+/// The struct's own `#[store(crate = path)]`: where generated code finds
+/// pproc.
+fn container_options(attrs: &[Attribute]) -> syn::Result<Path> {
+    let mut krate = None;
+    let mut errors = Errors::default();
+    for attr in attrs.iter().filter(|a| a.path().is_ident("store")) {
+        if let syn::Meta::Path(path) = &attr.meta {
+            errors.push(
+                path,
+                "`#[store]` marks a field; on the struct, write `#[store(crate = path)]`",
+            );
+            continue;
+        }
+        let parsed = attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("crate") {
+                if krate.is_some() {
+                    return Err(meta.error("repeated `store` option `crate`"));
+                }
+                krate = Some(path::parse(&meta)?);
+                Ok(())
+            } else {
+                Err(meta.error(format_args!(
+                    "unknown `store` option `{}` on a struct; expected `crate`",
+                    ident(&meta.path)
+                )))
+            }
+        });
+        errors.extend(parsed.err());
+    }
+    errors.finish()?;
+    Ok(krate.unwrap_or_else(path::default))
 }
 
 /// What a `#[store]` field does.
@@ -111,6 +155,9 @@ fn parse_kind(attr: &syn::Attribute) -> syn::Result<Kind> {
                 return Err(repeated());
             }
             errors = Some(meta.path.clone());
+        } else if meta.path.is_ident("crate") {
+            return Err(meta
+                .error("`crate` is an option of the struct's `#[store(...)]`, not of a field's"));
         } else {
             return Err(meta.error(format_args!(
                 "unknown `store` option `{}`; expected `from`, `with` or `errors`",
@@ -185,7 +232,7 @@ fn check(input: &DeriveInput, fields: &Fields, out: &[Field<'_>], errors: &mut E
     }
 }
 
-fn generate(input: &DeriveInput, store: &Store<'_>) -> TokenStream {
+fn generate(input: &DeriveInput, store: &Store<'_>, krate: &Path) -> TokenStream {
     let name = &input.ident;
     let value = format_ident!("__PprocValue");
     let mut generics = input.generics.clone();
@@ -218,17 +265,17 @@ fn generate(input: &DeriveInput, store: &Store<'_>) -> TokenStream {
         .map(|f| {
             let (member, ty) = (&f.member, f.ty);
             if generic {
-                bounds.push(quote!(#ty: ::core::iter::Extend<::pproc::Failure>));
+                bounds.push(quote!(#ty: ::core::iter::Extend<__pproc::Failure>));
             } else {
                 asserts.push(quote_spanned!(ty.span()=>
-                    ::pproc::__private::assert_extend::<#ty, ::pproc::Failure>();
+                    __pproc::__private::assert_extend::<#ty, __pproc::Failure>();
                 ));
             }
             quote! {
-                fn failed(&mut self, error: ::pproc::Error, origin: &::pproc::Origin<'_>) -> ::pproc::Result<()> {
+                fn failed(&mut self, error: __pproc::Error, origin: &__pproc::Origin<'_>) -> __pproc::Result<()> {
                     ::core::iter::Extend::extend(
                         &mut self.#member,
-                        ::core::option::Option::Some(::pproc::Failure::new(error, origin)),
+                        ::core::option::Option::Some(__pproc::Failure::new(error, origin)),
                     );
                     ::core::result::Result::Ok(())
                 }
@@ -237,20 +284,22 @@ fn generate(input: &DeriveInput, store: &Store<'_>) -> TokenStream {
 
     quote! {
         const _: () = {
+            use #krate as __pproc;
+
             #(#asserts)*
-        };
 
-        #[automatically_derived]
-        impl #impl_generics ::pproc::Store<#value> for #name #ty_generics
-        where
-            #(#bounds,)*
-        {
-            fn store(&mut self, value: #value, origin: &::pproc::Origin<'_>) -> ::pproc::Result<()> {
-                #body
+            #[automatically_derived]
+            impl #impl_generics __pproc::Store<#value> for #name #ty_generics
+            where
+                #(#bounds,)*
+            {
+                fn store(&mut self, value: #value, origin: &__pproc::Origin<'_>) -> __pproc::Result<()> {
+                    #body
+                }
+
+                #failed
             }
-
-            #failed
-        }
+        };
     }
 }
 
@@ -263,7 +312,7 @@ fn routed_body(store: &Store<'_>, generic: bool, asserts: &mut Vec<TokenStream>)
         let (member, ty) = (&f.member, f.ty);
         if !generic && with.is_none() {
             asserts.push(quote_spanned!(ty.span()=>
-                ::pproc::__private::assert_extend::<#ty, #func::Output>();
+                __pproc::__private::assert_extend::<#ty, #func::Output>();
             ));
         }
         let take = if let Some(with) = with {
@@ -273,7 +322,7 @@ fn routed_body(store: &Store<'_>, generic: bool, asserts: &mut Vec<TokenStream>)
         };
         Some(quote! {
             if origin.name() == #func::NAME {
-                let value: #func::Output = ::pproc::__private::downcast(value, origin)?;
+                let value: #func::Output = __pproc::__private::downcast(value, origin)?;
                 #take
                 return ::core::result::Result::Ok(());
             }
@@ -283,7 +332,7 @@ fn routed_body(store: &Store<'_>, generic: bool, asserts: &mut Vec<TokenStream>)
     quote! {
         #(#routes)*
         let _ = value;
-        ::core::result::Result::Err(::pproc::__private::unrouted(origin))
+        ::core::result::Result::Err(__pproc::__private::unrouted(origin))
     }
 }
 

@@ -1,36 +1,74 @@
 //! `#[parallel]`: parse, check, generate.
 
 use crate::errors::Errors;
+use crate::path;
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type};
+use syn::{FnArg, GenericArgument, Ident, ItemFn, Pat, Path, PathArguments, ReturnType, Type};
 
 pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
-    let func: ItemFn = match syn::parse2(item) {
+    let func: ItemFn = match syn::parse2(item.clone()) {
         Ok(func) => func,
-        Err(err) => return err.into_compile_error(),
+        Err(err) => {
+            let mut tokens = item;
+            tokens.extend(err.into_compile_error());
+            return tokens;
+        }
     };
-    match check_options(args).and_then(|()| Parallel::parse(&func)) {
-        Ok(parsed) => generate(&func, &parsed),
-        Err(err) => with_error(&func, err),
+    let mut errors = Errors::default();
+    let options = Options::parse(args).unwrap_or_else(|err| {
+        errors.add(err);
+        Options::default()
+    });
+    let expanded = match Parallel::parse(&func) {
+        Ok(parsed) => generate(&func, &parsed, &options),
+        // The function as written, so that the error is the only one.
+        Err(err) => {
+            errors.add(err);
+            quote!(#func)
+        }
+    };
+    let errors = errors.finish().err().map(syn::Error::into_compile_error);
+    quote!(#expanded #errors)
+}
+
+/// `#[parallel]`'s options.
+struct Options {
+    /// Where generated code finds pproc: `crate = path`.
+    krate: Path,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            krate: path::default(),
+        }
     }
 }
 
-/// The user's item, untouched, followed by the errors: one mistake gives
-/// one message, and the function stays usable for IDEs.
-fn with_error(item: &ItemFn, err: syn::Error) -> TokenStream {
-    let err = err.into_compile_error();
-    quote!(#item #err)
-}
-
-fn check_options(args: TokenStream) -> syn::Result<()> {
-    match args.into_iter().next() {
-        None => Ok(()),
-        Some(first) => Err(syn::Error::new_spanned(
-            first,
-            "`#[parallel]` takes no options",
-        )),
+impl Options {
+    fn parse(args: TokenStream) -> syn::Result<Self> {
+        let mut krate = None;
+        let parser = syn::meta::parser(|meta| {
+            if meta.path.is_ident("crate") {
+                if krate.is_some() {
+                    return Err(meta.error("repeated `parallel` option `crate`"));
+                }
+                krate = Some(path::parse(&meta)?);
+                Ok(())
+            } else {
+                let path = &meta.path;
+                Err(meta.error(format_args!(
+                    "unknown `parallel` option `{}`; expected `crate`",
+                    quote!(#path).to_string().replace(' ', "")
+                )))
+            }
+        });
+        syn::parse::Parser::parse2(parser, args)?;
+        Ok(Self {
+            krate: krate.unwrap_or_else(path::default),
+        })
     }
 }
 
@@ -193,7 +231,8 @@ fn check_owned(ty: &Type, what: &str, errors: &mut Errors) {
     }
 }
 
-fn generate(func: &ItemFn, parsed: &Parallel<'_>) -> TokenStream {
+fn generate(func: &ItemFn, parsed: &Parallel<'_>, options: &Options) -> TokenStream {
+    let krate = path::from_child(&options.krate);
     let vis = &func.vis;
     let ident = &func.sig.ident;
     let ret = &parsed.output;
@@ -209,34 +248,34 @@ fn generate(func: &ItemFn, parsed: &Parallel<'_>) -> TokenStream {
         Some((child_send, child_recv)) => (
             quote!(#child_recv),
             quote!(#child_send),
-            quote!(::pproc::Streams),
+            quote!(__pproc::Streams),
             quote!(#child_send),
             quote! {
-                ::pproc::__private::run_channel_entry(cx, |ch, (#(#names,)*): (#(#types,)*)| super::#ident(ch, #(#names),*))
+                __pproc::__private::run_channel_entry(cx, |ch, (#(#names,)*): (#(#types,)*)| super::#ident(ch, #(#names),*))
             },
         ),
         None => (
             quote!(()),
             quote!(()),
-            quote!(::pproc::Returns),
+            quote!(__pproc::Returns),
             quote!(#ret),
             quote! {
-                ::pproc::__private::run_entry(cx, |(#(#names,)*): (#(#types,)*)| super::#ident(#(#names),*))
+                __pproc::__private::run_entry(cx, |(#(#names,)*): (#(#types,)*)| super::#ident(#(#names),*))
             },
         ),
     };
     let asserts = types
         .iter()
-        .map(|ty| quote_spanned!(ty.span()=> ::pproc::__private::assert_arg::<#ty>();));
+        .map(|ty| quote_spanned!(ty.span()=> __pproc::__private::assert_arg::<#ty>();));
     let ret_span = match &func.sig.output {
         ReturnType::Type(_, ty) => ty.span(),
         ReturnType::Default => Span::call_site(),
     };
-    let assert_ret = quote_spanned!(ret_span=> ::pproc::__private::assert_result::<#ret>(););
+    let assert_ret = quote_spanned!(ret_span=> __pproc::__private::assert_result::<#ret>(););
     let asserts_channel = parsed.channel.iter().flat_map(|(s, v)| {
         [
-            quote_spanned!(s.span()=> ::pproc::__private::assert_message::<#s>();),
-            quote_spanned!(v.span()=> ::pproc::__private::assert_message::<#v>();),
+            quote_spanned!(s.span()=> __pproc::__private::assert_message::<#s>();),
+            quote_spanned!(v.span()=> __pproc::__private::assert_message::<#v>();),
         ]
     });
     let doc_mod =
@@ -252,6 +291,7 @@ fn generate(func: &ItemFn, parsed: &Parallel<'_>) -> TokenStream {
         #vis mod #ident {
             #[allow(unused_imports)]
             use super::*;
+            use #krate as __pproc;
 
             // First, so that a type that cannot cross processes is reported
             // at its own span before anything else.
@@ -273,23 +313,23 @@ fn generate(func: &ItemFn, parsed: &Parallel<'_>) -> TokenStream {
             ///
             /// # Errors
             ///
-            /// As [`pproc::Builder::start`](::pproc::Builder::start).
-            pub fn start(#(#names: #types),*) -> ::pproc::Result<::pproc::Handle<#ret, #send, #recv, #kind>> {
+            /// As [`pproc::Builder::start`](__pproc::Builder::start).
+            pub fn start(#(#names: #types),*) -> __pproc::Result<__pproc::Handle<#ret, #send, #recv, #kind>> {
                 self::call(#(#names),*).start()
             }
 
             #[doc = #doc_call]
             #[must_use]
-            pub fn call(#(#names: #types),*) -> ::pproc::Call<#ret, #send, #recv, #kind> {
-                ::pproc::__private::call(NAME, &(#(#names,)*))
+            pub fn call(#(#names: #types),*) -> __pproc::Call<#ret, #send, #recv, #kind> {
+                __pproc::__private::call(NAME, &(#(#names,)*))
             }
 
             const _: () = {
-                fn __pproc_entry(cx: ::pproc::__private::Context) {
+                fn __pproc_entry(cx: __pproc::__private::Context) {
                     #run
                 }
-                ::pproc::__private::inventory::submit! {
-                    ::pproc::__private::Entry::new(NAME, #signature, __pproc_entry)
+                __pproc::__private::inventory::submit! {
+                    __pproc::__private::Entry::new(NAME, #signature, __pproc_entry)
                 }
             };
         }
