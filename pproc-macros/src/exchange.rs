@@ -18,14 +18,40 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
         (Ok(krate), Ok(store)) => generate(&input, &store, &krate),
         (krate, store) => {
             let mut errors = Errors::default();
-            errors.extend(krate.err());
+            let krate = krate.unwrap_or_else(|err| {
+                errors.add(err);
+                path::default()
+            });
             errors.extend(store.err());
-            errors
-                .finish()
-                .err()
-                .map(syn::Error::into_compile_error)
-                .unwrap_or_default()
+            let errors = errors.finish().err().map(syn::Error::into_compile_error);
+            let stub = stub(&input, &krate);
+            quote!(#stub #errors)
         }
+    }
+}
+
+/// What a rejected struct gets beside its errors: a `Store` of every value
+/// whose body never runs (the program does not compile), so that exchanges
+/// built on it compile as they would and the rejection is the only error
+/// (thiserror's `fallback.rs`).
+fn stub(input: &DeriveInput, krate: &Path) -> TokenStream {
+    let name = &input.ident;
+    let value = format_ident!("__PprocValue");
+    let mut generics = input.generics.clone();
+    generics.params.push(syn::parse_quote!(#value));
+    let (impl_generics, _, _) = generics.split_for_impl();
+    let (_, ty_generics, where_clause) = input.generics.split_for_impl();
+    quote! {
+        const _: () = {
+            use #krate as __pproc;
+
+            #[automatically_derived]
+            impl #impl_generics __pproc::Store<#value> for #name #ty_generics #where_clause {
+                fn store(&mut self, _: #value, _: &__pproc::Origin<'_>) -> __pproc::Result<()> {
+                    ::core::unreachable!()
+                }
+            }
+        };
     }
 }
 

@@ -3,7 +3,7 @@
 use crate::errors::Errors;
 use crate::path;
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, quote_spanned};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{FnArg, GenericArgument, Ident, ItemFn, Pat, Path, PathArguments, ReturnType, Type};
 
@@ -21,12 +21,12 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
         errors.add(err);
         Options::default()
     });
-    let expanded = match Parallel::parse(&func) {
-        Ok(parsed) => generate(&func, &parsed, &options),
-        // The function as written, so that the error is the only one.
+    let (parsed, problems) = Parallel::read(&func);
+    let expanded = match problems.finish() {
+        Ok(()) => generate(&func, &parsed, &options),
         Err(err) => {
             errors.add(err);
-            quote!(#func)
+            stub(&func, &parsed, &options)
         }
     };
     let errors = errors.finish().err().map(syn::Error::into_compile_error);
@@ -72,7 +72,7 @@ impl Options {
     }
 }
 
-/// A checked `#[parallel]` function.
+/// A `#[parallel]` function, as read.
 struct Parallel<'a> {
     /// The channel's types as the child sees them, if the first parameter
     /// is a `Channel`.
@@ -81,10 +81,20 @@ struct Parallel<'a> {
     /// the type.
     params: Vec<(Ident, &'a Type)>,
     output: Type,
+    /// Whether the return type passed its checks.
+    owned_output: bool,
 }
 
 impl<'a> Parallel<'a> {
+    /// The function, checked.
+    #[cfg(test)]
     fn parse(func: &'a ItemFn) -> syn::Result<Self> {
+        let (parsed, errors) = Self::read(func);
+        errors.finish().map(|()| parsed)
+    }
+
+    /// The function as far as it can be read, and every problem found.
+    fn read(func: &'a ItemFn) -> (Self, Errors) {
         let mut errors = Errors::default();
         let sig = &func.sig;
         if let Some(kw) = &sig.asyncness {
@@ -144,19 +154,24 @@ impl<'a> Parallel<'a> {
             params.push((name, ty));
         }
 
+        let mut owned_output = true;
         let output = match &sig.output {
             ReturnType::Default => syn::parse_quote!(()),
             ReturnType::Type(_, ty) => {
-                check_owned(ty, "return types", &mut errors);
+                let mut problems = Errors::default();
+                check_owned(ty, "return types", &mut problems);
+                owned_output = problems.is_empty();
+                errors.extend(problems.finish().err());
                 (**ty).clone()
             }
         };
-        errors.finish()?;
-        Ok(Self {
+        let parsed = Self {
             channel,
             params,
             output,
-        })
+            owned_output,
+        };
+        (parsed, errors)
     }
 }
 
@@ -242,27 +257,15 @@ fn generate(func: &ItemFn, parsed: &Parallel<'_>, options: &Options) -> TokenStr
         let inputs = &func.sig.inputs;
         quote!(fn #ident(#inputs) -> #ret).to_string()
     };
-    // The parent's end mirrors the child's: it sends what the child
-    // receives and receives what the child sends.
-    let (send, recv, kind, output, run) = match &parsed.channel {
-        Some((child_send, child_recv)) => (
-            quote!(#child_recv),
-            quote!(#child_send),
-            quote!(__pproc::Streams),
-            quote!(#child_send),
-            quote! {
-                __pproc::__private::run_channel_entry(cx, |ch, (#(#names,)*): (#(#types,)*)| super::#ident(ch, #(#names),*))
-            },
-        ),
-        None => (
-            quote!(()),
-            quote!(()),
-            quote!(__pproc::Returns),
-            quote!(#ret),
-            quote! {
-                __pproc::__private::run_entry(cx, |(#(#names,)*): (#(#types,)*)| super::#ident(#(#names),*))
-            },
-        ),
+    let [send, recv, kind, output] = parent_types(parsed);
+    let run = if parsed.channel.is_some() {
+        quote! {
+            __pproc::__private::run_channel_entry(cx, |ch, (#(#names,)*): (#(#types,)*)| super::#ident(ch, #(#names),*))
+        }
+    } else {
+        quote! {
+            __pproc::__private::run_entry(cx, |(#(#names,)*): (#(#types,)*)| super::#ident(#(#names),*))
+        }
     };
     let asserts = types
         .iter()
@@ -332,6 +335,89 @@ fn generate(func: &ItemFn, parsed: &Parallel<'_>, options: &Options) -> TokenStr
                     __pproc::__private::Entry::new(NAME, #signature, __pproc_entry)
                 }
             };
+        }
+    }
+}
+
+/// The types of the parent's end: what it sends, what it receives, the
+/// delivery, and `Output`. The parent mirrors the child: it sends what the
+/// child receives and receives what the child sends.
+fn parent_types(parsed: &Parallel<'_>) -> [TokenStream; 4] {
+    if let Some((child_send, child_recv)) = &parsed.channel {
+        [
+            quote!(#child_recv),
+            quote!(#child_send),
+            quote!(__pproc::Streams),
+            quote!(#child_send),
+        ]
+    } else {
+        let ret = &parsed.output;
+        [
+            quote!(()),
+            quote!(()),
+            quote!(__pproc::Returns),
+            quote!(#ret),
+        ]
+    }
+}
+
+/// What a rejected function expands to beside its errors: the function as
+/// written, and the module `generate` would add, with the same items and
+/// bodies that never run (the program does not compile). Code that uses the
+/// module then compiles as it would, so that the rejection is the only
+/// error, and IDEs keep completing (thiserror's `fallback.rs`).
+fn stub(func: &ItemFn, parsed: &Parallel<'_>, options: &Options) -> TokenStream {
+    // A method's module would sit in its `impl` block, where modules cannot.
+    if func.sig.receiver().is_some() {
+        return quote!(#func);
+    }
+    let krate = path::from_child(&options.krate);
+    let vis = &func.vis;
+    let ident = &func.sig.ident;
+    let generics = &func.sig.generics;
+    let where_clause = &generics.where_clause;
+    let types: Vec<_> = parsed.params.iter().map(|(_, ty)| *ty).collect();
+    let [send, recv, kind, mut output] = parent_types(parsed);
+    let mut ret = parsed.output.to_token_stream();
+    if !parsed.owned_output {
+        // A reference or an `impl Trait` would be an error of its own here.
+        ret = quote!(());
+        if parsed.channel.is_none() {
+            output = quote!(());
+        }
+    }
+    if !generics.params.is_empty() {
+        // An alias cannot name the function's type parameters.
+        output = quote!(());
+    }
+    let doc =
+        format!(" Runs [`{ident}`](fn@{ident}) in a child process. Generated by `#[parallel]`.");
+
+    quote! {
+        #func
+
+        #[doc = #doc]
+        #[allow(unreachable_pub, missing_docs, clippy::pedantic, clippy::all)]
+        #vis mod #ident {
+            #[allow(unused_imports)]
+            use super::*;
+            use #krate as __pproc;
+
+            pub type Output = #output;
+
+            pub const NAME: &str = ::core::module_path!();
+
+            pub fn start #generics (#(_: #types),*) -> __pproc::Result<__pproc::Handle<#ret, #send, #recv, #kind>>
+            #where_clause
+            {
+                ::core::unreachable!()
+            }
+
+            pub fn call #generics (#(_: #types),*) -> __pproc::Call<#ret, #send, #recv, #kind>
+            #where_clause
+            {
+                ::core::unreachable!()
+            }
         }
     }
 }
