@@ -87,6 +87,28 @@ fn byte(b: u8) -> u8 {
     b
 }
 
+/// A generic struct that routes.
+#[derive(Default, pproc::Exchange)]
+pub struct Keyed<T: Ord> {
+    /// What `byte` returned.
+    #[store(from = byte)]
+    pub bytes: std::collections::BTreeSet<T>,
+    /// What failed.
+    #[store(errors)]
+    pub failures: Vec<pproc::Failure>,
+}
+
+#[test]
+fn a_generic_routing_derive_runs() -> pproc::Result<()> {
+    let mut ex = pproc::Exchange::new(Keyed::<u8>::default());
+    ex.start(byte::call(9))?;
+    ex.start(byte::call(9))?;
+    let keyed = ex.finish()?;
+    assert_eq!(keyed.bytes.into_iter().collect::<Vec<_>>(), [9]);
+    assert!(keyed.failures.is_empty());
+    Ok(())
+}
+
 #[test]
 fn a_tuple_struct_derive_runs() -> pproc::Result<()> {
     let mut ex = pproc::Exchange::new(Plain::default());

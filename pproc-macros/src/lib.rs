@@ -16,10 +16,15 @@ mod path;
 /// - `start(args…) -> pproc::Result<Handle<R, …>>`: runs the function in a
 ///   new child process, which re-executes this program and is dispatched by
 ///   name before `main`;
-/// - `call(args…) -> pproc::Call<R, …>`: the same invocation, deferred and
-///   serializable;
+/// - `call(args…) -> pproc::Call<R, …, f::Fn>`: the same invocation,
+///   deferred and serializable, which an exchange routes by `Fn`
+///   (`.into()` makes it a `Call<R>` built by name);
 /// - `const NAME: &str`: the name the function is registered under, its
-///   module path.
+///   module path;
+/// - `type Output`: the values an exchange stores from it, what it returns
+///   or, for a channel-style function, what it sends;
+/// - `enum Fn {}`: the function as a type, a
+///   [`Function`](../pproc/trait.Function.html).
 ///
 /// Arguments and the return type must be serde types (`Serialize +
 /// DeserializeOwned`), passed by value. A function whose first parameter is
@@ -105,8 +110,10 @@ pub fn parallel(args: TokenStream, item: TokenStream) -> TokenStream {
 /// - `#[store(from = f)]`: the field takes the results of the
 ///   `#[parallel]` function `f` only, so one exchange can run several
 ///   functions with different result types. In a struct that routes, every
-///   storing field names its function; a value from a function no field
-///   names is [`Error::Unrouted`](../pproc/enum.Error.html).
+///   storing field names its function, and starting a call of a function
+///   that no field names does not compile: the struct implements
+///   [`Route`](../pproc/trait.Route.html) for each field's `f::Fn`, and no
+///   `Store`.
 /// - `#[store(from = f, with = path)]`: calls `path(&mut field, value)` for
 ///   each result of `f` instead of extending the field.
 /// - `#[store(errors)]`: the field collects a

@@ -12,15 +12,21 @@ use crate::child::WORKER;
 use crate::conn::{self, Conn, DEFAULT_MAX_FRAME};
 use crate::error::{Error, Result};
 use crate::handle::Handle;
+use crate::route::ByName;
 use crate::{capture, registry, spawn};
 
 /// A deferred, serializable invocation of a `#[parallel]` function: its
 /// registered name and its serialized arguments.
 ///
-/// `#[parallel] fn f(..) -> R` generates `f::call(args…) -> Call<R>`; a
-/// channel-style function's call also carries the parent's send and receive
-/// types, as its [`Handle`] does. A `Call` can be stored, sent to another
-/// process, and started later with [`start`](Self::start) or a [`Builder`].
+/// `#[parallel] fn f(..) -> R` generates `f::call(args…) -> Call<R, (), (),
+/// Returns, f::Fn>`; a channel-style function's call also carries the
+/// parent's send and receive types, as its [`Handle`] does. The last type
+/// parameter is the function, as a type ([`Function`](crate::Function)), by
+/// which an [`Exchange`](crate::Exchange) routes the call's values when it
+/// compiles; a call built by name with [`new`](Self::new) has [`ByName`]
+/// there, and `.into()` turns a function's call into one (`Call<R>`). A
+/// `Call` can be stored, sent to another process, and started later with
+/// [`start`](Self::start) or a [`Builder`].
 ///
 /// # Examples
 ///
@@ -33,7 +39,7 @@ use crate::{capture, registry, spawn};
 /// }
 ///
 /// # fn main() -> pproc::Result<()> {
-/// let c: pproc::Call<i64> = add::call(2, 3);
+/// let c: pproc::Call<i64> = add::call(2, 3).into();
 /// assert_eq!(c.name(), add::NAME);
 /// assert_eq!(c.start()?.join()?, 5);
 /// # Ok(())
@@ -41,12 +47,14 @@ use crate::{capture, registry, spawn};
 /// ```
 #[derive(Serialize, Deserialize)]
 #[serde(bound = "")]
-pub struct Call<R, S = (), V = (), K = Returns> {
+pub struct Call<R, S = (), V = (), K = Returns, F = ByName> {
     name: String,
     /// The serialized arguments, or why they did not serialize.
     args: Result<Vec<u8>, String>,
     #[serde(skip)]
     _types: Types<R, S, V, K>,
+    #[serde(skip)]
+    _function: PhantomData<fn() -> F>,
 }
 
 /// The type parameters of a call or handle: sends `S`, yields `R` and `V`.
@@ -105,6 +113,19 @@ impl<R, S, V, K> Call<R, S, V, K> {
             name: name.into(),
             args: conn::encode(args).map_err(|err| err.to_string()),
             _types: PhantomData,
+            _function: PhantomData,
+        }
+    }
+}
+
+impl<R, S, V, K, F> Call<R, S, V, K, F> {
+    /// The same call, as a call of the function `F2`.
+    pub(crate) fn retype<F2>(self) -> Call<R, S, V, K, F2> {
+        Call {
+            name: self.name,
+            args: self.args,
+            _types: PhantomData,
+            _function: PhantomData,
         }
     }
 
@@ -130,17 +151,18 @@ impl<R, S, V, K> Call<R, S, V, K> {
     }
 }
 
-impl<R, S, V, K> Clone for Call<R, S, V, K> {
+impl<R, S, V, K, F> Clone for Call<R, S, V, K, F> {
     fn clone(&self) -> Self {
         Self {
             name: self.name.clone(),
             args: self.args.clone(),
             _types: PhantomData,
+            _function: PhantomData,
         }
     }
 }
 
-impl<R, S, V, K> fmt::Debug for Call<R, S, V, K> {
+impl<R, S, V, K, F> fmt::Debug for Call<R, S, V, K, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Call")
             .field("name", &self.name)
@@ -344,7 +366,7 @@ impl Builder {
     /// [`Error::Codec`] if the arguments did not serialize,
     /// [`Error::Spawn`] if the process could not be started (or a limit
     /// could not be set on it).
-    pub fn start<R, S, V, K>(&self, call: Call<R, S, V, K>) -> Result<Handle<R, S, V, K>> {
+    pub fn start<R, S, V, K, F>(&self, call: Call<R, S, V, K, F>) -> Result<Handle<R, S, V, K>> {
         self.start_raw(call.name, call.args).map(Handle::cast)
     }
 

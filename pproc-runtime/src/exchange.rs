@@ -18,6 +18,7 @@ use crate::conn::{Deadline, decode};
 use crate::error::{Error, Result};
 use crate::handle::{Flow, Handle, Turn};
 use crate::progress::Bar;
+use crate::route::{ByName, Route};
 
 /// Where a stored value came from.
 #[derive(Clone, Copy, Debug)]
@@ -78,8 +79,10 @@ impl Failure {
 
 /// What an [`Exchange`] does with each result: pprocess's `store_data`.
 ///
-/// `#[derive(Exchange)]` implements it for a struct of collections; it is
-/// implemented for `Vec<T>`, which keeps results in the order they arrive.
+/// `#[derive(Exchange)]` implements it for a struct of collections (one
+/// that routes values by function gets a [`Route`] for each function
+/// instead); it is implemented for `Vec<T>`, which keeps results in the
+/// order they arrive.
 ///
 /// # Examples
 ///
@@ -166,14 +169,14 @@ impl<T> Store<T> for Vec<T> {
 /// Decodes a value with its own type and hands it to the store.
 type Sink<S> = fn(&mut S, Result<&[u8]>, &Origin<'_>) -> Result<()>;
 
-fn sink<S: Store<T>, T: DeserializeOwned>(
+fn sink<S, F: Route<S, T>, T: DeserializeOwned>(
     store: &mut S,
     result: Result<&[u8]>,
     origin: &Origin<'_>,
 ) -> Result<()> {
     match result.and_then(decode::<T>) {
-        Ok(value) => store.store(value, origin),
-        Err(error) => store.failed(error, origin),
+        Ok(value) => F::store(store, value, origin),
+        Err(error) => F::failed(store, error, origin),
     }
 }
 
@@ -194,15 +197,12 @@ struct Job<S> {
 }
 
 impl<S> Job<S> {
-    fn new<T: DeserializeOwned, K: Delivery>(name: String, index: usize) -> Self
-    where
-        S: Store<T>,
-    {
+    fn new<F: Route<S, T>, T: DeserializeOwned, K: Delivery>(name: String, index: usize) -> Self {
         Self {
             name,
             index,
-            sink: sink::<S, T>,
-            end: <S as Store<T>>::ended,
+            sink: sink::<S, F, T>,
+            end: F::ended,
             streams: K::STREAMS,
             values: 0,
         }
@@ -1186,22 +1186,24 @@ impl<S> Exchange<S> {
     /// (see [`Origin::index`]).
     ///
     /// The store takes the function's return value, or for a channel-style
-    /// function the values it sends (see [`Delivery`]).
+    /// function the values it sends (see [`Delivery`]). A store that routes
+    /// by function takes the calls of its functions only: any other does
+    /// not compile (see [`Route`]).
     ///
     /// # Errors
     ///
     /// As [`store`](Self::store): a call that cannot start is a failure of
     /// that call.
-    pub fn start<R, S2, V, K>(&mut self, call: Call<R, S2, V, K>) -> Result<usize>
+    pub fn start<R, S2, V, K, F>(&mut self, call: Call<R, S2, V, K, F>) -> Result<usize>
     where
         K: Delivery,
-        S: Store<K::Item<R, V>>,
+        F: Route<S, K::Item<R, V>>,
         K::Item<R, V>: DeserializeOwned,
     {
         let index = self.next_index();
         let (name, args) = call.into_parts();
         self.waiting.push_back(Queued {
-            job: Job::new::<K::Item<R, V>, K>(name, index),
+            job: Job::new::<F, K::Item<R, V>, K>(name, index),
             args,
         });
         self.fill()?;
@@ -1221,7 +1223,7 @@ impl<S> Exchange<S> {
         K::Item<R, V>: DeserializeOwned,
     {
         let index = self.next_index();
-        let job = Job::new::<K::Item<R, V>, K>(handle.name().to_owned(), index);
+        let job = Job::new::<ByName, K::Item<R, V>, K>(handle.name().to_owned(), index);
         self.insert(handle.cast(), Some(job), false)?;
         Ok(index)
     }
@@ -1377,11 +1379,11 @@ impl<S> Exchange<S> {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn manage<F, A, R, S2, V, K>(&mut self, f: F) -> Managed<'_, S, F>
+    pub fn manage<F, A, R, S2, V, K, F2>(&mut self, f: F) -> Managed<'_, S, F>
     where
-        F: FnMut(A) -> Call<R, S2, V, K>,
+        F: FnMut(A) -> Call<R, S2, V, K, F2>,
         K: Delivery,
-        S: Store<K::Item<R, V>>,
+        F2: Route<S, K::Item<R, V>>,
         K::Item<R, V>: DeserializeOwned,
     {
         Managed { exchange: self, f }
@@ -1416,11 +1418,11 @@ impl<S, F> Managed<'_, S, F> {
     /// # Errors
     ///
     /// As [`Exchange::start`].
-    pub fn call<A, R, S2, V, K>(&mut self, arg: A) -> Result<usize>
+    pub fn call<A, R, S2, V, K, F2>(&mut self, arg: A) -> Result<usize>
     where
-        F: FnMut(A) -> Call<R, S2, V, K>,
+        F: FnMut(A) -> Call<R, S2, V, K, F2>,
         K: Delivery,
-        S: Store<K::Item<R, V>>,
+        F2: Route<S, K::Item<R, V>>,
         K::Item<R, V>: DeserializeOwned,
     {
         let call = (self.f)(arg);

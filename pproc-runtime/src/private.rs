@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 
 use crate::call::Call;
 use crate::channel::Channel;
+use crate::{Error, Failure, Origin, Result};
 
 /// Fails to compile, at the type's span, unless `T` can cross a process
 /// boundary: as an argument, a result or a message of a `#[parallel]`
@@ -54,12 +55,12 @@ pub struct Args<'a, A>(pub &'a A);
 /// Builds the call of a generated `call` function.
 pub trait Encode {
     /// The call of the function registered as `name` with these arguments.
-    fn call<R, S, V, K>(&self, name: &'static str) -> Call<R, S, V, K>;
+    fn call<R, S, V, K, F>(&self, name: &'static str) -> Call<R, S, V, K, F>;
 }
 
 impl<A: Serialize> Encode for &Args<'_, A> {
-    fn call<R, S, V, K>(&self, name: &'static str) -> Call<R, S, V, K> {
-        Call::new(name, self.0)
+    fn call<R, S, V, K, F>(&self, name: &'static str) -> Call<R, S, V, K, F> {
+        Call::<R, S, V, K>::new(name, self.0).retype()
     }
 }
 
@@ -67,11 +68,11 @@ impl<A: Serialize> Encode for &Args<'_, A> {
 /// program does not compile.
 pub trait Unencodable {
     /// Unreachable.
-    fn call<R, S, V, K>(&self, name: &'static str) -> Call<R, S, V, K>;
+    fn call<R, S, V, K, F>(&self, name: &'static str) -> Call<R, S, V, K, F>;
 }
 
 impl<A> Unencodable for Args<'_, A> {
-    fn call<R, S, V, K>(&self, _name: &'static str) -> Call<R, S, V, K> {
+    fn call<R, S, V, K, F>(&self, _name: &'static str) -> Call<R, S, V, K, F> {
         unreachable!("arguments that cannot cross do not compile")
     }
 }
@@ -143,33 +144,20 @@ pub fn fingerprint() -> u64 {
     crate::registry::fingerprint()
 }
 
-/// Fails to compile, at the field's span, unless the field can take `T`.
-pub const fn assert_extend<C: Extend<T>, T>() {}
+/// Extends a `#[store]` field with one value. Generated code calls it at
+/// the field's type, so that a field that cannot take the values fails to
+/// compile there, once.
+pub fn extend<C: Extend<T>, T>(field: &mut C, value: T) {
+    field.extend(Some(value));
+}
 
-/// The value of a routed call, as the type its function returns.
+/// Extends a `#[store(errors)]` field with the failure at `origin`, at the
+/// field's type as [`extend`] does.
 ///
 /// # Errors
 ///
-/// [`Error::Codec`](crate::Error::Codec) if the call was built with another
-/// result type than its function's.
-pub fn downcast<V: 'static, T: 'static>(value: T, origin: &crate::Origin<'_>) -> crate::Result<V> {
-    let value: Box<dyn std::any::Any> = Box::new(value);
-    value
-        .downcast::<V>()
-        .map(|v| *v)
-        .map_err(|_| crate::Error::Codec {
-            message: format!(
-                "the values of `{}` are not of type `{}`",
-                origin.name(),
-                std::any::type_name::<V>()
-            ),
-        })
-}
-
-/// The error for a value that no field takes.
-#[must_use]
-pub fn unrouted(origin: &crate::Origin<'_>) -> crate::Error {
-    crate::Error::Unrouted {
-        name: origin.name().to_owned(),
-    }
+/// Never: the exchange goes on.
+pub fn fail<C: Extend<Failure>>(field: &mut C, error: Error, origin: &Origin<'_>) -> Result<()> {
+    field.extend(Some(Failure::new(error, origin)));
+    Ok(())
 }
