@@ -270,7 +270,7 @@ fn generate(func: &ItemFn, parsed: &Parallel<'_>, options: &Options) -> TokenStr
     };
     // Each type is checked once, at its own span; the code below names no
     // serde bound of its own (see `__private::Args` and `Shim`).
-    let assert = |ty: &dyn ToTokens, span: Span| quote_spanned!(span=> __pproc::__private::assert_crosses::<#ty, _>(););
+    let assert = |ty: &dyn ToTokens, span: Span| quote_spanned!(span=> __pproc::__private::assert_crosses::<#ty>(););
     let asserts = types.iter().map(|ty| assert(ty, ty.span()));
     let ret_span = match &func.sig.output {
         ReturnType::Type(_, ty) => ty.span(),

@@ -16,33 +16,23 @@ use crate::{Error, Failure, Origin, Result};
 /// Fails to compile, at the type's span, unless `T` can cross a process
 /// boundary: as an argument, a result or a message of a `#[parallel]`
 /// function. One error, which says so.
-pub const fn assert_crosses<T: Crosses<Via>, Via>() {}
+pub const fn assert_crosses<T: Crosses>() {}
 
 /// A type that can cross a process boundary: `Serialize +
 /// DeserializeOwned`.
 ///
-/// The second impl never applies (nothing is [`Never`]). With two
-/// candidates, a type that is neither fails here, at the root, with this
-/// message, rather than once for each bound it lacks.
+/// Its impl is not recommended, so that a type that is neither fails here,
+/// at the root, with this message, rather than once for each bound it
+/// lacks.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot cross into another process",
     label = "arguments, results and messages of `#[parallel]` functions must be `Serialize + DeserializeOwned`",
     note = "derive `serde::Serialize` and `serde::Deserialize` for a type of yours; a type of another crate may offer them behind a `serde` feature"
 )]
-pub trait Crosses<Via> {}
+pub trait Crosses {}
 
-/// How most types cross: serde.
-pub enum BySerde {}
-
-/// How no type crosses.
-pub enum Nowhere {}
-
-/// Implemented by no type.
-pub trait Never {}
-
-impl<T: Serialize + DeserializeOwned> Crosses<BySerde> for T {}
-
-impl<T: Never> Crosses<Nowhere> for T {}
+#[diagnostic::do_not_recommend]
+impl<T: Serialize + DeserializeOwned> Crosses for T {}
 
 /// The arguments of a generated `call`, about to be encoded.
 ///
