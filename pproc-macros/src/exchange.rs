@@ -542,4 +542,54 @@ mod tests {
             .contains("already go")
         );
     }
+
+    #[test]
+    fn the_struct_takes_a_crate_path() {
+        let input: DeriveInput = syn::parse_quote!(
+            #[store(crate = renamed)]
+            struct S {
+                #[store]
+                a: Vec<u8>,
+            }
+        );
+        let krate = container_options(&input.attrs).unwrap();
+        assert_eq!(quote!(#krate).to_string(), "renamed");
+        assert!(
+            errors(quote!(
+                struct S {
+                    #[store(crate = renamed)]
+                    a: Vec<u8>,
+                }
+            ))
+            .contains("option of the struct")
+        );
+    }
+
+    #[test]
+    fn a_routing_struct_gets_routes_and_no_store() {
+        let expanded = expand(quote!(
+            struct S {
+                #[store(from = f)]
+                a: Vec<u8>,
+                #[store(from = m::g)]
+                b: Vec<u16>,
+            }
+        ))
+        .to_string();
+        assert_eq!(expanded.matches("Route <").count(), 2, "{expanded}");
+        assert!(!expanded.contains("Store <"), "{expanded}");
+    }
+
+    #[test]
+    fn a_rejected_struct_keeps_a_store() {
+        let expanded = expand(quote!(
+            struct S {
+                #[store(form = f)]
+                a: Vec<u8>,
+            }
+        ))
+        .to_string();
+        assert!(expanded.contains("Store <"), "{expanded}");
+        assert!(expanded.contains("compile_error"), "{expanded}");
+    }
 }

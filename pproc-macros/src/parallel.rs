@@ -497,4 +497,58 @@ mod tests {
             .contains("first parameter")
         );
     }
+
+    #[test]
+    fn takes_a_crate_path() {
+        let options = Options::parse(quote!(crate = ::my::pproc)).unwrap();
+        let krate = options.krate;
+        assert_eq!(quote!(#krate).to_string(), ":: my :: pproc");
+        let err = Options::parse(quote!(crate = "pproc")).err().unwrap();
+        assert!(err.to_string().contains("not a string"), "{err}");
+        let err = Options::parse(quote!(retry = 3)).err().unwrap();
+        assert!(err.to_string().contains("expected `crate`"), "{err}");
+    }
+
+    #[test]
+    fn a_rejected_function_keeps_its_module() {
+        let expanded = expand(
+            quote!(),
+            quote!(
+                async fn fetch(x: u32) -> u32 {
+                    x
+                }
+            ),
+        )
+        .to_string();
+        for item in [
+            "mod fetch",
+            "pub fn start",
+            "pub fn call",
+            "NAME",
+            "Output",
+            "enum Fn",
+        ] {
+            assert!(expanded.contains(item), "{item} missing from {expanded}");
+        }
+        assert!(expanded.contains("compile_error"), "{expanded}");
+        assert!(
+            !expanded.contains("submit"),
+            "a stub registers nothing: {expanded}"
+        );
+    }
+
+    #[test]
+    fn a_rejected_method_gets_no_module() {
+        let expanded = expand(
+            quote!(),
+            quote!(
+                fn get(&self) -> u32 {
+                    0
+                }
+            ),
+        )
+        .to_string();
+        assert!(!expanded.contains("mod get"), "{expanded}");
+        assert!(expanded.contains("compile_error"), "{expanded}");
+    }
 }
