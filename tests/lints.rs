@@ -87,6 +87,28 @@ fn byte(b: u8) -> u8 {
     b
 }
 
+/// A generic struct that routes.
+#[derive(Default, pproc::Exchange)]
+pub struct Keyed<T: Ord> {
+    /// What `byte` returned.
+    #[store(from = byte)]
+    pub bytes: std::collections::BTreeSet<T>,
+    /// What failed.
+    #[store(errors)]
+    pub failures: Vec<pproc::Failure>,
+}
+
+#[test]
+fn a_generic_routing_derive_runs() -> pproc::Result<()> {
+    let mut ex = pproc::Exchange::new(Keyed::<u8>::default());
+    ex.start(byte::call(9))?;
+    ex.start(byte::call(9))?;
+    let keyed = ex.finish()?;
+    assert_eq!(keyed.bytes.into_iter().collect::<Vec<_>>(), [9]);
+    assert!(keyed.failures.is_empty());
+    Ok(())
+}
+
 #[test]
 fn a_tuple_struct_derive_runs() -> pproc::Result<()> {
     let mut ex = pproc::Exchange::new(Plain::default());
@@ -94,6 +116,30 @@ fn a_tuple_struct_derive_runs() -> pproc::Result<()> {
     ex.start(byte::call(7))?;
     let Plain(all, distinct) = ex.finish()?;
     assert_eq!((all.len(), distinct.len()), (2, 1));
+    Ok(())
+}
+
+/// With the crate path spelled out.
+#[parallel(crate = ::pproc)]
+fn spelled(b: u8) -> u8 {
+    b
+}
+
+/// Stored with the crate path spelled out.
+#[derive(Default, pproc::Exchange)]
+#[store(crate = ::pproc)]
+pub struct Spelled {
+    /// What `spelled` returned.
+    #[store(from = spelled)]
+    pub bytes: Vec<u8>,
+}
+
+#[test]
+fn the_crate_option_runs() -> pproc::Result<()> {
+    assert_eq!(spelled::start(3)?.join()?, 3);
+    let mut ex = pproc::Exchange::new(Spelled::default());
+    ex.start(spelled::call(4))?;
+    assert_eq!(ex.finish()?.bytes, [4]);
     Ok(())
 }
 

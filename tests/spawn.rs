@@ -137,7 +137,7 @@ fn rich_serde_types_round_trip() {
 
 #[test]
 fn calls_are_deferred_and_serializable() {
-    let call: Call<i64> = add::call(40, 2);
+    let call: Call<i64> = add::call(40, 2).into();
     assert_eq!(call.name(), add::NAME);
     let copy = call.clone();
     assert_eq!(call.start().unwrap().join().unwrap(), 42);
@@ -147,7 +147,10 @@ fn calls_are_deferred_and_serializable() {
 #[test]
 fn a_call_sent_to_a_child_runs_there() {
     assert_eq!(
-        run_call::start(add::call(40, 2)).unwrap().join().unwrap(),
+        run_call::start(add::call(40, 2).into())
+            .unwrap()
+            .join()
+            .unwrap(),
         42
     );
 }

@@ -15,6 +15,7 @@ impl Errors {
         self.0.push(err);
     }
 
+    /// Whether nothing was found.
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -28,5 +29,11 @@ impl Errors {
                 all
             })
             .map_or(Ok(()), Err)
+    }
+}
+
+impl Extend<syn::Error> for Errors {
+    fn extend<I: IntoIterator<Item = syn::Error>>(&mut self, errors: I) {
+        self.0.extend(errors);
     }
 }

@@ -3,19 +3,89 @@
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{Data, DeriveInput, Fields, Member, Path, Type};
+use syn::{Attribute, Data, DeriveInput, Fields, Member, Path, Type};
 
 use crate::errors::Errors;
+use crate::path;
 
 pub(crate) fn expand(input: TokenStream) -> TokenStream {
     let input: DeriveInput = match syn::parse2(input) {
         Ok(input) => input,
         Err(err) => return err.into_compile_error(),
     };
-    match Store::parse(&input) {
-        Ok(store) => generate(&input, &store),
-        Err(err) => err.into_compile_error(),
+    let krate = container_options(&input.attrs);
+    match (krate, Store::parse(&input)) {
+        (Ok(krate), Ok(store)) => generate(&input, &store, &krate),
+        (krate, store) => {
+            let mut errors = Errors::default();
+            let krate = krate.unwrap_or_else(|err| {
+                errors.add(err);
+                path::default()
+            });
+            errors.extend(store.err());
+            let errors = errors.finish().err().map(syn::Error::into_compile_error);
+            let stub = stub(&input, &krate);
+            quote!(#stub #errors)
+        }
     }
+}
+
+/// What a rejected struct gets beside its errors: a `Store` of every value
+/// whose body never runs (the program does not compile), so that exchanges
+/// built on it compile as they would and the rejection is the only error
+/// (thiserror's `fallback.rs`).
+fn stub(input: &DeriveInput, krate: &Path) -> TokenStream {
+    let name = &input.ident;
+    let value = format_ident!("__PprocValue");
+    let mut generics = input.generics.clone();
+    generics.params.push(syn::parse_quote!(#value));
+    let (impl_generics, _, _) = generics.split_for_impl();
+    let (_, ty_generics, where_clause) = input.generics.split_for_impl();
+    quote! {
+        const _: () = {
+            use #krate as __pproc;
+
+            #[automatically_derived]
+            impl #impl_generics __pproc::Store<#value> for #name #ty_generics #where_clause {
+                fn store(&mut self, _: #value, _: &__pproc::Origin<'_>) -> __pproc::Result<()> {
+                    ::core::unreachable!()
+                }
+            }
+        };
+    }
+}
+
+/// The struct's own `#[store(crate = path)]`: where generated code finds
+/// pproc.
+fn container_options(attrs: &[Attribute]) -> syn::Result<Path> {
+    let mut krate = None;
+    let mut errors = Errors::default();
+    for attr in attrs.iter().filter(|a| a.path().is_ident("store")) {
+        if let syn::Meta::Path(path) = &attr.meta {
+            errors.push(
+                path,
+                "`#[store]` marks a field; on the struct, write `#[store(crate = path)]`",
+            );
+            continue;
+        }
+        let parsed = attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("crate") {
+                if krate.is_some() {
+                    return Err(meta.error("repeated `store` option `crate`"));
+                }
+                krate = Some(path::parse(&meta)?);
+                Ok(())
+            } else {
+                Err(meta.error(format_args!(
+                    "unknown `store` option `{}` on a struct; expected `crate`",
+                    ident(&meta.path)
+                )))
+            }
+        });
+        errors.extend(parsed.err());
+    }
+    errors.finish()?;
+    Ok(krate.unwrap_or_else(path::default))
 }
 
 /// What a `#[store]` field does.
@@ -111,6 +181,9 @@ fn parse_kind(attr: &syn::Attribute) -> syn::Result<Kind> {
                 return Err(repeated());
             }
             errors = Some(meta.path.clone());
+        } else if meta.path.is_ident("crate") {
+            return Err(meta
+                .error("`crate` is an option of the struct's `#[store(...)]`, not of a field's"));
         } else {
             return Err(meta.error(format_args!(
                 "unknown `store` option `{}`; expected `from`, `with` or `errors`",
@@ -185,120 +258,148 @@ fn check(input: &DeriveInput, fields: &Fields, out: &[Field<'_>], errors: &mut E
     }
 }
 
-fn generate(input: &DeriveInput, store: &Store<'_>) -> TokenStream {
+fn generate(input: &DeriveInput, store: &Store<'_>, krate: &Path) -> TokenStream {
+    let impls = if store
+        .fields
+        .iter()
+        .any(|f| matches!(f.kind, Kind::From { .. }))
+    {
+        routed(input, store)
+    } else {
+        plain(input, store)
+    };
+    quote! {
+        const _: () = {
+            use #krate as __pproc;
+
+            #impls
+        };
+    }
+}
+
+/// Where a struct is generic, the bounds its fields need go in the impl's
+/// `where` clause, and a field that cannot take the values fails where the
+/// exchange is used; where it is not, the code that fills a field is
+/// spanned at the field's type, so that the error is there, once.
+struct Impl {
+    generic: bool,
+    bounds: Vec<TokenStream>,
+}
+
+impl Impl {
+    fn new(input: &DeriveInput) -> Self {
+        let bounds = input
+            .generics
+            .where_clause
+            .iter()
+            .flat_map(|w| w.predicates.iter().map(|p| quote!(#p)))
+            .collect();
+        Self {
+            generic: !input.generics.params.is_empty(),
+            bounds,
+        }
+    }
+
+    /// Code that extends `member` of `receiver`, of type `ty`, with
+    /// `value`, of type `value_ty`.
+    fn extend(
+        &mut self,
+        receiver: &TokenStream,
+        member: &Member,
+        ty: &Type,
+        value_ty: &TokenStream,
+    ) -> TokenStream {
+        if self.generic {
+            self.bounds
+                .push(quote!(#ty: ::core::iter::Extend<#value_ty>));
+        }
+        quote_spanned!(ty.span()=> __pproc::__private::extend::<#ty, #value_ty>(&mut #receiver.#member, value);)
+    }
+
+    /// The errors field of `receiver` extended with `error`, if there is
+    /// such a field.
+    fn fail(&mut self, parsed: &Store<'_>, receiver: &TokenStream) -> Option<TokenStream> {
+        let field = parsed
+            .fields
+            .iter()
+            .find(|f| matches!(f.kind, Kind::Errors))?;
+        let (member, ty) = (&field.member, field.ty);
+        if self.generic {
+            self.bounds
+                .push(quote!(#ty: ::core::iter::Extend<__pproc::Failure>));
+        }
+        Some(quote_spanned!(ty.span()=>
+            __pproc::__private::fail::<#ty>(&mut #receiver.#member, error, origin)
+        ))
+    }
+}
+
+/// A struct that routes: `Route<Self, f::Output>` for each field's
+/// function `f::Fn`, and no `Store`, so that a call of any other function
+/// does not compile.
+fn routed(input: &DeriveInput, parsed: &Store<'_>) -> TokenStream {
+    let name = &input.ident;
+    let (impl_generics, ty_generics, _) = input.generics.split_for_impl();
+    let store = quote!(store);
+    let routes = parsed.fields.iter().filter_map(|f| {
+        let Kind::From { func, with } = &f.kind else {
+            return None;
+        };
+        let mut parts = Impl::new(input);
+        let member = &f.member;
+        let take = if let Some(with) = with {
+            quote!(#with(&mut store.#member, value);)
+        } else {
+            parts.extend(&store, member, f.ty, &quote!(#func::Output))
+        };
+        let failed = parts.fail(parsed, &store).map(|fail| {
+            quote! {
+                fn failed(store: &mut #name #ty_generics, error: __pproc::Error, origin: &__pproc::Origin<'_>) -> __pproc::Result<()> {
+                    #fail
+                }
+            }
+        });
+        let bounds = &parts.bounds;
+        Some(quote! {
+            #[automatically_derived]
+            impl #impl_generics __pproc::Route<#name #ty_generics, #func::Output> for #func::Fn
+            where
+                #(#bounds,)*
+            {
+                fn store(store: &mut #name #ty_generics, value: #func::Output, origin: &__pproc::Origin<'_>) -> __pproc::Result<()> {
+                    let _ = origin;
+                    #take
+                    ::core::result::Result::Ok(())
+                }
+
+                #failed
+            }
+        })
+    });
+    quote!(#(#routes)*)
+}
+
+/// A struct that takes every value: one `Store` for every type its fields
+/// take; all but the last get a clone.
+fn plain(input: &DeriveInput, store: &Store<'_>) -> TokenStream {
     let name = &input.ident;
     let value = format_ident!("__PprocValue");
     let mut generics = input.generics.clone();
     generics.params.push(syn::parse_quote!(#value: 'static));
     let (impl_generics, _, _) = generics.split_for_impl();
-    let (_, ty_generics, where_clause) = input.generics.split_for_impl();
-    let mut bounds: Vec<TokenStream> = where_clause
-        .map(|w| w.predicates.iter().map(|p| quote!(#p)).collect())
-        .unwrap_or_default();
-    // Type checks aimed at the fields, where the types are known (not in
-    // generic structs, whose checks happen where the exchange is used).
-    let mut asserts = Vec::new();
-    let generic = !input.generics.params.is_empty();
-
+    let (_, ty_generics, _) = input.generics.split_for_impl();
+    let mut parts = Impl::new(input);
     let plain: Vec<_> = store
         .fields
         .iter()
         .filter(|f| matches!(f.kind, Kind::Plain))
         .collect();
-    let body = if plain.is_empty() {
-        routed_body(store, generic, &mut asserts)
-    } else {
-        plain_body(&plain, &value, &mut bounds)
-    };
-
-    let failed = store
-        .fields
-        .iter()
-        .find(|f| matches!(f.kind, Kind::Errors))
-        .map(|f| {
-            let (member, ty) = (&f.member, f.ty);
-            if generic {
-                bounds.push(quote!(#ty: ::core::iter::Extend<::pproc::Failure>));
-            } else {
-                asserts.push(quote_spanned!(ty.span()=>
-                    ::pproc::__private::assert_extend::<#ty, ::pproc::Failure>();
-                ));
-            }
-            quote! {
-                fn failed(&mut self, error: ::pproc::Error, origin: &::pproc::Origin<'_>) -> ::pproc::Result<()> {
-                    ::core::iter::Extend::extend(
-                        &mut self.#member,
-                        ::core::option::Option::Some(::pproc::Failure::new(error, origin)),
-                    );
-                    ::core::result::Result::Ok(())
-                }
-            }
-        });
-
-    quote! {
-        const _: () = {
-            #(#asserts)*
-        };
-
-        #[automatically_derived]
-        impl #impl_generics ::pproc::Store<#value> for #name #ty_generics
-        where
-            #(#bounds,)*
-        {
-            fn store(&mut self, value: #value, origin: &::pproc::Origin<'_>) -> ::pproc::Result<()> {
-                #body
-            }
-
-            #failed
-        }
-    }
-}
-
-/// Each value goes to the field of the function that produced it.
-fn routed_body(store: &Store<'_>, generic: bool, asserts: &mut Vec<TokenStream>) -> TokenStream {
-    let routes = store.fields.iter().filter_map(|f| {
-        let Kind::From { func, with } = &f.kind else {
-            return None;
-        };
-        let (member, ty) = (&f.member, f.ty);
-        if !generic && with.is_none() {
-            asserts.push(quote_spanned!(ty.span()=>
-                ::pproc::__private::assert_extend::<#ty, #func::Output>();
-            ));
-        }
-        let take = if let Some(with) = with {
-            quote!(#with(&mut self.#member, value);)
-        } else {
-            quote!(::core::iter::Extend::extend(&mut self.#member, ::core::option::Option::Some(value));)
-        };
-        Some(quote! {
-            if origin.name() == #func::NAME {
-                let value: #func::Output = ::pproc::__private::downcast(value, origin)?;
-                #take
-                return ::core::result::Result::Ok(());
-            }
-        })
-    });
-    let routes: Vec<_> = routes.collect();
-    quote! {
-        #(#routes)*
-        let _ = value;
-        ::core::result::Result::Err(::pproc::__private::unrouted(origin))
-    }
-}
-
-/// Every plain field takes every value; all but the last get a clone.
-fn plain_body(
-    plain: &[&Field<'_>],
-    value: &syn::Ident,
-    bounds: &mut Vec<TokenStream>,
-) -> TokenStream {
-    bounds.extend(plain.iter().map(|f| {
+    parts.bounds.extend(plain.iter().map(|f| {
         let ty = f.ty;
         quote!(#ty: ::core::iter::Extend<#value>)
     }));
     if plain.len() > 1 {
-        bounds.push(quote!(#value: ::core::clone::Clone));
+        parts.bounds.push(quote!(#value: ::core::clone::Clone));
     }
     let last = plain.len() - 1;
     let takes = plain.iter().enumerate().map(|(i, f)| {
@@ -310,10 +411,28 @@ fn plain_body(
         };
         quote!(::core::iter::Extend::extend(&mut self.#member, ::core::option::Option::Some(#item));)
     });
+    let failed = parts.fail(store, &quote!(self)).map(|fail| {
+        quote! {
+            fn failed(&mut self, error: __pproc::Error, origin: &__pproc::Origin<'_>) -> __pproc::Result<()> {
+                #fail
+            }
+        }
+    });
+    let bounds = &parts.bounds;
     quote! {
-        let _ = origin;
-        #(#takes)*
-        ::core::result::Result::Ok(())
+        #[automatically_derived]
+        impl #impl_generics __pproc::Store<#value> for #name #ty_generics
+        where
+            #(#bounds,)*
+        {
+            fn store(&mut self, value: #value, origin: &__pproc::Origin<'_>) -> __pproc::Result<()> {
+                let _ = origin;
+                #(#takes)*
+                ::core::result::Result::Ok(())
+            }
+
+            #failed
+        }
     }
 }
 
@@ -422,5 +541,55 @@ mod tests {
             ))
             .contains("already go")
         );
+    }
+
+    #[test]
+    fn the_struct_takes_a_crate_path() {
+        let input: DeriveInput = syn::parse_quote!(
+            #[store(crate = renamed)]
+            struct S {
+                #[store]
+                a: Vec<u8>,
+            }
+        );
+        let krate = container_options(&input.attrs).unwrap();
+        assert_eq!(quote!(#krate).to_string(), "renamed");
+        assert!(
+            errors(quote!(
+                struct S {
+                    #[store(crate = renamed)]
+                    a: Vec<u8>,
+                }
+            ))
+            .contains("option of the struct")
+        );
+    }
+
+    #[test]
+    fn a_routing_struct_gets_routes_and_no_store() {
+        let expanded = expand(quote!(
+            struct S {
+                #[store(from = f)]
+                a: Vec<u8>,
+                #[store(from = m::g)]
+                b: Vec<u16>,
+            }
+        ))
+        .to_string();
+        assert_eq!(expanded.matches("Route <").count(), 2, "{expanded}");
+        assert!(!expanded.contains("Store <"), "{expanded}");
+    }
+
+    #[test]
+    fn a_rejected_struct_keeps_a_store() {
+        let expanded = expand(quote!(
+            struct S {
+                #[store(form = f)]
+                a: Vec<u8>,
+            }
+        ))
+        .to_string();
+        assert!(expanded.contains("Store <"), "{expanded}");
+        assert!(expanded.contains("compile_error"), "{expanded}");
     }
 }

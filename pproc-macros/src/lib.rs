@@ -6,6 +6,7 @@ use proc_macro::TokenStream;
 mod errors;
 mod exchange;
 mod parallel;
+mod path;
 
 /// Makes a function runnable in a child process.
 ///
@@ -15,10 +16,15 @@ mod parallel;
 /// - `start(args…) -> pproc::Result<Handle<R, …>>`: runs the function in a
 ///   new child process, which re-executes this program and is dispatched by
 ///   name before `main`;
-/// - `call(args…) -> pproc::Call<R, …>`: the same invocation, deferred and
-///   serializable;
+/// - `call(args…) -> pproc::Call<R, …, f::Fn>`: the same invocation,
+///   deferred and serializable, which an exchange routes by `Fn`
+///   (`.into()` makes it a `Call<R>` built by name);
 /// - `const NAME: &str`: the name the function is registered under, its
-///   module path.
+///   module path;
+/// - `type Output`: the values an exchange stores from it, what it returns
+///   or, for a channel-style function, what it sends;
+/// - `enum Fn {}`: the function as a type, a
+///   [`Function`](../pproc/trait.Function.html).
 ///
 /// Arguments and the return type must be serde types (`Serialize +
 /// DeserializeOwned`), passed by value. A function whose first parameter is
@@ -29,6 +35,15 @@ mod parallel;
 /// `#[parallel]` functions must be items of a module (the top level of a
 /// file or a `mod`), not of a function body, and cannot be generic, `async`,
 /// `unsafe`, `extern` or methods.
+///
+/// # Options
+///
+/// - `crate = path`: where the generated code finds pproc, `::pproc`
+///   unless told. A crate that depends on pproc under another name (`pp =
+///   { package = "pproc", … }` in its `Cargo.toml`) writes `crate = pp`; one
+///   that reaches it through a re-export writes that path, as a `use` at the
+///   function would (`crate = crate::support::pproc`, `crate =
+///   ::framework::pproc`). The value is a path, not a string.
 ///
 /// # Examples
 ///
@@ -62,6 +77,22 @@ mod parallel;
 /// # Ok(())
 /// # }
 /// ```
+///
+/// Through pproc under another name:
+///
+/// ```
+/// # extern crate pproc as pp;
+/// // Cargo.toml: pp = { package = "pproc", version = "…" }
+/// #[pp::parallel(crate = pp)]
+/// fn add(a: i64, b: i64) -> i64 {
+///     a + b
+/// }
+///
+/// # fn main() -> pp::Result<()> {
+/// assert_eq!(add::start(2, 3)?.join()?, 5);
+/// # Ok(())
+/// # }
+/// ```
 #[proc_macro_attribute]
 pub fn parallel(args: TokenStream, item: TokenStream) -> TokenStream {
     parallel::expand(args.into(), item.into()).into()
@@ -79,14 +110,20 @@ pub fn parallel(args: TokenStream, item: TokenStream) -> TokenStream {
 /// - `#[store(from = f)]`: the field takes the results of the
 ///   `#[parallel]` function `f` only, so one exchange can run several
 ///   functions with different result types. In a struct that routes, every
-///   storing field names its function; a value from a function no field
-///   names is [`Error::Unrouted`](../pproc/enum.Error.html).
+///   storing field names its function, and starting a call of a function
+///   that no field names does not compile: the struct implements
+///   [`Route`](../pproc/trait.Route.html) for each field's `f::Fn`, and no
+///   `Store`.
 /// - `#[store(from = f, with = path)]`: calls `path(&mut field, value)` for
 ///   each result of `f` instead of extending the field.
 /// - `#[store(errors)]`: the field collects a
 ///   [`Failure`](../pproc/struct.Failure.html) (the call's name, index and
 ///   error) for each failed call, and the exchange goes on. Without it, the
 ///   first failure stops the exchange and is returned.
+///
+/// On the struct, `#[store(crate = path)]` tells the generated code where
+/// to find pproc, as `#[parallel]`'s option does: the name pproc has in
+/// your `Cargo.toml`, or the path of a re-export.
 ///
 /// # Examples
 ///
@@ -127,6 +164,30 @@ pub fn parallel(args: TokenStream, item: TokenStream) -> TokenStream {
 /// assert_eq!(results.names[&12], "#12");
 /// assert_eq!(results.failures.len(), 1);
 /// assert!(results.failures[0].error.is_panic());
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Through pproc under another name:
+///
+/// ```
+/// # extern crate pproc as pp;
+/// #[pp::parallel(crate = pp)]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// #[derive(Default, pp::Exchange)]
+/// #[store(crate = pp)]
+/// struct Squares {
+///     #[store]
+///     values: Vec<u64>,
+/// }
+///
+/// # fn main() -> pp::Result<()> {
+/// let mut ex = pp::Exchange::new(Squares::default());
+/// ex.start(square::call(4))?;
+/// assert_eq!(ex.finish()?.values, [16]);
 /// # Ok(())
 /// # }
 /// ```

@@ -1,40 +1,78 @@
 //! `#[parallel]`: parse, check, generate.
 
 use crate::errors::Errors;
+use crate::path;
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, quote_spanned};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type};
+use syn::{FnArg, GenericArgument, Ident, ItemFn, Pat, Path, PathArguments, ReturnType, Type};
 
 pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
-    let func: ItemFn = match syn::parse2(item) {
+    let func: ItemFn = match syn::parse2(item.clone()) {
         Ok(func) => func,
-        Err(err) => return err.into_compile_error(),
+        Err(err) => {
+            let mut tokens = item;
+            tokens.extend(err.into_compile_error());
+            return tokens;
+        }
     };
-    match check_options(args).and_then(|()| Parallel::parse(&func)) {
-        Ok(parsed) => generate(&func, &parsed),
-        Err(err) => with_error(&func, err),
+    let mut errors = Errors::default();
+    let options = Options::parse(args).unwrap_or_else(|err| {
+        errors.add(err);
+        Options::default()
+    });
+    let (parsed, problems) = Parallel::read(&func);
+    let expanded = match problems.finish() {
+        Ok(()) => generate(&func, &parsed, &options),
+        Err(err) => {
+            errors.add(err);
+            stub(&func, &parsed, &options)
+        }
+    };
+    let errors = errors.finish().err().map(syn::Error::into_compile_error);
+    quote!(#expanded #errors)
+}
+
+/// `#[parallel]`'s options.
+struct Options {
+    /// Where generated code finds pproc: `crate = path`.
+    krate: Path,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            krate: path::default(),
+        }
     }
 }
 
-/// The user's item, untouched, followed by the errors: one mistake gives
-/// one message, and the function stays usable for IDEs.
-fn with_error(item: &ItemFn, err: syn::Error) -> TokenStream {
-    let err = err.into_compile_error();
-    quote!(#item #err)
-}
-
-fn check_options(args: TokenStream) -> syn::Result<()> {
-    match args.into_iter().next() {
-        None => Ok(()),
-        Some(first) => Err(syn::Error::new_spanned(
-            first,
-            "`#[parallel]` takes no options",
-        )),
+impl Options {
+    fn parse(args: TokenStream) -> syn::Result<Self> {
+        let mut krate = None;
+        let parser = syn::meta::parser(|meta| {
+            if meta.path.is_ident("crate") {
+                if krate.is_some() {
+                    return Err(meta.error("repeated `parallel` option `crate`"));
+                }
+                krate = Some(path::parse(&meta)?);
+                Ok(())
+            } else {
+                let path = &meta.path;
+                Err(meta.error(format_args!(
+                    "unknown `parallel` option `{}`; expected `crate`",
+                    quote!(#path).to_string().replace(' ', "")
+                )))
+            }
+        });
+        syn::parse::Parser::parse2(parser, args)?;
+        Ok(Self {
+            krate: krate.unwrap_or_else(path::default),
+        })
     }
 }
 
-/// A checked `#[parallel]` function.
+/// A `#[parallel]` function, as read.
 struct Parallel<'a> {
     /// The channel's types as the child sees them, if the first parameter
     /// is a `Channel`.
@@ -43,10 +81,20 @@ struct Parallel<'a> {
     /// the type.
     params: Vec<(Ident, &'a Type)>,
     output: Type,
+    /// Whether the return type passed its checks.
+    owned_output: bool,
 }
 
 impl<'a> Parallel<'a> {
+    /// The function, checked.
+    #[cfg(test)]
     fn parse(func: &'a ItemFn) -> syn::Result<Self> {
+        let (parsed, errors) = Self::read(func);
+        errors.finish().map(|()| parsed)
+    }
+
+    /// The function as far as it can be read, and every problem found.
+    fn read(func: &'a ItemFn) -> (Self, Errors) {
         let mut errors = Errors::default();
         let sig = &func.sig;
         if let Some(kw) = &sig.asyncness {
@@ -106,19 +154,24 @@ impl<'a> Parallel<'a> {
             params.push((name, ty));
         }
 
+        let mut owned_output = true;
         let output = match &sig.output {
             ReturnType::Default => syn::parse_quote!(()),
             ReturnType::Type(_, ty) => {
-                check_owned(ty, "return types", &mut errors);
+                let mut problems = Errors::default();
+                check_owned(ty, "return types", &mut problems);
+                owned_output = problems.is_empty();
+                errors.extend(problems.finish().err());
                 (**ty).clone()
             }
         };
-        errors.finish()?;
-        Ok(Self {
+        let parsed = Self {
             channel,
             params,
             output,
-        })
+            owned_output,
+        };
+        (parsed, errors)
     }
 }
 
@@ -193,7 +246,8 @@ fn check_owned(ty: &Type, what: &str, errors: &mut Errors) {
     }
 }
 
-fn generate(func: &ItemFn, parsed: &Parallel<'_>) -> TokenStream {
+fn generate(func: &ItemFn, parsed: &Parallel<'_>, options: &Options) -> TokenStream {
+    let krate = path::from_child(&options.krate);
     let vis = &func.vis;
     let ident = &func.sig.ident;
     let ret = &parsed.output;
@@ -203,46 +257,37 @@ fn generate(func: &ItemFn, parsed: &Parallel<'_>) -> TokenStream {
         let inputs = &func.sig.inputs;
         quote!(fn #ident(#inputs) -> #ret).to_string()
     };
-    // The parent's end mirrors the child's: it sends what the child
-    // receives and receives what the child sends.
-    let (send, recv, kind, output, run) = match &parsed.channel {
-        Some((child_send, child_recv)) => (
-            quote!(#child_recv),
-            quote!(#child_send),
-            quote!(::pproc::Streams),
-            quote!(#child_send),
-            quote! {
-                ::pproc::__private::run_channel_entry(cx, |ch, (#(#names,)*): (#(#types,)*)| super::#ident(ch, #(#names),*))
-            },
-        ),
-        None => (
-            quote!(()),
-            quote!(()),
-            quote!(::pproc::Returns),
-            quote!(#ret),
-            quote! {
-                ::pproc::__private::run_entry(cx, |(#(#names,)*): (#(#types,)*)| super::#ident(#(#names),*))
-            },
-        ),
+    let [send, recv, kind, output] = parent_types(parsed);
+    let shim = quote!((&&__pproc::__private::Shim::<(#(#types,)*), #ret>::new()));
+    let run = if parsed.channel.is_some() {
+        quote! {
+            #shim.run_channel(cx, |ch, (#(#names,)*): (#(#types,)*)| super::#ident(ch, #(#names),*))
+        }
+    } else {
+        quote! {
+            #shim.run(cx, |(#(#names,)*): (#(#types,)*)| super::#ident(#(#names),*))
+        }
     };
-    let asserts = types
-        .iter()
-        .map(|ty| quote_spanned!(ty.span()=> ::pproc::__private::assert_arg::<#ty>();));
+    // Each type is checked once, at its own span; the code below names no
+    // serde bound of its own (see `__private::Args` and `Shim`).
+    let assert = |ty: &dyn ToTokens, span: Span| quote_spanned!(span=> __pproc::__private::assert_crosses::<#ty>(););
+    let asserts = types.iter().map(|ty| assert(ty, ty.span()));
     let ret_span = match &func.sig.output {
         ReturnType::Type(_, ty) => ty.span(),
         ReturnType::Default => Span::call_site(),
     };
-    let assert_ret = quote_spanned!(ret_span=> ::pproc::__private::assert_result::<#ret>(););
-    let asserts_channel = parsed.channel.iter().flat_map(|(s, v)| {
-        [
-            quote_spanned!(s.span()=> ::pproc::__private::assert_message::<#s>();),
-            quote_spanned!(v.span()=> ::pproc::__private::assert_message::<#v>();),
-        ]
-    });
+    let assert_ret = assert(ret, ret_span);
+    let asserts_channel = parsed
+        .channel
+        .iter()
+        .flat_map(|(s, v)| [assert(s, s.span()), assert(v, v.span())]);
     let doc_mod =
         format!(" Runs [`{ident}`](fn@{ident}) in a child process. Generated by `#[parallel]`.");
     let doc_start = format!(" Runs [`{ident}`](fn@super::{ident}) in a new child process.");
     let doc_call = format!(" A deferred, serializable call of [`{ident}`](fn@super::{ident}).");
+    let doc_fn = format!(
+        " [`{ident}`](fn@super::{ident}), as a type: what an exchange routes its values by (see [`pproc::Function`](__pproc::Function))."
+    );
 
     quote! {
         #func
@@ -252,9 +297,8 @@ fn generate(func: &ItemFn, parsed: &Parallel<'_>) -> TokenStream {
         #vis mod #ident {
             #[allow(unused_imports)]
             use super::*;
+            use #krate as __pproc;
 
-            // First, so that a type that cannot cross processes is reported
-            // at its own span before anything else.
             const _: () = {
                 #(#asserts)*
                 #assert_ret
@@ -269,29 +313,129 @@ fn generate(func: &ItemFn, parsed: &Parallel<'_>) -> TokenStream {
             /// The name the function is registered under: its module path.
             pub const NAME: &str = ::core::module_path!();
 
+            #[doc = #doc_fn]
+            pub enum Fn {}
+
+            impl __pproc::Function for Fn {
+                const NAME: &'static str = NAME;
+            }
+
             #[doc = #doc_start]
             ///
             /// # Errors
             ///
-            /// As [`pproc::Builder::start`](::pproc::Builder::start).
-            pub fn start(#(#names: #types),*) -> ::pproc::Result<::pproc::Handle<#ret, #send, #recv, #kind>> {
+            /// As [`pproc::Builder::start`](__pproc::Builder::start).
+            pub fn start(#(#names: #types),*) -> __pproc::Result<__pproc::Handle<#ret, #send, #recv, #kind>> {
                 self::call(#(#names),*).start()
             }
 
             #[doc = #doc_call]
             #[must_use]
-            pub fn call(#(#names: #types),*) -> ::pproc::Call<#ret, #send, #recv, #kind> {
-                ::pproc::__private::call(NAME, &(#(#names,)*))
+            pub fn call(#(#names: #types),*) -> __pproc::Call<#ret, #send, #recv, #kind, Fn> {
+                #[allow(unused_imports)]
+                use __pproc::__private::{Encode as _, Unencodable as _};
+                (&&__pproc::__private::Args(&(#(#names,)*))).call(NAME)
             }
 
             const _: () = {
-                fn __pproc_entry(cx: ::pproc::__private::Context) {
+                fn __pproc_entry(cx: __pproc::__private::Context) {
+                    #[allow(unused_imports)]
+                    use __pproc::__private::{Run as _, Unrunnable as _};
                     #run
                 }
-                ::pproc::__private::inventory::submit! {
-                    ::pproc::__private::Entry::new(NAME, #signature, __pproc_entry)
+                __pproc::__private::inventory::submit! {
+                    __pproc::__private::Entry::new(NAME, #signature, __pproc_entry)
                 }
             };
+        }
+    }
+}
+
+/// The types of the parent's end: what it sends, what it receives, the
+/// delivery, and `Output`. The parent mirrors the child: it sends what the
+/// child receives and receives what the child sends.
+fn parent_types(parsed: &Parallel<'_>) -> [TokenStream; 4] {
+    if let Some((child_send, child_recv)) = &parsed.channel {
+        [
+            quote!(#child_recv),
+            quote!(#child_send),
+            quote!(__pproc::Streams),
+            quote!(#child_send),
+        ]
+    } else {
+        let ret = &parsed.output;
+        [
+            quote!(()),
+            quote!(()),
+            quote!(__pproc::Returns),
+            quote!(#ret),
+        ]
+    }
+}
+
+/// What a rejected function expands to beside its errors: the function as
+/// written, and the module `generate` would add, with the same items and
+/// bodies that never run (the program does not compile). Code that uses the
+/// module then compiles as it would, so that the rejection is the only
+/// error, and IDEs keep completing (thiserror's `fallback.rs`).
+fn stub(func: &ItemFn, parsed: &Parallel<'_>, options: &Options) -> TokenStream {
+    // A method's module would sit in its `impl` block, where modules cannot.
+    if func.sig.receiver().is_some() {
+        return quote!(#func);
+    }
+    let krate = path::from_child(&options.krate);
+    let vis = &func.vis;
+    let ident = &func.sig.ident;
+    let generics = &func.sig.generics;
+    let where_clause = &generics.where_clause;
+    let types: Vec<_> = parsed.params.iter().map(|(_, ty)| *ty).collect();
+    let [send, recv, kind, mut output] = parent_types(parsed);
+    let mut ret = parsed.output.to_token_stream();
+    if !parsed.owned_output {
+        // A reference or an `impl Trait` would be an error of its own here.
+        ret = quote!(());
+        if parsed.channel.is_none() {
+            output = quote!(());
+        }
+    }
+    if !generics.params.is_empty() {
+        // An alias cannot name the function's type parameters.
+        output = quote!(());
+    }
+    let doc =
+        format!(" Runs [`{ident}`](fn@{ident}) in a child process. Generated by `#[parallel]`.");
+
+    quote! {
+        #func
+
+        #[doc = #doc]
+        #[allow(unreachable_pub, missing_docs, clippy::pedantic, clippy::all)]
+        #vis mod #ident {
+            #[allow(unused_imports)]
+            use super::*;
+            use #krate as __pproc;
+
+            pub type Output = #output;
+
+            pub const NAME: &str = ::core::module_path!();
+
+            pub enum Fn {}
+
+            impl __pproc::Function for Fn {
+                const NAME: &'static str = NAME;
+            }
+
+            pub fn start #generics (#(_: #types),*) -> __pproc::Result<__pproc::Handle<#ret, #send, #recv, #kind>>
+            #where_clause
+            {
+                ::core::unreachable!()
+            }
+
+            pub fn call #generics (#(_: #types),*) -> __pproc::Call<#ret, #send, #recv, #kind, Fn>
+            #where_clause
+            {
+                ::core::unreachable!()
+            }
         }
     }
 }
@@ -352,5 +496,59 @@ mod tests {
             ))
             .contains("first parameter")
         );
+    }
+
+    #[test]
+    fn takes_a_crate_path() {
+        let options = Options::parse(quote!(crate = ::my::pproc)).unwrap();
+        let krate = options.krate;
+        assert_eq!(quote!(#krate).to_string(), ":: my :: pproc");
+        let err = Options::parse(quote!(crate = "pproc")).err().unwrap();
+        assert!(err.to_string().contains("not a string"), "{err}");
+        let err = Options::parse(quote!(retry = 3)).err().unwrap();
+        assert!(err.to_string().contains("expected `crate`"), "{err}");
+    }
+
+    #[test]
+    fn a_rejected_function_keeps_its_module() {
+        let expanded = expand(
+            quote!(),
+            quote!(
+                async fn fetch(x: u32) -> u32 {
+                    x
+                }
+            ),
+        )
+        .to_string();
+        for item in [
+            "mod fetch",
+            "pub fn start",
+            "pub fn call",
+            "NAME",
+            "Output",
+            "enum Fn",
+        ] {
+            assert!(expanded.contains(item), "{item} missing from {expanded}");
+        }
+        assert!(expanded.contains("compile_error"), "{expanded}");
+        assert!(
+            !expanded.contains("submit"),
+            "a stub registers nothing: {expanded}"
+        );
+    }
+
+    #[test]
+    fn a_rejected_method_gets_no_module() {
+        let expanded = expand(
+            quote!(),
+            quote!(
+                fn get(&self) -> u32 {
+                    0
+                }
+            ),
+        )
+        .to_string();
+        assert!(!expanded.contains("mod get"), "{expanded}");
+        assert!(expanded.contains("compile_error"), "{expanded}");
     }
 }

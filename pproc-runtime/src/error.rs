@@ -99,7 +99,8 @@ pub enum Error {
         name: String,
     },
     /// A value reached an [`Exchange`](crate::Exchange) whose store has no
-    /// field for the function that produced it.
+    /// field for the function that produced it: a store of yours may say
+    /// so; a derived one routes when the program compiles.
     #[error("no `#[store]` field takes the values of `{name}`")]
     Unrouted {
         /// The registered name of the function.

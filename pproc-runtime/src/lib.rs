@@ -30,7 +30,7 @@ pub mod fuzzing;
 
 pub use child::channel::Channel;
 pub use collect::background::{Background, Gathered, start_background};
-pub use collect::exchange::{Exchange, Failure, Managed, Origin, Store};
+pub use collect::exchange::{Exchange, Failure, Managed, Origin, Route, Store};
 pub use collect::map::{Fork, Map, Queue, Task, fork, pmap};
 pub use collect::pool::{Arrivals, Pending, Pool};
 pub use collect::timer::{MAX_RATE_OVERLAP, Timer, interval, later, rate};
@@ -38,6 +38,7 @@ pub use error::{Error, Limit, Result};
 pub use parent::builder::Builder;
 pub use parent::call::Call;
 pub use parent::delivery::{Delivery, Returns, Streams};
+pub use parent::function::{ByName, Function};
 pub use parent::handle::{Handle, Output};
 pub use parent::supervise::{join_all, join_any, select};
 pub use process::tree::{ChildInfo, Node, children, parent, tree, waitall};

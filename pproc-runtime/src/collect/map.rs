@@ -68,7 +68,7 @@ impl<T> Store<T> for Slots<T> {
 
 mod sealed {
     pub trait Sealed {}
-    impl<R, S, V, K> Sealed for crate::Call<R, S, V, K> {}
+    impl<R, S, V, K, F> Sealed for crate::Call<R, S, V, K, F> {}
     impl<F, T> Sealed for super::Fork<F, T> {}
 }
 
@@ -87,7 +87,7 @@ pub trait Task: sealed::Sealed {
     fn launch<S: Store<Self::Item>>(self, exchange: &mut Exchange<S>) -> Result<usize>;
 }
 
-impl<R, S, V, K> Task for Call<R, S, V, K>
+impl<R, S, V, K, F> Task for Call<R, S, V, K, F>
 where
     K: Delivery,
     K::Item<R, V>: DeserializeOwned,

@@ -148,7 +148,7 @@ impl Pool {
     ///
     /// Only if the pool itself fails (its poll set); a call that cannot run
     /// fails when it is joined.
-    pub fn start<R, S, V, K>(&self, call: Call<R, S, V, K>) -> Result<Pending<K::Item<R, V>>>
+    pub fn start<R, S, V, K, F>(&self, call: Call<R, S, V, K, F>) -> Result<Pending<K::Item<R, V>>>
     where
         K: Delivery,
         K::Item<R, V>: DeserializeOwned + Send + 'static,
@@ -167,10 +167,10 @@ impl Pool {
     /// # Errors
     ///
     /// The first failed item's error, in input order.
-    pub fn map<I, F, R, S, V, K>(&self, f: F, items: I) -> Result<Vec<K::Item<R, V>>>
+    pub fn map<I, F, R, S, V, K, F2>(&self, f: F, items: I) -> Result<Vec<K::Item<R, V>>>
     where
         I: IntoIterator,
-        F: FnMut(I::Item) -> Call<R, S, V, K>,
+        F: FnMut(I::Item) -> Call<R, S, V, K, F2>,
         K: Delivery,
         K::Item<R, V>: DeserializeOwned + Send + 'static,
     {
@@ -189,10 +189,10 @@ impl Pool {
     /// # Errors
     ///
     /// Only if the pool itself fails.
-    pub fn queue<I, F, R, S, V, K>(&self, f: F, items: I) -> Result<Arrivals<K::Item<R, V>>>
+    pub fn queue<I, F, R, S, V, K, F2>(&self, f: F, items: I) -> Result<Arrivals<K::Item<R, V>>>
     where
         I: IntoIterator,
-        F: FnMut(I::Item) -> Call<R, S, V, K>,
+        F: FnMut(I::Item) -> Call<R, S, V, K, F2>,
         K: Delivery,
         K::Item<R, V>: DeserializeOwned + Send + 'static,
     {

@@ -85,12 +85,12 @@ pub struct Timer<R> {
 /// # Errors
 ///
 /// [`Error::Spawn`] if the timer's thread cannot start.
-pub fn later<R, S, V, K>(delay: Duration, call: Call<R, S, V, K>) -> Result<Timer<R>>
+pub fn later<R, S, V, K, F>(delay: Duration, call: Call<R, S, V, K, F>) -> Result<Timer<R>>
 where
     R: DeserializeOwned + Send + 'static,
     Call<R, S, V, K>: 'static,
 {
-    let mut call = Some(call);
+    let mut call = Some(call.retype());
     Timer::start(Pace::Once(delay), move || {
         call.take()
             .ok_or_else(|| Error::codec("a `later` call runs once"))
@@ -128,13 +128,13 @@ where
 /// # Errors
 ///
 /// [`Error::Spawn`] if the timer's thread cannot start.
-pub fn interval<R, S, V, K, F>(period: Duration, mut make: F) -> Result<Timer<R>>
+pub fn interval<R, S, V, K, F, F2>(period: Duration, mut make: F) -> Result<Timer<R>>
 where
     R: DeserializeOwned + Send + 'static,
     Call<R, S, V, K>: 'static,
-    F: FnMut() -> Call<R, S, V, K> + Send + 'static,
+    F: FnMut() -> Call<R, S, V, K, F2> + Send + 'static,
 {
-    Timer::start(Pace::Interval(period), move || Ok(make()))
+    Timer::start(Pace::Interval(period), move || Ok(make().retype()))
 }
 
 /// Runs a call from `make` `per_second` times a second, at a steady pace
@@ -167,11 +167,11 @@ where
 ///
 /// [`Error::Spawn`] if the timer's thread cannot start; [`Error::Io`] if
 /// `per_second` is not a positive, finite number.
-pub fn rate<R, S, V, K, F>(per_second: f64, mut make: F) -> Result<Timer<R>>
+pub fn rate<R, S, V, K, F, F2>(per_second: f64, mut make: F) -> Result<Timer<R>>
 where
     R: DeserializeOwned + Send + 'static,
     Call<R, S, V, K>: 'static,
-    F: FnMut() -> Call<R, S, V, K> + Send + 'static,
+    F: FnMut() -> Call<R, S, V, K, F2> + Send + 'static,
 {
     let period = Duration::try_from_secs_f64(1.0 / per_second)
         .ok()
@@ -182,7 +182,7 @@ where
                 format!("a rate must be a positive number of runs per second, not {per_second}"),
             ))
         })?;
-    Timer::start(Pace::Rate(period), move || Ok(make()))
+    Timer::start(Pace::Rate(period), move || Ok(make().retype()))
 }
 
 impl<R: DeserializeOwned + Send + 'static> Timer<R> {

@@ -14,7 +14,7 @@ use crate::registry;
 use crate::wire::conn::{self, Conn, DEFAULT_MAX_FRAME};
 use crate::wire::spec::Mode;
 
-impl<R, S, V, K> Call<R, S, V, K> {
+impl<R, S, V, K, F> Call<R, S, V, K, F> {
     /// Runs the call in a new child process, with the default options.
     ///
     /// # Errors
@@ -210,7 +210,7 @@ impl Builder {
     /// [`Error::Codec`] if the arguments did not serialize,
     /// [`Error::Spawn`] if the process could not be started (or a limit
     /// could not be set on it).
-    pub fn start<R, S, V, K>(&self, call: Call<R, S, V, K>) -> Result<Handle<R, S, V, K>> {
+    pub fn start<R, S, V, K, F>(&self, call: Call<R, S, V, K, F>) -> Result<Handle<R, S, V, K>> {
         let (name, args) = call.into_parts();
         self.start_raw(name, args).map(Handle::cast)
     }

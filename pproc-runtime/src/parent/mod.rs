@@ -4,5 +4,6 @@
 pub(crate) mod builder;
 pub(crate) mod call;
 pub(crate) mod delivery;
+pub(crate) mod function;
 pub(crate) mod handle;
 pub(crate) mod supervise;

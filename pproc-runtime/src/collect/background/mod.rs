@@ -74,9 +74,9 @@ use crate::wire::wait::{Deadline, poll_until};
 /// # Ok(())
 /// # }
 /// ```
-pub fn start_background<R, S, V, K: Delivery>(
+pub fn start_background<R, S, V, K: Delivery, F>(
     address: impl AsRef<Path>,
-    call: Call<R, S, V, K>,
+    call: Call<R, S, V, K, F>,
 ) -> Result<()> {
     let address = address.as_ref();
     let (name, args) = call.into_parts();

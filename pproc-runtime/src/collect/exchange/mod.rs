@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use self::member::{Member, State};
 use self::poller::Poller;
 use self::store::Job;
-pub use self::store::{Failure, Origin, Store};
+pub use self::store::{Failure, Origin, Route, Store};
 use super::progress::Bar;
 use crate::child::channel::Channel;
 use crate::child::entry::run_forked;
@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::parent::builder::Builder;
 use crate::parent::call::Call;
 use crate::parent::delivery::{Delivery, Streams};
+use crate::parent::function::ByName;
 use crate::parent::handle::Handle;
 use crate::process::fork::fork;
 use crate::wire::conn::Conn;
@@ -633,22 +634,24 @@ impl<S> Exchange<S> {
     /// (see [`Origin::index`]).
     ///
     /// The store takes the function's return value, or for a channel-style
-    /// function the values it sends (see [`Delivery`]).
+    /// function the values it sends (see [`Delivery`]). A store that routes
+    /// by function takes the calls of its functions only: any other does
+    /// not compile (see [`Route`]).
     ///
     /// # Errors
     ///
     /// As [`store`](Self::store): a call that cannot start is a failure of
     /// that call.
-    pub fn start<R, S2, V, K>(&mut self, call: Call<R, S2, V, K>) -> Result<usize>
+    pub fn start<R, S2, V, K, F>(&mut self, call: Call<R, S2, V, K, F>) -> Result<usize>
     where
         K: Delivery,
-        S: Store<K::Item<R, V>>,
+        F: Route<S, K::Item<R, V>>,
         K::Item<R, V>: DeserializeOwned,
     {
         let index = self.next_index();
         let (name, args) = call.into_parts();
         self.waiting.push_back(Queued {
-            job: Job::new::<K::Item<R, V>, K>(name, index),
+            job: Job::new::<F, K::Item<R, V>, K>(name, index),
             args,
         });
         self.fill()?;
@@ -668,7 +671,7 @@ impl<S> Exchange<S> {
         K::Item<R, V>: DeserializeOwned,
     {
         let index = self.next_index();
-        let job = Job::new::<K::Item<R, V>, K>(handle.name().to_owned(), index);
+        let job = Job::new::<ByName, K::Item<R, V>, K>(handle.name().to_owned(), index);
         self.insert(handle.cast(), Self::running(job))?;
         Ok(index)
     }
@@ -826,11 +829,11 @@ impl<S> Exchange<S> {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn manage<F, A, R, S2, V, K>(&mut self, f: F) -> Managed<'_, S, F>
+    pub fn manage<F, A, R, S2, V, K, F2>(&mut self, f: F) -> Managed<'_, S, F>
     where
-        F: FnMut(A) -> Call<R, S2, V, K>,
+        F: FnMut(A) -> Call<R, S2, V, K, F2>,
         K: Delivery,
-        S: Store<K::Item<R, V>>,
+        F2: Route<S, K::Item<R, V>>,
         K::Item<R, V>: DeserializeOwned,
     {
         Managed { exchange: self, f }
@@ -865,11 +868,11 @@ impl<S, F> Managed<'_, S, F> {
     /// # Errors
     ///
     /// As [`Exchange::start`].
-    pub fn call<A, R, S2, V, K>(&mut self, arg: A) -> Result<usize>
+    pub fn call<A, R, S2, V, K, F2>(&mut self, arg: A) -> Result<usize>
     where
-        F: FnMut(A) -> Call<R, S2, V, K>,
+        F: FnMut(A) -> Call<R, S2, V, K, F2>,
         K: Delivery,
-        S: Store<K::Item<R, V>>,
+        F2: Route<S, K::Item<R, V>>,
         K::Item<R, V>: DeserializeOwned,
     {
         let call = (self.f)(arg);

@@ -1,6 +1,8 @@
 //! What users implement and see of an exchange: the [`Store`] a result
-//! goes to, the [`Origin`] it came from, a [`Failure`]; and the job that
-//! carries a call's static types to its store.
+//! goes to, the [`Route`] by which a function's values reach it (checked
+//! when the program compiles), the [`Origin`] a value came from, a
+//! [`Failure`]; and the job that carries a call's static types to its
+//! store.
 
 use serde::de::DeserializeOwned;
 
@@ -67,8 +69,10 @@ impl Failure {
 
 /// What an [`Exchange`](crate::Exchange) does with each result: pprocess's `store_data`.
 ///
-/// `#[derive(Exchange)]` implements it for a struct of collections; it is
-/// implemented for `Vec<T>`, which keeps results in the order they arrive.
+/// `#[derive(Exchange)]` implements it for a struct of collections (one
+/// that routes values by function gets a [`Route`] for each function
+/// instead); it is implemented for `Vec<T>`, which keeps results in the
+/// order they arrive.
 ///
 /// # Examples
 ///
@@ -152,17 +156,79 @@ impl<T> Store<T> for Vec<T> {
     }
 }
 
+/// The route of the values of a function, `Self`, of type `T`, into the
+/// store `S`: what [`Exchange::start`](crate::Exchange::start) asks of a
+/// call's function ([`Function`](crate::Function), or [`ByName`](crate::ByName)).
+///
+/// Every function's values reach every [`Store<T>`]. `#[derive(Exchange)]`
+/// on a struct whose fields take `#[store(from = f)]` implements `Route<S,
+/// f::Output>` for each such `f::Fn` instead, and no `Store`: a call of a
+/// function that no field takes is then an error when the program
+/// compiles, not when its value arrives. The functions are [`Store`]'s.
+#[diagnostic::on_unimplemented(
+    message = "`{S}` does not take the values of `{Self}`",
+    label = "`{S}` takes no `{T}` from `{Self}`",
+    note = "a `Store<T>` takes the values of type `T` of every function; a struct that derives `Exchange` with `#[store(from = f)]` fields takes those of the functions its fields name, and a call built by name (`Call::new`) names none"
+)]
+pub trait Route<S, T> {
+    /// Stores one value.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::store`].
+    fn store(store: &mut S, value: T, origin: &Origin<'_>) -> Result<()>;
+
+    /// Called when a call fails; the default returns the error, which stops
+    /// the exchange.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::failed`].
+    fn failed(store: &mut S, error: Error, origin: &Origin<'_>) -> Result<()> {
+        let _ = (store, origin);
+        Err(error)
+    }
+
+    /// Called once when a call is over; the default does nothing.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::ended`].
+    fn ended(store: &mut S, origin: &Origin<'_>) -> Result<()> {
+        let _ = (store, origin);
+        Ok(())
+    }
+}
+
+// Not recommended: a function that no field of a routing store takes is
+// then reported as `Route`, with its message, rather than as the `Store`
+// bound below.
+#[diagnostic::do_not_recommend]
+impl<S: Store<T>, F, T> Route<S, T> for F {
+    fn store(store: &mut S, value: T, origin: &Origin<'_>) -> Result<()> {
+        store.store(value, origin)
+    }
+
+    fn failed(store: &mut S, error: Error, origin: &Origin<'_>) -> Result<()> {
+        store.failed(error, origin)
+    }
+
+    fn ended(store: &mut S, origin: &Origin<'_>) -> Result<()> {
+        store.ended(origin)
+    }
+}
+
 /// Decodes a value with its own type and hands it to the store.
 type Sink<S> = fn(&mut S, Result<&[u8]>, &Origin<'_>) -> Result<()>;
 
-fn sink<S: Store<T>, T: DeserializeOwned>(
+fn sink<S, F: Route<S, T>, T: DeserializeOwned>(
     store: &mut S,
     result: Result<&[u8]>,
     origin: &Origin<'_>,
 ) -> Result<()> {
     match result.and_then(decode::<T>) {
-        Ok(value) => store.store(value, origin),
-        Err(error) => store.failed(error, origin),
+        Ok(value) => F::store(store, value, origin),
+        Err(error) => F::failed(store, error, origin),
     }
 }
 
@@ -183,15 +249,15 @@ pub(super) struct Job<S> {
 }
 
 impl<S> Job<S> {
-    pub(super) fn new<T: DeserializeOwned, K: Delivery>(name: String, index: usize) -> Self
-    where
-        S: Store<T>,
-    {
+    pub(super) fn new<F: Route<S, T>, T: DeserializeOwned, K: Delivery>(
+        name: String,
+        index: usize,
+    ) -> Self {
         Self {
             name,
             index,
-            sink: sink::<S, T>,
-            end: <S as Store<T>>::ended,
+            sink: sink::<S, F, T>,
+            end: F::ended,
             streams: K::STREAMS,
             values: 0,
         }
