@@ -167,10 +167,12 @@ impl Pool {
     /// # Errors
     ///
     /// The first failed item's error, in input order.
-    pub fn map<I, F, R, S, V, K, F2>(&self, f: F, items: I) -> Result<Vec<K::Item<R, V>>>
+    pub fn map<I: IntoIterator, R, S, V, K, F2>(
+        &self,
+        f: impl FnMut(I::Item) -> Call<R, S, V, K, F2>,
+        items: I,
+    ) -> Result<Vec<K::Item<R, V>>>
     where
-        I: IntoIterator,
-        F: FnMut(I::Item) -> Call<R, S, V, K, F2>,
         K: Delivery,
         K::Item<R, V>: DeserializeOwned + Send + 'static,
     {
