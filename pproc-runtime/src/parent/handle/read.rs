@@ -77,7 +77,8 @@ impl Outcome {
     fn into_result(self) -> Result<Vec<u8>> {
         match self {
             Self::Value(bytes) => Ok(bytes),
-            other => Err(other.error().unwrap_or(Error::Disconnected)),
+            Self::Panic(report) => Err(report.into()),
+            Self::Refused(refusal) => Err(refusal.into()),
         }
     }
 }
