@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::rc::Rc;
 use std::time::Duration;
 
-use pproc::{Channel, Error, Map, Queue, parallel, pmap};
+use pproc::{BatchSize, Channel, Error, Map, Queue, parallel, pmap};
 use pproc_workspace::{children, open_fds, serial};
 
 #[parallel]
@@ -56,6 +56,22 @@ fn row(ch: Channel<(u64, u64)>, i: u64, n: u64) {
 #[parallel]
 fn whoami(_x: u64) -> u32 {
     std::process::id()
+}
+
+/// The process that ran item `x`; item `bad` dies as `how` says: `"abort"`,
+/// `"kill"` (SIGKILL of itself) or `"panic"`.
+#[parallel]
+fn fragile(x: u64, bad: u64, how: String) -> (u64, u32) {
+    if x == bad {
+        match how.as_str() {
+            "abort" => std::process::abort(),
+            "kill" => {
+                nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL).unwrap();
+            }
+            _ => panic!("item {x} panics"),
+        }
+    }
+    (x, std::process::id())
 }
 
 /// Sends `x` once, or nothing for 0.
@@ -225,14 +241,15 @@ fn get_reports_a_failed_item() {
 #[test]
 fn reuse_runs_a_map_on_a_few_processes() {
     let _serial = serial();
+    // Reused by default.
     let pids: HashSet<u32> = Map::new(whoami::call, 0..200)
         .limit(2)
-        .reuse(true)
         .collect::<pproc::Result<_>>()
         .unwrap();
     assert!(pids.len() <= 2, "{} processes", pids.len());
     let pids: HashSet<u32> = Map::new(whoami::call, 0..20)
         .limit(2)
+        .reuse(false)
         .collect::<pproc::Result<_>>()
         .unwrap();
     assert_eq!(pids.len(), 20, "a process per item without reuse");
@@ -375,4 +392,73 @@ fn a_queue_waits_for_one_item_and_still_yields_it() {
     assert!(seen.contains(&144));
     drop(queue);
     assert_eq!(children(), Vec::<u32>::new());
+}
+
+/// Ten items a batch on one worker: item 5 kills the worker in the middle of
+/// its first batch.
+fn one_worker_batches_of_ten(how: &str) -> Vec<(usize, pproc::Result<(u64, u32)>)> {
+    let how = how.to_owned();
+    let mut queue = Queue::new(move |i| fragile::call(i, 5, how.clone()), 0..30)
+        .limit(1)
+        .batch(BatchSize::Fixed(10));
+    let mut outcomes: Vec<_> = std::iter::from_fn(|| queue.next_indexed()).collect();
+    outcomes.sort_by_key(|(i, _)| *i);
+    outcomes
+}
+
+#[test]
+fn a_worker_that_dies_mid_batch_fails_only_the_item_it_ran() {
+    let _serial = serial();
+    for (how, signal) in [("abort", 6), ("kill", 9)] {
+        let outcomes = one_worker_batches_of_ten(how);
+        assert_eq!(outcomes.len(), 30, "{how}: every item has an outcome");
+        let pid = |i: usize| outcomes[i].1.as_ref().map(|&(_, pid)| pid).ok();
+        for (i, (index, outcome)) in outcomes.iter().enumerate() {
+            assert_eq!(*index, i);
+            if i == 5 {
+                assert!(
+                    matches!(outcome, Err(Error::Signaled { signal: s }) if *s == signal),
+                    "{how}: {outcome:?}"
+                );
+            } else {
+                assert_eq!(outcome.as_ref().unwrap().0, i as u64, "{how}");
+            }
+        }
+        // What the first worker finished came from it; the rest of its
+        // batch ran on the worker that replaced it.
+        assert!((1..5).all(|i| pid(i) == pid(0)), "{how}: {outcomes:?}");
+        assert_ne!(pid(6), pid(0), "{how}: the rest ran elsewhere");
+        assert!((7..30).all(|i| pid(i) == pid(6)), "{how}: {outcomes:?}");
+        assert_eq!(children(), Vec::<u32>::new());
+    }
+}
+
+#[test]
+fn a_panic_in_a_batch_fails_its_item_and_the_worker_goes_on() {
+    let _serial = serial();
+    let outcomes = one_worker_batches_of_ten("panic");
+    assert!(
+        matches!(&outcomes[5].1, Err(Error::Panicked { message, .. }) if message == "item 5 panics")
+    );
+    let pids: HashSet<u32> = outcomes
+        .iter()
+        .filter_map(|(_, outcome)| Some(outcome.as_ref().ok()?.1))
+        .collect();
+    assert_eq!(pids.len(), 1, "one worker ran every item");
+}
+
+#[test]
+fn tiny_items_are_batched_in_order_on_few_workers() {
+    let _serial = serial();
+    let fds = open_fds();
+    let out: Vec<(u64, u32)> = Map::new(|i| fragile::call(i, u64::MAX, String::new()), 0..5000)
+        .limit(2)
+        .collect::<pproc::Result<_>>()
+        .unwrap();
+    assert!(out.iter().enumerate().all(|(i, &(x, _))| x == i as u64));
+    let pids: HashSet<u32> = out.iter().map(|&(_, pid)| pid).collect();
+    assert!(pids.len() <= 2, "{} workers", pids.len());
+    assert_eq!(pmap(square::call, 0..3000).unwrap()[2999], 2999 * 2999);
+    assert_eq!(children(), Vec::<u32>::new());
+    assert_eq!(open_fds(), fds, "descriptors leaked");
 }

@@ -30,7 +30,7 @@ pub mod fuzzing;
 
 pub use child::channel::Channel;
 pub use collect::background::{Background, Gathered, start_background};
-pub use collect::exchange::{Exchange, Failure, Managed, Origin, Route, Store};
+pub use collect::exchange::{BatchSize, Exchange, Failure, Managed, Origin, Route, Store};
 pub use collect::map::{Fork, Map, Queue, Task, fork, pmap};
 pub use collect::pool::{Arrivals, Pending, Pool};
 pub use collect::timer::{MAX_RATE_OVERLAP, Timer, interval, later, rate};

@@ -174,12 +174,12 @@
 #[doc(inline)]
 pub use pproc_macros::{Exchange, parallel};
 pub use pproc_runtime::{
-    Arrivals, Background, Builder, ByName, Call, Channel, ChildInfo, DEFAULT_MAX_FRAME, Delivery,
-    EXIT_OUT_OF_MEMORY, EXIT_PROTOCOL, EXIT_UNREGISTERED, EXIT_VERSION_SKEW, Error, Exchange,
-    Failure, Fork, Function, Gathered, Handle, Iter, Limit, MAX_RATE_OVERLAP, Managed, Map, Node,
-    Origin, Output, Pending, Pool, Queue, Reply, Request, RequestId, Result, Returns, Route, Store,
-    Streams, Task, Timer, children, fork, interval, is_registered, join_all, join_any, later,
-    parent, pmap, rate, registered, select, start_background, tree, waitall,
+    Arrivals, Background, BatchSize, Builder, ByName, Call, Channel, ChildInfo, DEFAULT_MAX_FRAME,
+    Delivery, EXIT_OUT_OF_MEMORY, EXIT_PROTOCOL, EXIT_UNREGISTERED, EXIT_VERSION_SKEW, Error,
+    Exchange, Failure, Fork, Function, Gathered, Handle, Iter, Limit, MAX_RATE_OVERLAP, Managed,
+    Map, Node, Origin, Output, Pending, Pool, Queue, Reply, Request, RequestId, Result, Returns,
+    Route, Store, Streams, Task, Timer, children, fork, interval, is_registered, join_all,
+    join_any, later, parent, pmap, rate, registered, select, start_background, tree, waitall,
 };
 
 pub use pproc_runtime::manager;

@@ -9,7 +9,7 @@ use std::marker::PhantomData;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::exchange::{Exchange, Origin, Store};
+use super::exchange::{BatchSize, Exchange, Origin, Store};
 use crate::child::channel::Channel;
 use crate::error::{Error, Result};
 use crate::parent::builder::Builder;
@@ -78,7 +78,8 @@ pub trait Task: sealed::Sealed {
     /// The type of the value it delivers.
     type Item;
 
-    /// Starts it on `exchange`; returns its index there.
+    /// Starts it on `exchange`, or queues it there to start with the next
+    /// batch; returns its index there.
     ///
     /// # Errors
     ///
@@ -95,7 +96,7 @@ where
     type Item = K::Item<R, V>;
 
     fn launch<St: Store<Self::Item>>(self, exchange: &mut Exchange<St>) -> Result<usize> {
-        exchange.start(self)
+        Ok(exchange.enqueue(self))
     }
 }
 
@@ -167,6 +168,10 @@ struct Engine<C, T> {
     exchange: Exchange<Slots<T>>,
     limit: usize,
     window: Option<usize>,
+    /// Whether the user chose to reuse processes or not; by default they
+    /// are reused, unless a deadline or a CPU limit is set, which bound
+    /// each item's process.
+    reuse: Option<bool>,
     started: usize,
     /// The first item the consumer has not had yet, or the furthest it
     /// asked for: the window runs ahead of it.
@@ -182,11 +187,16 @@ fn cores() -> usize {
 impl<C: Iterator, T> Engine<C, T> {
     fn new(calls: C, ordered: bool) -> Self {
         let limit = cores();
+        let exchange = Exchange::new(Slots::new(ordered))
+            .limit(limit)
+            .reuse(true)
+            .batch(BatchSize::Auto);
         Self {
             calls: calls.fuse(),
-            exchange: Exchange::new(Slots::new(ordered)).limit(limit),
+            exchange,
             limit,
             window: None,
+            reuse: None,
             started: 0,
             cursor: 0,
             stopped: false,
@@ -220,8 +230,22 @@ impl<C: Iterator, T> Engine<C, T> {
         }
     }
 
+    /// By default, twice what the workers can hold: a batch running on
+    /// each and one more waiting for each.
     fn window(&self) -> usize {
-        self.window.unwrap_or(2 * self.limit)
+        self.window
+            .unwrap_or_else(|| 2 * self.limit * self.exchange.batch_size())
+    }
+
+    /// How many items may be started and not over: a batch for each
+    /// worker and the next ones, as far as the window goes; with a process
+    /// per item, the limit.
+    fn ahead(&self) -> usize {
+        if self.exchange.batches() {
+            self.window()
+        } else {
+            self.limit
+        }
     }
 
     /// Stops every child and starts nothing more.
@@ -242,14 +266,15 @@ where
     /// Starts items while fewer than the limit run and the window ahead
     /// of the cursor has room.
     fn feed(&mut self) -> Result<()> {
-        while !self.stopped && self.in_flight() < self.limit && self.room() {
+        while !self.stopped && self.in_flight() < self.ahead() && self.room() {
             let Some(call) = self.calls.next() else {
                 break;
             };
             call.launch(&mut self.exchange)?;
             self.started += 1;
         }
-        Ok(())
+        // Queued together, so that they can go out in batches.
+        self.exchange.dispatch()
     }
 
     /// Starts what may start, then waits until an outcome arrives. Returns
@@ -276,11 +301,30 @@ macro_rules! options {
             self
         }
 
-        /// Runs the items on reused worker processes instead of a process
-        /// per item (pprocess's `reuse` and `MakeReusable`).
+        /// Whether the items run on reused worker processes, in batches
+        /// (see [`batch`](Self::batch)): the default. `reuse(false)` runs
+        /// each item in a process of its own, as pprocess does by default:
+        /// nothing an item leaves in its process (a static, a leak, a
+        /// changed directory) reaches the next, at the cost of a process
+        /// start (about a millisecond) per item.
+        ///
+        /// Unless this is set, a [`builder`](Self::builder) with a
+        /// [`deadline`](Builder::deadline) or a
+        /// [`cpu_limit`](Builder::cpu_limit) also gives each item a process
+        /// of its own, since those bound a process, not an item.
         #[must_use]
         pub fn reuse(mut self, reuse: bool) -> Self {
+            self.engine.reuse = Some(reuse);
             self.engine.configure(|ex| ex.reuse(reuse));
+            self
+        }
+
+        /// How many items a reused worker is sent at once: measured as
+        /// the items run by default ([`BatchSize::Auto`]). No effect with
+        /// [`reuse(false)`](Self::reuse).
+        #[must_use]
+        pub fn batch(mut self, batch: BatchSize) -> Self {
+            self.engine.configure(|ex| ex.batch(batch));
             self
         }
 
@@ -300,7 +344,9 @@ macro_rules! options {
         /// The options children are started with.
         #[must_use]
         pub fn builder(mut self, builder: Builder) -> Self {
-            self.engine.configure(|ex| ex.builder(builder));
+            let per_process = builder.bounds_each_process();
+            let reuse = self.engine.reuse.unwrap_or(!per_process);
+            self.engine.configure(|ex| ex.builder(builder).reuse(reuse));
             self
         }
 
@@ -616,7 +662,11 @@ where
             }
             match self.engine.pump() {
                 Ok(true) => {}
-                Ok(false) => return None,
+                Ok(false) => {
+                    // Every item is over: the workers go.
+                    self.engine.stop();
+                    return None;
+                }
                 Err(error) => {
                     // The exchange itself failed: nothing more can arrive.
                     self.engine.stop();

@@ -216,6 +216,13 @@ impl Builder {
     }
 
     /// Starts the function registered as `name` with serialized `args`.
+    /// Whether a limit is set that bounds a process over its whole life (a
+    /// deadline, CPU time): a process reused for many calls would spend it
+    /// on all of them together.
+    pub(crate) fn bounds_each_process(&self) -> bool {
+        self.limits.deadline.is_some() || self.limits.cpu.is_some()
+    }
+
     pub(crate) fn start_raw(
         &self,
         name: String,

@@ -128,6 +128,12 @@ impl Conn {
         self.write_all(&frame)
     }
 
+    /// Sends frames that are already whole (headers included), in one
+    /// write.
+    pub(crate) fn send_framed(&mut self, frames: &[u8]) -> Result<()> {
+        self.write_all(frames)
+    }
+
     fn write_all(&mut self, data: &[u8]) -> Result<()> {
         let fd = Arc::clone(&self.fd);
         send_all(fd.as_fd(), data, |fd| {

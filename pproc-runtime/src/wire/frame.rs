@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::codec::decode;
+use super::codec::{decode, header};
 use crate::error::Error;
 
 /// Frame tags.
@@ -106,14 +106,17 @@ pub(crate) fn split_call(body: &[u8]) -> Option<(String, Vec<u8>)> {
     Some((name.to_owned(), body[4 + len..].to_vec()))
 }
 
-/// The body of a `CALL` frame.
-pub(crate) fn join_call(name: &str, args: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(name.len()).unwrap_or(u32::MAX);
-    let mut body = Vec::with_capacity(4 + name.len() + args.len());
-    body.extend_from_slice(&len.to_le_bytes());
-    body.extend_from_slice(name.as_bytes());
-    body.extend_from_slice(args);
-    body
+/// Appends a whole `CALL` frame (header, tag and body) to `out`, so that
+/// a batch of calls goes out in one write.
+pub(crate) fn push_call(out: &mut Vec<u8>, name: &str, args: &[u8]) -> Result<(), Error> {
+    let name_len = u32::try_from(name.len())
+        .map_err(|_| Error::codec(format_args!("a function name of {} bytes", name.len())))?;
+    out.extend_from_slice(&header(1 + 4 + name.len() + args.len())?);
+    out.push(tag::CALL);
+    out.extend_from_slice(&name_len.to_le_bytes());
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(args);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -122,8 +125,20 @@ mod tests {
 
     #[test]
     fn call_frames_round_trip() {
-        let body = join_call("m::f", &[1, 2, 3]);
-        assert_eq!(split_call(&body), Some(("m::f".to_owned(), vec![1, 2, 3])));
+        let mut frames = Vec::new();
+        push_call(&mut frames, "m::f", &[1, 2, 3]).unwrap();
+        push_call(&mut frames, "g", &[]).unwrap();
+        let first = super::super::codec::split_frame(&frames, 1, 1 << 20)
+            .unwrap()
+            .unwrap();
+        assert_eq!(first[0], tag::CALL);
+        let body = &first[1..];
+        assert_eq!(split_call(body), Some(("m::f".to_owned(), vec![1, 2, 3])));
+        let rest = &frames[4 + first.len()..];
+        let second = super::super::codec::split_frame(rest, 1, 1 << 20)
+            .unwrap()
+            .unwrap();
+        assert_eq!(split_call(&second[1..]), Some(("g".to_owned(), vec![])));
         assert_eq!(split_call(&body[..5]), None);
         assert_eq!(split_call(&[]), None);
     }

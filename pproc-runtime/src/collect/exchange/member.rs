@@ -1,9 +1,12 @@
 //! A child in the exchange, as one state per kind of child, and how the
 //! exchange services each when the child has something to say.
 
-use super::Exchange;
+use std::collections::VecDeque;
+use std::time::Instant;
+
 use super::poller::Registered;
 use super::store::Job;
+use super::{Exchange, Queued};
 use crate::error::{Error, Result};
 use crate::parent::handle::{Event, Handle};
 use crate::wire::wait::Deadline;
@@ -18,9 +21,9 @@ pub(super) enum State<S> {
     Call(Job<S>),
     /// Running a call whose values arrive on its channel.
     Stream(Job<S>),
-    /// A reusable worker: running `job`, or idle between calls, after
-    /// `calls` calls.
-    Worker { job: Option<Job<S>>, calls: usize },
+    /// A reusable worker: running a batch of calls, or idle between
+    /// batches.
+    Worker(Worker<S>),
     /// Its call has delivered its value (a streaming call without
     /// [`continuous`](Exchange::continuous)): the exchange reads no more
     /// from it, and reaps it once it exits.
@@ -30,6 +33,38 @@ pub(super) enum State<S> {
     ///
     /// [`autoclose`]: Exchange::autoclose
     Exited(Job<S>),
+}
+
+/// A reusable worker's calls.
+pub(super) struct Worker<S> {
+    /// The calls sent to it, in the order it runs them: the first runs
+    /// now. Each keeps its arguments, to run elsewhere if the worker dies
+    /// before it.
+    pub(super) batch: VecDeque<Queued<S>>,
+    /// When the batch was sent, and how many calls it carried.
+    sent: Instant,
+    size: usize,
+    /// Calls it has ended, all batches together.
+    pub(super) calls: usize,
+}
+
+impl<S> Worker<S> {
+    /// A fresh worker, idle.
+    pub(super) fn new() -> Self {
+        Self {
+            batch: VecDeque::new(),
+            sent: Instant::now(),
+            size: 0,
+            calls: 0,
+        }
+    }
+
+    /// Gives it `batch`, sent just now.
+    pub(super) fn sent(&mut self, batch: VecDeque<Queued<S>>) {
+        self.size = batch.len();
+        self.batch = batch;
+        self.sent = Instant::now();
+    }
 }
 
 /// A child in the exchange.
@@ -46,7 +81,7 @@ impl<S> Member<S> {
             State::Call(job) | State::Stream(job) | State::Delivered(job) | State::Exited(job) => {
                 Some(job)
             }
-            State::Worker { job, .. } => job.as_ref(),
+            State::Worker(worker) => worker.batch.front().map(|queued| &queued.job),
         }
     }
 
@@ -54,22 +89,23 @@ impl<S> Member<S> {
     fn job_mut(&mut self) -> Option<&mut Job<S>> {
         match &mut self.state {
             State::Call(job) | State::Stream(job) => Some(job),
-            State::Worker { job, .. } => job.as_mut(),
+            State::Worker(worker) => worker.batch.front_mut().map(|queued| &mut queued.job),
             State::Delivered(_) | State::Exited(_) => None,
         }
     }
 
     /// Whether it runs a call now.
     pub(super) fn running(&self) -> bool {
-        matches!(
-            self.state,
-            State::Call(_) | State::Stream(_) | State::Worker { job: Some(_), .. }
-        )
+        match &self.state {
+            State::Call(_) | State::Stream(_) => true,
+            State::Worker(worker) => !worker.batch.is_empty(),
+            State::Delivered(_) | State::Exited(_) => false,
+        }
     }
 
-    /// Whether it is a reusable worker between calls.
+    /// Whether it is a reusable worker between batches.
     pub(super) fn idle(&self) -> bool {
-        matches!(self.state, State::Worker { job: None, .. })
+        matches!(&self.state, State::Worker(worker) if worker.batch.is_empty())
     }
 
     /// Whether the process still takes a place under the limit.
@@ -148,8 +184,8 @@ impl<S> Exchange<S> {
         match member.state {
             State::Call(_) => self.service_call(slot),
             State::Stream(_) => self.service_stream(slot),
-            State::Worker { job: Some(_), .. } => self.service_worker(slot),
-            State::Worker { job: None, .. } | State::Delivered(_) | State::Exited(_) => {
+            State::Worker(_) if member.running() => self.service_worker(slot),
+            State::Worker(_) | State::Delivered(_) | State::Exited(_) => {
                 self.service_done(slot).map(|()| 0)
             }
         }
@@ -277,66 +313,95 @@ impl<S> Exchange<S> {
         }
     }
 
-    /// A reusable worker running a call: stores what the call delivers,
-    /// and makes the worker idle (or retires it) when the call is over.
+    /// A reusable worker running a batch: stores what each call delivers,
+    /// as each ends, and makes the worker idle (or retires it) when the
+    /// batch is over.
     fn service_worker(&mut self, slot: usize) -> Result<usize> {
-        let continuous = self.continuous;
-        let Some(member) = self.member_mut(slot) else {
-            return Ok(0);
-        };
-        let (turn, values) = poll_turn(&mut member.handle);
-        let (streams, delivered) = member.job().map_or((false, 0), |j| (j.streams, j.values));
-        // A streaming call's values are stored: all with `continuous`,
-        // else its first.
-        let wanted = match streams {
-            true if continuous => values.len(),
-            true => usize::from(delivered == 0),
-            false => 0,
-        };
         let mut stored = 0;
-        let sent = values.len();
-        for value in values.into_iter().take(wanted) {
-            self.deliver(slot, value)?;
-            stored += 1;
-        }
-        // Nothing delivered before and nothing sent now: a streaming call
-        // that owed one value has none.
-        let delivered = delivered + sent;
-        match turn {
-            Turn::Running => Ok(stored),
-            Turn::Done(result) => {
-                let last = owed(result, streams, continuous, delivered);
-                stored += usize::from(last.is_some());
-                if let Some(last) = last {
-                    self.deliver(slot, last)?;
-                }
-                self.conclude(slot)?;
-                self.next_turn(slot)?;
-                Ok(stored)
+        loop {
+            let continuous = self.continuous;
+            let Some(member) = self.member_mut(slot) else {
+                return Ok(stored);
+            };
+            if !member.running() {
+                return Ok(stored);
             }
-            Turn::Dead(error) => {
-                self.finish_call(slot, Some(Err(error)))?;
-                self.replenish()?;
-                Ok(stored + 1)
+            let (turn, values) = poll_turn(&mut member.handle);
+            let (streams, delivered) = member.job().map_or((false, 0), |j| (j.streams, j.values));
+            // A streaming call's values are stored: all with `continuous`,
+            // else its first.
+            let wanted = match streams {
+                true if continuous => values.len(),
+                true => usize::from(delivered == 0),
+                false => 0,
+            };
+            let sent = values.len();
+            for value in values.into_iter().take(wanted) {
+                self.deliver(slot, value)?;
+                stored += 1;
+            }
+            // Nothing delivered before and nothing sent now: a streaming
+            // call that owed one value has none.
+            let delivered = delivered + sent;
+            match turn {
+                Turn::Running => return Ok(stored),
+                Turn::Done(result) => {
+                    let last = owed(result, streams, continuous, delivered);
+                    stored += usize::from(last.is_some());
+                    if let Some(last) = last {
+                        self.deliver(slot, last)?;
+                    }
+                    self.conclude(slot)?;
+                    // The next call of the batch may have ended too.
+                    self.next_turn(slot)?;
+                }
+                Turn::Dead(error) => {
+                    // Only the call it was running fails: the rest of its
+                    // batch runs elsewhere, first in line.
+                    self.requeue_rest(slot);
+                    self.finish_call(slot, Some(Err(error)))?;
+                    self.replenish()?;
+                    return Ok(stored + 1);
+                }
             }
         }
     }
 
-    /// A worker's call is over: the worker is idle, or replaced by a fresh
-    /// process once it has run as many calls as [`recycle`] allows.
+    /// Puts back at the head of the queue, in order, the calls a worker was
+    /// sent but has not started.
+    fn requeue_rest(&mut self, slot: usize) {
+        let Some(member) = self.member_mut(slot) else {
+            return;
+        };
+        let State::Worker(worker) = &mut member.state else {
+            return;
+        };
+        let rest: Vec<_> = worker.batch.drain(1..).collect();
+        for queued in rest.into_iter().rev() {
+            self.waiting.push_front(queued);
+        }
+    }
+
+    /// A worker's call is over: the next call of its batch runs, or the
+    /// batch is over and the worker is idle, or replaced by a fresh process
+    /// once it has run as many calls as [`recycle`] allows.
     ///
     /// [`recycle`]: Exchange::recycle
     fn next_turn(&mut self, slot: usize) -> Result<()> {
         let recycle = self.recycle;
-        let Some(member) = self.member_mut(slot) else {
+        let Some(member) = self.members.get_mut(slot).and_then(Option::as_mut) else {
             return Ok(());
         };
-        let State::Worker { job, calls } = &mut member.state else {
+        let State::Worker(worker) = &mut member.state else {
             return Ok(());
         };
-        *job = None;
-        *calls += 1;
-        if recycle.is_some_and(|n| *calls >= n) {
+        worker.batch.pop_front();
+        worker.calls += 1;
+        if !worker.batch.is_empty() {
+            return Ok(());
+        }
+        self.grain.measured(worker.sent.elapsed(), worker.size);
+        if recycle.is_some_and(|n| worker.calls >= n) {
             // Retired: an idle worker loses nothing by a kill; the next
             // call starts a fresh one.
             drop(self.take(slot)?);

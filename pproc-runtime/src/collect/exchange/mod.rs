@@ -1,6 +1,7 @@
 //! pprocess's `Exchange`: many children at once, their results stored as
 //! they arrive, with a limit on how many run at a time.
 
+mod grain;
 mod member;
 mod poller;
 mod store;
@@ -12,7 +13,9 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use self::member::{Member, State};
+pub use self::grain::BatchSize;
+use self::grain::Grain;
+use self::member::{Member, State, Worker};
 use self::poller::Poller;
 use self::store::Job;
 pub use self::store::{Failure, Origin, Route, Store};
@@ -144,6 +147,8 @@ pub struct Exchange<S> {
     poller: Poller,
     next_index: usize,
     bar: Bar,
+    /// How many queued calls an idle worker is sent at once.
+    grain: Grain,
 }
 
 impl<S> Exchange<S> {
@@ -163,6 +168,7 @@ impl<S> Exchange<S> {
             poller: Poller::default(),
             next_index: 0,
             bar: Bar::default(),
+            grain: Grain::default(),
         }
     }
 
@@ -194,6 +200,25 @@ impl<S> Exchange<S> {
     pub fn recycle(mut self, calls: usize) -> Self {
         self.recycle = Some(calls.max(1));
         self
+    }
+
+    /// With [`reuse`](Self::reuse), sends idle workers queued calls in
+    /// batches of this size (see [`BatchSize`]); one at a time by default.
+    /// A worker runs the calls of a batch one after the other, answering
+    /// each as it ends.
+    pub(crate) fn batch(mut self, batch: BatchSize) -> Self {
+        self.grain = Grain::new(batch);
+        self
+    }
+
+    /// How many calls a batch carries now, at most: 1 without batching.
+    pub(crate) fn batch_size(&self) -> usize {
+        if self.reuse { self.grain.size() } else { 1 }
+    }
+
+    /// Whether calls go to workers in batches.
+    pub(crate) fn batches(&self) -> bool {
+        self.reuse && self.grain.batches()
     }
 
     /// Starts idle reusable workers until `n` processes live (or the limit
@@ -365,20 +390,32 @@ impl<S> Exchange<S> {
     }
 
     /// Starts queued calls while there is room: on idle workers first,
-    /// then in new processes.
+    /// in batches, then in new processes.
     fn fill(&mut self) -> Result<()> {
-        while let Some(queued) = self.waiting.pop_front() {
+        while !self.waiting.is_empty() {
             if self.reuse
                 && let Some(slot) = self.idle_worker()
             {
-                self.hand_over(slot, queued)?;
+                let batch = self.next_batch(slot);
+                self.hand_over(slot, batch)?;
                 continue;
             }
             if self.full() {
-                self.waiting.push_front(queued);
                 return Ok(());
             }
-            self.launch(queued)?;
+            if self.reuse {
+                // A new worker, idle: the next turn sends it its batch.
+                match self.builder.start_role(Mode::Worker, &[]) {
+                    Ok(handle) => self.insert(handle, Self::idle()).map(drop)?,
+                    Err(error) => {
+                        if let Some(queued) = self.waiting.pop_front() {
+                            self.fail(queued.job, error)?;
+                        }
+                    }
+                }
+            } else if let Some(queued) = self.waiting.pop_front() {
+                self.launch(queued)?;
+            }
         }
         Ok(())
     }
@@ -389,53 +426,67 @@ impl<S> Exchange<S> {
             .position(|m| m.as_ref().is_some_and(Member::idle))
     }
 
-    /// Sends a queued call to the worker in `slot`.
-    fn hand_over(&mut self, slot: usize, queued: Queued<S>) -> Result<()> {
-        let args = match queued.args {
-            Ok(args) => args,
-            Err(message) => return self.fail(queued.job, Error::Codec { message }),
+    /// Takes the calls for the idle worker in `slot` off the queue: as
+    /// many as the grain says, but no more than its share of what waits
+    /// (so that the last calls spread over every worker), nor than it may
+    /// run before it is recycled.
+    fn next_batch(&mut self, slot: usize) -> VecDeque<Queued<S>> {
+        let workers = self.limit.unwrap_or(1);
+        let share = self.waiting.len().div_ceil(workers);
+        let done = match self.members[slot].as_ref().map(|m| &m.state) {
+            Some(State::Worker(worker)) => worker.calls,
+            _ => 0,
         };
+        let left = self.recycle.map_or(usize::MAX, |n| n.saturating_sub(done));
+        let n = self.grain.size().min(share).min(left).max(1);
+        self.waiting.drain(..n.min(self.waiting.len())).collect()
+    }
+
+    /// Sends queued calls to the idle worker in `slot`, in one write.
+    fn hand_over(&mut self, slot: usize, batch: VecDeque<Queued<S>>) -> Result<()> {
+        let mut ready = VecDeque::with_capacity(batch.len());
+        for queued in batch {
+            match queued.args {
+                Ok(_) => ready.push_back(queued),
+                Err(message) => self.fail(queued.job, Error::Codec { message })?,
+            }
+        }
+        if ready.is_empty() {
+            return Ok(());
+        }
         let Some(member) = self.members[slot].as_mut() else {
             return Ok(());
         };
-        if member.handle.send_call(&queued.job.name, &args).is_ok() {
-            if let State::Worker { job, .. } = &mut member.state {
-                *job = Some(queued.job);
+        let calls = ready.iter().filter_map(|queued| {
+            let args = queued.args.as_ref().ok()?;
+            Some((queued.job.name.as_str(), args.as_slice()))
+        });
+        if member.handle.send_calls(calls).is_ok() {
+            if let State::Worker(worker) = &mut member.state {
+                worker.sent(ready);
             }
             return Ok(());
         }
-        // The worker died while idle: drop it, and let the call try again.
+        // The worker died while idle: drop it, and let the calls try
+        // again.
         self.take(slot)?;
-        self.waiting.push_front(Queued {
-            job: queued.job,
-            args: Ok(args),
-        });
+        for queued in ready.into_iter().rev() {
+            self.waiting.push_front(queued);
+        }
         Ok(())
     }
 
+    /// Starts a queued call in a process of its own.
     fn launch(&mut self, queued: Queued<S>) -> Result<()> {
-        if self.reuse {
-            match self.builder.start_role(Mode::Worker, &[]) {
-                Ok(handle) => {
-                    let slot = self.insert(handle, Self::idle())?;
-                    self.hand_over(slot, queued)
-                }
-                Err(error) => self.fail(queued.job, error),
-            }
-        } else {
-            match self.builder.start_raw(queued.job.name.clone(), queued.args) {
-                Ok(handle) => self.insert(handle, Self::running(queued.job)).map(drop),
-                Err(error) => self.fail(queued.job, error),
-            }
+        match self.builder.start_raw(queued.job.name.clone(), queued.args) {
+            Ok(handle) => self.insert(handle, Self::running(queued.job)).map(drop),
+            Err(error) => self.fail(queued.job, error),
         }
     }
 
     /// A fresh reusable worker's state.
     fn idle() -> State<S> {
-        State::Worker {
-            job: None,
-            calls: 0,
-        }
+        State::Worker(Worker::new())
     }
 
     /// The state of a child that runs `job` in a process of its own.
@@ -648,14 +699,32 @@ impl<S> Exchange<S> {
         F: Route<S, K::Item<R, V>>,
         K::Item<R, V>: DeserializeOwned,
     {
+        let index = self.enqueue(call);
+        self.fill()?;
+        Ok(index)
+    }
+
+    /// Queues `call` without starting anything yet, so that several calls
+    /// can go to a worker in one batch: the next [`dispatch`](Self::dispatch)
+    /// or [`store`](Self::store) starts them. Returns its index.
+    pub(crate) fn enqueue<R, S2, V, K, F>(&mut self, call: Call<R, S2, V, K, F>) -> usize
+    where
+        K: Delivery,
+        F: Route<S, K::Item<R, V>>,
+        K::Item<R, V>: DeserializeOwned,
+    {
         let index = self.next_index();
         let (name, args) = call.into_parts();
         self.waiting.push_back(Queued {
             job: Job::new::<F, K::Item<R, V>, K>(name, index),
             args,
         });
-        self.fill()?;
-        Ok(index)
+        index
+    }
+
+    /// Starts the queued calls there is room for.
+    pub(crate) fn dispatch(&mut self) -> Result<()> {
+        self.fill()
     }
 
     /// Adds a child started elsewhere, whatever the limit (pprocess's

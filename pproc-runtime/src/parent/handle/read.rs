@@ -15,7 +15,7 @@ use crate::process::child::{Child, Status};
 use crate::process::limits::{Limits, status_error};
 use crate::wire::codec::decode;
 use crate::wire::conn::{Conn, Next};
-use crate::wire::frame::{PanicReport, Refusal, join_call, remote, tag};
+use crate::wire::frame::{PanicReport, Refusal, push_call, remote, tag};
 use crate::wire::wait::Deadline;
 
 /// How long a receive that saw the channel close waits for the child's exit
@@ -278,10 +278,16 @@ impl<R, S, V, K> Handle<R, S, V, K> {
         self.inner_mut().child.wait(deadline).map(drop)
     }
 
-    /// Sends a reusable worker its next call.
-    pub(crate) fn send_call(&mut self, name: &str, args: &[u8]) -> Result<()> {
-        self.inner_mut()
-            .conn
-            .send_bytes(tag::CALL, &join_call(name, args))
+    /// Sends a reusable worker its next calls, each a function's name and
+    /// its serialized arguments, in one write.
+    pub(crate) fn send_calls<'a>(
+        &mut self,
+        calls: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<()> {
+        let mut frames = Vec::new();
+        for (name, args) in calls {
+            push_call(&mut frames, name, args)?;
+        }
+        self.inner_mut().conn.send_framed(&frames)
     }
 }
