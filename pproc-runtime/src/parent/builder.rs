@@ -12,7 +12,12 @@ use crate::process::limits::Limits;
 use crate::process::{capture, spawn};
 use crate::registry;
 use crate::wire::conn::{self, Conn, DEFAULT_MAX_FRAME};
+use crate::wire::frame::tag;
 use crate::wire::spec::Mode;
+
+/// Arguments up to this size are written before the child exists: a
+/// socket's buffer holds them whole, so the write cannot wait on a reader.
+const EARLY_ARGS: usize = 16 * 1024;
 
 impl<R, S, V, K, F> Call<R, S, V, K, F> {
     /// Runs the call in a new child process, with the default options.
@@ -270,6 +275,17 @@ impl Builder {
         } else if self.backtrace {
             setup.env.push(("RUST_BACKTRACE", "1"));
         }
+        let mut conn = Conn::new(ours)?;
+        conn.set_max_frame(self.max_frame);
+        // Small arguments go ahead of the child, into the socket's buffer,
+        // so that it finds them as it starts instead of waiting for them.
+        // Under a memory or CPU limit they wait until it applies: no user
+        // code runs before.
+        let early =
+            self.limits.memory.is_none() && self.limits.cpu.is_none() && args.len() <= EARLY_ARGS;
+        if early {
+            conn.send_bytes(tag::ARGS, args)?;
+        }
         let spawned = spawn::spawn(
             &name,
             self.program.as_deref(),
@@ -281,8 +297,6 @@ impl Builder {
         drop(setup);
         drop(theirs);
         let capture = pipes.map(|((out, _), (err, _))| capture::Capture::start(out, err));
-        let mut conn = Conn::new(ours)?;
-        conn.set_max_frame(self.max_frame);
         let mut handle = Handle::new(name, conn, spawned);
         handle.set_group(self.group);
         if let Some(capture) = capture {
@@ -290,7 +304,9 @@ impl Builder {
         }
         // Before the arguments: no user code runs before they arrive.
         handle.limit(self.limits)?;
-        handle.send_args(args)?;
+        if !early {
+            handle.send_args(args)?;
+        }
         Ok(handle)
     }
 }
