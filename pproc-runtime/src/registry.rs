@@ -52,6 +52,11 @@ impl Entry {
     pub(crate) fn run(&self, cx: Context) {
         (self.run)(cx);
     }
+
+    /// The function's registered name.
+    pub(crate) fn name(&self) -> &'static str {
+        self.name
+    }
 }
 
 inventory::collect!(Entry);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::panic::share;
 use super::prelude::{first_frame, wait_for};
 use crate::lock::lock;
-use crate::registry::{self, Context};
+use crate::registry::{self, Context, Entry};
 use crate::wire::conn::Conn;
 use crate::wire::frame::{EXIT_PROTOCOL, Refusal, split_call, tag};
 
@@ -18,13 +18,21 @@ pub(crate) fn serve(mut conn: Conn) -> i32 {
         return EXIT_PROTOCOL;
     }
     let conn = share(conn);
+    // A batch calls the same function over and over: keep the last one
+    // found.
+    let mut last: Option<&'static Entry> = None;
     loop {
         let call = next_call(&mut lock(&conn));
         let Some((name, args)) = call else {
             // The parent closed the channel: no more work.
             return 0;
         };
-        if let Some(entry) = registry::lookup(&name) {
+        let entry = match last {
+            Some(entry) if entry.name() == name => Some(entry),
+            _ => registry::lookup(&name),
+        };
+        if let Some(entry) = entry {
+            last = Some(entry);
             entry.run(Context::new(args, Arc::clone(&conn)));
         } else {
             let refusal = Refusal::Unregistered { name };

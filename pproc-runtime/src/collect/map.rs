@@ -383,6 +383,15 @@ macro_rules! options {
 /// works; at most [`window`](Self::window) items are started and not yet
 /// yielded.
 ///
+/// Items run on one worker process per core, reused from item to item and
+/// sent items in batches sized as they run ([`BatchSize::Auto`]), so that
+/// items of a few microseconds cost little more than they would on
+/// threads, and items of seconds still spread over every worker. An item
+/// that panics, aborts or is killed fails alone: the worker's other items
+/// are delivered or run elsewhere. [`reuse(false)`](Self::reuse) gives
+/// each item a process of its own instead, as pprocess does; so does a
+/// [`Builder`] with a deadline.
+///
 /// A failed item (a panic, a kill, an error of its own) is yielded as
 /// `Err` in its place, and the map ends there: the children still running
 /// are killed and reaped. [`get`](Self::get) waits for one item, as
