@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
-use super::exchange::{Exchange, Origin, Store};
+use super::exchange::{BatchSize, Exchange, Origin, Store};
 use crate::error::{Error, Result};
 use crate::lock::lock;
 use crate::parent::builder::Builder;
@@ -121,6 +121,7 @@ impl Pool {
         let mut exchange = Exchange::new(Results::default())
             .limit(n)
             .reuse(true)
+            .batch(BatchSize::Auto)
             .builder(builder);
         exchange.keep_workers(n)?;
         Ok(Self {
@@ -154,15 +155,20 @@ impl Pool {
         K::Item<R, V>: DeserializeOwned + Send + 'static,
     {
         let index = lock(&self.shared).start(call)?;
-        Ok(Pending {
+        Ok(self.pending(index))
+    }
+
+    fn pending<T>(&self, index: usize) -> Pending<T> {
+        Pending {
             shared: Arc::clone(&self.shared),
             index: Some(index),
             _result: PhantomData,
-        })
+        }
     }
 
     /// Runs `f(item)` for every item on the pool's workers and returns the
-    /// results in input order.
+    /// results in input order. The items go to the workers in batches, as
+    /// a [`Map`](crate::Map)'s do (see [`BatchSize`]).
     ///
     /// # Errors
     ///
@@ -176,11 +182,19 @@ impl Pool {
         K: Delivery,
         K::Item<R, V>: DeserializeOwned + Send + 'static,
     {
-        let pending = items
+        // Queued together, so that they go to the workers in batches.
+        let mut exchange = lock(&self.shared);
+        let indices: Vec<usize> = items
             .into_iter()
             .map(f)
-            .map(|call| self.start(call))
-            .collect::<Result<Vec<_>>>()?;
+            .map(|call| exchange.enqueue(call))
+            .collect();
+        let dispatched = exchange.dispatch();
+        drop(exchange);
+        // Joined or dropped, each result is claimed: none stays behind.
+        let pending: Vec<Pending<K::Item<R, V>>> =
+            indices.into_iter().map(|i| self.pending(i)).collect();
+        dispatched?;
         pending.into_iter().map(Pending::join).collect()
     }
 
@@ -203,12 +217,12 @@ impl Pool {
             items: HashMap::new(),
             _result: PhantomData,
         };
+        let mut exchange = lock(&self.shared);
         for (n, call) in items.into_iter().map(f).enumerate() {
-            let mut pending = self.start(call)?;
-            if let Some(index) = pending.index.take() {
-                arrivals.items.insert(index, n);
-            }
+            arrivals.items.insert(exchange.enqueue(call), n);
         }
+        exchange.dispatch()?;
+        drop(exchange);
         Ok(arrivals)
     }
 
