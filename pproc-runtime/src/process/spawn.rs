@@ -60,8 +60,10 @@ struct Order {
     group: bool,
     stdout: Option<RawFd>,
     stderr: Option<RawFd>,
-    reply: mpsc::SyncSender<nix::Result<Pid>>,
 }
+
+/// An order for the spawner thread, and where its answer goes.
+type Request = (Order, mpsc::SyncSender<nix::Result<Pid>>);
 
 /// Starts `program` (by default this executable) as a child that runs the
 /// function registered as `name`, with `channel` as its end of the socket.
@@ -110,8 +112,7 @@ pub(crate) fn spawn(
         );
     }
 
-    let (reply, answer) = mpsc::sync_channel(1);
-    let request = Order {
+    let order = Order {
         program,
         argv,
         envp,
@@ -119,16 +120,20 @@ pub(crate) fn spawn(
         group: setup.group,
         stdout: setup.stdout.map(|fd| fd.as_raw_fd()),
         stderr: setup.stderr.map(|fd| fd.as_raw_fd()),
-        reply,
     };
-    spawner()
-        .map_err(spawn_err)?
-        .send(request)
-        .map_err(|_| spawn_err(io::Error::other("the spawner thread is gone")))?;
-    let pid = answer
-        .recv()
-        .map_err(|_| spawn_err(io::Error::other("the spawner thread is gone")))?
-        .map_err(|err| spawn_err(err.into()))?;
+    let pid = if on_main_thread() {
+        // The main thread lives as long as the process: no hand-off.
+        spawn_now(&order)
+    } else {
+        let gone = || spawn_err(io::Error::other("the spawner thread is gone"));
+        let (reply, answer) = mpsc::sync_channel(1);
+        spawner()
+            .map_err(spawn_err)?
+            .send((order, reply))
+            .map_err(|_| gone())?;
+        answer.recv().map_err(|_| gone())?
+    }
+    .map_err(|err| spawn_err(err.into()))?;
     Ok(Spawned {
         pid,
         pidfd: pidfd_open(pid),
@@ -139,15 +144,21 @@ fn cstring(s: &OsStr) -> io::Result<CString> {
     CString::new(s.as_bytes()).map_err(io::Error::other)
 }
 
-/// The sender to the one thread that starts every child of this process.
+/// Whether this is the process's main thread, whose end is the process's.
+fn on_main_thread() -> bool {
+    nix::unistd::gettid() == nix::unistd::getpid()
+}
+
+/// The sender to the one thread that starts the children of this
+/// process's other threads.
 ///
 /// `PR_SET_PDEATHSIG` fires when the *thread* that created a child ends, not
 /// the process: children started from a short-lived thread would be killed
 /// with it. A dedicated thread that lives as long as the process avoids that.
 /// A forked child (`Exchange::create`) has no such thread, though it has a
 /// copy of the parent's sender: the process id tells them apart.
-fn spawner() -> io::Result<mpsc::Sender<Order>> {
-    static SPAWNER: Mutex<Option<(u32, mpsc::Sender<Order>)>> = Mutex::new(None);
+fn spawner() -> io::Result<mpsc::Sender<Request>> {
+    static SPAWNER: Mutex<Option<(u32, mpsc::Sender<Request>)>> = Mutex::new(None);
     let mut spawner = lock(&SPAWNER);
     let pid = std::process::id();
     if let Some((owner, tx)) = spawner.as_ref()
@@ -155,16 +166,16 @@ fn spawner() -> io::Result<mpsc::Sender<Order>> {
     {
         return Ok(tx.clone());
     }
-    let (tx, rx) = mpsc::channel::<Order>();
+    let (tx, rx) = mpsc::channel::<Request>();
     // A failure to start the thread is returned and not kept: the next
     // spawn tries again.
     std::thread::Builder::new()
         .name("pproc-spawner".into())
         .spawn(move || {
-            for request in rx {
-                let result = spawn_now(&request);
+            for (order, reply) in rx {
+                let result = spawn_now(&order);
                 // The requester may have given up; nothing to do then.
-                let _ = request.reply.send(result);
+                let _ = reply.send(result);
             }
         })?;
     // A sender copied from the parent by fork is left alone: its channel's
