@@ -293,7 +293,7 @@ impl<S> Exchange<S> {
         if member.idle() {
             // An idle worker only wakes the exchange if it died (or its
             // channel broke).
-            if matches!(poll_turn(&mut member.handle).0, Turn::Dead(_)) {
+            if matches!(poll_turn(&mut member.handle, true).0, Turn::Dead(_)) {
                 drop(self.take(slot)?);
                 self.replenish()?;
             }
@@ -318,6 +318,7 @@ impl<S> Exchange<S> {
     /// batch is over.
     fn service_worker(&mut self, slot: usize) -> Result<usize> {
         let mut stored = 0;
+        let mut fresh = true;
         loop {
             let continuous = self.continuous;
             let Some(member) = self.member_mut(slot) else {
@@ -326,7 +327,8 @@ impl<S> Exchange<S> {
             if !member.running() {
                 return Ok(stored);
             }
-            let (turn, values) = poll_turn(&mut member.handle);
+            let (turn, values) = poll_turn(&mut member.handle, fresh);
+            fresh = false;
             let (streams, delivered) = member.job().map_or((false, 0), |j| (j.streams, j.values));
             // A streaming call's values are stored: all with `continuous`,
             // else its first.
@@ -422,11 +424,26 @@ enum Turn {
 }
 
 /// Reads everything a worker has said without waiting: the values its call
-/// sent, and where the call stands.
-fn poll_turn(handle: &mut Handle<(), (), ()>) -> (Turn, Vec<Result<Vec<u8>>>) {
+/// sent, and where the call stands. The first look of a turn (`fresh`)
+/// reads the socket once; the calls of a batch that ended meanwhile are
+/// then in the buffer, and later looks of the same turn read only that.
+fn poll_turn(handle: &mut Handle<(), (), ()>, fresh: bool) -> (Turn, Vec<Result<Vec<u8>>>) {
     let mut values = Vec::new();
+    let came = match fresh.then(|| handle.fill_now()) {
+        Some(Ok(came)) => came,
+        Some(Err(error)) => return (Turn::Dead(error), values),
+        None => true,
+    };
     loop {
-        let turn = match handle.poll_event() {
+        let event = match handle.poll_buffered() {
+            Ok(Some(event)) => Ok(event),
+            Ok(None) if came => Ok(Event::Timeout),
+            // Woken with nothing to read: it may have exited without
+            // closing its channel. The full look polls its exit too.
+            Ok(None) => handle.poll_event(),
+            Err(error) => Err(error),
+        };
+        let turn = match event {
             Ok(Event::Data(bytes)) => {
                 values.push(Ok(bytes));
                 continue;

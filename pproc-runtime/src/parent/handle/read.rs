@@ -130,19 +130,28 @@ impl Inner {
             outcome,
             ..
         } = self;
-        let next = conn.next(deadline, child.exit_fd(), |tag, body| match tag {
-            tag::DATA => read(body).map(Event::Data),
-            tag::ERROR => Ok(Event::Sent(remote(body))),
-            other => {
-                *outcome = Some(Outcome::from_frame(other, body)?);
-                Ok(Event::Ended)
-            }
+        let next = conn.next(deadline, child.exit_fd(), |tag, body| {
+            classify(tag, body, outcome, read)
         })?;
         match next {
             Next::Frame(event) => event,
             Next::Closed => Ok(Event::Closed),
             Next::Exited => Ok(Event::Exited),
             Next::Timeout => Ok(Event::Timeout),
+        }
+    }
+
+    /// The next event among the bytes read already, without a system
+    /// call: `None` while no whole frame is there and the channel is open.
+    fn buffered_event<T>(
+        &mut self,
+        read: impl FnOnce(&[u8]) -> Result<T>,
+    ) -> Result<Option<Event<T>>> {
+        let Self { conn, outcome, .. } = self;
+        match conn.with_frame(|tag, body| classify(tag, body, outcome, read))? {
+            Some(event) => event.map(Some),
+            None if conn.is_eof() => Ok(Some(Event::Closed)),
+            None => Ok(None),
         }
     }
 
@@ -224,6 +233,24 @@ impl Inner {
     }
 }
 
+/// Sorts one frame from the child: a value read by `read`, an error sent
+/// in place of one, or the end of its call, whose outcome is kept.
+fn classify<T>(
+    tag: u8,
+    body: &[u8],
+    outcome: &mut Option<Outcome>,
+    read: impl FnOnce(&[u8]) -> Result<T>,
+) -> Result<Event<T>> {
+    match tag {
+        tag::DATA => read(body).map(Event::Data),
+        tag::ERROR => Ok(Event::Sent(remote(body))),
+        other => {
+            *outcome = Some(Outcome::from_frame(other, body)?);
+            Ok(Event::Ended)
+        }
+    }
+}
+
 /// What collectors read of their children, without blocking: an exchange,
 /// a pool and a map see every child through these.
 impl<R, S, V, K> Handle<R, S, V, K> {
@@ -248,6 +275,26 @@ impl<R, S, V, K> Handle<R, S, V, K> {
             return Ok(value.map_or_else(Event::Sent, Event::Data));
         }
         inner.next_event(Deadline::Now, |body| Ok(body.to_vec()))
+    }
+
+    /// Reads what the socket holds now into the handle, and tells whether
+    /// anything came (bytes, or the end of the channel). With
+    /// [`poll_buffered`](Self::poll_buffered) after it, a collector reads
+    /// everything a child said at once, in one read.
+    pub(crate) fn fill_now(&mut self) -> Result<bool> {
+        let conn = &mut self.inner_mut().conn;
+        let read = conn.fill()?;
+        Ok(read > 0 || conn.is_eof())
+    }
+
+    /// As [`poll_event`](Self::poll_event), but only among what was read
+    /// already: `None` where that would need a system call.
+    pub(crate) fn poll_buffered(&mut self) -> Result<Option<Event<Vec<u8>>>> {
+        let inner = self.inner_mut();
+        if let Some(value) = inner.pending.pop_front() {
+            return Ok(Some(value.map_or_else(Event::Sent, Event::Data)));
+        }
+        inner.buffered_event(|body| Ok(body.to_vec()))
     }
 
     /// How the child's call ended, once an [`Event::Ended`] said so; taken,
