@@ -43,6 +43,7 @@ pub use parent::handle::{Handle, Output};
 pub use parent::supervise::{join_all, join_any, select};
 pub use process::tree::{ChildInfo, Node, children, parent, tree, waitall};
 pub use registry::{is_registered, registered};
+pub use wire::bytes::Bytes;
 pub use wire::conn::DEFAULT_MAX_FRAME;
 pub use wire::frame::{EXIT_OUT_OF_MEMORY, EXIT_PROTOCOL, EXIT_UNREGISTERED, EXIT_VERSION_SKEW};
 pub use wire::recv::Iter;

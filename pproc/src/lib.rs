@@ -52,6 +52,11 @@
 //! socket; a frame larger than the limit ([`Builder::max_frame`]) is refused
 //! before it is allocated.
 //!
+//! Send bytes as [`Bytes`], not `Vec<u8>`: serde hands a `Vec<u8>` over one
+//! element at a time, while a [`Bytes`] (or a field marked
+//! `#[serde(with = "serde_bytes")]`) is one block, copied with `memcpy`
+//! and written to the socket straight from your buffer when it is large.
+//!
 //! ```
 //! use pproc::{parallel, Channel};
 //!
@@ -174,12 +179,13 @@
 #[doc(inline)]
 pub use pproc_macros::{Exchange, parallel};
 pub use pproc_runtime::{
-    Arrivals, Background, BatchSize, Builder, ByName, Call, Channel, ChildInfo, DEFAULT_MAX_FRAME,
-    Delivery, EXIT_OUT_OF_MEMORY, EXIT_PROTOCOL, EXIT_UNREGISTERED, EXIT_VERSION_SKEW, Error,
-    Exchange, Failure, Fork, Function, Gathered, Handle, Iter, Limit, MAX_RATE_OVERLAP, Managed,
-    Map, Node, Origin, Output, Pending, Pool, Queue, Reply, Request, RequestId, Result, Returns,
-    Route, Store, Streams, Task, Timer, children, fork, interval, is_registered, join_all,
-    join_any, later, parent, pmap, rate, registered, select, start_background, tree, waitall,
+    Arrivals, Background, BatchSize, Builder, ByName, Bytes, Call, Channel, ChildInfo,
+    DEFAULT_MAX_FRAME, Delivery, EXIT_OUT_OF_MEMORY, EXIT_PROTOCOL, EXIT_UNREGISTERED,
+    EXIT_VERSION_SKEW, Error, Exchange, Failure, Fork, Function, Gathered, Handle, Iter, Limit,
+    MAX_RATE_OVERLAP, Managed, Map, Node, Origin, Output, Pending, Pool, Queue, Reply, Request,
+    RequestId, Result, Returns, Route, Store, Streams, Task, Timer, children, fork, interval,
+    is_registered, join_all, join_any, later, parent, pmap, rate, registered, select,
+    start_background, tree, waitall,
 };
 
 pub use pproc_runtime::manager;

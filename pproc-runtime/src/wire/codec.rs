@@ -17,6 +17,8 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::marker::PhantomData;
 
+use bincode::enc::write::Writer;
+use bincode::error::EncodeError;
 use serde::Serialize;
 use serde::de::{
     self, DeserializeOwned, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess,
@@ -42,11 +44,126 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     bincode::serde::encode_to_vec(value, config()).map_err(Error::codec)
 }
 
-/// Serializes `value` onto the end of `out`.
-pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<()> {
-    bincode::serde::encode_into_std_write(value, out, config())
-        .map(drop)
-        .map_err(Error::codec)
+/// A byte run this long or longer is not copied by [`encode_gathered`]: it
+/// is written to the socket from the value itself.
+pub(crate) const LONG_RUN: usize = 64 * 1024;
+
+/// A byte run that [`encode_gathered`] left out of an encoding: `len` bytes
+/// at offset `at` of the whole encoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Hole {
+    pub(crate) at: usize,
+    pub(crate) len: usize,
+}
+
+/// Serializes `value` onto the end of `out`, leaving out each byte run of
+/// [`LONG_RUN`] bytes or more (the bytes of a `serialize_bytes` or a
+/// `serialize_str`); `holes` gets where each was. Returns the length of
+/// the whole encoding, runs included: [`replay`] hands them over.
+pub(crate) fn encode_gathered<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+    holes: &mut Vec<Hole>,
+) -> Result<usize> {
+    let mut gather = Gather { out, holes, at: 0 };
+    bincode::serde::encode_into_writer(value, &mut gather, config()).map_err(Error::codec)?;
+    Ok(gather.at)
+}
+
+/// Serializes `value` a second time, handing `put` each run that
+/// [`encode_gathered`] left out, with its index in `holes`. A value that
+/// does not serialize the same way again is an [`Error::Codec`]; an error
+/// of `put` ends the encoding and is returned as it is.
+pub(crate) fn replay<T: Serialize + ?Sized>(
+    value: &T,
+    holes: &[Hole],
+    len: usize,
+    put: impl FnMut(usize, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let mut replay = Replay {
+        holes,
+        next: 0,
+        at: 0,
+        put,
+        failed: None,
+        changed: false,
+    };
+    let encoded = bincode::serde::encode_into_writer(value, &mut replay, config());
+    if let Some(err) = replay.failed {
+        return Err(err);
+    }
+    if replay.changed {
+        return Err(changed::<T>());
+    }
+    encoded.map_err(Error::codec)?;
+    if replay.next != holes.len() || replay.at != len {
+        return Err(changed::<T>());
+    }
+    Ok(())
+}
+
+fn changed<T: ?Sized>() -> Error {
+    Error::codec(format_args!(
+        "a `{}` serialized differently the second time",
+        std::any::type_name::<T>()
+    ))
+}
+
+/// The writer of [`encode_gathered`].
+struct Gather<'a> {
+    out: &'a mut Vec<u8>,
+    holes: &'a mut Vec<Hole>,
+    at: usize,
+}
+
+impl Writer for Gather<'_> {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
+        if bytes.len() >= LONG_RUN {
+            self.holes.push(Hole {
+                at: self.at,
+                len: bytes.len(),
+            });
+        } else {
+            self.out.extend_from_slice(bytes);
+        }
+        self.at += bytes.len();
+        Ok(())
+    }
+}
+
+/// The writer of [`replay`].
+struct Replay<'h, F> {
+    holes: &'h [Hole],
+    next: usize,
+    at: usize,
+    put: F,
+    /// The error of `put`.
+    failed: Option<Error>,
+    /// A run is not where it was the first time.
+    changed: bool,
+}
+
+impl<F: FnMut(usize, &[u8]) -> Result<()>> Writer for Replay<'_, F> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
+        if bytes.len() >= LONG_RUN {
+            let here = Hole {
+                at: self.at,
+                len: bytes.len(),
+            };
+            if self.holes.get(self.next) != Some(&here) {
+                self.changed = true;
+                return Err(EncodeError::Other("changed"));
+            }
+            if let Err(err) = (self.put)(self.next, bytes) {
+                self.failed = Some(err);
+                return Err(EncodeError::Other("not written"));
+            }
+            self.next += 1;
+        }
+        self.at += bytes.len();
+        Ok(())
+    }
 }
 
 /// Deserializes a whole body as a `T`; bytes left over mean the types
@@ -495,7 +612,46 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Owned<V> {
     }
 
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<V::Value, E> {
-        self.0.visit_byte_buf(v.to_vec())
+        self.0.visit_byte_buf(copy_of(v))
+    }
+}
+
+/// A block this long or longer is copied into memory asked of the kernel
+/// in huge pages: a fresh block of many megabytes otherwise costs a page
+/// fault every 4 KiB, which takes longer than the copy.
+const HUGE: usize = 4 << 20;
+
+/// `bytes`, copied into a vector of its own.
+pub(crate) fn copy_of(bytes: &[u8]) -> Vec<u8> {
+    if bytes.len() < HUGE {
+        return bytes.to_vec();
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    advise_huge(&mut out.spare_capacity_mut()[..bytes.len()]);
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// Asks the kernel to back `room`, memory not written yet, with huge pages
+/// where it can, if it is [`HUGE`] or longer.
+pub(crate) fn advise_huge(room: &mut [std::mem::MaybeUninit<u8>]) {
+    const PAGE: usize = 2 << 20;
+    if room.len() < HUGE {
+        return;
+    }
+    let start = room.as_mut_ptr() as usize;
+    let first = start.next_multiple_of(PAGE);
+    let last = (start + room.len()) & !(PAGE - 1);
+    if first < last {
+        // SAFETY: madvise only advises how to back the memory: the range
+        // is page-aligned, lies inside `room`, and holds nothing yet.
+        unsafe {
+            libc::madvise(
+                first as *mut libc::c_void,
+                last - first,
+                libc::MADV_HUGEPAGE,
+            )
+        };
     }
 }
 
@@ -622,6 +778,42 @@ mod tests {
             panic!()
         };
         assert!(message.contains("levels deep"), "{message}");
+    }
+
+    #[test]
+    fn long_runs_are_left_out_then_handed_over_in_order() {
+        let run = vec![3u8; LONG_RUN];
+        let text = "t".repeat(LONG_RUN + 1);
+        let value = (
+            crate::wire::bytes::Bytes::from(run.clone()),
+            5u8,
+            text.as_str(),
+        );
+        let mut out = Vec::new();
+        let mut holes = Vec::new();
+        let len = encode_gathered(&value, &mut out, &mut holes).unwrap();
+        let whole = encode(&value).unwrap();
+        assert_eq!(len, whole.len());
+        assert_eq!(out.len(), len - 2 * LONG_RUN - 1);
+        assert_eq!(holes.len(), 2);
+        // The pieces and the runs, put together, are the plain encoding.
+        let mut joined = Vec::new();
+        let mut from = 0;
+        replay(&value, &holes, len, |i, bytes| {
+            let upto = holes[i].at - (joined.len() - from);
+            joined.extend_from_slice(&out[from..upto]);
+            from = upto;
+            joined.extend_from_slice(bytes);
+            Ok(())
+        })
+        .unwrap();
+        joined.extend_from_slice(&out[from..]);
+        assert_eq!(joined, whole);
+        // Another value in its place does not replay.
+        assert!(replay(&(run, 5u8, "short"), &holes, len, |_, _| Ok(())).is_err());
+        assert_eq!(copy_of(&whole), whole);
+        let big = vec![1u8; 5 << 20];
+        assert_eq!(copy_of(&big), big);
     }
 
     #[test]

@@ -5,22 +5,26 @@
 //! writing too: while a write waits for room, whatever the peer sends is read
 //! into the receive buffer, so both ends keep draining each other.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags};
-use nix::sys::socket::{MsgFlags, recv, send};
+use nix::sys::socket::{MsgFlags, send, sendmsg};
 use serde::Serialize;
 
-use super::codec::{self, HEADER};
+use super::codec::{self, HEADER, Hole};
 use super::wait::{Deadline, poll_until};
 use crate::error::{Error, Result};
 
 /// The default limit on a frame's body, in bytes: larger frames are refused
 /// before anything is allocated for them.
 pub const DEFAULT_MAX_FRAME: usize = 1 << 30;
+
+/// The largest write buffer a connection keeps between sends: a longer
+/// one (a large value that is not a byte run) is freed once it is sent.
+const KEEP_WBUF: usize = 1 << 20;
 
 /// A connection that several threads of a child share: its function, the
 /// channel it was handed, and the panic hook.
@@ -52,6 +56,13 @@ pub(crate) struct Conn {
     broken: Option<String>,
     /// An error met while filling a batch, returned by the next receive.
     deferred: Option<Error>,
+    /// The frame being sent, kept from send to send for its capacity.
+    wbuf: Vec<u8>,
+    /// The long byte runs of the frame being sent.
+    holes: Vec<Hole>,
+    /// Set when a send failed in the middle of a frame: nothing more can
+    /// be sent.
+    wbroken: Option<String>,
 }
 
 /// What [`Conn::next`] saw.
@@ -81,6 +92,9 @@ impl Conn {
             eof: false,
             broken: None,
             deferred: None,
+            wbuf: Vec::new(),
+            holes: Vec::new(),
+            wbroken: None,
         })
     }
 
@@ -103,40 +117,121 @@ impl Conn {
         self.eof && self.rpos == self.rbuf.len()
     }
 
-    /// Sends one frame whose payload is `value` serialized.
+    /// Sends one frame whose payload is `value` serialized. The frame is
+    /// encoded into a buffer the connection keeps from send to send, but
+    /// for long byte runs (a [`Bytes`](crate::Bytes) payload), which are
+    /// written to the socket from the value itself.
     pub(crate) fn send_value<T: Serialize + ?Sized>(&mut self, tag: u8, value: &T) -> Result<()> {
-        let mut frame = vec![0; HEADER + 1];
-        frame[HEADER] = tag;
-        codec::encode_into(value, &mut frame)?;
-        self.send_frame(frame)
+        if let Some(why) = &self.wbroken {
+            return Err(Error::codec(why));
+        }
+        let mut wbuf = std::mem::take(&mut self.wbuf);
+        let mut holes = std::mem::take(&mut self.holes);
+        wbuf.clear();
+        holes.clear();
+        wbuf.extend_from_slice(&[0; HEADER]);
+        wbuf.push(tag);
+        let sent = codec::encode_gathered(value, &mut wbuf, &mut holes).and_then(|len| {
+            wbuf[..HEADER].copy_from_slice(&codec::header(len + 1)?);
+            if holes.is_empty() {
+                self.write_all([&wbuf[..]])
+            } else {
+                self.write_gathered(value, &wbuf, &holes, len)
+            }
+        });
+        self.keep_wbuf(wbuf);
+        self.holes = holes;
+        sent
     }
 
-    /// Sends one frame whose payload is already serialized.
+    /// Sends one frame whose payload is already serialized: a long one is
+    /// written from `payload` as it is, a short one copied behind its
+    /// header to go out in one write.
     pub(crate) fn send_bytes(&mut self, tag: u8, payload: &[u8]) -> Result<()> {
-        let mut frame = Vec::with_capacity(HEADER + 1 + payload.len());
-        frame.extend_from_slice(&[0; HEADER]);
-        frame.push(tag);
-        frame.extend_from_slice(payload);
-        self.send_frame(frame)
+        if let Some(why) = &self.wbroken {
+            return Err(Error::codec(why));
+        }
+        let [a, b, c, d] = codec::header(payload.len() + 1)?;
+        if payload.len() >= codec::LONG_RUN {
+            return self.write_all([&[a, b, c, d, tag], payload]);
+        }
+        let mut wbuf = std::mem::take(&mut self.wbuf);
+        wbuf.clear();
+        wbuf.extend_from_slice(&[a, b, c, d, tag]);
+        wbuf.extend_from_slice(payload);
+        let sent = self.write_all([&wbuf[..]]);
+        self.keep_wbuf(wbuf);
+        sent
     }
 
-    /// Fills in the length of a frame built as `[0; HEADER] tag payload` and
-    /// writes it whole.
-    fn send_frame(&mut self, mut frame: Vec<u8>) -> Result<()> {
-        let header = codec::header(frame.len() - HEADER)?;
-        frame[..HEADER].copy_from_slice(&header);
-        self.write_all(&frame)
+    /// Puts the write buffer back for the next send, unless it grew past
+    /// what is worth keeping.
+    fn keep_wbuf(&mut self, wbuf: Vec<u8>) {
+        if wbuf.capacity() <= KEEP_WBUF {
+            self.wbuf = wbuf;
+        }
     }
 
     /// Sends frames that are already whole (headers included), in one
     /// write.
     pub(crate) fn send_framed(&mut self, frames: &[u8]) -> Result<()> {
-        self.write_all(frames)
+        self.write_all([frames])
     }
 
-    fn write_all(&mut self, data: &[u8]) -> Result<()> {
+    /// Writes a frame that [`codec::encode_gathered`] encoded into `wbuf`
+    /// with `holes`: the pieces of `wbuf` and, between them, the runs that
+    /// a second serialization of `value` hands over. The frame's last byte
+    /// waits until the second serialization has matched the first, so a
+    /// value that serializes differently leaves a frame cut short (the
+    /// socket is shut, and the peer reads an error), never a wrong one.
+    fn write_gathered<T: Serialize + ?Sized>(
+        &mut self,
+        value: &T,
+        wbuf: &[u8],
+        holes: &[Hole],
+        len: usize,
+    ) -> Result<()> {
+        // `wbuf` up to `done` is written; `skipped` bytes of runs are not
+        // in it.
+        let mut done = 0;
+        let mut skipped = 0;
+        let mut held = None;
+        let replayed = codec::replay(value, holes, len, |i, run| {
+            let upto = HEADER + 1 + holes[i].at - skipped;
+            skipped += run.len();
+            let piece = &wbuf[done..upto];
+            done = upto;
+            let run = if i + 1 == holes.len() && done == wbuf.len() {
+                let (last, run) = run.split_last().unwrap_or((&0, run));
+                held = Some(*last);
+                run
+            } else {
+                run
+            };
+            self.write_all([piece, run])
+        });
+        if let Err(err) = replayed {
+            if done > 0 {
+                // A frame is cut short: nothing more can be sent after it.
+                let why = format!("a send failed in the middle of a frame: {err}");
+                self.wbroken = Some(why);
+                let _ = nix::sys::socket::shutdown(
+                    self.fd.as_raw_fd(),
+                    nix::sys::socket::Shutdown::Write,
+                );
+            }
+            return Err(err);
+        }
+        let last = held.as_slice();
+        self.write_all([&wbuf[done..], last])
+    }
+
+    /// Writes `parts` in order, whole, in as few writes as the socket
+    /// allows. While the socket has no room, whatever the peer sends is
+    /// read into the receive buffer.
+    fn write_all<const N: usize>(&mut self, parts: [&[u8]; N]) -> Result<()> {
         let fd = Arc::clone(&self.fd);
-        send_all(fd.as_fd(), data, |fd| {
+        send_all(fd.as_fd(), parts, |fd| {
             let mut fds = [PollFd::new(fd, PollFlags::POLLOUT | PollFlags::POLLIN)];
             poll_until(&mut fds, Deadline::Never)?;
             let revents = fds[0].revents().unwrap_or(PollFlags::empty());
@@ -163,41 +258,52 @@ impl Conn {
             }
             // Read a whole pending frame at once where its length is known,
             // but reserve no more ahead than has arrived already: a header
-            // that claims a gigabyte costs what its peer really sends.
+            // that claims a gigabyte costs what its peer really sends. Room
+            // the buffer has already is used as it is.
             let ahead = (self.rbuf.len() - self.rpos).clamp(64 * 1024, 4 << 20);
-            let want = self.missing().clamp(64 * 1024, ahead);
+            let missing = self.missing();
+            let room = self.rbuf.capacity() - self.rbuf.len();
+            let want = missing.clamp(64 * 1024, ahead).max(missing.min(room));
+            let had = self.rbuf.capacity();
+            self.rbuf.reserve(want);
+            if self.rbuf.capacity() != had {
+                codec::advise_huge(self.rbuf.spare_capacity_mut());
+            }
             let start = self.rbuf.len();
-            self.rbuf.resize(start + want, 0);
-            let got = recv(
-                self.fd.as_raw_fd(),
-                &mut self.rbuf[start..],
-                MsgFlags::empty(),
-            );
-            match got {
+            let spare = &mut self.rbuf.spare_capacity_mut()[..want];
+            // SAFETY: the kernel writes at most `want` bytes into `spare`,
+            // memory the vector owns, and reads none of it.
+            let got = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    spare.as_mut_ptr().cast(),
+                    want,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            match usize::try_from(got) {
                 Ok(0) => {
-                    self.rbuf.truncate(start);
                     self.eof = true;
                     return Ok(total);
                 }
                 Ok(n) => {
-                    self.rbuf.truncate(start + n);
+                    // SAFETY: `recv` initialized the first `n` bytes of the
+                    // spare capacity.
+                    unsafe { self.rbuf.set_len(start + n) };
                     total += n;
                     if n < want {
                         return Ok(total);
                     }
                 }
-                Err(err) => {
-                    self.rbuf.truncate(start);
-                    match err {
-                        Errno::EINTR => {}
-                        Errno::EAGAIN => return Ok(total),
-                        Errno::ECONNRESET => {
-                            self.eof = true;
-                            return Ok(total);
-                        }
-                        err => return Err(err.into()),
+                Err(_) => match Errno::last() {
+                    Errno::EINTR => {}
+                    Errno::EAGAIN => return Ok(total),
+                    Errno::ECONNRESET => {
+                        self.eof = true;
+                        return Ok(total);
                     }
-                }
+                    err => return Err(err.into()),
+                },
             }
         }
     }
@@ -317,16 +423,25 @@ impl AsFd for Conn {
     }
 }
 
-/// Writes `data` whole to the non-blocking socket `fd`, calling `wait`
-/// whenever it has no room.
-fn send_all(
+/// Writes `parts` in order, whole, to the non-blocking socket `fd`, calling
+/// `wait` whenever it has no room.
+fn send_all<const N: usize>(
     fd: BorrowedFd<'_>,
-    mut data: &[u8],
+    parts: [&[u8]; N],
     mut wait: impl FnMut(BorrowedFd<'_>) -> Result<()>,
 ) -> Result<()> {
-    while !data.is_empty() {
-        match send(fd.as_raw_fd(), data, MsgFlags::MSG_NOSIGNAL) {
-            Ok(n) => data = &data[n..],
+    let mut slices = parts.map(IoSlice::new);
+    let mut left = &mut slices[..];
+    // Empty parts at the front need no write.
+    IoSlice::advance_slices(&mut left, 0);
+    while !left.is_empty() {
+        let sent = if let [one] = left {
+            send(fd.as_raw_fd(), one, MsgFlags::MSG_NOSIGNAL)
+        } else {
+            sendmsg::<()>(fd.as_raw_fd(), left, &[], MsgFlags::MSG_NOSIGNAL, None)
+        };
+        match sent {
+            Ok(n) => IoSlice::advance_slices(&mut left, n),
             Err(Errno::EINTR) => {}
             Err(Errno::EAGAIN) => wait(fd)?,
             Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(Error::Disconnected),
@@ -341,8 +456,7 @@ fn send_all(
 /// reads.
 pub(crate) fn write_frame(fd: BorrowedFd<'_>, tag: u8, payload: &[u8]) -> Result<()> {
     let [a, b, c, d] = codec::header(payload.len() + 1)?;
-    send_all(fd, &[a, b, c, d, tag], wait_for_room)?;
-    send_all(fd, payload, wait_for_room)
+    send_all(fd, [&[a, b, c, d, tag], payload], wait_for_room)
 }
 
 fn wait_for_room(fd: BorrowedFd<'_>) -> Result<()> {
@@ -365,6 +479,7 @@ pub(crate) fn socketpair() -> Result<(OwnedFd, OwnedFd)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::bytes::Bytes;
     use crate::wire::codec::decode;
     use crate::wire::frame::tag;
 
@@ -409,6 +524,99 @@ mod tests {
         b.fill().unwrap();
         b.fill().unwrap();
         assert!(matches!(next(&mut b), Err(Error::Codec { .. })));
+    }
+
+    /// Reads frames off `conn` until `n` have come, or the stream ends.
+    fn read_frames(conn: &mut Conn, n: usize) -> Result<Vec<(u8, Vec<u8>)>> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            if let Some(frame) = next(conn)? {
+                out.push(frame);
+                continue;
+            }
+            if conn.is_eof() {
+                break;
+            }
+            conn.wait(None, Deadline::Never)?;
+            conn.fill()?;
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn long_byte_runs_go_out_from_the_value_itself() {
+        let (mut a, mut b) = pair();
+        let run: Vec<u8> = (0..3u32 << 20).map(|i| i.to_le_bytes()[1]).collect();
+        let value = (7u8, Bytes::from(run.clone()), "tail", Bytes::from(run));
+        let sent = (
+            value.0,
+            value.1.clone(),
+            value.2.to_owned(),
+            value.3.clone(),
+        );
+        let writer = std::thread::spawn(move || {
+            a.send_value(tag::DATA, &value).unwrap();
+            a.send_bytes(tag::RESULT, &vec![9; 100_000]).unwrap();
+            a.send_value(tag::DATA, &Bytes::from(vec![1; 70_000]))
+                .unwrap();
+            // Short frames keep the buffer; long ones are not copied into it.
+            assert!(a.wbuf.capacity() <= KEEP_WBUF);
+        });
+        let frames = read_frames(&mut b, 3).unwrap();
+        writer.join().unwrap();
+        assert_eq!(frames[0].0, tag::DATA);
+        assert_eq!(
+            decode::<(u8, Bytes, String, Bytes)>(&frames[0].1).unwrap(),
+            sent
+        );
+        assert_eq!(frames[1], (tag::RESULT, vec![9; 100_000]));
+        assert_eq!(decode::<Bytes>(&frames[2].1).unwrap(), vec![1; 70_000]);
+    }
+
+    /// Serializes a longer run each time.
+    struct Shifty(std::cell::Cell<usize>);
+
+    impl Serialize for Shifty {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let n = self.0.get();
+            self.0.set(n + 1);
+            s.serialize_bytes(&vec![1; codec::LONG_RUN + n])
+        }
+    }
+
+    #[test]
+    fn a_value_that_serializes_differently_is_never_sent_wrong() {
+        // The first run differs: nothing was written, the channel goes on.
+        let (mut a, mut b) = pair();
+        let err = a.send_value(tag::DATA, &Shifty(0.into())).unwrap_err();
+        assert!(matches!(err, Error::Codec { .. }), "{err:?}");
+        a.send_value(tag::DATA, &5u8).unwrap();
+        assert_eq!(read_frames(&mut b, 1).unwrap(), [(tag::DATA, vec![5])]);
+        // A later run differs: the frame is cut short, and the peer reads
+        // an error, not a value.
+        let value = (Bytes::from(vec![2; codec::LONG_RUN]), Shifty(0.into()));
+        let writer = std::thread::spawn(move || {
+            let err = a.send_value(tag::DATA, &value).unwrap_err();
+            assert!(matches!(err, Error::Codec { .. }), "{err:?}");
+            assert!(matches!(
+                a.send_value(tag::DATA, &1u8),
+                Err(Error::Codec { .. })
+            ));
+        });
+        assert!(matches!(read_frames(&mut b, 1), Err(Error::Codec { .. })));
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn a_header_that_claims_a_gigabyte_reserves_what_arrived() {
+        let (a, mut b) = pair();
+        let mut frame = codec::header(1 << 30).unwrap().to_vec();
+        frame.push(tag::DATA);
+        frame.extend_from_slice(&[0; 1000]);
+        nix::unistd::write(&*a.fd, &frame).unwrap();
+        b.fill().unwrap();
+        assert!(b.rbuf.capacity() < 1 << 20, "{}", b.rbuf.capacity());
+        assert_eq!(next(&mut b).unwrap(), None);
     }
 
     #[test]

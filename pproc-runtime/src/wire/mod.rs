@@ -2,6 +2,7 @@
 //! the tags and the bodies of frames, the `PPROC_CHILD` spec and its
 //! roles, the framed connection, and deadlines.
 
+pub(crate) mod bytes;
 pub(crate) mod codec;
 pub(crate) mod conn;
 pub(crate) mod frame;
