@@ -79,6 +79,40 @@
 //! # }
 //! ```
 //!
+//! # Maps, queues and the grain of work
+//!
+//! [`Map`], [`Queue`] and [`pmap`] run a function over many items, one
+//! worker process per core. Workers are reused from item to item, and
+//! items go to them in batches whose size is measured as they run
+//! ([`BatchSize::Auto`]): about 5 ms of work per dispatch. So there is no
+//! grain to choose by hand: items of a few microseconds run hundreds to a
+//! dispatch, items of a second one at a time. What an item leaves in its
+//! worker (a static, a cache, a leak) is seen by that worker's next items;
+//! [`reuse(false)`](Map::reuse) gives every item a fresh process, at about
+//! a millisecond each. Either way, an item that panics, aborts or is killed
+//! fails alone.
+//!
+//! ```
+//! use pproc::parallel;
+//!
+//! #[parallel]
+//! fn collatz_steps(mut n: u64) -> u32 {
+//!     let mut steps = 0;
+//!     while n > 1 {
+//!         n = if n % 2 == 0 { n / 2 } else { 3 * n + 1 };
+//!         steps += 1;
+//!     }
+//!     steps
+//! }
+//!
+//! # fn main() -> pproc::Result<()> {
+//! // Twenty thousand tiny items, on a worker per core.
+//! let steps = pproc::pmap(collatz_steps::call, 1..=20_000)?;
+//! assert_eq!(steps[26], 111); // 27 takes 111 steps
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Exchanges
 //!
 //! An [`Exchange`](struct@Exchange) (pprocess's) runs many calls at once under a limit and
