@@ -105,7 +105,9 @@ fn child_main(value: &str) -> i32 {
             background::serve::serve(spec.fd, spec.fingerprint, spec.name, streams)
         }
         Mode::Call => tied(&spec).map_or_else(|code| code, |conn| entry::run_call(conn, spec.name)),
-        Mode::Worker => tied(&spec).map_or_else(|code| code, worker::serve),
+        Mode::Worker { log } => {
+            tied(&spec).map_or_else(|code| code, |conn| worker::serve(conn, log))
+        }
         Mode::Manager => {
             tied(&spec).map_or_else(|code| code, |mut conn| manager::serve_child(&mut conn))
         }

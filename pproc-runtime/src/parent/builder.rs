@@ -13,6 +13,7 @@ use crate::process::{capture, spawn};
 use crate::registry;
 use crate::wire::conn::{self, Conn, DEFAULT_MAX_FRAME};
 use crate::wire::frame::tag;
+use crate::wire::log;
 use crate::wire::spec::Mode;
 
 /// Arguments up to this size are written before the child exists: a
@@ -237,17 +238,32 @@ impl Builder {
         if self.program.is_none() && !registry::is_registered(&name) {
             return Err(Error::Unregistered { name });
         }
-        self.spawn(Mode::Call, name, &args)
+        self.spawn(Mode::Call, name, &args, None)
     }
 
-    /// Starts a built-in role ([`Mode::Worker`], [`Mode::Manager`]) with
-    /// serialized `args`.
+    /// Starts a built-in role ([`Mode::Manager`], [`Mode::Background`])
+    /// with serialized `args`.
     pub(crate) fn start_role(&self, mode: Mode, args: &[u8]) -> Result<Handle<(), (), ()>> {
         let name = mode.role_name().unwrap_or("pproc::__role").to_owned();
-        self.spawn(mode, name, args)
+        self.spawn(mode, name, args, None)
     }
 
-    fn spawn(&self, mode: Mode, name: String, args: &[u8]) -> Result<Handle<(), (), ()>> {
+    /// Starts a reusable worker, with a result log where one can be made
+    /// (see [`wire::log`](crate::wire::log)).
+    pub(crate) fn start_worker(&self) -> Result<Handle<(), (), ()>> {
+        let log = log::Reader::create().ok();
+        let mode = Mode::Worker { log: log.is_some() };
+        let name = mode.role_name().unwrap_or("pproc::__worker").to_owned();
+        self.spawn(mode, name, &[], log)
+    }
+
+    fn spawn(
+        &self,
+        mode: Mode,
+        name: String,
+        args: &[u8],
+        log: Option<log::Reader>,
+    ) -> Result<Handle<(), (), ()>> {
         let (ours, theirs) = conn::socketpair()?;
         let pipes = if self.capture {
             Some((capture::pipe()?, capture::pipe()?))
@@ -256,6 +272,7 @@ impl Builder {
         };
         let mut setup = spawn::Setup {
             group: self.group,
+            log: log.as_ref().map(|log| log.file().as_fd()),
             ..spawn::Setup::default()
         };
         if let Some(((_, out), (_, err))) = &pipes {
@@ -298,6 +315,9 @@ impl Builder {
         drop(theirs);
         let capture = pipes.map(|((out, _), (err, _))| capture::Capture::start(out, err));
         let mut handle = Handle::new(name, conn, spawned);
+        if let Some(log) = log {
+            handle.set_log(log);
+        }
         handle.set_group(self.group);
         if let Some(capture) = capture {
             handle.set_capture(capture?);

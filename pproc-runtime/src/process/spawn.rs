@@ -20,6 +20,7 @@ use nix::unistd::Pid;
 
 use crate::error::{Error, Result};
 use crate::lock::lock;
+use crate::wire::log::LOG_FD;
 use crate::wire::spec::{CHILD_FD, ENV, Mode, Spec};
 
 /// A started child, before it is wrapped in a handle.
@@ -47,6 +48,8 @@ pub(crate) struct Setup<'a> {
     /// Descriptors to put at the child's standard output and error.
     pub(crate) stdout: Option<BorrowedFd<'a>>,
     pub(crate) stderr: Option<BorrowedFd<'a>>,
+    /// A worker's result log, to put at [`LOG_FD`].
+    pub(crate) log: Option<BorrowedFd<'a>>,
     /// Variables to set in the child's environment.
     pub(crate) env: Vec<(&'static str, &'static str)>,
 }
@@ -60,6 +63,7 @@ struct Order {
     group: bool,
     stdout: Option<RawFd>,
     stderr: Option<RawFd>,
+    log: Option<RawFd>,
 }
 
 /// An order for the spawner thread, and where its answer goes.
@@ -120,6 +124,7 @@ pub(crate) fn spawn(
         group: setup.group,
         stdout: setup.stdout.map(|fd| fd.as_raw_fd()),
         stderr: setup.stderr.map(|fd| fd.as_raw_fd()),
+        log: setup.log.map(|fd| fd.as_raw_fd()),
     };
     let pid = if on_main_thread() {
         // The main thread lives as long as the process: no hand-off.
@@ -188,26 +193,36 @@ fn spawner() -> io::Result<mpsc::Sender<Request>> {
 
 fn spawn_now(request: &Order) -> nix::Result<Pid> {
     let mut actions = PosixSpawnFileActions::init()?;
-    let mut child_fd = request.child_fd;
-    let mut moved = None;
-    if child_fd == CHILD_FD {
-        // dup2 onto itself would leave close-on-exec set: move it first.
-        let fd = nix::fcntl::fcntl(
+    // Every descriptor is put in place by a dup2 in the child, in turn: one
+    // that sits where another goes would be overwritten first, and one
+    // dup2'd onto itself would keep close-on-exec. Move those out of the
+    // way.
+    let mut moved = Vec::new();
+    let mut clear = |fd: RawFd| -> nix::Result<RawFd> {
+        if !(CHILD_FD..=LOG_FD).contains(&fd) {
+            return Ok(fd);
+        }
+        let copy = nix::fcntl::fcntl(
             // SAFETY: the requester keeps the descriptor open until we reply.
-            unsafe { std::os::fd::BorrowedFd::borrow_raw(child_fd) },
-            nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(CHILD_FD + 1),
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+            nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(LOG_FD + 1),
         )?;
         // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that we own.
-        moved = Some(unsafe { OwnedFd::from_raw_fd(fd) });
-        child_fd = fd;
-    }
+        moved.push(unsafe { OwnedFd::from_raw_fd(copy) });
+        Ok(copy)
+    };
+    let child_fd = clear(request.child_fd)?;
+    let log = request.log.map(&mut clear).transpose()?;
+    let stdout = request.stdout.map(&mut clear).transpose()?;
+    let stderr = request.stderr.map(&mut clear).transpose()?;
     actions.add_dup2(child_fd, CHILD_FD)?;
-    // The requester keeps these open until we reply; they are above the
-    // standard descriptors (pipes made after 0, 1 and 2 exist).
-    if let Some(fd) = request.stdout {
+    if let Some(fd) = log {
+        actions.add_dup2(fd, LOG_FD)?;
+    }
+    if let Some(fd) = stdout {
         actions.add_dup2(fd, libc::STDOUT_FILENO)?;
     }
-    if let Some(fd) = request.stderr {
+    if let Some(fd) = stderr {
         actions.add_dup2(fd, libc::STDERR_FILENO)?;
     }
     let mut attr = PosixSpawnAttr::init()?;

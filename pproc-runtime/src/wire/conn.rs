@@ -15,6 +15,8 @@ use nix::sys::socket::{MsgFlags, send, sendmsg};
 use serde::Serialize;
 
 use super::codec::{self, HEADER, Hole};
+use super::frame::tag;
+use super::log;
 use super::wait::{Deadline, poll_until};
 use crate::error::{Error, Result};
 
@@ -63,6 +65,9 @@ pub(crate) struct Conn {
     /// Set when a send failed in the middle of a frame: nothing more can
     /// be sent.
     wbroken: Option<String>,
+    /// A worker's result log: its answers go there rather than into the
+    /// socket (see [`log`]).
+    log: Option<log::Writer>,
 }
 
 /// What [`Conn::next`] saw.
@@ -95,7 +100,74 @@ impl Conn {
             wbuf: Vec::new(),
             holes: Vec::new(),
             wbroken: None,
+            log: None,
         })
+    }
+
+    /// Writes answers to `log` from now on.
+    pub(crate) fn set_log(&mut self, log: log::Writer) {
+        self.log = Some(log);
+    }
+
+    /// Starts the log again from its start, as the parent's `LOG` frame
+    /// with `body` says.
+    pub(crate) fn restart_log(&mut self, body: &[u8]) -> Result<()> {
+        match self.log.as_mut() {
+            Some(log) => log.restart(body),
+            None => Err(Error::codec("a log restart for a child without a log")),
+        }
+    }
+
+    /// Announces what the log holds and the parent was not told of yet.
+    pub(crate) fn announce_log(&mut self) -> Result<()> {
+        match self.log_frame() {
+            Some(frame) => self.write_all([&frame[..]]),
+            None => Ok(()),
+        }
+    }
+
+    /// The `LOG` frame for what the log holds unannounced, if anything.
+    fn log_frame(&mut self) -> Option<[u8; HEADER + 1 + 8]> {
+        let log = self.log.as_mut().filter(|log| log.pending())?;
+        let mut frame = [0; HEADER + 1 + 8];
+        frame[..HEADER].copy_from_slice(&(1 + 8_u32).to_le_bytes());
+        frame[HEADER] = tag::LOG;
+        frame[HEADER + 1..].copy_from_slice(&log.announce());
+        Some(frame)
+    }
+
+    /// Sends the whole frame `frame`: into the log, where there is one and
+    /// it fits, or else into the socket, after a `LOG` frame for what the
+    /// log holds, so that the parent reads everything in order.
+    fn write_frame(&mut self, tag: u8, frame: &[u8]) -> Result<()> {
+        if let Some(log) = self.log.as_mut()
+            && matches!(
+                tag,
+                tag::DATA | tag::ERROR | tag::RESULT | tag::PANIC | tag::FAIL
+            )
+            && log.append(frame)
+        {
+            // A call's end is announced at once when no call waits behind
+            // it: its batch is over, and the parent waits for it.
+            let overdue = log.overdue();
+            let over = matches!(tag, tag::RESULT | tag::PANIC | tag::FAIL) && !self.has_frame();
+            if over || overdue {
+                return self.announce_log();
+            }
+            return Ok(());
+        }
+        match self.log_frame() {
+            Some(announce) => self.write_all([&announce[..], frame]),
+            None => self.write_all([frame]),
+        }
+    }
+
+    /// Whether a whole frame has been received and not taken yet.
+    fn has_frame(&self) -> bool {
+        matches!(
+            codec::split_frame(&self.rbuf[self.rpos..], 1, self.max_frame),
+            Ok(Some(_))
+        )
     }
 
     pub(crate) fn set_max_frame(&mut self, bytes: usize) {
@@ -134,8 +206,9 @@ impl Conn {
         let sent = codec::encode_gathered(value, &mut wbuf, &mut holes).and_then(|len| {
             wbuf[..HEADER].copy_from_slice(&codec::header(len + 1)?);
             if holes.is_empty() {
-                self.write_all([&wbuf[..]])
+                self.write_frame(tag, &wbuf)
             } else {
+                self.announce_log()?;
                 self.write_gathered(value, &wbuf, &holes, len)
             }
         });
@@ -151,6 +224,7 @@ impl Conn {
         if let Some(why) = &self.wbroken {
             return Err(Error::codec(why));
         }
+        self.announce_log()?;
         let [a, b, c, d] = codec::header(payload.len() + 1)?;
         if payload.len() >= codec::LONG_RUN {
             return self.write_all([&[a, b, c, d, tag], payload]);
@@ -379,6 +453,8 @@ impl Conn {
             if exited {
                 return Ok(Next::Exited);
             }
+            // Nothing the parent waits for stays in the log while we wait.
+            self.announce_log()?;
             match self.wait(exit, deadline)? {
                 Wake::Socket => {
                     self.fill()?;

@@ -31,6 +31,11 @@ pub(crate) mod tag {
     /// (a value, an error the call sent in its place, or the end). The body
     /// is empty.
     pub(crate) const ACK: u8 = 8;
+    /// Worker to parent: its result log ([`log`](crate::wire::log)) is
+    /// written up to a position; the frames there come in its place. The
+    /// body is the position (`u64`) and whether the log starts again
+    /// after it (`u8`).
+    pub(crate) const LOG: u8 = 9;
 }
 
 /// The error an `ERROR` frame carries.

@@ -22,8 +22,10 @@ pub(crate) enum Mode {
     /// parent: its descriptor is its channel.
     Call,
     /// A reusable worker: runs the functions that `CALL` frames name, one
-    /// after the other, until its parent closes the channel.
-    Worker,
+    /// after the other, until its parent closes the channel. With `log`,
+    /// it writes its answers into the shared log at
+    /// [`LOG_FD`](super::log::LOG_FD).
+    Worker { log: bool },
     /// A manager's server process.
     Manager,
     /// In the background, detached from its parent: its descriptor is a
@@ -38,7 +40,7 @@ impl Mode {
     /// run a registered function.
     pub(crate) fn role_name(self) -> Option<&'static str> {
         match self {
-            Self::Worker => Some("pproc::__worker"),
+            Self::Worker { .. } => Some("pproc::__worker"),
             Self::Manager => Some("pproc::__manager"),
             Self::Call | Self::Background { .. } => None,
         }
@@ -47,7 +49,8 @@ impl Mode {
     fn letter(self) -> char {
         match self {
             Self::Call => 'c',
-            Self::Worker => 'w',
+            Self::Worker { log: false } => 'w',
+            Self::Worker { log: true } => 'l',
             Self::Manager => 'm',
             Self::Background { streams: false } => 'r',
             Self::Background { streams: true } => 's',
@@ -57,7 +60,8 @@ impl Mode {
     fn from_letter(letter: &str) -> Option<Self> {
         match letter {
             "c" => Some(Self::Call),
-            "w" => Some(Self::Worker),
+            "w" => Some(Self::Worker { log: false }),
+            "l" => Some(Self::Worker { log: true }),
             "m" => Some(Self::Manager),
             "r" => Some(Self::Background { streams: false }),
             "s" => Some(Self::Background { streams: true }),
@@ -116,7 +120,8 @@ mod tests {
         assert_eq!(spec.mode, Mode::Background { streams: true });
         for mode in [
             Mode::Call,
-            Mode::Worker,
+            Mode::Worker { log: false },
+            Mode::Worker { log: true },
             Mode::Manager,
             Mode::Background { streams: false },
             Mode::Background { streams: true },

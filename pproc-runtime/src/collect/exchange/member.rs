@@ -458,7 +458,9 @@ fn poll_turn(handle: &mut Handle<(), (), ()>, fresh: bool) -> (Turn, Vec<Result<
             },
             Ok(Event::Timeout) => Turn::Running,
             // It is gone or going: a dead worker's channel closes as it
-            // exits.
+            // exits. What it wrote to its log and did not announce comes
+            // first: the calls it had finished.
+            Ok(Event::Closed | Event::Exited) if handle.drain_log() => continue,
             Ok(Event::Closed | Event::Exited) => Turn::Dead(handle.reap_error()),
             Err(error) => Turn::Dead(error),
         };

@@ -30,7 +30,6 @@ use crate::parent::function::ByName;
 use crate::parent::handle::Handle;
 use crate::process::fork::fork;
 use crate::wire::conn::Conn;
-use crate::wire::spec::Mode;
 use crate::wire::wait::Deadline;
 
 /// The name of the children that [`Exchange::create`] forks, as their
@@ -238,7 +237,7 @@ impl<S> Exchange<S> {
 
     fn spawn_workers(&mut self, n: usize) -> Result<()> {
         while self.members.iter().flatten().filter(|m| m.live()).count() < n && !self.full() {
-            let handle = self.builder.start_role(Mode::Worker, &[])?;
+            let handle = self.builder.start_worker()?;
             self.insert(handle, Self::idle())?;
         }
         Ok(())
@@ -405,7 +404,7 @@ impl<S> Exchange<S> {
             }
             if self.reuse {
                 // A new worker, idle: the next turn sends it its batch.
-                match self.builder.start_role(Mode::Worker, &[]) {
+                match self.builder.start_worker() {
                     Ok(handle) => self.insert(handle, Self::idle()).map(drop)?,
                     Err(error) => {
                         if let Some(queued) = self.waiting.pop_front() {

@@ -145,6 +145,11 @@ impl<R, S, V, K> Handle<R, S, V, K> {
         self.inner_mut().child.group = group;
     }
 
+    /// The worker writes its answers to `log`.
+    pub(crate) fn set_log(&mut self, log: crate::wire::log::Reader) {
+        self.inner_mut().log = Some(log);
+    }
+
     /// The child's output is captured.
     pub(crate) fn set_capture(&mut self, capture: Capture) {
         self.inner_mut().capture = Some(capture);

@@ -13,9 +13,10 @@ use crate::error::{Error, Result};
 use crate::process::capture::Capture;
 use crate::process::child::{Child, Status};
 use crate::process::limits::{Limits, status_error};
-use crate::wire::codec::decode;
+use crate::wire::codec::{self, decode};
 use crate::wire::conn::{Conn, Next};
 use crate::wire::frame::{PanicReport, Refusal, push_call, remote, tag};
+use crate::wire::log;
 use crate::wire::wait::Deadline;
 
 /// How long a receive that saw the channel close waits for the child's exit
@@ -38,6 +39,9 @@ pub(super) struct Inner {
     pub(super) capture: Option<Capture>,
     /// Replies that arrived for requests other than the one awaited.
     pub(super) book: Book,
+    /// A worker's result log, and the frames read from it, not yet taken.
+    pub(super) log: Option<log::Reader>,
+    logged: VecDeque<(u8, Vec<u8>)>,
 }
 
 /// How the child said its call ended.
@@ -114,30 +118,42 @@ impl Inner {
             limits: Limits::default(),
             capture: None,
             book: Book::default(),
+            log: None,
+            logged: VecDeque::new(),
         }
     }
 
     /// Reads the next frame, waiting until `deadline`, and classifies it;
-    /// a `DATA` frame's body goes through `read`.
+    /// a `DATA` frame's body goes through `read`. A worker's `LOG` frame
+    /// stands for the frames it announces, read in its place.
     pub(super) fn next_event<T>(
         &mut self,
         deadline: Deadline,
         read: impl FnOnce(&[u8]) -> Result<T>,
     ) -> Result<Event<T>> {
-        let Self {
-            conn,
-            child,
-            outcome,
-            ..
-        } = self;
-        let next = conn.next(deadline, child.exit_fd(), |tag, body| {
-            classify(tag, body, outcome, read)
-        })?;
-        match next {
-            Next::Frame(event) => event,
-            Next::Closed => Ok(Event::Closed),
-            Next::Exited => Ok(Event::Exited),
-            Next::Timeout => Ok(Event::Timeout),
+        let mut read = Some(read);
+        loop {
+            if let Some(event) = self.next_logged(&mut read)? {
+                return Ok(event);
+            }
+            let Self {
+                conn,
+                child,
+                outcome,
+                log,
+                logged,
+                ..
+            } = self;
+            let next = conn.next(deadline, child.exit_fd(), |tag, body| {
+                sort(tag, body, outcome, log, logged, &mut read)
+            })?;
+            match next {
+                Next::Frame(Some(event)) => return event,
+                Next::Frame(None) => {}
+                Next::Closed => return Ok(Event::Closed),
+                Next::Exited => return Ok(Event::Exited),
+                Next::Timeout => return Ok(Event::Timeout),
+            }
         }
     }
 
@@ -147,12 +163,51 @@ impl Inner {
         &mut self,
         read: impl FnOnce(&[u8]) -> Result<T>,
     ) -> Result<Option<Event<T>>> {
-        let Self { conn, outcome, .. } = self;
-        match conn.with_frame(|tag, body| classify(tag, body, outcome, read))? {
-            Some(event) => event.map(Some),
-            None if conn.is_eof() => Ok(Some(Event::Closed)),
+        let mut read = Some(read);
+        loop {
+            if let Some(event) = self.next_logged(&mut read)? {
+                return Ok(Some(event));
+            }
+            let Self {
+                conn,
+                outcome,
+                log,
+                logged,
+                ..
+            } = self;
+            match conn.with_frame(|tag, body| sort(tag, body, outcome, log, logged, &mut read))? {
+                Some(Some(event)) => return event.map(Some),
+                Some(None) => {}
+                None if conn.is_eof() => return Ok(Some(Event::Closed)),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// The next of the frames a `LOG` frame announced, classified.
+    fn next_logged<T>(
+        &mut self,
+        read: &mut Option<impl FnOnce(&[u8]) -> Result<T>>,
+    ) -> Result<Option<Event<T>>> {
+        let Some((tag, body)) = self.logged.pop_front() else {
+            return Ok(None);
+        };
+        match read.take() {
+            Some(read) => classify(tag, &body, &mut self.outcome, read).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// Takes in what a worker that died had written to its log and not
+    /// announced; whether there was any.
+    pub(super) fn drain_log(&mut self) -> bool {
+        let Some(log) = self.log.as_mut() else {
+            return false;
+        };
+        let bytes = log.unannounced();
+        // A frame is committed whole, so a cut one is not its doing: the
+        // log ends there.
+        split_log(&bytes, &mut self.logged).is_ok() && !self.logged.is_empty()
     }
 
     /// Reads until the child's outcome is known or it is gone, keeping
@@ -233,6 +288,41 @@ impl Inner {
     }
 }
 
+/// Sorts one frame as it comes off the socket: a `LOG` frame's frames go
+/// to `logged`, to be read next (`None`); any other is classified.
+fn sort<T>(
+    tag: u8,
+    body: &[u8],
+    outcome: &mut Option<Outcome>,
+    log: &mut Option<log::Reader>,
+    logged: &mut VecDeque<(u8, Vec<u8>)>,
+    read: &mut Option<impl FnOnce(&[u8]) -> Result<T>>,
+) -> Option<Result<Event<T>>> {
+    if tag == tag::LOG {
+        let Some(log) = log.as_mut() else {
+            return Some(Err(Error::codec("a log frame from a child without a log")));
+        };
+        return match log.announced(body) {
+            Ok(bytes) => split_log(&bytes, logged).err().map(Err),
+            Err(error) => Some(Err(error)),
+        };
+    }
+    let read = read.take()?;
+    Some(classify(tag, body, outcome, read))
+}
+
+/// Splits the frames read from a log into `logged`.
+fn split_log(mut bytes: &[u8], logged: &mut VecDeque<(u8, Vec<u8>)>) -> Result<()> {
+    while !bytes.is_empty() {
+        let Some(body) = codec::split_frame(bytes, 1, bytes.len())? else {
+            return Err(Error::codec("the log ends in the middle of a frame"));
+        };
+        logged.push_back((body[0], body[1..].to_vec()));
+        bytes = &bytes[codec::HEADER + body.len()..];
+    }
+    Ok(())
+}
+
 /// Sorts one frame from the child: a value read by `read`, an error sent
 /// in place of one, or the end of its call, whose outcome is kept.
 fn classify<T>(
@@ -297,6 +387,12 @@ impl<R, S, V, K> Handle<R, S, V, K> {
         inner.buffered_event(|body| Ok(body.to_vec()))
     }
 
+    /// Takes in what a dead worker wrote to its log and did not announce:
+    /// the calls it had finished. Whether there was any.
+    pub(crate) fn drain_log(&mut self) -> bool {
+        self.inner_mut().drain_log()
+    }
+
     /// How the child's call ended, once an [`Event::Ended`] said so; taken,
     /// so that a reusable worker's next call starts afresh.
     pub(crate) fn take_outcome(&mut self) -> Option<Result<Vec<u8>>> {
@@ -331,10 +427,17 @@ impl<R, S, V, K> Handle<R, S, V, K> {
         &mut self,
         calls: impl IntoIterator<Item = (&'a str, &'a [u8])>,
     ) -> Result<()> {
+        let inner = self.inner_mut();
         let mut frames = Vec::new();
+        // Every answer to its last batch was read: its log starts again.
+        if let Some(body) = inner.log.as_mut().and_then(log::Reader::restart) {
+            frames.extend_from_slice(&codec::header(1 + body.len())?);
+            frames.push(tag::LOG);
+            frames.extend_from_slice(&body);
+        }
         for (name, args) in calls {
             push_call(&mut frames, name, args)?;
         }
-        self.inner_mut().conn.send_framed(&frames)
+        inner.conn.send_framed(&frames)
     }
 }
