@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use hmac::{Hmac, KeyInit, Mac};
 use pproc::manager::{Address, Manager};
-use pproc::{Call, Channel, Error, Handle, Pool, Streams, parallel};
+use pproc::{BatchSize, Call, Channel, Error, Handle, Pool, Queue, Streams, parallel};
 use sha2::Sha256;
 
 /// The channel protocol's frame tags (a frame is a little-endian `u32`
@@ -20,6 +20,7 @@ const RESULT: u8 = 3;
 const PANIC: u8 = 4;
 const FAIL: u8 = 5;
 const ERROR: u8 = 7;
+const LOG: u8 = 9;
 
 /// A bincode string whose length claims a terabyte, followed by three
 /// bytes.
@@ -52,6 +53,20 @@ fn liar(ch: Channel<String, u8>, bytes: Vec<u8>, exit: bool) -> String {
     }
     let _ = ch.recv();
     String::new()
+}
+
+/// Item `bad` writes a `LOG` frame announcing its worker's result log up
+/// to a position past its end, straight onto the worker's socket.
+#[parallel]
+fn log_liar(x: u64, bad: u64) -> u64 {
+    if x == bad {
+        // SAFETY: a worker's channel is at descriptor 3 for its whole life.
+        let fd = unsafe { BorrowedFd::borrow_raw(3) };
+        let mut file = std::fs::File::from(fd.try_clone_to_owned().expect("dup"));
+        file.write_all(&frame(LOG, &u64::MAX.to_le_bytes()))
+            .expect("write");
+    }
+    x
 }
 
 #[parallel]
@@ -208,4 +223,29 @@ fn a_manager_refuses_lying_requests_and_serves_on() {
     assert_eq!(counter.add(1).unwrap(), 5);
     drop(raw);
     assert_eq!(counter.get().unwrap(), 5);
+}
+
+#[test]
+fn lying_log_frames_are_codec_errors() {
+    // From a child that has no log.
+    let message = codec_message(liar::start(frame(LOG, &[0; 8]), true).unwrap().join());
+    assert!(message.contains("without a log"), "{message}");
+    // From a worker that has one: the batch fails with a codec error, and
+    // every item gets an outcome.
+    let mut queue = Queue::new(|x| log_liar::call(x, 3), 0..10)
+        .limit(1)
+        .batch(BatchSize::Fixed(10));
+    let outcomes: Vec<_> = std::iter::from_fn(|| queue.next_indexed()).collect();
+    assert_eq!(outcomes.len(), 10);
+    assert!(
+        outcomes
+            .iter()
+            .any(|(_, outcome)| matches!(outcome, Err(Error::Codec { .. }))),
+        "{outcomes:?}"
+    );
+    for (index, outcome) in &outcomes {
+        if let Ok(x) = outcome {
+            assert_eq!(*x, *index as u64);
+        }
+    }
 }
