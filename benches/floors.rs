@@ -196,7 +196,7 @@ fn run_row(mut row: Row<'_>) {
         let load = if i == 0 { load.clone() } else { String::new() };
         let ratio = medians[i].as_secs_f64() / floor;
         let line = format!(
-            "{work:<34} {:<38} {:>10} {:>10} {:>9} {load:>5}  {}",
+            "{work:<36} {:<38} {:>10} {:>10} {:>9} {load:>5}  {}",
             e.name,
             human(medians[i]),
             human(samples[i][0]),
@@ -209,7 +209,7 @@ fn run_row(mut row: Row<'_>) {
 
 fn print_head() {
     println!(
-        "{:<34} {:<38} {:>10} {:>10} {:>9} {:>5}  note",
+        "{:<36} {:<38} {:>10} {:>10} {:>9} {:>5}  note",
         "work", "contender", "median", "best", "ratio", "load"
     );
 }
