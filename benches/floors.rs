@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid, fork};
-use pproc::{Channel, Exchange, Handle, Map, Pool, Streams, parallel};
+use pproc::{Bytes, Channel, Exchange, Handle, Map, Pool, Streams, parallel};
 use rayon::prelude::*;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -346,12 +346,12 @@ fn hash_row<'a>(plan: &Plan, tree: &'a Tree) -> Row<'a> {
                 check2(got);
                 took
             }),
-            entry("  .reuse(true)", move || {
+            entry("  .reuse(false): a process per file", move || {
                 let items = files.clone();
                 let mut got = Vec::new();
                 let took = clock(|| {
                     got = Map::new(hash::call, items)
-                        .reuse(true)
+                        .reuse(false)
                         .collect::<pproc::Result<_>>()
                         .expect("map");
                 });
@@ -582,6 +582,7 @@ macro_rules! echo_payloads {
 echo_payloads! {
     echo_vec: Vec<u8> => "Channel<Vec<u8>, Vec<u8>>",
     echo_bytebuf: ByteBuf => "Channel<ByteBuf, ByteBuf>",
+    echo_bytes: Bytes => "Channel<Bytes, Bytes>",
 }
 
 /// Sends back what arrives until an empty payload; returns this process's
@@ -945,11 +946,10 @@ fn calls_row(plan: &Plan) -> Row<'static> {
                 assert_eq!(got, e1);
                 took
             }),
-            entry("Map .reuse(true).limit(2)", move || {
+            entry("Map .limit(2)", move || {
                 let mut got = Vec::new();
                 let took = clock(|| {
                     got = Map::new(tiny::call, 0..calls)
-                        .reuse(true)
                         .limit(2)
                         .collect::<pproc::Result<_>>()
                         .expect("map");
