@@ -231,6 +231,7 @@ pub(crate) fn announced(buf: &[u8], min: usize, max: usize) -> Result<Option<usi
     Ok(Some(len))
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
 /// The body of the frame at the start of `buf`, once it has all arrived.
 /// `min` and `max` bound the length its header may announce.
 pub(crate) fn split_frame(buf: &[u8], min: usize, max: usize) -> Result<Option<&[u8]>> {
