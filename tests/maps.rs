@@ -74,6 +74,34 @@ fn fragile(x: u64, bad: u64, how: String) -> (u64, u32) {
     (x, std::process::id())
 }
 
+/// Returns at once for `wait == false`; else waits (at most 20 s) until
+/// the file `marker` exists, and says whether it did.
+#[parallel]
+fn waits_for(marker: String, wait: bool) -> bool {
+    if !wait {
+        return true;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if std::path::Path::new(&marker).exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+/// Sends `1`, then waits as `waits_for` does before it returns.
+#[parallel]
+fn sends_then_waits(ch: Channel<u64>, marker: String) {
+    ch.send(&1).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline && !std::path::Path::new(&marker).exists() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    ch.send(&2).unwrap();
+}
+
 /// Sends `x` once, or nothing for 0.
 #[parallel]
 fn send_once(ch: Channel<u64>, x: u64) {
@@ -461,4 +489,46 @@ fn tiny_items_are_batched_in_order_on_few_workers() {
     assert_eq!(pmap(square::call, 0..3000).unwrap()[2999], 2999 * 2999);
     assert_eq!(children(), Vec::<u32>::new());
     assert_eq!(open_fds(), fds, "descriptors leaked");
+}
+
+/// A marker file no other test uses.
+fn marker(name: &str) -> String {
+    let path = std::env::temp_dir().join(format!("pproc-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path.display().to_string()
+}
+
+#[test]
+fn an_answer_in_a_batch_does_not_wait_for_the_next_item() {
+    let _serial = serial();
+    let path = marker("batch-answer");
+    let mut queue = Queue::new(|wait| waits_for::call(path.clone(), wait), [false, true])
+        .limit(1)
+        .batch(BatchSize::Fixed(2));
+    // The first item's answer arrives while the second runs: the second
+    // waits for the file made only then.
+    let (index, first) = queue.next_indexed().unwrap();
+    assert_eq!((index, first.unwrap()), (0, true));
+    std::fs::write(&path, b"").unwrap();
+    let (index, second) = queue.next_indexed().unwrap();
+    assert_eq!(index, 1);
+    assert!(
+        second.unwrap(),
+        "the second item never saw the first one's answer arrive"
+    );
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn a_value_streamed_from_a_worker_does_not_wait_for_its_sender() {
+    let _serial = serial();
+    let path = marker("worker-stream");
+    let mut queue = Queue::new(|_| sends_then_waits::call(path.clone()), [0])
+        .limit(1)
+        .continuous(true);
+    assert_eq!(queue.next().unwrap().unwrap(), 1);
+    std::fs::write(&path, b"").unwrap();
+    assert_eq!(queue.next().unwrap().unwrap(), 2);
+    assert!(queue.next().is_none());
+    std::fs::remove_file(&path).unwrap();
 }

@@ -52,6 +52,13 @@
 //! socket; a frame larger than the limit ([`Builder::max_frame`]) is refused
 //! before it is allocated.
 //!
+//! Values that follow each other closely are gathered into one write of
+//! up to 64 KiB. It goes out when it fills, when that end waits to
+//! receive, with the result or the panic that ends a call, on
+//! [`Channel::flush`] or [`Handle::flush`], and once the oldest value has
+//! waited [`DEFAULT_FLUSH_AFTER`] (a millisecond; `set_flush_after` on
+//! either end changes it). A value sent after a pause is written at once.
+//!
 //! Send bytes as [`Bytes`], not `Vec<u8>`: serde hands a `Vec<u8>` over one
 //! element at a time, while a [`Bytes`] (or a field marked
 //! `#[serde(with = "serde_bytes")]`) is one block, copied with `memcpy`
@@ -214,12 +221,12 @@
 pub use pproc_macros::{Exchange, parallel};
 pub use pproc_runtime::{
     Arrivals, Background, BatchSize, Builder, ByName, Bytes, Call, Channel, ChildInfo,
-    DEFAULT_MAX_FRAME, Delivery, EXIT_OUT_OF_MEMORY, EXIT_PROTOCOL, EXIT_UNREGISTERED,
-    EXIT_VERSION_SKEW, Error, Exchange, Failure, Fork, Function, Gathered, Handle, Iter, Limit,
-    MAX_RATE_OVERLAP, Managed, Map, Node, Origin, Output, Pending, Pool, Queue, Reply, Request,
-    RequestId, Result, Returns, Route, Store, Streams, Task, Timer, children, fork, interval,
-    is_registered, join_all, join_any, later, parent, pmap, rate, registered, select,
-    start_background, tree, waitall,
+    DEFAULT_FLUSH_AFTER, DEFAULT_MAX_FRAME, Delivery, EXIT_OUT_OF_MEMORY, EXIT_PROTOCOL,
+    EXIT_UNREGISTERED, EXIT_VERSION_SKEW, Error, Exchange, Failure, Fork, Function, Gathered,
+    Handle, Iter, Limit, MAX_RATE_OVERLAP, Managed, Map, Node, Origin, Output, Pending, Pool,
+    Queue, Reply, Request, RequestId, Result, Returns, Route, Store, Streams, Task, Timer,
+    children, fork, interval, is_registered, join_all, join_any, later, parent, pmap, rate,
+    registered, select, start_background, tree, waitall,
 };
 
 pub use pproc_runtime::manager;

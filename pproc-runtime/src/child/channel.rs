@@ -4,6 +4,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, TryLockError};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -14,6 +15,7 @@ use crate::lock::lock;
 use crate::wire::codec::decode;
 use crate::wire::conn::{Next, SharedConn};
 use crate::wire::frame::{remote, tag};
+use crate::wire::outbox::{Outbox, Pushed};
 use crate::wire::recv::{Iter, batch, optional};
 use crate::wire::rpc::{Reply, Request};
 use crate::wire::wait::Deadline;
@@ -49,27 +51,102 @@ use crate::wire::wait::Deadline;
 /// ```
 pub struct Channel<S = (), V = ()> {
     conn: SharedConn,
+    /// What was sent and not written yet: a send only takes its lock.
+    out: Arc<Outbox>,
     _types: PhantomData<fn(S) -> V>,
 }
 
 impl<S, V> Channel<S, V> {
     pub(crate) fn new(conn: SharedConn) -> Self {
+        let out = lock(&conn).outbox();
         Self {
             conn,
+            out,
             _types: PhantomData,
         }
+    }
+
+    /// Sends a `DATA` or `ERROR` frame holding `value`: into the outbox
+    /// when it takes it, otherwise through the connection.
+    fn send_frame<T: Serialize + ?Sized>(&self, tag: u8, value: &T) -> Result<()> {
+        match self.out.push(tag, value)? {
+            Pushed::Held => Ok(()),
+            Pushed::Full => lock(&self.conn).flush(),
+            Pushed::Refused => lock(&self.conn).send_value(tag, value),
+        }
+    }
+
+    /// Writes out the values sent so far that still wait in the channel's
+    /// buffer.
+    ///
+    /// Values are gathered into one write of up to 64 KiB, which goes out
+    /// when it fills, when this end waits to receive, when the function
+    /// returns or panics, and once the oldest value has waited
+    /// [`DEFAULT_FLUSH_AFTER`](crate::DEFAULT_FLUSH_AFTER) (see
+    /// [`set_flush_after`](Self::set_flush_after)). Flush before doing
+    /// something that must not start until the parent can read them, such
+    /// as waiting on the socket in an event loop of your own, or ending the
+    /// process some other way than returning.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pproc::{parallel, Channel};
+    ///
+    /// #[parallel]
+    /// fn report_then_exit(ch: Channel<u32>) {
+    ///     ch.send(&7).unwrap();
+    ///     ch.flush().unwrap();
+    ///     std::process::exit(0);
+    /// }
+    ///
+    /// # fn main() -> pproc::Result<()> {
+    /// let h = report_then_exit::start()?;
+    /// assert_eq!(h.recv()?, 7);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Disconnected`] if the parent closed its end. Once a write
+    /// has failed, every later send and flush fails the same way.
+    pub fn flush(&self) -> Result<()> {
+        match self.conn.try_lock() {
+            Ok(mut conn) => conn.flush(),
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner().flush(),
+            // Another thread holds the connection: it reads as it waits, so
+            // the parent is drained while this one waits for room.
+            Err(TryLockError::WouldBlock) => self.out.flush_waiting(),
+        }
+    }
+
+    /// Sets how long a value sent on this end may wait in its buffer
+    /// before it is written out, however busy the sender is:
+    /// [`DEFAULT_FLUSH_AFTER`](crate::DEFAULT_FLUSH_AFTER) unless set.
+    /// [`Duration::ZERO`] writes every value at once, one write each;
+    /// [`Duration::MAX`] leaves values waiting until the buffer fills, a
+    /// receive waits, or a flush.
+    pub fn set_flush_after(&self, after: Duration) {
+        self.out.set_after(after);
     }
 }
 
 impl<S: Serialize, V> Channel<S, V> {
     /// Sends a value to the parent.
     ///
+    /// The value may wait in the channel's buffer, with others, for a
+    /// millisecond at most: see [`flush`](Self::flush). Values arrive in
+    /// the order they were sent, and all of them before the function's
+    /// result or its panic.
+    ///
     /// # Errors
     ///
-    /// [`Error::Disconnected`] if the parent closed its end, [`Error::Codec`]
-    /// if the value does not serialize.
+    /// [`Error::Disconnected`] if the parent closed its end (possibly only
+    /// at a later send, for a value that waited), [`Error::Codec`] if the
+    /// value does not serialize.
     pub fn send(&self, value: &S) -> Result<()> {
-        lock(&self.conn).send_value(tag::DATA, value)
+        self.send_frame(tag::DATA, value)
     }
 }
 
@@ -111,7 +188,7 @@ impl<S, V> Channel<S, V> {
     ///
     /// [`Error::Disconnected`] if the parent closed its end.
     pub fn send_error(&self, error: impl fmt::Display) -> Result<()> {
-        lock(&self.conn).send_value(tag::ERROR, &error.to_string())
+        self.send_frame(tag::ERROR, &error.to_string())
     }
 }
 
@@ -191,8 +268,13 @@ impl<S, V: DeserializeOwned> Channel<S, V> {
 impl<S, V> AsRawFd for Channel<S, V> {
     /// The socket under the channel, for polling it in an event loop of
     /// your own. Reading or writing it directly breaks the framing.
+    ///
+    /// The values sent before are written out first, as far as the
+    /// socket takes them now: [`flush`](Self::flush) to be sure of all.
     fn as_raw_fd(&self) -> RawFd {
-        lock(&self.conn).raw_fd()
+        let conn = lock(&self.conn);
+        self.out.flush_now();
+        conn.raw_fd()
     }
 }
 

@@ -20,9 +20,9 @@ use crate::wire::wait::Deadline;
 /// returns the exit status.
 pub(crate) fn serve(mut conn: Conn, log: bool) -> i32 {
     if log {
-        match adopt_log() {
-            Some(log) => conn.set_log(log),
-            None => return EXIT_PROTOCOL,
+        match adopt_log().map(|log| conn.set_log(log)) {
+            Some(Ok(())) => {}
+            _ => return EXIT_PROTOCOL,
         }
     }
     if first_frame(&mut conn).is_none() {

@@ -5,28 +5,24 @@
 //! writing too: while a write waits for room, whatever the peer sends is read
 //! into the receive buffer, so both ends keep draining each other.
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags};
-use nix::sys::socket::{MsgFlags, send, sendmsg};
 use serde::Serialize;
 
-use super::codec::{self, HEADER, Hole};
+use super::codec::{self, HEADER};
 use super::frame::tag;
 use super::log;
+use super::outbox::{Frame, Out, Outbox, coalesces, encoding, send_all, wait_for_room};
 use super::wait::{Deadline, poll_until};
 use crate::error::{Error, Result};
 
 /// The default limit on a frame's body, in bytes: larger frames are refused
 /// before anything is allocated for them.
 pub const DEFAULT_MAX_FRAME: usize = 1 << 30;
-
-/// The largest write buffer a connection keeps between sends: a longer
-/// one (a large value that is not a byte run) is freed once it is sent.
-const KEEP_WBUF: usize = 1 << 20;
 
 /// A connection that several threads of a child share: its function, the
 /// channel it was handed, and the panic hook.
@@ -58,16 +54,9 @@ pub(crate) struct Conn {
     broken: Option<String>,
     /// An error met while filling a batch, returned by the next receive.
     deferred: Option<Error>,
-    /// The frame being sent, kept from send to send for its capacity.
-    wbuf: Vec<u8>,
-    /// The long byte runs of the frame being sent.
-    holes: Vec<Hole>,
-    /// Set when a send failed in the middle of a frame: nothing more can
-    /// be sent.
-    wbroken: Option<String>,
-    /// A worker's result log: its answers go there rather than into the
-    /// socket (see [`log`]).
-    log: Option<log::Writer>,
+    /// What was sent and not written yet, shared with the ends that send
+    /// without locking the connection, and with the flusher.
+    out: Arc<Outbox>,
 }
 
 /// What [`Conn::next`] saw.
@@ -89,85 +78,17 @@ impl Conn {
         let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)?;
         let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
         nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+        let fd = Arc::new(fd);
         Ok(Self {
-            fd: Arc::new(fd),
+            out: Outbox::new(Arc::clone(&fd)),
+            fd,
             rbuf: Vec::new(),
             rpos: 0,
             max_frame: DEFAULT_MAX_FRAME,
             eof: false,
             broken: None,
             deferred: None,
-            wbuf: Vec::new(),
-            holes: Vec::new(),
-            wbroken: None,
-            log: None,
         })
-    }
-
-    /// Writes answers to `log` from now on.
-    pub(crate) fn set_log(&mut self, log: log::Writer) {
-        self.log = Some(log);
-    }
-
-    /// Starts the log again from its start, as the parent's `LOG` frame
-    /// with `body` says.
-    pub(crate) fn restart_log(&mut self, body: &[u8]) -> Result<()> {
-        match self.log.as_mut() {
-            Some(log) => log.restart(body),
-            None => Err(Error::codec("a log restart for a child without a log")),
-        }
-    }
-
-    /// Announces what the log holds and the parent was not told of yet.
-    pub(crate) fn announce_log(&mut self) -> Result<()> {
-        match self.log_frame() {
-            Some(frame) => self.write_all([&frame[..]]),
-            None => Ok(()),
-        }
-    }
-
-    /// The `LOG` frame for what the log holds unannounced, if anything.
-    fn log_frame(&mut self) -> Option<[u8; HEADER + 1 + 8]> {
-        let log = self.log.as_mut().filter(|log| log.pending())?;
-        let mut frame = [0; HEADER + 1 + 8];
-        frame[..HEADER].copy_from_slice(&(1 + 8_u32).to_le_bytes());
-        frame[HEADER] = tag::LOG;
-        frame[HEADER + 1..].copy_from_slice(&log.announce());
-        Some(frame)
-    }
-
-    /// Sends the whole frame `frame`: into the log, where there is one and
-    /// it fits, or else into the socket, after a `LOG` frame for what the
-    /// log holds, so that the parent reads everything in order.
-    fn write_frame(&mut self, tag: u8, frame: &[u8]) -> Result<()> {
-        if let Some(log) = self.log.as_mut()
-            && matches!(
-                tag,
-                tag::DATA | tag::ERROR | tag::RESULT | tag::PANIC | tag::FAIL
-            )
-            && log.append(frame)
-        {
-            // A call's end is announced at once when no call waits behind
-            // it: its batch is over, and the parent waits for it.
-            let overdue = log.overdue();
-            let over = matches!(tag, tag::RESULT | tag::PANIC | tag::FAIL) && !self.has_frame();
-            if over || overdue {
-                return self.announce_log();
-            }
-            return Ok(());
-        }
-        match self.log_frame() {
-            Some(announce) => self.write_all([&announce[..], frame]),
-            None => self.write_all([frame]),
-        }
-    }
-
-    /// Whether a whole frame has been received and not taken yet.
-    fn has_frame(&self) -> bool {
-        matches!(
-            codec::split_frame(&self.rbuf[self.rpos..], 1, self.max_frame),
-            Ok(Some(_))
-        )
     }
 
     pub(crate) fn set_max_frame(&mut self, bytes: usize) {
@@ -189,115 +110,186 @@ impl Conn {
         self.eof && self.rpos == self.rbuf.len()
     }
 
-    /// Sends one frame whose payload is `value` serialized. The frame is
-    /// encoded into a buffer the connection keeps from send to send, but
-    /// for long byte runs (a [`Bytes`](crate::Bytes) payload), which are
-    /// written to the socket from the value itself.
-    pub(crate) fn send_value<T: Serialize + ?Sized>(&mut self, tag: u8, value: &T) -> Result<()> {
-        if let Some(why) = &self.wbroken {
-            return Err(Error::codec(why));
-        }
-        let mut wbuf = std::mem::take(&mut self.wbuf);
-        let mut holes = std::mem::take(&mut self.holes);
-        wbuf.clear();
-        holes.clear();
-        wbuf.extend_from_slice(&[0; HEADER]);
-        wbuf.push(tag);
-        let sent = codec::encode_gathered(value, &mut wbuf, &mut holes).and_then(|len| {
-            wbuf[..HEADER].copy_from_slice(&codec::header(len + 1)?);
-            if holes.is_empty() {
-                self.write_frame(tag, &wbuf)
-            } else {
-                self.announce_log()?;
-                self.write_gathered(value, &wbuf, &holes, len)
-            }
-        });
-        self.keep_wbuf(wbuf);
-        self.holes = holes;
-        sent
+    /// What was sent and not written yet, for an end that sends without
+    /// locking the connection.
+    pub(crate) fn outbox(&self) -> Arc<Outbox> {
+        Arc::clone(&self.out)
     }
 
-    /// Sends one frame whose payload is already serialized: a long one is
-    /// written from `payload` as it is, a short one copied behind its
-    /// header to go out in one write.
-    pub(crate) fn send_bytes(&mut self, tag: u8, payload: &[u8]) -> Result<()> {
-        if let Some(why) = &self.wbroken {
-            return Err(Error::codec(why));
-        }
-        self.announce_log()?;
-        let [a, b, c, d] = codec::header(payload.len() + 1)?;
-        if payload.len() >= codec::LONG_RUN {
-            return self.write_all([&[a, b, c, d, tag], payload]);
-        }
-        let mut wbuf = std::mem::take(&mut self.wbuf);
-        wbuf.clear();
-        wbuf.extend_from_slice(&[a, b, c, d, tag]);
-        wbuf.extend_from_slice(payload);
-        let sent = self.write_all([&wbuf[..]]);
-        self.keep_wbuf(wbuf);
-        sent
+    /// Writes a worker's answers to `log` from now on (see
+    /// [`log`](super::log)).
+    pub(crate) fn set_log(&mut self, log: log::Writer) -> Result<()> {
+        self.out.lock()?.set_log(log);
+        Ok(())
     }
 
-    /// Puts the write buffer back for the next send, unless it grew past
-    /// what is worth keeping.
-    fn keep_wbuf(&mut self, wbuf: Vec<u8>) {
-        if wbuf.capacity() <= KEEP_WBUF {
-            self.wbuf = wbuf;
-        }
+    /// Starts the log again from its start, as the parent's `LOG` frame
+    /// with `body` says.
+    pub(crate) fn restart_log(&mut self, body: &[u8]) -> Result<()> {
+        self.out.lock()?.restart_log(body)
     }
 
     /// Sends frames that are already whole (headers included), in one
-    /// write.
+    /// write, after what waits.
     pub(crate) fn send_framed(&mut self, frames: &[u8]) -> Result<()> {
-        self.write_all([frames])
+        let outbox = Arc::clone(&self.out);
+        let mut out = outbox.lock()?;
+        out.check()?;
+        let written = self.write_all([out.pending(), frames]);
+        outbox.done(&mut out, written)
     }
 
-    /// Writes a frame that [`codec::encode_gathered`] encoded into `wbuf`
-    /// with `holes`: the pieces of `wbuf` and, between them, the runs that
-    /// a second serialization of `value` hands over. The frame's last byte
-    /// waits until the second serialization has matched the first, so a
-    /// value that serializes differently leaves a frame cut short (the
-    /// socket is shut, and the peer reads an error), never a wrong one.
+    /// Whether a whole frame has been received and not taken yet.
+    fn has_frame(&self) -> bool {
+        let have = &self.rbuf[self.rpos..];
+        matches!(codec::announced(have, 1, self.max_frame), Ok(Some(len)) if have.len() >= HEADER + len)
+    }
+
+    /// Sends one frame whose payload is `value` serialized. A value
+    /// (`DATA`, `ERROR`) waits in the outbox with those sent before it
+    /// (see [`outbox`](super::outbox)); any other frame is written at once,
+    /// with them. Long byte runs (a [`Bytes`](crate::Bytes) payload) are
+    /// written to the socket from the value itself.
+    pub(crate) fn send_value<T: Serialize + ?Sized>(&mut self, tag: u8, value: &T) -> Result<()> {
+        let outbox = Arc::clone(&self.out);
+        let mut out = outbox.lock()?;
+        out.check()?;
+        let mut frame = out.encode(tag, value)?;
+        if out.holes().is_empty() {
+            // A worker's call is over when no call waits behind it.
+            let over = matches!(tag, tag::RESULT | tag::PANIC | tag::FAIL) && !self.has_frame();
+            match outbox.to_log(&mut out, tag, frame.start, over) {
+                Some(true) => {
+                    let written = self.write_all([out.pending()]);
+                    return outbox.done(&mut out, written);
+                }
+                Some(false) => return Ok(()),
+                None => {}
+            }
+        }
+        frame.start += out.announce_at(frame.start);
+        if !out.holes().is_empty() {
+            return self.write_gathered(&outbox, &mut out, value, &frame);
+        }
+        if coalesces(tag) && !out.after().is_zero() && outbox.hold(&mut out, frame.start) {
+            return Ok(());
+        }
+        let written = self.write_all([out.pending()]);
+        outbox.done(&mut out, written)
+    }
+
+    /// Sends one frame whose payload is already serialized, as
+    /// [`send_value`](Self::send_value) does: a long one is written from
+    /// `payload` as it is.
+    pub(crate) fn send_bytes(&mut self, tag: u8, payload: &[u8]) -> Result<()> {
+        let outbox = Arc::clone(&self.out);
+        let mut out = outbox.lock()?;
+        out.check()?;
+        if payload.len() >= codec::LONG_RUN {
+            let [a, b, c, d] = codec::header(payload.len() + 1)?;
+            out.announce();
+            let written = self.write_all([out.pending(), &[a, b, c, d, tag], payload]);
+            return outbox.done(&mut out, written);
+        }
+        let mut start = out.append(tag, payload)?;
+        let over = matches!(tag, tag::RESULT | tag::PANIC | tag::FAIL) && !self.has_frame();
+        match outbox.to_log(&mut out, tag, start, over) {
+            Some(true) => {
+                let written = self.write_all([out.pending()]);
+                return outbox.done(&mut out, written);
+            }
+            Some(false) => return Ok(()),
+            None => start += out.announce_at(start),
+        }
+        if coalesces(tag) && !out.after().is_zero() && outbox.hold(&mut out, start) {
+            return Ok(());
+        }
+        let written = self.write_all([out.pending()]);
+        outbox.done(&mut out, written)
+    }
+
+    /// Writes out every value that waits in the outbox.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Disconnected`] if the peer is gone; once a write has
+    /// failed, every later send and flush fails the same way.
+    pub(crate) fn flush(&mut self) -> Result<()> {
+        let outbox = Arc::clone(&self.out);
+        let mut out = outbox.lock()?;
+        out.announce();
+        if out.pending().is_empty() {
+            return out.check();
+        }
+        let written = self.write_all([out.pending()]);
+        outbox.done(&mut out, written)
+    }
+
+    /// Writes out what waits before a wait for the peer, which may be
+    /// waiting for it. A failure is kept for the next send or flush: the
+    /// receive goes on with what the peer sent.
+    fn flush_before_waiting(&mut self) {
+        if self.out.is_dirty() {
+            let _ = self.flush();
+        }
+    }
+
+    /// Writes out the waiting bytes and the frame at `frame.start`, which
+    /// [`Out::encode`] encoded with holes: the pieces of the buffer and,
+    /// between them, the runs that a second serialization of `value`
+    /// hands over. The frame's last byte waits until the second
+    /// serialization has matched the first, so a value that serializes
+    /// differently leaves a frame cut short (the socket is shut, and the
+    /// peer reads an error), never a wrong one.
     fn write_gathered<T: Serialize + ?Sized>(
         &mut self,
+        outbox: &Outbox,
+        out: &mut Out,
         value: &T,
-        wbuf: &[u8],
-        holes: &[Hole],
-        len: usize,
+        frame: &Frame,
     ) -> Result<()> {
-        // `wbuf` up to `done` is written; `skipped` bytes of runs are not
+        let whole = out.from(0);
+        let holes = out.holes();
+        // `whole` up to `done` is written; `skipped` bytes of runs are not
         // in it.
-        let mut done = 0;
+        let mut done = out.head();
         let mut skipped = 0;
         let mut held = None;
-        let replayed = codec::replay(value, holes, len, |i, run| {
-            let upto = HEADER + 1 + holes[i].at - skipped;
-            skipped += run.len();
-            let piece = &wbuf[done..upto];
-            done = upto;
-            let run = if i + 1 == holes.len() && done == wbuf.len() {
-                let (last, run) = run.split_last().unwrap_or((&0, run));
-                held = Some(*last);
-                run
-            } else {
-                run
-            };
-            self.write_all([piece, run])
+        let replayed = encoding(|| {
+            codec::replay(value, holes, frame.len, |i, run| {
+                let upto = frame.start + HEADER + 1 + holes[i].at - skipped;
+                skipped += run.len();
+                let piece = &whole[done..upto];
+                done = upto;
+                let run = if i + 1 == holes.len() && done == whole.len() {
+                    let (last, run) = run.split_last().unwrap_or((&0, run));
+                    held = Some(*last);
+                    run
+                } else {
+                    run
+                };
+                self.write_all([piece, run])
+            })
         });
-        if let Err(err) = replayed {
-            if done > 0 {
-                // A frame is cut short: nothing more can be sent after it.
-                let why = format!("a send failed in the middle of a frame: {err}");
-                self.wbroken = Some(why);
-                let _ = nix::sys::socket::shutdown(
-                    self.fd.as_raw_fd(),
-                    nix::sys::socket::Shutdown::Write,
-                );
+        let written = match replayed {
+            Ok(()) => self.write_all([&whole[done..], held.as_slice()]),
+            Err(err) if done == out.head() => {
+                // Nothing of the frame was written: the channel goes on.
+                out.drop_from(frame.start);
+                return Err(err);
             }
-            return Err(err);
-        }
-        let last = held.as_slice();
-        self.write_all([&wbuf[done..], last])
+            Err(err) => {
+                // A frame is cut short: the peer must see it end there.
+                if !matches!(err, Error::Disconnected) {
+                    let _ = nix::sys::socket::shutdown(
+                        self.fd.as_raw_fd(),
+                        nix::sys::socket::Shutdown::Write,
+                    );
+                }
+                Err(err)
+            }
+        };
+        outbox.done(out, written)
     }
 
     /// Writes `parts` in order, whole, in as few writes as the socket
@@ -395,27 +387,57 @@ impl Conn {
     /// Hands the next complete frame, if there is one, to `f` and consumes
     /// it. A length over the limit breaks the stream for good.
     pub(crate) fn with_frame<T>(&mut self, f: impl FnOnce(u8, &[u8]) -> T) -> Result<Option<T>> {
+        let Some(len) = self.whole_frame()? else {
+            return Ok(None);
+        };
+        let at = self.rpos + HEADER;
+        let out = f(self.rbuf[at], &self.rbuf[at + 1..at + len]);
+        self.rpos = at + len;
+        Ok(Some(out))
+    }
+
+    /// Reads the frame at the head of the buffer with `read` if it is a
+    /// whole `DATA` frame and nothing else waits to be said: the short way
+    /// for a stream of values, which [`next`](Self::next) takes too.
+    #[inline]
+    pub(crate) fn next_data<T>(&mut self, read: impl FnOnce(&[u8]) -> T) -> Option<T> {
+        if self.deferred.is_some() || self.broken.is_some() {
+            return None;
+        }
+        let have = &self.rbuf[self.rpos..];
+        let len = codec::announced(have, 1, self.max_frame).ok()??;
+        if have.len() < HEADER + len || have[HEADER] != super::frame::tag::DATA {
+            return None;
+        }
+        let at = self.rpos + HEADER;
+        let out = read(&self.rbuf[at + 1..at + len]);
+        self.rpos = at + len;
+        Some(out)
+    }
+
+    /// The body length of the frame at the head of the buffer, once it
+    /// has all arrived.
+    #[inline]
+    fn whole_frame(&mut self) -> Result<Option<usize>> {
         if let Some(why) = &self.broken {
             return Err(Error::codec(why));
         }
-        let body = match codec::split_frame(&self.rbuf[self.rpos..], 1, self.max_frame) {
-            Ok(Some(body)) => body,
-            Ok(None) => return self.truncated(),
+        let have = &self.rbuf[self.rpos..];
+        match codec::announced(have, 1, self.max_frame) {
+            Ok(Some(len)) if have.len() >= HEADER + len => Ok(Some(len)),
+            Ok(_) => self.truncated(),
             Err(err) => {
                 // The stream lost its framing: nothing after this can be read.
                 if let Error::Codec { message } = &err {
                     self.broken = Some(message.clone());
                 }
-                return Err(err);
+                Err(err)
             }
-        };
-        let out = f(body[0], &body[1..]);
-        self.rpos += HEADER + body.len();
-        Ok(Some(out))
+        }
     }
 
     /// No complete frame: fine, unless the peer closed in the middle of one.
-    fn truncated<T>(&mut self) -> Result<Option<T>> {
+    fn truncated(&mut self) -> Result<Option<usize>> {
         if self.eof && self.rpos < self.rbuf.len() {
             let why = format!(
                 "the peer closed the channel in the middle of a frame ({} bytes left over)",
@@ -439,12 +461,12 @@ impl Conn {
         if let Some(err) = self.deferred.take() {
             return Err(err);
         }
-        let mut read = Some(read);
         let mut exited = false;
         loop {
-            if let Some(Some(out)) =
-                self.with_frame(|tag, body| read.take().map(|f| f(tag, body)))?
-            {
+            if let Some(len) = self.whole_frame()? {
+                let at = self.rpos + HEADER;
+                let out = read(self.rbuf[at], &self.rbuf[at + 1..at + len]);
+                self.rpos = at + len;
                 return Ok(Next::Frame(out));
             }
             if self.is_eof() {
@@ -453,8 +475,6 @@ impl Conn {
             if exited {
                 return Ok(Next::Exited);
             }
-            // Nothing the parent waits for stays in the log while we wait.
-            self.announce_log()?;
             match self.wait(exit, deadline)? {
                 Wake::Socket => {
                     self.fill()?;
@@ -476,7 +496,12 @@ impl Conn {
 
     /// Waits until the socket is readable, `exit` (a pidfd) is readable, or
     /// the deadline passes.
-    pub(crate) fn wait(&self, exit: Option<BorrowedFd<'_>>, deadline: Deadline) -> Result<Wake> {
+    pub(crate) fn wait(
+        &mut self,
+        exit: Option<BorrowedFd<'_>>,
+        deadline: Deadline,
+    ) -> Result<Wake> {
+        self.flush_before_waiting();
         let mut fds = vec![PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
         if let Some(exit) = exit {
             fds.push(PollFd::new(exit, PollFlags::POLLIN));
@@ -493,38 +518,20 @@ impl Conn {
     }
 }
 
+impl Drop for Conn {
+    /// What still waits goes out if the socket takes it now: a role that
+    /// sends a value and returns (the manager's answer) needs no flush.
+    fn drop(&mut self) {
+        if self.out.is_dirty() {
+            self.out.flush_now();
+        }
+    }
+}
+
 impl AsFd for Conn {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
-}
-
-/// Writes `parts` in order, whole, to the non-blocking socket `fd`, calling
-/// `wait` whenever it has no room.
-fn send_all<const N: usize>(
-    fd: BorrowedFd<'_>,
-    parts: [&[u8]; N],
-    mut wait: impl FnMut(BorrowedFd<'_>) -> Result<()>,
-) -> Result<()> {
-    let mut slices = parts.map(IoSlice::new);
-    let mut left = &mut slices[..];
-    // Empty parts at the front need no write.
-    IoSlice::advance_slices(&mut left, 0);
-    while !left.is_empty() {
-        let sent = if let [one] = left {
-            send(fd.as_raw_fd(), one, MsgFlags::MSG_NOSIGNAL)
-        } else {
-            sendmsg::<()>(fd.as_raw_fd(), left, &[], MsgFlags::MSG_NOSIGNAL, None)
-        };
-        match sent {
-            Ok(n) => IoSlice::advance_slices(&mut left, n),
-            Err(Errno::EINTR) => {}
-            Err(Errno::EAGAIN) => wait(fd)?,
-            Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(Error::Disconnected),
-            Err(err) => return Err(err.into()),
-        }
-    }
-    Ok(())
 }
 
 /// Writes one frame (tag and payload) to the socket `fd`, waiting for room
@@ -533,11 +540,6 @@ fn send_all<const N: usize>(
 pub(crate) fn write_frame(fd: BorrowedFd<'_>, tag: u8, payload: &[u8]) -> Result<()> {
     let [a, b, c, d] = codec::header(payload.len() + 1)?;
     send_all(fd, [&[a, b, c, d, tag], payload], wait_for_room)
-}
-
-fn wait_for_room(fd: BorrowedFd<'_>) -> Result<()> {
-    let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
-    poll_until(&mut fds, Deadline::Never).map(drop)
 }
 
 /// Creates a connected pair of close-on-exec stream sockets.
@@ -554,10 +556,13 @@ pub(crate) fn socketpair() -> Result<(OwnedFd, OwnedFd)> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::wire::bytes::Bytes;
     use crate::wire::codec::decode;
     use crate::wire::frame::tag;
+    use crate::wire::outbox::DEFAULT_FLUSH_AFTER;
 
     fn pair() -> (Conn, Conn) {
         let (a, b) = socketpair().unwrap();
@@ -586,6 +591,7 @@ mod tests {
         let (mut a, mut b) = pair();
         b.set_max_frame(16);
         a.send_bytes(tag::DATA, &[7; 32]).unwrap();
+        a.flush().unwrap();
         b.fill().unwrap();
         assert!(matches!(next(&mut b), Err(Error::Codec { .. })));
         assert!(matches!(next(&mut b), Err(Error::Codec { .. })));
@@ -635,8 +641,6 @@ mod tests {
             a.send_bytes(tag::RESULT, &vec![9; 100_000]).unwrap();
             a.send_value(tag::DATA, &Bytes::from(vec![1; 70_000]))
                 .unwrap();
-            // Short frames keep the buffer; long ones are not copied into it.
-            assert!(a.wbuf.capacity() <= KEEP_WBUF);
         });
         let frames = read_frames(&mut b, 3).unwrap();
         writer.join().unwrap();
@@ -667,6 +671,7 @@ mod tests {
         let err = a.send_value(tag::DATA, &Shifty(0.into())).unwrap_err();
         assert!(matches!(err, Error::Codec { .. }), "{err:?}");
         a.send_value(tag::DATA, &5u8).unwrap();
+        a.flush().unwrap();
         assert_eq!(read_frames(&mut b, 1).unwrap(), [(tag::DATA, vec![5])]);
         // A later run differs: the frame is cut short, and the peer reads
         // an error, not a value.
@@ -693,6 +698,82 @@ mod tests {
         b.fill().unwrap();
         assert!(b.rbuf.capacity() < 1 << 20, "{}", b.rbuf.capacity());
         assert_eq!(next(&mut b).unwrap(), None);
+    }
+
+    #[test]
+    fn values_wait_for_a_frame_that_is_not_one() {
+        let (mut a, mut b) = pair();
+        // No bound: only the frames below write them out.
+        a.outbox().set_after(Duration::MAX);
+        for i in 0..3u8 {
+            a.send_value(tag::DATA, &i).unwrap();
+        }
+        a.send_value(tag::ERROR, "e").unwrap();
+        assert_eq!(b.fill().unwrap(), 0);
+        a.send_bytes(tag::RESULT, &[9]).unwrap();
+        let frames = read_frames(&mut b, 5).unwrap();
+        let tags: Vec<u8> = frames.iter().map(|(tag, _)| *tag).collect();
+        assert_eq!(
+            tags,
+            [tag::DATA, tag::DATA, tag::DATA, tag::ERROR, tag::RESULT]
+        );
+        assert_eq!(frames[2].1, [2]);
+    }
+
+    #[test]
+    fn the_flusher_writes_out_what_an_idle_sender_left() {
+        let (mut a, mut b) = pair();
+        a.send_value(tag::DATA, &7u8).unwrap();
+        a.send_value(tag::DATA, &8u8).unwrap();
+        // Nobody flushes: the flusher does, well within the wait.
+        let frames = read_frames(&mut b, 2).unwrap();
+        assert_eq!(frames, [(tag::DATA, vec![7]), (tag::DATA, vec![8])]);
+        // Without a bound, each value is written at once.
+        a.outbox().set_after(Duration::ZERO);
+        a.send_value(tag::DATA, &9u8).unwrap();
+        b.fill().unwrap();
+        assert_eq!(next(&mut b).unwrap(), Some((tag::DATA, vec![9])));
+    }
+
+    #[test]
+    fn a_value_after_a_pause_goes_out_at_once() {
+        let (mut a, mut b) = pair();
+        std::thread::sleep(DEFAULT_FLUSH_AFTER * 2);
+        a.send_value(tag::DATA, &1u8).unwrap();
+        b.fill().unwrap();
+        assert_eq!(next(&mut b).unwrap(), Some((tag::DATA, vec![1])));
+    }
+
+    /// Panics halfway through serializing.
+    struct Halfway;
+
+    impl Serialize for Halfway {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeTuple;
+            let mut t = s.serialize_tuple(2)?;
+            t.serialize_element(&1u32)?;
+            panic!("halfway");
+        }
+    }
+
+    #[test]
+    fn a_panic_while_serializing_leaves_no_half_frame() {
+        let (mut a, mut b) = pair();
+        a.send_value(tag::DATA, &1u8).unwrap();
+        let outbox = a.outbox();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = outbox.push(tag::DATA, &Halfway);
+        }));
+        assert!(panicked.is_err());
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = a.send_value(tag::DATA, &Halfway);
+        }));
+        assert!(panicked.is_err());
+        a.send_value(tag::DATA, &2u8).unwrap();
+        a.flush().unwrap();
+        let frames = read_frames(&mut b, 2).unwrap();
+        assert_eq!(frames, [(tag::DATA, vec![1]), (tag::DATA, vec![2])]);
+        assert_eq!(b.fill().unwrap(), 0);
     }
 
     #[test]

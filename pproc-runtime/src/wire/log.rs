@@ -7,8 +7,9 @@
 //! worker appends each frame to a shared memory file (a `memfd` its parent
 //! made) and tells the parent how far the log has grown with one `LOG`
 //! frame on the socket now and then: when the batch runs out of calls,
-//! before any other frame, before it blocks, and at least once a
-//! millisecond. The parent reads the log's frames as if they had come
+//! before any other frame, before it blocks, and once a frame has waited
+//! its sender's flush bound (a millisecond by default: the process's
+//! flusher thread sees to it). The parent reads the log's frames as if they had come
 //! through the socket at the place of that `LOG` frame.
 //!
 //! The memory outlives the worker: when a worker dies, even by `SIGKILL`,
@@ -49,10 +50,6 @@ const FILE_SIZE: i64 = 256 * 1024;
 
 /// Bytes before the frames: the `committed` count, padded to a cache line.
 const HEAD: usize = 64;
-
-/// The longest an appended frame waits for its `LOG` frame while the
-/// worker computes.
-pub(crate) const ANNOUNCE_AFTER: Duration = Duration::from_millis(1);
 
 /// A position in the log as `LOG` frames and the header carry it: the
 /// epoch in the high half, the offset in the low one.
@@ -259,9 +256,14 @@ impl Writer {
         self.written > self.announced
     }
 
-    /// Whether the oldest frame not yet announced has waited long enough.
-    pub(crate) fn overdue(&self) -> bool {
-        self.since.is_some_and(|at| at.elapsed() >= ANNOUNCE_AFTER)
+    /// Whether the oldest frame not yet announced has waited `bound`.
+    pub(crate) fn overdue(&self, bound: Duration) -> bool {
+        self.since.is_some_and(|at| at.elapsed() >= bound)
+    }
+
+    /// When the oldest frame not yet announced was appended.
+    pub(crate) fn since(&self) -> Option<Instant> {
+        self.since
     }
 
     /// The body of the `LOG` frame that announces what is written.

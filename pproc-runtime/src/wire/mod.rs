@@ -7,6 +7,7 @@ pub(crate) mod codec;
 pub(crate) mod conn;
 pub(crate) mod frame;
 pub(crate) mod log;
+pub(crate) mod outbox;
 pub(crate) mod recv;
 pub(crate) mod rpc;
 pub(crate) mod spec;

@@ -8,7 +8,7 @@ mod rpc;
 use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use nix::sys::socket::Shutdown;
@@ -26,8 +26,10 @@ use crate::process::child::Child;
 use crate::process::limits::{self, Limits};
 use crate::process::spawn::Spawned;
 use crate::process::tree;
+use crate::wire::codec::decode;
 use crate::wire::conn::Conn;
 use crate::wire::frame::tag;
+use crate::wire::outbox::{Outbox, Pushed};
 use crate::wire::recv::{Iter, batch, optional};
 use crate::wire::wait::Deadline;
 
@@ -63,6 +65,8 @@ pub struct Handle<R, S = (), V = (), K = Returns> {
     inner: Mutex<Inner>,
     /// The socket under the channel, and the pidfd: lent without the lock.
     socket: Arc<OwnedFd>,
+    /// What was sent and not written yet: a send only takes its lock.
+    out: Arc<Outbox>,
     pidfd: Option<Arc<OwnedFd>>,
     /// Signalled when a reply is filed in the book, or its reader stops.
     news: Condvar,
@@ -80,6 +84,7 @@ impl<R, S, V, K> Handle<R, S, V, K> {
             pid: spawned.pid,
             news: Condvar::new(),
             socket: conn.shared_fd(),
+            out: conn.outbox(),
             pidfd: pidfd.clone(),
             inner: Mutex::new(Inner::new(conn, Child::new(spawned.pid, pidfd))),
             _types: PhantomData,
@@ -92,6 +97,7 @@ impl<R, S, V, K> Handle<R, S, V, K> {
         Handle {
             inner: self.inner,
             socket: self.socket,
+            out: self.out,
             pidfd: self.pidfd,
             news: self.news,
             name: self.name,
@@ -110,9 +116,22 @@ impl<R, S, V, K> Handle<R, S, V, K> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Sends a `DATA` frame holding `value`, whatever the handle's types.
+    /// Sends a `DATA` frame holding `value`, whatever the handle's types,
+    /// and writes it out: a request's reply is awaited next.
     pub(crate) fn send_data<T: Serialize>(&self, value: &T) -> Result<()> {
-        self.lock().conn.send_value(tag::DATA, value)
+        let mut inner = self.lock();
+        inner.conn.send_value(tag::DATA, value)?;
+        inner.conn.flush()
+    }
+
+    /// Sends a `DATA` or `ERROR` frame holding `value`: into the outbox
+    /// when it takes it, otherwise through the connection.
+    fn send_frame<T: Serialize + ?Sized>(&self, tag: u8, value: &T) -> Result<()> {
+        match self.out.push(tag, value)? {
+            Pushed::Held => Ok(()),
+            Pushed::Full => self.lock().conn.flush(),
+            Pushed::Refused => self.lock().conn.send_value(tag, value),
+        }
     }
 
     /// For `select`: whether the child has exited, or what to poll for it.
@@ -252,9 +271,66 @@ impl<R, S, V, K> Handle<R, S, V, K> {
     /// serving child's [`Channel::serve`](crate::Channel::serve) returns).
     /// The child can still send, and its result still comes back.
     pub fn close(&self) {
-        // Fails only on a socket that is not connected any more: closed
-        // is what we want.
+        // What was sent goes first. A child that is gone has nothing to
+        // read, and a closed socket is what we want.
+        let _ = self.flush();
         let _ = nix::sys::socket::shutdown(self.socket.as_raw_fd(), Shutdown::Write);
+    }
+
+    /// Writes out the values sent so far that still wait in the handle's
+    /// buffer.
+    ///
+    /// Values are gathered into one write of up to 64 KiB, which goes out
+    /// when it fills, when this end waits to receive or join, on
+    /// [`close`](Self::close), and once the oldest value has waited
+    /// [`DEFAULT_FLUSH_AFTER`](crate::DEFAULT_FLUSH_AFTER) (see
+    /// [`set_flush_after`](Self::set_flush_after)). Flush before waiting on
+    /// the socket in an event loop of your own.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pproc::{parallel, Channel};
+    ///
+    /// #[parallel]
+    /// fn sum(ch: Channel<u64, u64>) -> u64 {
+    ///     ch.iter().map(Result::unwrap).sum()
+    /// }
+    ///
+    /// # fn main() -> pproc::Result<()> {
+    /// let h = sum::start()?;
+    /// for n in 1..=100 {
+    ///     h.send(&n)?;
+    /// }
+    /// h.flush()?;
+    /// h.close();
+    /// assert_eq!(h.join()?, 5050);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Disconnected`] if the child is gone. Once a write has
+    /// failed, every later send and flush fails the same way.
+    pub fn flush(&self) -> Result<()> {
+        match self.inner.try_lock() {
+            Ok(mut inner) => inner.conn.flush(),
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner().conn.flush(),
+            // Another thread holds the handle: it reads as it waits, so the
+            // child is drained while this one waits for room.
+            Err(TryLockError::WouldBlock) => self.out.flush_waiting(),
+        }
+    }
+
+    /// Sets how long a value sent on this handle may wait in its buffer
+    /// before it is written out, however busy the sender is:
+    /// [`DEFAULT_FLUSH_AFTER`](crate::DEFAULT_FLUSH_AFTER) unless set.
+    /// [`Duration::ZERO`] writes every value at once, one write each;
+    /// [`Duration::MAX`] leaves values waiting until the buffer fills, a
+    /// receive waits, or a flush.
+    pub fn set_flush_after(&self, after: Duration) {
+        self.out.set_after(after);
     }
 
     /// Sends an error in place of a value: the child's next receive on its
@@ -265,7 +341,7 @@ impl<R, S, V, K> Handle<R, S, V, K> {
     ///
     /// [`Error::Disconnected`] if the child is gone.
     pub fn send_error(&self, error: impl fmt::Display) -> Result<()> {
-        self.lock().conn.send_value(tag::ERROR, &error.to_string())
+        self.send_frame(tag::ERROR, &error.to_string())
     }
 }
 
@@ -370,12 +446,17 @@ pub struct Output<R> {
 impl<R, S: Serialize, V, K> Handle<R, S, V, K> {
     /// Sends a value to the child.
     ///
+    /// The value may wait in the handle's buffer, with others, for a
+    /// millisecond at most: see [`flush`](Self::flush). Values arrive in
+    /// the order they were sent.
+    ///
     /// # Errors
     ///
-    /// [`Error::Disconnected`] if the child is gone, [`Error::Codec`] if the
-    /// value does not serialize.
+    /// [`Error::Disconnected`] if the child is gone (possibly only at a
+    /// later send, for a value that waited), [`Error::Codec`] if the value
+    /// does not serialize.
     pub fn send(&self, value: &S) -> Result<()> {
-        self.lock().conn.send_value(tag::DATA, value)
+        self.send_frame(tag::DATA, value)
     }
 }
 
@@ -391,7 +472,13 @@ impl<R, S, V: DeserializeOwned, K> Handle<R, S, V, K> {
     /// [`Error::Remote`] for an error the child sent in place of a value
     /// (the next receive goes on with the next one).
     pub fn recv(&self) -> Result<V> {
-        self.lock().recv(Deadline::Never)
+        let mut inner = self.lock();
+        if inner.pending.is_empty()
+            && let Some(value) = inner.conn.next_data(decode::<V>)
+        {
+            return value;
+        }
+        inner.recv(Deadline::Never)
     }
 
     /// Waits at most `timeout` for the next value.
@@ -501,7 +588,11 @@ impl<'a, R, S, V: DeserializeOwned, K> IntoIterator for &'a Handle<R, S, V, K> {
 impl<R, S, V, K> AsRawFd for Handle<R, S, V, K> {
     /// The socket under the channel, for polling it in an event loop of
     /// your own. Reading or writing it directly breaks the framing.
+    ///
+    /// The values sent before are written out first, as far as the
+    /// socket takes them now: [`flush`](Self::flush) to be sure of all.
     fn as_raw_fd(&self) -> RawFd {
+        self.out.flush_now();
         self.socket.as_raw_fd()
     }
 }
@@ -509,7 +600,11 @@ impl<R, S, V, K> AsRawFd for Handle<R, S, V, K> {
 impl<R, S, V, K> AsFd for Handle<R, S, V, K> {
     /// The socket under the channel, for polling it in an event loop of
     /// your own. Reading or writing it directly breaks the framing.
+    ///
+    /// The values sent before are written out first, as far as the
+    /// socket takes them now: [`flush`](Self::flush) to be sure of all.
     fn as_fd(&self) -> BorrowedFd<'_> {
+        self.out.flush_now();
         self.socket.as_fd()
     }
 }
