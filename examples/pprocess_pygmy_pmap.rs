@@ -25,7 +25,9 @@ fn main() -> pproc::Result<()> {
     println!("Number of processes: {limit}");
     let t = Instant::now();
     let mut image = Image::new();
-    let rows = Map::new(render_row::call, 0..HEIGHT).limit(limit);
+    let rows = Map::new(render_row::call, 0..HEIGHT)
+        .limit(limit)
+        .reuse(false);
     for (sy, row) in (0..HEIGHT).zip(rows) {
         image.draw((sy, row?));
     }

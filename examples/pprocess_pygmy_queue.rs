@@ -25,7 +25,10 @@ fn main() -> pproc::Result<()> {
     println!("Number of processes: {limit}");
     let t = Instant::now();
     let mut image = Image::new();
-    for row in Queue::new(render_row::call, 0..HEIGHT).limit(limit) {
+    for row in Queue::new(render_row::call, 0..HEIGHT)
+        .limit(limit)
+        .reuse(false)
+    {
         image.draw(row?);
     }
     image.finish("pygmy-queue", limit, t.elapsed())

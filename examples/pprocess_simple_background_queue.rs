@@ -27,7 +27,9 @@ fn calculate(i: usize, j: usize) -> (usize, usize, usize) {
 fn task() -> Vec<usize> {
     // Initialise the communications queue with a limit on the number of
     // channels/processes, managing the calculate function.
-    let queue = Queue::new(|(i, j)| calculate::call(i, j), grid::cells()).limit(LIMIT);
+    let queue = Queue::new(|(i, j)| calculate::call(i, j), grid::cells())
+        .limit(LIMIT)
+        .reuse(false);
 
     // Initialise an array, and store the results as they arrive.
     let mut results = vec![0; N * N];

@@ -30,6 +30,7 @@ fn main() -> pproc::Result<()> {
     // the calculate function.
     let queue = Queue::new(calculate::call, 0..N)
         .limit(LIMIT)
+        .reuse(false)
         .continuous(true);
 
     // Initialise an array.

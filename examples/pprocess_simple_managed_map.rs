@@ -26,7 +26,9 @@ fn main() -> pproc::Result<()> {
 
     // Initialise the map with a limit on the number of children, managing
     // the calculate function; nothing runs until a result is asked for.
-    let mut results = Map::new(|(i, j)| calculate::call(i, j), grid::cells()).limit(LIMIT);
+    let mut results = Map::new(|(i, j)| calculate::call(i, j), grid::cells())
+        .limit(LIMIT)
+        .reuse(false);
 
     // Perform the work, reading the results by index.
     println!("Calculating...");

@@ -25,7 +25,9 @@ fn main() -> pproc::Result<()> {
 
     // Initialise the communications queue with a limit on the number of
     // channels/processes, managing the calculate function.
-    let queue = Queue::new(|(i, j)| calculate::call(i, j), grid::cells()).limit(LIMIT);
+    let queue = Queue::new(|(i, j)| calculate::call(i, j), grid::cells())
+        .limit(LIMIT)
+        .reuse(false);
 
     // Initialise an array.
     let mut results = vec![0; N * N];

@@ -26,7 +26,9 @@ fn calculate(i: usize, j: usize) -> (usize, usize, usize) {
 /// persistent channel as soon as it is known.
 #[parallel]
 fn task(ch: Channel<(usize, usize, usize)>) {
-    let queue = Queue::new(|(i, j)| calculate::call(i, j), grid::cells()).limit(LIMIT);
+    let queue = Queue::new(|(i, j)| calculate::call(i, j), grid::cells())
+        .limit(LIMIT)
+        .reuse(false);
     for cell in queue {
         let cell = cell.unwrap_or_else(|err| panic!("a calculation failed: {err}"));
         ch.send(&cell)

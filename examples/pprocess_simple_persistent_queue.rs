@@ -25,7 +25,9 @@ fn calculate(i: usize, j: usize) -> (usize, usize, usize) {
 /// Row `i`, computed in the background.
 #[parallel]
 fn task(i: usize) -> (usize, Vec<usize>) {
-    let queue = Queue::new(|j| calculate::call(i, j), 0..N).limit(LIMIT);
+    let queue = Queue::new(|j| calculate::call(i, j), 0..N)
+        .limit(LIMIT)
+        .reuse(false);
     let mut row = vec![0; N];
     for cell in queue {
         let (_, j, value) = cell.unwrap_or_else(|err| panic!("a calculation failed: {err}"));

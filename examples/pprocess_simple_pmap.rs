@@ -4,6 +4,9 @@
 //!
 //! `pproc::pmap(f, items)` runs with one child per core; pprocess's
 //! `pmap(callable, sequence, limit=limit)` is `Map` with a `limit`, collected.
+//! pproc reuses its children and sends them items in batches unless told
+//! `reuse(false)`; the ports of pprocess's examples say so, to start a
+//! process per item as pprocess does.
 //!
 //! ```text
 //! cargo run --release --example pprocess_simple_pmap
@@ -30,6 +33,7 @@ fn main() -> pproc::Result<()> {
     println!("Calculating...");
     let results: Vec<usize> = Map::new(calculate::call, sequence)
         .limit(LIMIT)
+        .reuse(false)
         .collect::<pproc::Result<_>>()?;
 
     // Show the results.

@@ -30,7 +30,9 @@ fn main() -> pproc::Result<()> {
 
     // Perform the work.
     println!("Calculating...");
-    let results = Map::new(calculate::call, sequence).limit(LIMIT);
+    let results = Map::new(calculate::call, sequence)
+        .limit(LIMIT)
+        .reuse(false);
 
     // Show the results.
     let mut seen = Vec::new();

@@ -24,7 +24,7 @@ fn main() -> pproc::Result<()> {
     // Initialise the communications queue with a limit on the number of
     // channels/processes; each cell becomes a call.
     let calls = grid::cells().map(|(i, j)| calculate::call(i, j));
-    let mut queue = Queue::new(|call| call, calls).limit(LIMIT);
+    let mut queue = Queue::new(|call| call, calls).limit(LIMIT).reuse(false);
 
     // Initialise an array.
     let mut results = vec![0; N * N];
