@@ -1030,24 +1030,10 @@ fn print_machine() {
         ("commit: ", "git", &["rev-parse", "--short", "HEAD"][..]),
         ("date:   ", "date", &["-u", "+%Y-%m-%d %H:%M UTC"][..]),
     ] {
-        if let Some(text) = command_output(program, args) {
+        if let Some(text) = pproc_workspace::command_output(program, args) {
             println!("{what} {text}");
         }
     }
     println!("load:    {} at the start", load_average());
     println!();
-}
-
-/// The trimmed stdout of a command run in the workspace, if it ran, succeeded
-/// and printed something.
-fn command_output(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program)
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    (out.status.success() && !text.is_empty()).then_some(text)
 }

@@ -374,11 +374,12 @@ fn print_header(runs: usize, quick: bool) {
     let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
         .map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned());
     println!("machine: {cores} cores, {cpu}; Linux {kernel}; transparent hugepages: {thp}");
-    if let Some(rustc) = command_output("rustc", &["-V"]) {
+    if let Some(rustc) = pproc_workspace::command_output("rustc", &["-V"]) {
         println!("rustc:   {rustc}");
     }
-    if let Some(commit) = command_output("git", &["rev-parse", "--short", "HEAD"]) {
-        let dirty = command_output("git", &["status", "--porcelain"]).is_some();
+    if let Some(commit) = pproc_workspace::command_output("git", &["rev-parse", "--short", "HEAD"])
+    {
+        let dirty = pproc_workspace::command_output("git", &["status", "--porcelain"]).is_some();
         let dirty = if dirty {
             " (with uncommitted changes)"
         } else {
@@ -399,18 +400,4 @@ fn print_header(runs: usize, quick: bool) {
         "spawn + join of a trivial function, {runs} runs each after {WARMUP_RUNS} warm-up \
          (median, p10-p90)"
     );
-}
-
-/// The trimmed stdout of a command run in the workspace, if it ran, succeeded
-/// and printed something.
-fn command_output(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program)
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    (out.status.success() && !text.is_empty()).then_some(text)
 }

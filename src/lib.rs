@@ -170,6 +170,21 @@ pub fn bench_preamble(bench: &str) -> (usize, bool) {
     (cores, quick)
 }
 
+/// The trimmed stdout of a command run in the workspace, if it ran, succeeded
+/// and printed something: the commit, the compiler, in a benchmark's report.
+#[must_use]
+pub fn command_output(program: &str, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && !text.is_empty()).then_some(text)
+}
+
 /// Holds this test binary's one lock for tests that count its children or
 /// descriptors, which tests running beside them would change.
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {

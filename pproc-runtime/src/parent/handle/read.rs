@@ -189,13 +189,17 @@ impl Inner {
         &mut self,
         read: &mut Option<impl FnOnce(&[u8]) -> Result<T>>,
     ) -> Result<Option<Event<T>>> {
+        if self.logged.is_empty() {
+            return Ok(None);
+        }
+        // `read` is only taken with the event it reads, so it is here.
+        let Some(read) = read.take() else {
+            return Ok(None);
+        };
         let Some((tag, body)) = self.logged.pop_front() else {
             return Ok(None);
         };
-        match read.take() {
-            Some(read) => classify(tag, &body, &mut self.outcome, read).map(Some),
-            None => Ok(None),
-        }
+        classify(tag, &body, &mut self.outcome, read).map(Some)
     }
 
     /// Takes in what a worker that died had written to its log and not
