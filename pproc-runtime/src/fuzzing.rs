@@ -95,6 +95,34 @@ pub fn frames(data: &[u8]) {
     while let Ok(Some(())) = conn.with_frame(body) {}
 }
 
+/// A parent's reading of a worker's result log: the first eight bytes of
+/// `data` are a `LOG` frame's body (the position it announces), the rest
+/// what the worker wrote to the log; whatever the position announces is
+/// read as frames and decoded by their tags.
+pub fn log_frames(data: &[u8]) {
+    let (announcement, written) = data.split_at(data.len().min(8));
+    let Ok(mut reader) = crate::wire::log::Reader::create() else {
+        return;
+    };
+    let Ok(fd) = reader.file().try_clone() else {
+        return;
+    };
+    let Ok(mut writer) = crate::wire::log::Writer::adopt(fd) else {
+        return;
+    };
+    writer.append(written);
+    for bytes in [
+        reader.announced(announcement).ok(),
+        Some(reader.unannounced()),
+    ] {
+        let mut rest = bytes.as_deref().unwrap_or_default();
+        while let Ok(Some(frame)) = crate::wire::codec::split_frame(rest, 1, rest.len()) {
+            body(frame[0], &frame[1..]);
+            rest = &rest[crate::wire::codec::HEADER + frame.len()..];
+        }
+    }
+}
+
 /// A worker's reading of a `CALL` frame: the name, then the arguments.
 pub fn call_body(data: &[u8]) {
     if let Some((name, args)) = split_call(data) {
@@ -206,7 +234,7 @@ mod tests {
     proptest! {
         #[test]
         fn random_bytes_are_refused_within_bounds(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
-            for f in [frames, call_body, child_env] {
+            for f in [frames, call_body, child_env, log_frames] {
                 prop_assert!(peak(|| f(&data)) <= bound(data.len()));
             }
             for frame_tag in 0..9 {
