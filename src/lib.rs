@@ -194,16 +194,49 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The number of descriptors this process has open.
+/// The descriptors this process has open, each as its number and what it
+/// names: compare two with [`Fds::opened_since`].
 ///
 /// # Panics
 ///
 /// If `/proc/self/fd` cannot be read.
 #[must_use]
-pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .expect("/proc/self/fd is readable")
-        .count()
+pub fn open_fds() -> Fds {
+    let dir = std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd is readable");
+    // The directory's own descriptor is in the listing: it names the
+    // listing itself.
+    let own = format!("/proc/{}/fd", std::process::id());
+    Fds(dir
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let target = std::fs::read_link(entry.path()).ok()?;
+            let target = target.display().to_string();
+            (target != own).then(|| format!("{} -> {target}", entry.file_name().display()))
+        })
+        .collect())
+}
+
+/// A snapshot of the open descriptors (see [`open_fds`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fds(std::collections::BTreeSet<String>);
+
+impl Fds {
+    /// The descriptors open now that were not open at this snapshot,
+    /// looked at again for up to a second while there are any (a thread
+    /// of the test's own may be closing one). Empty when nothing leaked.
+    /// A descriptor closed since the snapshot (one of another test's,
+    /// say) is no leak.
+    #[must_use]
+    pub fn opened_since(&self) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            let new: Vec<String> = open_fds().0.difference(&self.0).cloned().collect();
+            if new.is_empty() || Instant::now() >= deadline {
+                return new;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 /// The state letter of process `pid` (`R`, `S`, `Z`, ...), or `None` once it
@@ -249,6 +282,7 @@ mod tests {
 
     #[test]
     fn unit_tests_in_a_library_start_children() {
+        let _serial = serial();
         let h = triple::start(14).unwrap();
         assert_ne!(h.pid(), std::process::id());
         assert_eq!(h.join().unwrap(), 42);
@@ -260,6 +294,20 @@ mod tests {
     fn process_state_reads_this_process() {
         assert!(matches!(process_state(std::process::id()), Some('R' | 'S')));
         assert_eq!(process_state(u32::MAX), None);
+    }
+
+    #[test]
+    fn a_new_descriptor_is_a_leak_and_a_closed_one_is_not() {
+        let _serial = serial();
+        let (held, _) = std::io::pipe().unwrap();
+        let fds = open_fds();
+        let (leaked, _) = std::io::pipe().unwrap();
+        drop(held);
+        let new = fds.opened_since();
+        assert_eq!(new.len(), 1, "{new:?}");
+        assert!(new[0].contains("pipe:"), "{new:?}");
+        drop(leaked);
+        assert_eq!(fds.opened_since(), Vec::<String>::new());
     }
 }
 

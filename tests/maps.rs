@@ -150,7 +150,11 @@ fn a_failure_ends_a_map_at_that_item_and_reaps_the_rest() {
     assert!(map.next().is_none());
     assert_eq!(children(), Vec::<u32>::new());
     drop(map);
-    assert_eq!(open_fds(), fds, "descriptors leaked");
+    assert_eq!(
+        fds.opened_since(),
+        Vec::<String>::new(),
+        "descriptors leaked"
+    );
 }
 
 #[test]
@@ -402,7 +406,11 @@ fn maps_and_queues_run_forked_closures() {
     assert_eq!(outcomes, want);
     drop(queue);
     assert_eq!(children(), Vec::<u32>::new());
-    assert_eq!(open_fds(), fds, "descriptors leaked");
+    assert_eq!(
+        fds.opened_since(),
+        Vec::<String>::new(),
+        "descriptors leaked"
+    );
 }
 
 #[test]
@@ -488,7 +496,11 @@ fn tiny_items_are_batched_in_order_on_few_workers() {
     assert!(pids.len() <= 2, "{} workers", pids.len());
     assert_eq!(pmap(square::call, 0..3000).unwrap()[2999], 2999 * 2999);
     assert_eq!(children(), Vec::<u32>::new());
-    assert_eq!(open_fds(), fds, "descriptors leaked");
+    assert_eq!(
+        fds.opened_since(),
+        Vec::<String>::new(),
+        "descriptors leaked"
+    );
 }
 
 /// A marker file no other test uses.
