@@ -106,15 +106,32 @@ fn main() {
     let plan = Plan::new(quick);
     print_head();
 
-    let tree = Tree::create(plan.dirs, plan.files_per_dir);
-    run_row(hash_row(&plan, &tree));
-    drop(tree);
-    run_row(pmap_row(&plan));
-    run_row(stream_row(&plan));
-    run_row(echo_row(&plan, plan.big, true));
-    run_row(echo_row(&plan, plan.small, false));
-    run_row(calls_row(&plan));
-    run_row(spawn_row(&plan));
+    // Words after `--` that are not flags pick rows: `-- stream echo`.
+    let picked: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let want = |row: &str| picked.is_empty() || picked.iter().any(|p| p == row);
+    if want("hash") {
+        let tree = Tree::create(plan.dirs, plan.files_per_dir);
+        run_row(hash_row(&plan, &tree));
+    }
+    if want("pmap") {
+        run_row(pmap_row(&plan));
+    }
+    if want("stream") {
+        run_row(stream_row(&plan));
+    }
+    if want("echo") {
+        run_row(echo_row(&plan, plan.big, true));
+        run_row(echo_row(&plan, plan.small, false));
+    }
+    if want("calls") {
+        run_row(calls_row(&plan));
+    }
+    if want("spawn") {
+        run_row(spawn_row(&plan));
+    }
 
     println!();
     println!(
@@ -450,11 +467,12 @@ fn put_frame(out: &mut Vec<u8>, value: &impl Serialize) {
 }
 
 /// Reads frames from `sock` until it closes, decoding each as a `u64`:
-/// their sum and count.
-fn sum_frames(sock: &mut UnixStream) -> (u64, u64) {
+/// their sum and count, and when the first arrived.
+fn sum_frames(sock: &mut UnixStream) -> (u64, u64, Instant) {
     let mut buf = vec![0_u8; BUFFER];
     let (mut start, mut end) = (0, 0);
     let (mut sum, mut count) = (0_u64, 0_u64);
+    let mut first = None;
     loop {
         // Decode every whole frame in the buffer.
         while end - start >= 4 {
@@ -464,6 +482,7 @@ fn sum_frames(sock: &mut UnixStream) -> (u64, u64) {
             }
             let body = &buf[start + 4..start + 4 + len];
             let (v, _): (u64, _) = bincode::serde::decode_from_slice(body, wire()).expect("decode");
+            first.get_or_insert_with(Instant::now);
             sum = sum.wrapping_add(v);
             count += 1;
             start += 4 + len;
@@ -472,7 +491,7 @@ fn sum_frames(sock: &mut UnixStream) -> (u64, u64) {
         end -= start;
         start = 0;
         match sock.read(&mut buf[end..]) {
-            Ok(0) => return (sum, count),
+            Ok(0) => return (sum, count, first.unwrap_or_else(Instant::now)),
             Ok(k) => end += k,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => panic!("read: {e}"),
@@ -498,8 +517,9 @@ fn fork_child(body: impl FnOnce(UnixStream)) -> (UnixStream, Pid) {
 }
 
 /// `n` values streamed from a forked child in frames, gathered in a 64 KiB
-/// buffer (`gather`) or written one by one.
-fn stream_floor(n: u64, gather: bool) -> (u64, u64) {
+/// buffer (`gather`) or written one by one: their sum and count, and the
+/// time from the first value to the child's end.
+fn stream_floor(n: u64, gather: bool) -> ((u64, u64), Duration) {
     let mut out = Vec::with_capacity(BUFFER + 64);
     let (mut sock, child) = fork_child(|mut sock| {
         for i in 0..n {
@@ -511,35 +531,36 @@ fn stream_floor(n: u64, gather: bool) -> (u64, u64) {
         }
         sock.write_all(&out).expect("write");
     });
-    let got = sum_frames(&mut sock);
+    let (sum, count, first) = sum_frames(&mut sock);
     waitpid(child, None).expect("waitpid");
-    got
+    ((sum, count), first.elapsed())
 }
 
 fn stream_row(plan: &Plan) -> Row<'static> {
     let n = plan.values;
     let expected = (n * (n - 1) / 2, n);
+    // The rate of the stream: each contender is timed from its first value
+    // to its child's end, so that starting a child (a fork here, a spawn
+    // for pproc: see the spawn row) is not counted.
     Row {
         work: format!("stream {n} u64, child to parent"),
         rounds: plan.rounds,
         warmup: plan.warmup,
         entries: vec![
             entry("fork: frames in a 64 KiB buffer", move || {
-                let mut got = (0, 0);
-                let took = clock(|| got = stream_floor(n, true));
+                let (got, took) = stream_floor(n, true);
                 assert_eq!(got, expected);
                 took
             }),
             entry("fork: a write per frame", move || {
-                let mut got = (0, 0);
-                let took = clock(|| got = stream_floor(n, false));
+                let (got, took) = stream_floor(n, false);
                 assert_eq!(got, expected);
                 took
             }),
             entry("count::start(n), iterate the handle", move || {
-                let mut got = (0, 0);
+                let h = count::start(n).expect("start");
+                let mut got = (h.recv().expect("a first value"), 1);
                 let took = clock(|| {
-                    let h = count::start(n).expect("start");
                     for v in h.iter() {
                         got.0 += v.expect("a value");
                         got.1 += 1;

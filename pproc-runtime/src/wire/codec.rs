@@ -168,6 +168,7 @@ impl<F: FnMut(usize, &[u8]) -> Result<()>> Writer for Replay<'_, F> {
 
 /// Deserializes a whole body as a `T`; bytes left over mean the types
 /// disagree.
+#[inline]
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     decode_with::<T>(bytes, true)
 }
@@ -177,22 +178,34 @@ pub(crate) fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     decode_with::<T>(bytes, false)
 }
 
+#[inline]
 fn decode_with<T: DeserializeOwned>(bytes: &[u8], whole: bool) -> Result<T> {
-    let mut decoder = bincode::serde::BorrowedSerdeDecoder::from_slice(bytes, config(), ());
     let budget = Cell::new(bytes.len());
-    let seed = Whole::<T> {
+    let seed = Bounded {
+        seed: PhantomData::<T>,
         budget: &budget,
-        exact: whole,
-        _value: PhantomData,
+        depth: 0,
     };
-    seed.deserialize(decoder.as_deserializer()).map_err(|err| {
-        Error::codec(format_args!(
-            "{} bytes do not decode as a `{}`: {}",
+    match bincode::serde::seed_decode_from_slice(seed, bytes, config()) {
+        Ok((value, read)) if !whole || read == bytes.len() => Ok(value),
+        Ok((_, read)) => Err(Error::codec(format_args!(
+            "{} bytes do not decode as a `{}`: {} bytes are left over after it",
             bytes.len(),
             std::any::type_name::<T>(),
-            Why(&err)
-        ))
-    })
+            bytes.len() - read
+        ))),
+        Err(err) => Err(decode_error::<T>(bytes.len(), &err)),
+    }
+}
+
+/// The error for `len` bytes that failed to decode as a `T`.
+#[cold]
+fn decode_error<T>(len: usize, err: &bincode::error::DecodeError) -> Error {
+    Error::codec(format_args!(
+        "{len} bytes do not decode as a `{}`: {}",
+        std::any::type_name::<T>(),
+        Why(err)
+    ))
 }
 
 /// A decode error, in words.
@@ -213,22 +226,29 @@ impl fmt::Display for Why<'_> {
 
 /// The length a frame's header announces, once the header is there: an
 /// error if it is over `max` or too short to hold `min` bytes.
+#[inline]
 pub(crate) fn announced(buf: &[u8], min: usize, max: usize) -> Result<Option<usize>> {
     let Some(head) = buf.get(..HEADER) else {
         return Ok(None);
     };
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-    if len > max {
-        return Err(Error::codec(format_args!(
-            "a frame of {len} bytes exceeds the limit of {max} bytes"
-        )));
-    }
-    if len < min {
-        return Err(Error::codec(format_args!(
-            "a frame of {len} bytes is shorter than its {min}-byte tag"
-        )));
+    if len > max || len < min {
+        return Err(misannounced(len, min, max));
     }
     Ok(Some(len))
+}
+
+#[cold]
+fn misannounced(len: usize, min: usize, max: usize) -> Error {
+    if len > max {
+        Error::codec(format_args!(
+            "a frame of {len} bytes exceeds the limit of {max} bytes"
+        ))
+    } else {
+        Error::codec(format_args!(
+            "a frame of {len} bytes is shorter than its {min}-byte tag"
+        ))
+    }
 }
 
 /// The body of the frame at the start of `buf`, once it has all arrived.
@@ -241,12 +261,19 @@ pub(crate) fn split_frame(buf: &[u8], min: usize, max: usize) -> Result<Option<&
 }
 
 /// The header of a frame whose body is `len` bytes.
+#[inline]
 pub(crate) fn header(len: usize) -> Result<[u8; HEADER]> {
-    u32::try_from(len).map(u32::to_le_bytes).map_err(|_| {
-        Error::codec(format_args!(
-            "a frame of {len} bytes exceeds the protocol's 4 GiB limit"
-        ))
-    })
+    match u32::try_from(len) {
+        Ok(len) => Ok(len.to_le_bytes()),
+        Err(_) => Err(too_long(len)),
+    }
+}
+
+#[cold]
+fn too_long(len: usize) -> Error {
+    Error::codec(format_args!(
+        "a frame of {len} bytes exceeds the protocol's 4 GiB limit"
+    ))
 }
 
 /// Writes one frame to a blocking stream.
@@ -280,49 +307,6 @@ pub(crate) fn read_frame(stream: &mut impl Read, max: usize) -> Result<Vec<u8>> 
 
 /// What [`read_frame`] reserves before the bytes arrive.
 const READ_AHEAD: usize = 64 * 1024;
-
-/// The top-level value: a `T`, then, for a whole body, nothing.
-struct Whole<'b, T> {
-    budget: &'b Cell<usize>,
-    exact: bool,
-    _value: PhantomData<fn() -> T>,
-}
-
-impl<'de, T: DeserializeOwned> DeserializeSeed<'de> for Whole<'_, T> {
-    type Value = T;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<T, D::Error> {
-        // A bincode tuple has no length on the wire: this reads the value,
-        // then tries one more byte, which must not be there.
-        deserializer.deserialize_tuple(2, self)
-    }
-}
-
-impl<'de, T: DeserializeOwned> Visitor<'de> for Whole<'_, T> {
-    type Value = T;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "a `{}`", std::any::type_name::<T>())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<T, A::Error> {
-        let seed = Bounded {
-            seed: PhantomData::<T>,
-            budget: self.budget,
-            depth: 0,
-        };
-        let value = seq
-            .next_element_seed(seed)?
-            .ok_or_else(|| de::Error::custom("an empty body"))?;
-        if self.exact && seq.next_element::<u8>().is_ok() {
-            return Err(de::Error::custom(format_args!(
-                "bytes are left over after the `{}`",
-                std::any::type_name::<T>()
-            )));
-        }
-        Ok(value)
-    }
-}
 
 /// A seed, a deserializer, a visitor or an access of the value being
 /// decoded, wrapped so that every part nested in it is bounded too: the

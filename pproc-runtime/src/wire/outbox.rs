@@ -170,10 +170,12 @@ impl Outbox {
             out.buf.truncate(frame.start);
             return Ok(Pushed::Refused);
         }
-        match self.to_log(&mut out, tag, frame.start, false) {
-            Some(true) => return Ok(Pushed::Full),
-            Some(false) => return Ok(Pushed::Held),
-            None => {}
+        if out.log.is_some() {
+            match self.to_log(&mut out, tag, frame.start, false) {
+                Some(true) => return Ok(Pushed::Full),
+                Some(false) => return Ok(Pushed::Held),
+                None => {}
+            }
         }
         Ok(if self.hold(&mut out, frame.start) {
             Pushed::Held
