@@ -293,7 +293,6 @@ macro_rules! options {
     () => {
         /// At most `n` items run at once (at least one; by default, the
         /// number of cores).
-        #[must_use]
         pub fn limit(mut self, n: usize) -> Self {
             let n = n.max(1);
             self.engine.limit = n;
@@ -312,7 +311,6 @@ macro_rules! options {
         /// [`deadline`](Builder::deadline) or a
         /// [`cpu_limit`](Builder::cpu_limit) also gives each item a process
         /// of its own, since those bound a process, not an item.
-        #[must_use]
         pub fn reuse(mut self, reuse: bool) -> Self {
             self.engine.reuse = Some(reuse);
             self.engine.configure(|ex| ex.reuse(reuse));
@@ -322,7 +320,6 @@ macro_rules! options {
         /// How many items a reused worker is sent at once: measured as
         /// the items run by default ([`BatchSize::Auto`]). No effect with
         /// [`reuse(false)`](Self::reuse).
-        #[must_use]
         pub fn batch(mut self, batch: BatchSize) -> Self {
             self.engine.configure(|ex| ex.batch(batch));
             self
@@ -335,14 +332,12 @@ macro_rules! options {
         /// of letting results pile up in memory. The window runs ahead of
         /// the next item to yield, or of the furthest item asked for with
         /// `Map::get`.
-        #[must_use]
         pub fn window(mut self, n: usize) -> Self {
             self.engine.window = Some(n.max(1));
             self
         }
 
         /// The options children are started with.
-        #[must_use]
         pub fn builder(mut self, builder: Builder) -> Self {
             let per_process = builder.bounds_each_process();
             let reuse = self.engine.reuse.unwrap_or(!per_process);
@@ -354,7 +349,6 @@ macro_rules! options {
         /// items done out of the input's length, when the input tells it
         /// (feature `progress`).
         #[cfg(feature = "progress")]
-        #[must_use]
         pub fn progress(mut self, on: bool) -> Self {
             self.engine.configure(|ex| ex.progress(on));
             if let (low, Some(high)) = self.engine.calls.size_hint()
@@ -418,6 +412,7 @@ macro_rules! options {
 /// # Ok(())
 /// # }
 /// ```
+#[must_use = "a `Map` starts its items as it is iterated, and kills its children when dropped"]
 pub struct Map<C, T> {
     engine: Engine<C, T>,
     next: usize,
@@ -571,6 +566,7 @@ where
 /// assert_eq!(failed.len(), 1);
 /// # }
 /// ```
+#[must_use = "a `Queue` starts its items as it is iterated, and kills its children when dropped"]
 pub struct Queue<C, T> {
     engine: Engine<C, T>,
 }
@@ -595,7 +591,6 @@ impl<C: Iterator, T> Queue<C, T> {
     /// Yields every value a channel-style function sends, not only its
     /// first (pprocess's `Queue(continuous=1)`): see
     /// [`Exchange::continuous`]. Each value comes with its item's index.
-    #[must_use]
     pub fn continuous(mut self, continuous: bool) -> Self {
         self.engine.configure(|ex| ex.continuous(continuous));
         self

@@ -97,6 +97,7 @@ type Workers = Arc<Mutex<Exchange<Results>>>;
 /// # }
 /// ```
 #[derive(Clone)]
+#[must_use = "a `Pool` stops and reaps its workers when it is dropped"]
 pub struct Pool {
     shared: Workers,
 }
@@ -131,7 +132,6 @@ impl Pool {
 
     /// Replaces each worker by a fresh process after `calls` calls (at
     /// least one).
-    #[must_use]
     pub fn recycle(self, calls: usize) -> Self {
         {
             let mut exchange = lock(&self.shared);
@@ -317,6 +317,7 @@ impl<T> fmt::Debug for Arrivals<T> {
 ///
 /// Dropping it without joining abandons the result: the call runs on, and
 /// its result is dropped when it arrives.
+#[must_use = "the call's result is dropped with its `Pending`: `join` it"]
 pub struct Pending<R> {
     shared: Workers,
     index: Option<usize>,

@@ -52,6 +52,7 @@ struct Counts {
 ///
 /// [`stop`](Self::stop), or dropping the timer, stops it: no run starts
 /// after that, and runs still going are killed and reaped.
+#[must_use = "a `Timer` stops, and kills its runs, when it is dropped"]
 pub struct Timer<R> {
     /// Closing it wakes the thread and stops it.
     stop: Option<OwnedFd>,

@@ -114,6 +114,7 @@ type ServerProcess = Handle<(), (), std::result::Result<Address, String>>;
 /// `Manager`), and a connection to it that creates them.
 ///
 /// See the [module documentation](self).
+#[must_use = "a `Manager` shuts its server down when it is dropped"]
 pub struct Manager {
     target: Target,
     line: Line,

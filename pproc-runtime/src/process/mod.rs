@@ -6,6 +6,7 @@ pub(crate) mod capture;
 pub(crate) mod child;
 pub(crate) mod fork;
 pub(crate) mod limits;
+pub(crate) mod reaper;
 pub(crate) mod setup;
 pub(crate) mod spawn;
 pub(crate) mod tree;

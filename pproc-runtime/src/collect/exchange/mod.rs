@@ -130,6 +130,7 @@ struct Queued<S> {
 /// # Ok(())
 /// # }
 /// ```
+#[must_use = "an `Exchange` kills its children when it is dropped"]
 pub struct Exchange<S> {
     store: S,
     limit: Option<usize>,
@@ -172,7 +173,6 @@ impl<S> Exchange<S> {
     }
 
     /// At most `n` child processes live at once (at least one).
-    #[must_use]
     pub fn limit(mut self, n: usize) -> Self {
         self.limit = Some(n.max(1));
         self
@@ -186,7 +186,6 @@ impl<S> Exchange<S> {
     /// or finished. A streaming call on a worker delivers its first value
     /// (every value with [`continuous`](Self::continuous)) and the worker
     /// moves on when the call returns.
-    #[must_use]
     pub fn reuse(mut self, reuse: bool) -> Self {
         self.reuse = reuse;
         self
@@ -195,7 +194,6 @@ impl<S> Exchange<S> {
     /// With [`reuse`](Self::reuse), a worker is replaced by a fresh
     /// process after `calls` calls (at least one), which bounds what a
     /// leaky function can accumulate in one process.
-    #[must_use]
     pub fn recycle(mut self, calls: usize) -> Self {
         self.recycle = Some(calls.max(1));
         self
@@ -246,7 +244,6 @@ impl<S> Exchange<S> {
     /// Store every value a channel-style child sends, not only its first
     /// (pprocess's `continuous`): the child keeps its place until it
     /// returns. No effect on functions that return their value.
-    #[must_use]
     pub fn continuous(mut self, continuous: bool) -> Self {
         self.continuous = continuous;
         self
@@ -268,14 +265,12 @@ impl<S> Exchange<S> {
     /// Either way, a child that goes on running after its channel closed
     /// keeps its place until it exits, and [`finish`](Self::finish) waits
     /// for it.
-    #[must_use]
     pub fn autoclose(mut self, autoclose: bool) -> Self {
         self.autoclose = autoclose;
         self
     }
 
     /// The options children are started with.
-    #[must_use]
     pub fn builder(mut self, builder: Builder) -> Self {
         self.builder = builder;
         self
@@ -284,7 +279,6 @@ impl<S> Exchange<S> {
     /// Shows a progress bar on standard error, where it is a terminal:
     /// calls ended out of calls given (feature `progress`).
     #[cfg(feature = "progress")]
-    #[must_use]
     pub fn progress(mut self, on: bool) -> Self {
         self.bar.show(on);
         self

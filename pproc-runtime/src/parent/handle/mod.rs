@@ -42,8 +42,13 @@ use crate::wire::wait::Deadline;
 /// delivers its values to an exchange ([`Returns`] or
 /// [`Streams`](crate::Streams)), which `#[parallel]` picks.
 ///
-/// A `Handle` owns its child: dropping it kills the child if it is still
-/// running and reaps it, so no zombie and no descriptor is left behind.
+/// A `Handle` owns its child: **dropping it kills the child** if it is
+/// still running, and reaps it, so no zombie and no descriptor is left
+/// behind. This is unlike `std::thread::JoinHandle` and
+/// `std::process::Child`, whose thread or process runs on: keep the handle
+/// until [`join`](Self::join) (or another way of waiting) returns, or let
+/// the child go with [`detach`](Self::detach). `f::start(x)?;` alone starts
+/// a child and kills it at once, and the compiler warns about it.
 ///
 /// # Examples
 ///
@@ -61,6 +66,7 @@ use crate::wire::wait::Deadline;
 /// # Ok(())
 /// # }
 /// ```
+#[must_use = "the child is killed when its handle is dropped: keep the handle and `join` it, or `detach` it"]
 pub struct Handle<R, S = (), V = (), K = Returns> {
     inner: Mutex<Inner>,
     /// The socket under the channel, and the pidfd: lent without the lock.
@@ -213,6 +219,57 @@ impl<R, S, V, K> Handle<R, S, V, K> {
             Err(Error::Timeout) => Ok(false),
             Err(err) => Err(err),
         }
+    }
+
+    /// Lets the child run on its own, for fire-and-forget work: the handle
+    /// is given up without killing the child, and pproc reaps the child
+    /// when it exits, so no zombie is left.
+    ///
+    /// The parent's end of the channel closes: sends of the child's fail
+    /// with [`Error::Disconnected`] from then on, and its result is not
+    /// read. A [`Builder::deadline`](crate::Builder::deadline) still kills
+    /// it when it passes. A detached child still ends when this process
+    /// does, as every child of pproc does (its parent-death signal), so
+    /// keep the handle for work that must finish.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pproc::parallel;
+    ///
+    /// #[parallel]
+    /// fn touch(path: String) {
+    ///     std::fs::write(path, b"done").unwrap();
+    /// }
+    ///
+    /// # fn main() -> pproc::Result<()> {
+    /// let path = std::env::temp_dir().join(format!("pproc-detach-{}", std::process::id()));
+    /// touch::start(path.display().to_string())?.detach()?;
+    /// // The child runs on without its handle; this process waits for its file.
+    /// let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    /// while !path.exists() && std::time::Instant::now() < until {
+    ///     std::thread::sleep(std::time::Duration::from_millis(5));
+    /// }
+    /// assert!(path.exists());
+    /// # std::fs::remove_file(&path).ok();
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Spawn`] if the thread that reaps detached children cannot
+    /// be started (or, in a child made by
+    /// [`Exchange::create`](crate::Exchange::create)'s fork, does not
+    /// exist there): the child is then killed and reaped, as on drop.
+    pub fn detach(self) -> Result<()> {
+        let inner = self
+            .inner
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Inner { child, conn, .. } = inner;
+        drop(conn);
+        crate::process::reaper::adopt(child)
     }
 
     /// Kills the child with `SIGKILL`, and with it the processes it
