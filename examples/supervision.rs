@@ -116,7 +116,7 @@ fn main() -> pproc::Result<()> {
         .iter()
         .map(|job| limits.start(run_job::call(*job)))
         .collect::<pproc::Result<Vec<_>>>()?;
-    let results = pproc::join_all(handles, None)?;
+    let results = pproc::join_all(handles, None);
     println!(
         "{} jobs, each with a 3 s deadline, 1 GiB of address space and 1 s of CPU:",
         jobs.len()

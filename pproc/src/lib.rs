@@ -131,8 +131,9 @@
 //! A child process can hang, flood, leak or be killed from outside; pproc
 //! gives the parent the controls for it (concurrence's, for processes):
 //!
-//! - [`join_all`] joins many children under one deadline, killing the
-//!   stragglers; [`select`] and [`join_any`] wait for the first to finish;
+//! - [`join_all`] joins many children under one deadline: the finished
+//!   give their results, the stragglers are killed and give
+//!   [`Error::Timeout`]; [`select`] and [`join_any`] wait for the first to finish;
 //!   [`waitall`] for every child (pprocess's).
 //! - [`Handle::terminate`] sends `SIGTERM`, then `SIGKILL` after a grace
 //!   period. Each child leads a process group of its own
@@ -175,7 +176,7 @@
 //! # fn main() -> pproc::Result<()> {
 //! let careful = Builder::new().deadline(Duration::from_millis(200));
 //! let handles = vec![careful.start(quick::call(1))?, careful.start(stuck::call())?];
-//! let results = pproc::join_all(handles, None)?;
+//! let results = pproc::join_all(handles, None);
 //! assert_eq!(*results[0].as_ref().unwrap(), 2);
 //! assert!(matches!(results[1], Err(Error::Timeout))); // killed at its deadline
 //! # Ok(())

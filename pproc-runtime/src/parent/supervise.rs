@@ -14,9 +14,11 @@ use crate::wire::wait::{Deadline, poll_until};
 /// Waits for every child and returns their results in the handles' order,
 /// each `Ok` or its own `Err` (concurrence's `join_all`).
 ///
-/// If `timeout` (`None`: as long as it takes) passes first, the children
-/// still running are killed (with their process groups) and reaped, and
-/// the whole call fails with [`Error::Timeout`].
+/// If `timeout` (`None`: as long as it takes) passes first, every child
+/// that has finished still gives its result, and each one still running
+/// is killed (with its process group) and reaped, and gives
+/// [`Error::Timeout`] in its place. Nothing is left running when this
+/// returns.
 ///
 /// # Examples
 ///
@@ -27,40 +29,42 @@ use crate::wire::wait::{Deadline, poll_until};
 /// #[parallel]
 /// fn check(n: u32) -> u32 {
 ///     assert!(n != 3, "3 is not allowed");
+///     if n == 4 {
+///         std::thread::sleep(Duration::from_secs(600));
+///     }
 ///     n * 2
 /// }
 ///
 /// # fn main() -> pproc::Result<()> {
 /// let handles = (1..=4).map(check::start).collect::<pproc::Result<Vec<_>>>()?;
-/// let results = pproc::join_all(handles, Some(Duration::from_secs(60)))?;
+/// let results = pproc::join_all(handles, Some(Duration::from_secs(5)));
+/// assert_eq!(results.len(), 4);
 /// assert_eq!(results[0].as_ref().ok(), Some(&2));
 /// assert!(matches!(results[2], Err(Error::Panicked { .. })));
-/// assert_eq!(results.len(), 4);
+/// // The straggler was killed at the deadline.
+/// assert!(matches!(results[3], Err(Error::Timeout)));
 /// # Ok(())
 /// # }
 /// ```
-///
-/// # Errors
-///
-/// [`Error::Timeout`] if the deadline passed before every child finished.
 pub fn join_all<R, S, V, K>(
     handles: impl IntoIterator<Item = Handle<R, S, V, K>>,
     timeout: Option<Duration>,
-) -> Result<Vec<Result<R>>>
+) -> Vec<Result<R>>
 where
     R: DeserializeOwned,
 {
     let deadline = timeout.map_or(Deadline::Never, Deadline::after);
     let mut handles: Vec<_> = handles.into_iter().collect();
-    let mut results = Vec::with_capacity(handles.len());
-    for handle in &mut handles {
-        match handle.join_until(deadline) {
-            Some(result) => results.push(result),
-            // Dropping the handles kills and reaps the rest.
-            None => return Err(Error::Timeout),
-        }
-    }
-    Ok(results)
+    // Once the deadline has passed, each later child is only looked at:
+    // one that has finished still gives its result.
+    let results = handles
+        .iter_mut()
+        .map(|handle| handle.join_until(deadline).unwrap_or(Err(Error::Timeout)))
+        .collect();
+    // Dropping the handles kills and reaps the stragglers, before the
+    // results are handed over.
+    drop(handles);
+    results
 }
 
 /// Waits until one of the children has finished, and returns its index;

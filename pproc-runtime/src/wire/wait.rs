@@ -65,13 +65,17 @@ impl Deadline {
 
 /// Polls `fds` until one is ready or the deadline passes, retrying `EINTR`.
 /// Returns `false` on timeout.
+///
+/// A deadline that has passed still looks once, without waiting: what is
+/// ready by then counts, as for [`Deadline::Now`].
 pub(crate) fn poll_until(fds: &mut [PollFd<'_>], deadline: Deadline) -> Result<bool> {
     loop {
-        let Some(timeout) = deadline.poll_timeout() else {
-            return Ok(false);
+        let (timeout, last) = match deadline.poll_timeout() {
+            Some(timeout) => (timeout, matches!(deadline, Deadline::Now)),
+            None => (PollTimeout::ZERO, true),
         };
         match poll(fds, timeout) {
-            Ok(0) if matches!(deadline, Deadline::Now) => return Ok(false),
+            Ok(0) if last => return Ok(false),
             Ok(0) | Err(Errno::EINTR) => {}
             Ok(_) => return Ok(true),
             Err(err) => return Err(err.into()),
