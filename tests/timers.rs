@@ -37,6 +37,26 @@ fn later_runs_once_after_its_delay() {
 }
 
 #[test]
+fn a_timers_receives_tell_timed_out_from_over() {
+    let _serial = serial();
+    let timer = pproc::later(Duration::from_millis(300), flaky::call(3)).unwrap();
+    assert!(matches!(
+        timer.recv_timeout(Duration::from_millis(1)),
+        Err(Error::Timeout)
+    ));
+    // The run's own failure is the inner error.
+    match timer.recv_timeout(Duration::from_secs(60)) {
+        Ok(Err(Error::Panicked { message, .. })) => assert_eq!(message, "3 is odd"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(matches!(
+        timer.recv_timeout(Duration::from_secs(60)),
+        Err(Error::Disconnected)
+    ));
+    assert!(matches!(timer.recv(), Err(Error::Disconnected)));
+}
+
+#[test]
 fn interval_runs_one_at_a_time_a_period_apart() {
     let _serial = serial();
     let timer = pproc::interval(Duration::from_millis(30), || work::call(20)).unwrap();

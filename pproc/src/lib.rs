@@ -86,6 +86,22 @@
 //! # }
 //! ```
 //!
+//! Every receive answers the same way, on [`Handle`], [`Channel`] and
+//! [`Timer`] alike:
+//!
+//! | call | a value | nothing in time | the sender is done |
+//! | --- | --- | --- | --- |
+//! | `recv()` | `Ok(v)` | (waits) | `Err(Disconnected)` |
+//! | `recv_timeout(t)` | `Ok(v)` | `Err(Timeout)` | `Err(Disconnected)` |
+//! | `try_recv()` | `Ok(Some(v))` | `Ok(None)` | `Err(Disconnected)` |
+//! | `join_timeout(t)` | `Ok(r)` | `Err(Timeout)`, the handle stays usable | how it ended |
+//!
+//! A child that ended some other way gives that error instead
+//! (`Panicked`, `Signaled`, ...), and an error the other end sent in place
+//! of a value is `Err(Remote)`, after which the stream goes on. A
+//! [`Timer`]'s receive wraps each run's own `Result` in the receive's:
+//! `timer.recv()??`.
+//!
 //! # Maps, queues and the grain of work
 //!
 //! [`Map`], [`Queue`] and [`pmap`] run a function over many items, one

@@ -214,18 +214,50 @@ impl<R: DeserializeOwned + Send + 'static> Timer<R> {
 }
 
 impl<R> Timer<R> {
-    /// Waits for the next run's result; `None` once the timer is over (a
-    /// [`later`] timer's one run has been received).
-    #[must_use]
-    pub fn recv(&self) -> Option<Result<R>> {
-        self.results.recv().ok()
+    /// Waits for the next run's result. The outer `Result` is the receive's,
+    /// as for [`Handle::recv`](crate::Handle::recv); the inner one is the
+    /// run's own: `Ok` with what it returned, or how it failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pproc::{parallel, Error};
+    ///
+    /// #[parallel]
+    /// fn answer() -> u32 {
+    ///     42
+    /// }
+    ///
+    /// # fn main() -> pproc::Result<()> {
+    /// let timer = pproc::later(Duration::from_millis(10), answer::call())?;
+    /// assert_eq!(timer.recv()??, 42);
+    /// // A `later` timer runs once: then it is over.
+    /// assert!(matches!(timer.recv(), Err(Error::Disconnected)));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Disconnected`] once the timer is over (a [`later`] timer's
+    /// one run has been received, or the timer was stopped).
+    pub fn recv(&self) -> Result<Result<R>> {
+        self.results.recv().map_err(|_| Error::Disconnected)
     }
 
-    /// Waits at most `timeout` for the next run's result; `None` if none
-    /// came in time or the timer is over.
-    #[must_use]
-    pub fn recv_timeout(&self, timeout: Duration) -> Option<Result<R>> {
-        self.results.recv_timeout(timeout).ok()
+    /// Waits at most `timeout` for the next run's result, as
+    /// [`recv`](Self::recv) does.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] if none came in time, [`Error::Disconnected`]
+    /// once the timer is over.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Result<R>> {
+        self.results.recv_timeout(timeout).map_err(|err| match err {
+            mpsc::RecvTimeoutError::Timeout => Error::Timeout,
+            mpsc::RecvTimeoutError::Disconnected => Error::Disconnected,
+        })
     }
 
     /// The results that have arrived, without waiting.
