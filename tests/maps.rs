@@ -373,6 +373,36 @@ fn progress_bars_do_not_change_results() {
 }
 
 #[test]
+fn a_progress_bar_of_ones_own_counts_items() {
+    use pproc::indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
+    let _serial = serial();
+    let bars = MultiProgress::with_draw_target(ProgressDrawTarget::hidden());
+    let bar = bars.add(ProgressBar::new(0));
+    let map = Map::new(square::call, 0..30)
+        .limit(3)
+        .progress_bar(bar.clone());
+    assert_eq!(
+        bar.length(),
+        Some(30),
+        "the input's length is known up front"
+    );
+    let out: Vec<u64> = map.collect::<pproc::Result<_>>().unwrap();
+    assert_eq!(out.len(), 30);
+    assert_eq!(bar.position(), 30);
+
+    let bar = bars.add(ProgressBar::new(0));
+    let pool = pproc::Pool::new(2).unwrap().progress_bar(bar.clone());
+    let pending: Vec<_> = (0..7)
+        .map(|i| pool.start(square::call(i)).unwrap())
+        .collect();
+    let got: Vec<u64> = pending.into_iter().map(|p| p.join().unwrap()).collect();
+    assert_eq!(got, (0..7).map(|i| i * i).collect::<Vec<_>>());
+    assert_eq!((bar.position(), bar.length()), (7, Some(7)));
+    let pool = pool.progress(true);
+    assert_eq!(pool.start(square::call(3)).unwrap().join().unwrap(), 9);
+}
+
+#[test]
 fn maps_and_queues_run_forked_closures() {
     let _serial = serial();
     let fds = open_fds();

@@ -9,6 +9,8 @@
 // (the handle); collect (many children); manager; boot (the constructor
 // that routes a child). Each imports only from the layers below it; see
 // ARCHITECTURE.md.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod boot;
 mod child;
 mod collect;
@@ -48,4 +50,10 @@ pub use wire::conn::DEFAULT_MAX_FRAME;
 pub use wire::frame::{EXIT_OUT_OF_MEMORY, EXIT_PROTOCOL, EXIT_UNREGISTERED, EXIT_VERSION_SKEW};
 pub use wire::outbox::DEFAULT_FLUSH_AFTER;
 pub use wire::recv::Iter;
+
+/// The progress bar crate pproc draws with, for a bar of your own
+/// ([`Map::progress_bar`] and the like): the same version as pproc's.
+#[cfg(feature = "progress")]
+#[cfg_attr(docsrs, doc(cfg(feature = "progress")))]
+pub use indicatif;
 pub use wire::rpc::{Reply, Request, RequestId};

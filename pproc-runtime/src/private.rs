@@ -1,6 +1,7 @@
 //! Not public API. Used by code that `#[parallel]` generates.
 
 pub use crate::child::entry::{run_channel_entry, run_entry};
+pub use crate::collect::progress::ProgressFeature;
 pub use crate::manager::objects::custom::{SharedEntry, shared_create, shared_invoke};
 pub use crate::registry::{Context, Entry};
 

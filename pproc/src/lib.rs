@@ -224,6 +224,22 @@
 //! `#[parallel]` functions must be module items, not items of a function
 //! body.
 //!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! | --- | --- | --- |
+//! | `progress` | off | progress bars ([indicatif]) on [`Map`], [`Queue`], [`Exchange`](struct@Exchange) and [`Pool`]: `.progress(true)` draws one on standard error where it is a terminal, `.progress_bar(bar)` takes a `ProgressBar` of yours (your style, your `MultiProgress`); `pproc::indicatif` re-exports the crate |
+//!
+//! Without the feature, a call to a progress method fails to compile with
+//! a message that says which feature to turn on:
+//!
+//! ```toml
+//! [dependencies]
+//! pproc = { version = "0.1", features = ["progress"] }
+//! ```
+//!
+//! [indicatif]: https://docs.rs/indicatif
+//!
 //! # Platform support
 //!
 //! Linux, where children are started with `posix_spawn` (its cost does not
@@ -233,6 +249,7 @@
 //! parent's death, and its handler kills the group: code in a child should
 //! not block or take over that signal. Deadlines need pidfds (Linux 5.3).
 #![doc(test(attr(deny(warnings))))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[doc(inline)]
 pub use pproc_macros::{Exchange, parallel};
@@ -246,6 +263,9 @@ pub use pproc_runtime::{
     registered, select, start_background, tree, waitall,
 };
 
+#[cfg(feature = "progress")]
+#[cfg_attr(docsrs, doc(cfg(feature = "progress")))]
+pub use pproc_runtime::indicatif;
 pub use pproc_runtime::manager;
 #[doc(no_inline)]
 pub use pproc_runtime::manager::Manager;

@@ -10,6 +10,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::exchange::{BatchSize, Exchange, Origin, Store};
+#[cfg(not(feature = "progress"))]
+use super::progress::ProgressFeature;
 use crate::child::channel::Channel;
 use crate::error::{Error, Result};
 use crate::parent::builder::Builder;
@@ -204,6 +206,17 @@ impl<C: Iterator, T> Engine<C, T> {
     }
 
     /// Changes the exchange's options, keeping its state.
+    /// Gives a progress bar the input's length, when the input tells it.
+    #[cfg(feature = "progress")]
+    fn progress_total(&mut self) {
+        if let (low, Some(high)) = self.calls.size_hint()
+            && low == high
+        {
+            let total = self.started + low;
+            self.exchange.progress_total(total);
+        }
+    }
+
     fn configure(&mut self, f: impl FnOnce(Exchange<Slots<T>>) -> Exchange<Slots<T>>) {
         let ordered = self.exchange.get_ref().ordered;
         let exchange = std::mem::replace(&mut self.exchange, Exchange::new(Slots::new(ordered)));
@@ -349,14 +362,36 @@ macro_rules! options {
         /// items done out of the input's length, when the input tells it
         /// (feature `progress`).
         #[cfg(feature = "progress")]
+        #[cfg_attr(docsrs, doc(cfg(feature = "progress")))]
         pub fn progress(mut self, on: bool) -> Self {
             self.engine.configure(|ex| ex.progress(on));
-            if let (low, Some(high)) = self.engine.calls.size_hint()
-                && low == high
-            {
-                let total = self.engine.started + low;
-                self.engine.exchange.progress_total(total);
-            }
+            self.engine.progress_total();
+            self
+        }
+
+        /// Shows `bar`, a progress bar of yours, with the style you gave
+        /// it (or in a `MultiProgress` you added it to): items done out of
+        /// the input's length, when the input tells it (feature
+        /// `progress`). pproc sets its length and position.
+        #[cfg(feature = "progress")]
+        #[cfg_attr(docsrs, doc(cfg(feature = "progress")))]
+        pub fn progress_bar(mut self, bar: indicatif::ProgressBar) -> Self {
+            self.engine.configure(|ex| ex.progress_bar(bar));
+            self.engine.progress_total();
+            self
+        }
+
+        /// Without the `progress` feature: a call says to turn it on.
+        #[cfg(not(feature = "progress"))]
+        #[doc(hidden)]
+        pub fn progress<On: ProgressFeature>(self, _on: On) -> Self {
+            self
+        }
+
+        /// Without the `progress` feature: a call says to turn it on.
+        #[cfg(not(feature = "progress"))]
+        #[doc(hidden)]
+        pub fn progress_bar<B: ProgressFeature>(self, _bar: B) -> Self {
             self
         }
 

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use super::exchange::{BatchSize, Exchange, Origin, Store};
+#[cfg(not(feature = "progress"))]
+use super::progress::ProgressFeature;
 use crate::error::{Error, Result};
 use crate::lock::lock;
 use crate::parent::builder::Builder;
@@ -133,11 +135,46 @@ impl Pool {
     /// Replaces each worker by a fresh process after `calls` calls (at
     /// least one).
     pub fn recycle(self, calls: usize) -> Self {
+        self.reconfigure(|exchange| exchange.recycle(calls))
+    }
+
+    fn reconfigure(self, f: impl FnOnce(Exchange<Results>) -> Exchange<Results>) -> Self {
         {
             let mut exchange = lock(&self.shared);
             let taken = std::mem::replace(&mut *exchange, Exchange::new(Results::default()));
-            *exchange = taken.recycle(calls);
+            *exchange = f(taken);
         }
+        self
+    }
+
+    /// Shows a progress bar on standard error, where it is a terminal:
+    /// calls ended out of calls started (feature `progress`).
+    #[cfg(feature = "progress")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "progress")))]
+    pub fn progress(self, on: bool) -> Self {
+        self.reconfigure(|exchange| exchange.progress(on))
+    }
+
+    /// Shows `bar`, a progress bar of yours, with the style you gave it
+    /// (or in a `MultiProgress` you added it to): calls ended out of calls
+    /// started (feature `progress`). pproc sets its length and position.
+    #[cfg(feature = "progress")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "progress")))]
+    pub fn progress_bar(self, bar: indicatif::ProgressBar) -> Self {
+        self.reconfigure(|exchange| exchange.progress_bar(bar))
+    }
+
+    /// Without the `progress` feature: a call says to turn it on.
+    #[cfg(not(feature = "progress"))]
+    #[doc(hidden)]
+    pub fn progress<On: ProgressFeature>(self, _on: On) -> Self {
+        self
+    }
+
+    /// Without the `progress` feature: a call says to turn it on.
+    #[cfg(not(feature = "progress"))]
+    #[doc(hidden)]
+    pub fn progress_bar<B: ProgressFeature>(self, _bar: B) -> Self {
         self
     }
 

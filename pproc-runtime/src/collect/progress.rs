@@ -32,6 +32,16 @@ impl Bar {
         }
     }
 
+    /// Shows `bar`, as its owner styled it (or added it to a
+    /// `MultiProgress`): its length and position are set from here on.
+    pub(crate) fn show_bar(&mut self, bar: indicatif::ProgressBar) {
+        self.finish();
+        bar.set_position(0);
+        bar.set_length(0);
+        self.fixed = false;
+        self.bar = Some(bar);
+    }
+
     /// Whether a bar is shown.
     #[cfg(test)]
     pub(crate) fn is_shown(&self) -> bool {
@@ -76,6 +86,20 @@ impl Drop for Bar {
         self.finish();
     }
 }
+
+/// What the progress methods need: the `progress` feature. Without it they
+/// still exist, so that a call says which feature to turn on instead of
+/// "no method named `progress`".
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "progress bars need pproc's `progress` feature",
+    label = "a progress method, without the `progress` feature",
+    note = "turn it on in Cargo.toml: `pproc = {{ version = \"...\", features = [\"progress\"] }}`"
+)]
+pub trait ProgressFeature {}
+
+#[cfg(feature = "progress")]
+impl<T: ?Sized> ProgressFeature for T {}
 
 // The same methods as with the feature, doing nothing.
 #[cfg(not(feature = "progress"))]

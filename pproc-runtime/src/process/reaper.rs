@@ -117,9 +117,3 @@ pub(crate) fn adopt(child: Child) -> Result<()> {
     reaper.wake.write(1).map_err(|err| Error::Io(err.into()))?;
     Ok(())
 }
-
-/// How many detached children wait to be reaped.
-#[cfg(test)]
-pub(crate) fn held() -> usize {
-    Reaper::get().map_or(0, |reaper| reaper.held().len())
-}

@@ -20,6 +20,8 @@ use self::poller::Poller;
 use self::store::Job;
 pub use self::store::{Failure, Origin, Route, Store};
 use super::progress::Bar;
+#[cfg(not(feature = "progress"))]
+use super::progress::ProgressFeature;
 use crate::child::channel::Channel;
 use crate::child::entry::run_forked;
 use crate::error::{Error, Result};
@@ -279,8 +281,57 @@ impl<S> Exchange<S> {
     /// Shows a progress bar on standard error, where it is a terminal:
     /// calls ended out of calls given (feature `progress`).
     #[cfg(feature = "progress")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "progress")))]
     pub fn progress(mut self, on: bool) -> Self {
         self.bar.show(on);
+        self
+    }
+
+    /// Shows `bar`, a progress bar of yours, with the style you gave it
+    /// (or in a `MultiProgress` you added it to): calls ended out of calls
+    /// given (feature `progress`). pproc sets its length and position.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pproc::indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
+    /// use pproc::{parallel, Exchange};
+    ///
+    /// #[parallel]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// # fn main() -> pproc::Result<()> {
+    /// let bars = MultiProgress::with_draw_target(ProgressDrawTarget::hidden());
+    /// let bar = bars.add(ProgressBar::new(0));
+    /// let mut ex = Exchange::new(Vec::new()).progress_bar(bar.clone());
+    /// for x in 0..3 {
+    ///     ex.start(square::call(x))?;
+    /// }
+    /// ex.finish()?;
+    /// assert_eq!((bar.position(), bar.length()), (3, Some(3)));
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "progress")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "progress")))]
+    pub fn progress_bar(mut self, bar: indicatif::ProgressBar) -> Self {
+        self.bar.show_bar(bar);
+        self
+    }
+
+    /// Without the `progress` feature: a call says to turn it on.
+    #[cfg(not(feature = "progress"))]
+    #[doc(hidden)]
+    pub fn progress<On: ProgressFeature>(self, _on: On) -> Self {
+        self
+    }
+
+    /// Without the `progress` feature: a call says to turn it on.
+    #[cfg(not(feature = "progress"))]
+    #[doc(hidden)]
+    pub fn progress_bar<B: ProgressFeature>(self, _bar: B) -> Self {
         self
     }
 
