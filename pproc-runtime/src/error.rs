@@ -155,10 +155,12 @@ impl Error {
             message: message.to_string(),
         }
     }
-}
 
-impl From<nix::Error> for Error {
-    fn from(err: nix::Error) -> Self {
+    /// An [`Error::Io`] from a failed nix call. A crate-private function
+    /// rather than `From<nix::Error>`, which as a public trait impl would make
+    /// nix part of pproc's API: call sites write
+    /// `.map_err(Error::from_errno)?`.
+    pub(crate) fn from_errno(err: nix::Error) -> Self {
         Self::Io(io::Error::from(err))
     }
 }

@@ -445,7 +445,7 @@ impl Out {
             None => Ok(()),
             Some(Dead::Gone) => Err(Error::Disconnected),
             Some(Dead::Cut(why)) => Err(Error::codec(why)),
-            Some(Dead::Os(errno)) => Err((*errno).into()),
+            Some(Dead::Os(errno)) => Err(Error::from_errno(*errno)),
         }
     }
 
@@ -636,7 +636,7 @@ impl Flusher {
 pub(crate) fn written_error(errno: Errno) -> Error {
     match errno {
         Errno::EPIPE | Errno::ECONNRESET => Error::Disconnected,
-        err => err.into(),
+        err => Error::from_errno(err),
     }
 }
 
