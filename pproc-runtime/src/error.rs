@@ -37,8 +37,25 @@ use std::io;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The operation did not complete before its deadline. The child is left
-    /// running and the handle stays usable.
+    /// The operation did not complete in time. Either of two things
+    /// happened:
+    ///
+    /// - A wait with a timeout ran out: [`Handle::join_timeout`],
+    ///   [`Handle::recv_timeout`], [`Channel::recv_timeout`],
+    ///   [`select`](crate::select), [`waitall`](crate::waitall) and the
+    ///   like. Nothing is killed: the child is left running and the handle
+    ///   stays usable, to wait again or to kill. [`join_all`](crate::join_all)
+    ///   is the exception: it owns its handles, and drops those still running,
+    ///   which kills and reaps their children.
+    /// - The child outlived its [`Builder::deadline`](crate::Builder::deadline):
+    ///   the watchdog killed it at the deadline (with its process group,
+    ///   see [`Builder::process_group`](crate::Builder::process_group)), and
+    ///   its result, or a receive once it has ended, is `Timeout` where it
+    ///   would otherwise be [`Error::Signaled`]. The child is gone.
+    ///
+    /// [`Handle::join_timeout`]: crate::Handle::join_timeout
+    /// [`Handle::recv_timeout`]: crate::Handle::recv_timeout
+    /// [`Channel::recv_timeout`]: crate::Channel::recv_timeout
     #[error("timed out")]
     Timeout,
     /// The child panicked; its message and location were sent back.
