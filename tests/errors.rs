@@ -205,6 +205,41 @@ fn a_missing_program_is_a_spawn_error() {
     );
 }
 
+/// Each cause's text appears once in `err`'s chain joined as anyhow's `{:#}`
+/// joins it: no layer's `Display` repeats what its `source()` returns.
+fn assert_each_cause_once(err: &Error) {
+    let texts: Vec<String> =
+        std::iter::successors(Some(err as &(dyn std::error::Error + 'static)), |e| {
+            e.source()
+        })
+        .map(ToString::to_string)
+        .collect();
+    assert!(texts.len() > 1, "{err:?} has no source");
+    let joined = texts.join(": ");
+    for text in &texts {
+        assert_eq!(
+            joined.matches(text.as_str()).count(),
+            1,
+            "{text:?} repeats in {joined:?}"
+        );
+    }
+}
+
+#[test]
+fn causes_print_once_in_the_source_chain() {
+    let err = Builder::new()
+        .program("/nonexistent/program")
+        .start(add::call(1, 2))
+        .unwrap_err();
+    assert!(matches!(err, Error::Spawn(_)), "{err:?}");
+    assert_each_cause_once(&err);
+    let nowhere = std::env::temp_dir().join("pproc-no-such-dir/errors.sock");
+    let err = pproc::start_background(&nowhere, add::call(1, 2)).unwrap_err();
+    assert!(matches!(err, Error::Io(_)), "{err:?}");
+    assert_each_cause_once(&err);
+    assert_each_cause_once(&Error::Io(std::io::Error::other("disk on fire")));
+}
+
 #[test]
 fn errors_are_std_errors() {
     fn check(_: &(dyn std::error::Error + Send + Sync + 'static)) {}

@@ -9,6 +9,12 @@ use std::io;
 /// one enum across spawning, joining, sending and receiving. It is
 /// `Send + Sync + 'static` and works with `?`, `anyhow` and `thiserror`.
 ///
+/// `Display` describes this layer only: a variant that wraps another error
+/// ([`Spawn`](Error::Spawn), [`Io`](Error::Io)) returns it from
+/// [`source`](std::error::Error::source) instead of repeating it, so a
+/// report that walks the chain, such as anyhow's `{:#}`, prints each cause
+/// once.
+///
 /// # Examples
 ///
 /// ```
@@ -31,8 +37,25 @@ use std::io;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The operation did not complete before its deadline. The child is left
-    /// running and the handle stays usable.
+    /// The operation did not complete in time. Either of two things
+    /// happened:
+    ///
+    /// - A wait with a timeout ran out: [`Handle::join_timeout`],
+    ///   [`Handle::recv_timeout`], [`Channel::recv_timeout`],
+    ///   [`select`](crate::select), [`waitall`](crate::waitall) and the
+    ///   like. Nothing is killed: the child is left running and the handle
+    ///   stays usable, to wait again or to kill. [`join_all`](crate::join_all)
+    ///   is the exception: it owns its handles, and kills and reaps the
+    ///   children still running, each of which gives `Timeout`.
+    /// - The child outlived its [`Builder::deadline`](crate::Builder::deadline):
+    ///   the watchdog killed it at the deadline (with its process group,
+    ///   see [`Builder::process_group`](crate::Builder::process_group)), and
+    ///   its result, or a receive once it has ended, is `Timeout` where it
+    ///   would otherwise be [`Error::Signaled`]. The child is gone.
+    ///
+    /// [`Handle::join_timeout`]: crate::Handle::join_timeout
+    /// [`Handle::recv_timeout`]: crate::Handle::recv_timeout
+    /// [`Channel::recv_timeout`]: crate::Channel::recv_timeout
     #[error("timed out")]
     Timeout,
     /// The child panicked; its message and location were sent back.
@@ -86,11 +109,16 @@ pub enum Error {
         /// What was wrong with the frame.
         message: String,
     },
-    /// The child process could not be started.
-    #[error("failed to start a child process: {0}")]
+    /// The child process could not be started. The operating system's
+    /// error is the [`source`](std::error::Error::source), not part of the
+    /// `Display` text.
+    #[error("failed to start a child process")]
     Spawn(#[source] io::Error),
-    /// An operating-system call on a channel or a process failed.
-    #[error("i/o error: {0}")]
+    /// An operating-system call on a channel or a process failed. The
+    /// operating system's error is the
+    /// [`source`](std::error::Error::source), not part of the `Display`
+    /// text.
+    #[error("i/o error")]
     Io(#[source] io::Error),
     /// No `#[parallel]` function of that name is registered in the executable.
     #[error("no `#[parallel]` function named `{name}` is registered in this executable")]
@@ -155,10 +183,12 @@ impl Error {
             message: message.to_string(),
         }
     }
-}
 
-impl From<nix::Error> for Error {
-    fn from(err: nix::Error) -> Self {
+    /// An [`Error::Io`] from a failed nix call. A crate-private function
+    /// rather than `From<nix::Error>`, which as a public trait impl would make
+    /// nix part of pproc's API: call sites write
+    /// `.map_err(Error::from_errno)?`.
+    pub(crate) fn from_errno(err: nix::Error) -> Self {
         Self::Io(io::Error::from(err))
     }
 }
@@ -193,6 +223,20 @@ impl fmt::Display for Limit {
             }
         }
     }
+}
+
+/// `err` and each of its causes, joined by `": "`: for turning an error into
+/// a message, where `Display` alone would drop the causes that `source()`
+/// carries.
+pub(crate) fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    text
 }
 
 /// The conventional name of a signal, or `"unknown signal"`.
@@ -234,6 +278,27 @@ mod tests {
             .to_string(),
             "the other end sent an error: no such key"
         );
+    }
+
+    /// The `Display` text of `err` and of each of its sources, outermost
+    /// first.
+    fn chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
+        std::iter::successors(Some(err), |e| e.source())
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn wrapped_errors_leave_their_cause_to_source() {
+        let os = || io::Error::from_raw_os_error(2);
+        let cause = os().to_string();
+        for (err, layer) in [
+            (Error::Spawn(os()), "failed to start a child process"),
+            (Error::Io(os()), "i/o error"),
+        ] {
+            assert_eq!(chain(&err), [layer, cause.as_str()]);
+            assert_eq!(with_causes(&err), format!("{layer}: {cause}"));
+        }
     }
 
     #[test]

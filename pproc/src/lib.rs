@@ -217,6 +217,11 @@
 //! parent, every child is reaped and every descriptor closed: dropping a
 //! [`Handle`] kills a child that is still running and reaps it.
 //!
+//! An error's `Display` describes its own layer; the operating-system error
+//! under [`Error::Spawn`] or [`Error::Io`] is its
+//! [`source`](std::error::Error::source), so a report that walks the chain
+//! (anyhow's `{:#}`, for one) prints each cause once.
+//!
 //! # Testing
 //!
 //! Tests need nothing special: a `#[parallel]` function defined in a test

@@ -88,7 +88,7 @@ impl Child {
                     return Ok(true);
                 }
                 Err(Errno::EINTR) | Ok(_) => {}
-                Err(err) => return Err(err.into()),
+                Err(err) => return Err(Error::from_errno(err)),
             }
             let now = Instant::now();
             match deadline {
@@ -133,7 +133,7 @@ impl Child {
                     return Ok(*self.status.insert(Status::Unknown));
                 }
                 Err(Errno::EINTR) | Ok(_) => {}
-                Err(err) => return Err(err.into()),
+                Err(err) => return Err(Error::from_errno(err)),
             }
         }
     }
@@ -160,7 +160,7 @@ impl Child {
         };
         match sent {
             Ok(()) | Err(Errno::ESRCH) => Ok(()),
-            Err(err) => Err(err.into()),
+            Err(err) => Err(Error::from_errno(err)),
         }
     }
 

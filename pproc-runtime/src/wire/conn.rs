@@ -75,9 +75,10 @@ pub(crate) enum Next<T> {
 impl Conn {
     /// Wraps a connected stream socket, switching it to non-blocking mode.
     pub(crate) fn new(fd: OwnedFd) -> Result<Self> {
-        let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)?;
+        let flags =
+            nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL).map_err(Error::from_errno)?;
         let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(Error::from_errno)?;
         let fd = Arc::new(fd);
         Ok(Self {
             out: Outbox::new(Arc::clone(&fd)),
@@ -368,7 +369,7 @@ impl Conn {
                         self.eof = true;
                         return Ok(total);
                     }
-                    err => return Err(err.into()),
+                    err => return Err(Error::from_errno(err)),
                 },
             }
         }

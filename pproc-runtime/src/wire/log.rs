@@ -88,7 +88,8 @@ impl Mapping {
                 fd.as_fd(),
                 0,
             )
-        }?;
+        }
+        .map_err(Error::from_errno)?;
         Ok(Self {
             ptr: ptr.cast(),
             fd,
@@ -123,8 +124,8 @@ pub(crate) struct Reader {
 impl Reader {
     /// A new, empty log.
     pub(crate) fn create() -> Result<Self> {
-        let fd = memfd_create(c"pproc-log", MFdFlags::MFD_CLOEXEC)?;
-        nix::unistd::ftruncate(&fd, FILE_SIZE)?;
+        let fd = memfd_create(c"pproc-log", MFdFlags::MFD_CLOEXEC).map_err(Error::from_errno)?;
+        nix::unistd::ftruncate(&fd, FILE_SIZE).map_err(Error::from_errno)?;
         Ok(Self {
             map: Mapping::of(fd)?,
             epoch: 0,
@@ -214,7 +215,9 @@ pub(crate) struct Writer {
 impl Writer {
     /// Maps the log its parent made, at `fd`.
     pub(crate) fn adopt(fd: OwnedFd) -> Result<Self> {
-        let size = nix::sys::stat::fstat(&fd)?.st_size;
+        let size = nix::sys::stat::fstat(&fd)
+            .map_err(Error::from_errno)?
+            .st_size;
         if usize::try_from(size).ok() != Some(SIZE) {
             return Err(Error::codec(format_args!(
                 "a log of {size} bytes, not {SIZE}"

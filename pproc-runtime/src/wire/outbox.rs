@@ -21,7 +21,7 @@ use super::codec::{self, HEADER, Hole};
 use super::frame::tag;
 use super::log;
 use super::wait::{Deadline, poll_until};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, with_causes};
 use crate::lock::{lock, wait, wait_timeout};
 
 /// How long a value may wait in its sender's buffer, by default, before
@@ -445,7 +445,7 @@ impl Out {
             None => Ok(()),
             Some(Dead::Gone) => Err(Error::Disconnected),
             Some(Dead::Cut(why)) => Err(Error::codec(why)),
-            Some(Dead::Os(errno)) => Err((*errno).into()),
+            Some(Dead::Os(errno)) => Err(Error::from_errno(*errno)),
         }
     }
 
@@ -508,12 +508,11 @@ impl Out {
     pub(crate) fn kill(&mut self, err: &Error) {
         self.dead = Some(match err {
             Error::Disconnected => Dead::Gone,
-            Error::Io(io) => io
-                .raw_os_error()
-                .map_or(Dead::Cut(err.to_string()), |code| {
-                    Dead::Os(Errno::from_raw(code))
-                }),
-            other => Dead::Cut(other.to_string()),
+            Error::Io(io) => io.raw_os_error().map_or_else(
+                || Dead::Cut(with_causes(err)),
+                |code| Dead::Os(Errno::from_raw(code)),
+            ),
+            other => Dead::Cut(with_causes(other)),
         });
         self.clear();
     }
@@ -636,7 +635,7 @@ impl Flusher {
 pub(crate) fn written_error(errno: Errno) -> Error {
     match errno {
         Errno::EPIPE | Errno::ECONNRESET => Error::Disconnected,
-        err => err.into(),
+        err => Error::from_errno(err),
     }
 }
 

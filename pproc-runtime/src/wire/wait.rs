@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollTimeout, poll};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// How often a wait looks at children that have no pidfd (kernels before
 /// 5.3): their exit cannot be polled, so the wait wakes this often.
@@ -78,7 +78,7 @@ pub(crate) fn poll_until(fds: &mut [PollFd<'_>], deadline: Deadline) -> Result<b
             Ok(0) if last => return Ok(false),
             Ok(0) | Err(Errno::EINTR) => {}
             Ok(_) => return Ok(true),
-            Err(err) => return Err(err.into()),
+            Err(err) => return Err(Error::from_errno(err)),
         }
     }
 }

@@ -132,7 +132,7 @@ fn start(
         // The program ignores `SIGCHLD`: the kernel reaped it, and only
         // the handover says how the start went.
         Err(nix::errno::Errno::ECHILD) => nix::sys::wait::WaitStatus::Exited(spawned.pid, 0),
-        other => other?,
+        other => other.map_err(Error::from_errno)?,
     };
     if let Some(failure) = failure {
         return Err(failure.into());

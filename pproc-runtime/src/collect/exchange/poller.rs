@@ -33,7 +33,8 @@ pub(super) struct Poller {
 impl Poller {
     fn epoll(&mut self) -> Result<&Epoll> {
         if self.epoll.is_none() {
-            self.epoll = Some(Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?);
+            self.epoll =
+                Some(Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(Error::from_errno)?);
         }
         self.epoll
             .as_ref()
@@ -45,7 +46,9 @@ impl Poller {
     pub(super) fn add(&mut self, slot: usize, handle: &Handle<(), (), ()>) -> Result<Registered> {
         let token = u64::try_from(slot).unwrap_or(u64::MAX / 2) * 2;
         let epoll = self.epoll()?;
-        epoll.add(handle, EpollEvent::new(EpollFlags::EPOLLIN, token))?;
+        epoll
+            .add(handle, EpollEvent::new(EpollFlags::EPOLLIN, token))
+            .map_err(Error::from_errno)?;
         let mut watched = Registered {
             socket: true,
             exit: false,
@@ -53,7 +56,7 @@ impl Poller {
         if let Some(pidfd) = handle.pidfd() {
             if let Err(err) = epoll.add(pidfd, EpollEvent::new(EpollFlags::EPOLLIN, token + 1)) {
                 let _ = epoll.delete(handle);
-                return Err(err.into());
+                return Err(Error::from_errno(err));
             }
             watched.exit = true;
         }
@@ -69,7 +72,7 @@ impl Poller {
         if std::mem::take(&mut watched.socket)
             && let Some(epoll) = &self.epoll
         {
-            epoll.delete(handle)?;
+            epoll.delete(handle).map_err(Error::from_errno)?;
         }
         Ok(())
     }
@@ -84,7 +87,7 @@ impl Poller {
         if std::mem::take(&mut watched.exit)
             && let (Some(epoll), Some(pidfd)) = (&self.epoll, handle.pidfd())
         {
-            epoll.delete(pidfd)?;
+            epoll.delete(pidfd).map_err(Error::from_errno)?;
         }
         Ok(())
     }
@@ -117,6 +120,6 @@ impl Poller {
                 .collect::<Vec<_>>()
         });
         self.events = events;
-        Ok(slots?)
+        slots.map_err(Error::from_errno)
     }
 }

@@ -174,7 +174,7 @@ impl From<String> for Fault {
 
 impl From<crate::Error> for Fault {
     fn from(err: crate::Error) -> Self {
-        Self::Message(err.to_string())
+        Self::Message(crate::error::with_causes(&err))
     }
 }
 
