@@ -211,3 +211,26 @@ fn unknown_names_are_refused() {
     assert!(pproc::is_registered(add::NAME));
     assert!(pproc::registered().contains(&add::NAME));
 }
+
+#[test]
+fn a_parallel_function_inside_a_function_body_runs() {
+    // Imported in this body only: the function's body sees it, as any
+    // function's here would.
+    use std::collections::BTreeSet;
+
+    /// Counts the letters of `word`, and how many are distinct.
+    #[parallel]
+    fn letters(word: String) -> (BTreeMap<char, usize>, usize) {
+        let mut counts = BTreeMap::new();
+        for c in word.chars() {
+            *counts.entry(c).or_insert(0) += 1;
+        }
+        (counts, word.chars().collect::<BTreeSet<_>>().len())
+    }
+
+    let (counts, distinct) = letters::start("banana".into()).unwrap().join().unwrap();
+    assert_eq!(counts, BTreeMap::from([('a', 3), ('b', 1), ('n', 2)]));
+    assert_eq!(distinct, 3);
+    assert!(letters::NAME.ends_with("::letters"));
+    assert!(pproc::is_registered(letters::NAME));
+}

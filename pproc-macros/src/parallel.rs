@@ -248,6 +248,7 @@ fn check_owned(ty: &Type, what: &str, errors: &mut Errors) {
 
 fn generate(func: &ItemFn, parsed: &Parallel<'_>, options: &Options) -> TokenStream {
     let krate = path::from_child(&options.krate);
+    let outer = &options.krate;
     let vis = &func.vis;
     let ident = &func.sig.ident;
     let ret = &parsed.output;
@@ -261,11 +262,11 @@ fn generate(func: &ItemFn, parsed: &Parallel<'_>, options: &Options) -> TokenStr
     let shim = quote!((&&__pproc::__private::Shim::<(#(#types,)*), #ret>::new()));
     let run = if parsed.channel.is_some() {
         quote! {
-            #shim.run_channel(cx, |ch, (#(#names,)*): (#(#types,)*)| super::#ident(ch, #(#names),*))
+            #shim.run_channel(cx, |ch, (#(#names,)*): (#(#types,)*)| #ident(ch, #(#names),*))
         }
     } else {
         quote! {
-            #shim.run(cx, |(#(#names,)*): (#(#types,)*)| super::#ident(#(#names),*))
+            #shim.run(cx, |(#(#names,)*): (#(#types,)*)| #ident(#(#names),*))
         }
     };
     // Each type is checked once, at its own span; the code below names no
@@ -299,12 +300,6 @@ fn generate(func: &ItemFn, parsed: &Parallel<'_>, options: &Options) -> TokenStr
             use super::*;
             use #krate as __pproc;
 
-            const _: () = {
-                #(#asserts)*
-                #assert_ret
-                #(#asserts_channel)*
-            };
-
             /// The type of the values an exchange stores from this
             /// function: what it returns, or for a channel-style function,
             /// what it sends.
@@ -336,18 +331,27 @@ fn generate(func: &ItemFn, parsed: &Parallel<'_>, options: &Options) -> TokenStr
                 use __pproc::__private::{Encode as _, Unencodable as _};
                 (&&__pproc::__private::Args(&(#(#names,)*))).call(NAME)
             }
-
-            const _: () = {
-                fn __pproc_entry(cx: __pproc::__private::Context) {
-                    #[allow(unused_imports)]
-                    use __pproc::__private::{Run as _, Unrunnable as _};
-                    #run
-                }
-                __pproc::__private::inventory::submit! {
-                    __pproc::__private::Entry::new(NAME, #signature, __pproc_entry)
-                }
-            };
         }
+
+        // Beside the function, not in its module: here its name, and the
+        // types it takes, resolve as they do for the function itself, in a
+        // module or in a function body alike.
+        const _: () = {
+            use #outer as __pproc;
+
+            #(#asserts)*
+            #assert_ret
+            #(#asserts_channel)*
+
+            fn __pproc_entry(cx: __pproc::__private::Context) {
+                #[allow(unused_imports)]
+                use __pproc::__private::{Run as _, Unrunnable as _};
+                #run
+            }
+            __pproc::__private::inventory::submit! {
+                __pproc::__private::Entry::new(#ident::NAME, #signature, __pproc_entry)
+            }
+        };
     }
 }
 

@@ -225,9 +225,27 @@
 //! # Testing
 //!
 //! Tests need nothing special: a `#[parallel]` function defined in a test
-//! crate, a unit-test module or a doctest is started the same way.
-//! `#[parallel]` functions must be module items, not items of a function
-//! body.
+//! crate, a unit-test module or a doctest is started the same way, and so
+//! is one defined inside a function body, as a doctest without `fn main`
+//! is:
+//!
+//! ```
+//! use pproc::parallel;
+//!
+//! #[parallel]
+//! fn triple(x: u32) -> u32 {
+//!     x * 3
+//! }
+//!
+//! assert_eq!(triple::start(14).unwrap().join().unwrap(), 42);
+//! ```
+//!
+//! Inside a function body, the types the function takes and returns must
+//! be visible from the function's module (std's, a crate's, or defined at
+//! module level): `f::start` and `f::call` live in a module named after
+//! the function, which sees the enclosing module's items, not the body's.
+//! Two `#[parallel]` functions of one name in two bodies of one module
+//! would share a registered name: give each its own.
 //!
 //! # Features
 //!
