@@ -10,7 +10,7 @@ use std::panic;
 use crate::child::{entry, prelude, worker};
 use crate::collect::background;
 use crate::manager;
-use crate::process::setup::{ignore_sigpipe, tie_to_parent, watch_aborts};
+use crate::process::setup::{ignore_sigpipe, tie_to_parent, watch_aborts, watch_overflows};
 use crate::process::tree;
 use crate::wire::conn::Conn;
 use crate::wire::frame::EXIT_PROTOCOL;
@@ -122,6 +122,7 @@ fn tied(spec: &Spec<'_>) -> Result<Conn, i32> {
     }
     tree::set_parent(spec.parent);
     watch_aborts();
+    watch_overflows();
     ignore_sigpipe();
     let fd = prelude::adopt(spec.fd).ok_or(EXIT_PROTOCOL)?;
     let mut conn = Conn::new(fd).map_err(|_| EXIT_PROTOCOL)?;

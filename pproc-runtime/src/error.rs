@@ -88,6 +88,22 @@ pub enum Error {
     /// pproc (the machine, or a limit of the child's own, ran out).
     #[error("child ran out of memory: an allocation failed")]
     OutOfMemory,
+    /// The child's function overflowed its stack: it recursed too deep, or
+    /// kept too much on the stack (see
+    /// [`EXIT_STACK_OVERFLOW`](crate::EXIT_STACK_OVERFLOW)). The child
+    /// also wrote std's line for it, naming the function, to its standard
+    /// error.
+    ///
+    /// To fix it, recurse less (an explicit stack or a loop), keep large
+    /// values on the heap (`Box`, `Vec`), or run the deep part on a thread
+    /// with a bigger stack
+    /// ([`std::thread::Builder::stack_size`](std::thread::Builder::stack_size))
+    /// inside the function.
+    #[error("child `{name}` overflowed its stack")]
+    StackOverflow {
+        /// The registered name of the function whose child overflowed.
+        name: String,
+    },
     /// The child was killed by a signal (`kill`, an abort, the OOM killer).
     #[error("child was killed by signal {signal} ({})", signal_name(*signal))]
     Signaled {
@@ -270,6 +286,13 @@ mod tests {
         assert_eq!(
             Error::LimitExceeded(Limit::CpuTime { seconds: 2 }).to_string(),
             "child used up its CPU-time limit of 2 s"
+        );
+        assert_eq!(
+            Error::StackOverflow {
+                name: "app::deep".into()
+            }
+            .to_string(),
+            "child `app::deep` overflowed its stack"
         );
         assert_eq!(
             Error::Remote {

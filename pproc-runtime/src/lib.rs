@@ -47,7 +47,9 @@ pub use process::tree::{ChildInfo, Node, children, parent, tree, waitall};
 pub use registry::{is_registered, registered};
 pub use wire::bytes::Bytes;
 pub use wire::conn::DEFAULT_MAX_FRAME;
-pub use wire::frame::{EXIT_OUT_OF_MEMORY, EXIT_PROTOCOL, EXIT_UNREGISTERED, EXIT_VERSION_SKEW};
+pub use wire::frame::{
+    EXIT_OUT_OF_MEMORY, EXIT_PROTOCOL, EXIT_STACK_OVERFLOW, EXIT_UNREGISTERED, EXIT_VERSION_SKEW,
+};
 pub use wire::outbox::DEFAULT_FLUSH_AFTER;
 pub use wire::recv::Iter;
 

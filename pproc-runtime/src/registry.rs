@@ -3,6 +3,7 @@
 
 use std::sync::OnceLock;
 
+use crate::process::setup;
 use crate::wire::conn::SharedConn;
 
 /// What a registered function's shim gets: its arguments and the channel.
@@ -50,6 +51,7 @@ impl Entry {
     }
 
     pub(crate) fn run(&self, cx: Context) {
+        setup::running(self.name);
         (self.run)(cx);
     }
 

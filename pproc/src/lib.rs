@@ -213,7 +213,9 @@
 //! Every operation returns the one [`Error`]: a child's panic arrives as
 //! [`Error::Panicked`] with its message and location, a kill as
 //! [`Error::Signaled`], an exit without a result as [`Error::Exited`], a
-//! frame that does not decode as [`Error::Codec`]. None of them panics the
+//! failed allocation as [`Error::OutOfMemory`], a stack overflow as
+//! [`Error::StackOverflow`] with the function's name, a frame that does
+//! not decode as [`Error::Codec`]. None of them panics the
 //! parent, every child is reaped and every descriptor closed: dropping a
 //! [`Handle`] kills a child that is still running and reaps it.
 //!
@@ -279,10 +281,10 @@ pub use pproc_macros::{Exchange, parallel};
 pub use pproc_runtime::{
     Arrivals, Background, BatchSize, Builder, ByName, Bytes, Call, Channel, ChildInfo,
     DEFAULT_FLUSH_AFTER, DEFAULT_MAX_FRAME, Delivery, EXIT_OUT_OF_MEMORY, EXIT_PROTOCOL,
-    EXIT_UNREGISTERED, EXIT_VERSION_SKEW, Error, Exchange, Failure, Fork, Function, Gathered,
-    Handle, Iter, Limit, MAX_RATE_OVERLAP, Managed, Map, Node, Origin, Output, Pending, Pool,
-    Queue, Reply, Request, RequestId, Result, Returns, Route, Store, Streams, Task, Timer,
-    children, fork, interval, is_registered, join_all, join_any, later, parent, pmap, rate,
+    EXIT_STACK_OVERFLOW, EXIT_UNREGISTERED, EXIT_VERSION_SKEW, Error, Exchange, Failure, Fork,
+    Function, Gathered, Handle, Iter, Limit, MAX_RATE_OVERLAP, Managed, Map, Node, Origin, Output,
+    Pending, Pool, Queue, Reply, Request, RequestId, Result, Returns, Route, Store, Streams, Task,
+    Timer, children, fork, interval, is_registered, join_all, join_any, later, parent, pmap, rate,
     registered, select, start_background, tree, waitall,
 };
 

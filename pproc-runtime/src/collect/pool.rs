@@ -367,7 +367,9 @@ impl<R: 'static> Pending<R> {
     /// # Errors
     ///
     /// As [`Handle::join`](crate::Handle::join): [`Error::Panicked`],
-    /// [`Error::Signaled`] if the worker was killed, [`Error::Codec`], ...
+    /// [`Error::Signaled`] if the worker was killed,
+    /// [`Error::StackOverflow`] (named for this call) if it overflowed its
+    /// stack, [`Error::Codec`], ...
     pub fn join(mut self) -> Result<R> {
         self.wait(None)
     }

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::os::fd::OwnedFd;
 
-use super::setup::{tie_to_parent, watch_aborts};
+use super::setup::{tie_to_parent, watch_aborts, watch_overflows};
 use super::spawn::Spawned;
 use super::tree;
 use crate::error::{Error, Result};
@@ -56,6 +56,7 @@ pub(crate) unsafe fn fork(
             }
             tree::set_parent(parent.as_raw());
             watch_aborts();
+            watch_overflows();
             let code = if tie_to_parent(parent) {
                 body(theirs)
             } else {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::child::{Child, Status};
 use super::watchdog;
 use crate::error::{Error, Limit, Result};
-use crate::wire::frame::EXIT_OUT_OF_MEMORY;
+use crate::wire::frame::{EXIT_OUT_OF_MEMORY, EXIT_STACK_OVERFLOW};
 
 /// The resource limits and deadline a child is started with.
 #[derive(Clone, Copy, Debug, Default)]
@@ -73,8 +73,9 @@ fn set(child: &Child, resource: libc::__rlimit_resource_t, value: u64, hard: u64
     }
 }
 
-/// The error for a child that ended with `status` without a result.
-pub(crate) fn status_error(status: Status, expired: bool, limits: &Limits) -> Error {
+/// The error for a child that ended with `status` without a result;
+/// `name` is what it ran.
+pub(crate) fn status_error(status: Status, expired: bool, limits: &Limits, name: &str) -> Error {
     match status {
         _ if expired => Error::Timeout,
         Status::Signaled(libc::SIGXCPU) if limits.cpu.is_some() => {
@@ -85,6 +86,9 @@ pub(crate) fn status_error(status: Status, expired: bool, limits: &Limits) -> Er
         Status::Exited(EXIT_OUT_OF_MEMORY) => match limits.memory {
             Some(bytes) => Error::LimitExceeded(Limit::Memory { bytes }),
             None => Error::OutOfMemory,
+        },
+        Status::Exited(EXIT_STACK_OVERFLOW) => Error::StackOverflow {
+            name: name.to_owned(),
         },
         other => other.into(),
     }

@@ -66,6 +66,17 @@ pub const EXIT_VERSION_SKEW: i32 = 122;
 /// `-Z oom=panic` are unstable), so where the evidence is lost the abort is
 /// reported as it looks: [`Error::Signaled`] with `SIGABRT`.
 pub const EXIT_OUT_OF_MEMORY: i32 = 123;
+/// Exit status of a child whose function overflowed its stack, reported
+/// as [`Error::StackOverflow`].
+///
+/// A child runs its function before std's runtime starts, so std's own
+/// overflow handler is not there; pproc's tells a fault in the guard region
+/// below the stack of the thread that runs the function from any other
+/// fault, writes std's line (naming the function) to standard error, and
+/// exits with this status. Any other fault, and an overflow on a thread
+/// the function spawned, is reported as it looks: [`Error::Signaled`]
+/// with `SIGSEGV` (or `SIGBUS`).
+pub const EXIT_STACK_OVERFLOW: i32 = 124;
 
 /// Why a child could not run its function, sent in a `FAIL` frame.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -358,6 +358,14 @@ impl<S> Exchange<S> {
                     self.next_turn(slot)?;
                 }
                 Turn::Dead(error) => {
+                    // A worker's handle names the worker, not a function:
+                    // an overflow is the call's it was running.
+                    let error = match (error, self.member_mut(slot).and_then(|m| m.job())) {
+                        (Error::StackOverflow { .. }, Some(job)) => Error::StackOverflow {
+                            name: job.name.clone(),
+                        },
+                        (error, _) => error,
+                    };
                     // Only the call it was running fails: the rest of its
                     // batch runs elsewhere, first in line.
                     self.requeue_rest(slot);

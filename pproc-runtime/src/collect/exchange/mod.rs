@@ -31,6 +31,7 @@ use crate::parent::delivery::{Delivery, Streams};
 use crate::parent::function::ByName;
 use crate::parent::handle::Handle;
 use crate::process::fork::fork;
+use crate::process::setup;
 use crate::wire::conn::Conn;
 use crate::wire::wait::Deadline;
 
@@ -907,7 +908,12 @@ impl<S> Exchange<S> {
         self.make_room()?;
         let group = self.builder.is_grouped();
         // SAFETY: the caller upholds fork's contract; the child runs `f`.
-        let (fd, spawned) = unsafe { fork(group, |fd| run_forked(fd, f))? };
+        let (fd, spawned) = unsafe {
+            fork(group, |fd| {
+                setup::running(FORKED);
+                run_forked(fd, f)
+            })?
+        };
         let mut conn = Conn::new(fd)?;
         conn.set_max_frame(self.builder.max_frame_bytes());
         let mut handle = Handle::<(), (), T, Streams>::new(FORKED.to_owned(), conn, spawned);

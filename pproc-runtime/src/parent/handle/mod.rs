@@ -86,13 +86,13 @@ impl<R, S, V, K> Handle<R, S, V, K> {
         tree::enter(spawned.pid, &name);
         let pidfd = spawned.pidfd.map(Arc::new);
         Self {
-            name,
+            name: name.clone(),
             pid: spawned.pid,
             news: Condvar::new(),
             socket: conn.shared_fd(),
             out: conn.outbox(),
             pidfd: pidfd.clone(),
-            inner: Mutex::new(Inner::new(conn, Child::new(spawned.pid, pidfd))),
+            inner: Mutex::new(Inner::new(name, conn, Child::new(spawned.pid, pidfd))),
             _types: PhantomData,
         }
     }
@@ -409,7 +409,8 @@ impl<R: DeserializeOwned, S, V, K> Handle<R, S, V, K> {
     /// # Errors
     ///
     /// [`Error::Panicked`] if the child panicked, [`Error::Signaled`] if it
-    /// was killed, [`Error::Exited`] if it exited without a result,
+    /// was killed, [`Error::StackOverflow`] if it overflowed its stack,
+    /// [`Error::Exited`] if it exited without a result,
     /// [`Error::Codec`] if the result does not decode, and the errors of
     /// starting a child ([`Error::Unregistered`], [`Error::VersionSkew`]).
     pub fn join(mut self) -> Result<R> {

@@ -27,6 +27,8 @@ const EXIT_GRACE: Duration = Duration::from_millis(200);
 /// what was read of them.
 #[derive(Debug)]
 pub(super) struct Inner {
+    /// The registered name of what the child runs, for the errors.
+    name: String,
     pub(super) conn: Conn,
     pub(super) child: Child,
     outcome: Option<Outcome>,
@@ -109,8 +111,9 @@ pub(crate) enum Event<T> {
 }
 
 impl Inner {
-    pub(super) fn new(conn: Conn, child: Child) -> Self {
+    pub(super) fn new(name: String, conn: Conn, child: Child) -> Self {
         Self {
+            name,
             conn,
             child,
             outcome: None,
@@ -245,7 +248,7 @@ impl Inner {
     /// The error for a child that ended with `status` without a result:
     /// its deadline, a resource limit, or the bare status.
     fn status_error(&self, status: Status) -> Error {
-        status_error(status, self.child.expired(), &self.limits)
+        status_error(status, self.child.expired(), &self.limits, &self.name)
     }
 
     pub(super) fn recv<V: DeserializeOwned>(&mut self, deadline: Deadline) -> Result<V> {
