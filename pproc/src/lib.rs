@@ -267,7 +267,9 @@
 //!
 //! # Platform support
 //!
-//! Linux, where children are started with `posix_spawn` (its cost does not
+//! Linux only: on any other target the build stops at once with one
+//! message that says so (pproc-runtime's build script), rather than deep in
+//! the code. On Linux, children are started with `posix_spawn` (its cost does not
 //! grow with the parent's memory), watched through pidfds and killed with
 //! their parent through `PR_SET_PDEATHSIG`. A child that leads its own
 //! process group asks for the highest real-time signal (`SIGRTMAX`) on its
