@@ -40,6 +40,14 @@
 //! the program's name there. The child's standard streams are the parent's;
 //! its `println!` never touches the protocol. A child dies with its parent.
 //!
+//! Since `main` does not run in the child, nothing it sets up is there:
+//! a static or `OnceLock` that `main` fills is empty, a logger it installs
+//! is not installed, a directory it changes to is not changed to, and
+//! what it read from its arguments is not known. Pass what the function
+//! needs as its arguments, or set it up in the function (once per process
+//! for a reused worker: a `OnceLock` there). A child is a fresh copy of
+//! the program, not a fork of the parent, so it shares no memory with it.
+//!
 //! # Channels
 //!
 //! A function whose first parameter is a [`Channel<S, V>`](Channel) can talk

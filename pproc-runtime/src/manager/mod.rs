@@ -128,6 +128,27 @@ impl Manager {
     /// local address (Linux's abstract socket namespace) with a random
     /// 32-byte key. It dies with this program.
     ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pproc::{parallel, Manager};
+    ///
+    /// #[parallel]
+    /// fn bump(address: pproc::manager::Address, key: Vec<u8>) -> u64 {
+    ///     let manager = Manager::connect_to(address, key).unwrap();
+    ///     manager.named("hits").value(&0_u64).unwrap().add(1).unwrap()
+    /// }
+    ///
+    /// # fn main() -> pproc::Result<()> {
+    /// let manager = Manager::start()?;
+    /// let hits = manager.named("hits").value(&0_u64)?;
+    /// let (address, key) = (manager.address().clone(), manager.key().to_vec());
+    /// bump::start(address, key)?.join()?;
+    /// assert_eq!(hits.get()?, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`Error::Spawn`] if the process cannot start, [`Error::Io`] if it
@@ -149,6 +170,23 @@ impl Manager {
     ///
     /// Read the [module documentation](self#across-machines) on what the
     /// key does and does not protect.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pproc::Manager;
+    ///
+    /// # fn main() -> pproc::Result<()> {
+    /// // Loopback, a free port: another program on this machine connects with the key.
+    /// let server = Manager::serve("127.0.0.1:0", b"a shared secret")?;
+    /// let pproc::manager::Address::Tcp(at) = server.address().clone() else { unreachable!() };
+    /// let client = Manager::connect(at, b"a shared secret")?;
+    /// client.named("greeting").value(&"hello".to_string())?;
+    /// assert_eq!(server.named("greeting").value(&String::new())?.get()?, "hello");
+    /// assert!(Manager::connect(at, b"a wrong key").is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -241,6 +279,18 @@ impl Manager {
     /// [`Error::Io`]. Calling it again does nothing; a manager reached with
     /// [`connect`](Self::connect) is left running.
     ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> pproc::Result<()> {
+    /// let manager = pproc::Manager::start()?;
+    /// let count = manager.value(&1_u32)?;
+    /// manager.shutdown()?;
+    /// assert!(count.get().is_err(), "its objects are gone");
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`Error::Io`] if the process could not be stopped.
@@ -259,6 +309,22 @@ impl Manager {
     /// otherwise, with the initial values and capacity given (ignored for an
     /// object that exists). Programs that connect to one manager share
     /// objects so. Objects, named or not, live as long as the manager.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> pproc::Result<()> {
+    /// let manager = pproc::Manager::start()?;
+    /// let first = manager.named("jobs").queue::<u32>(None)?;
+    /// // The same queue: its name is taken, so the capacity given is ignored.
+    /// let again = manager.named("jobs").queue::<u32>(Some(1))?;
+    /// first.put(&7)?;
+    /// assert_eq!(again.get()?, 7);
+    /// // Another kind under a taken name is refused.
+    /// assert!(manager.named("jobs").value(&0_u32).is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
     #[must_use]
     pub fn named(&self, name: impl Into<String>) -> Named<'_> {
         Named {
@@ -313,9 +379,22 @@ pub struct Named<'a> {
 /// The creators, on [`Manager`] (a new object each time) and [`Named`]
 /// (the object of that name).
 macro_rules! creators {
-    ($on:ty, |$this:ident| ($manager:expr, $name:expr)) => {
+    ($on:ty, $get:literal, |$this:ident| ($manager:expr, $name:expr)) => {
         impl $on {
             /// A shared map.
+            ///
+            /// # Examples
+            ///
+            /// ```
+            /// # fn main() -> pproc::Result<()> {
+            /// let manager = pproc::Manager::start()?;
+            #[doc = concat!("let counts = ", $get, ".map::<String, u32>()?;")]
+            /// counts.insert(&"apples".to_string(), &3)?;
+            /// assert_eq!(counts.add(&"apples".to_string(), 2)?, 5);
+            /// assert_eq!(counts.get(&"pears".to_string())?, None);
+            /// # Ok(())
+            /// # }
+            /// ```
             ///
             /// # Errors
             ///
@@ -334,6 +413,18 @@ macro_rules! creators {
             }
 
             /// A shared list holding `values`.
+            ///
+            /// # Examples
+            ///
+            /// ```
+            /// # fn main() -> pproc::Result<()> {
+            /// let manager = pproc::Manager::start()?;
+            #[doc = concat!("let names = ", $get, ".list(&[\"ada\".to_string()])?;")]
+            /// names.push(&"grace".to_string())?;
+            /// assert_eq!(names.to_vec()?, ["ada", "grace"]);
+            /// # Ok(())
+            /// # }
+            /// ```
             ///
             /// # Errors
             ///
@@ -354,6 +445,19 @@ macro_rules! creators {
 
             /// A shared queue, holding at most `capacity` values if set.
             ///
+            /// # Examples
+            ///
+            /// ```
+            /// # fn main() -> pproc::Result<()> {
+            /// let manager = pproc::Manager::start()?;
+            #[doc = concat!("let jobs = ", $get, ".queue::<u32>(Some(8))?;")]
+            /// jobs.put(&7)?;
+            /// assert_eq!(jobs.get()?, 7);
+            /// assert_eq!(jobs.try_get()?, None);
+            /// # Ok(())
+            /// # }
+            /// ```
+            ///
             /// # Errors
             ///
             /// As [`map`](Self::map).
@@ -372,6 +476,19 @@ macro_rules! creators {
 
             /// A shared value, starting as `value`.
             ///
+            /// # Examples
+            ///
+            /// ```
+            /// # fn main() -> pproc::Result<()> {
+            /// let manager = pproc::Manager::start()?;
+            #[doc = concat!("let total = ", $get, ".value(&10_u64)?;")]
+            /// assert_eq!(total.add(5)?, 15);
+            /// total.set(&0)?;
+            /// assert_eq!(total.get()?, 0);
+            /// # Ok(())
+            /// # }
+            /// ```
+            ///
             /// # Errors
             ///
             /// As [`map`](Self::map).
@@ -387,6 +504,19 @@ macro_rules! creators {
 
             /// A shared namespace.
             ///
+            /// # Examples
+            ///
+            /// ```
+            /// # fn main() -> pproc::Result<()> {
+            /// let manager = pproc::Manager::start()?;
+            #[doc = concat!("let config = ", $get, ".namespace()?;")]
+            /// config.set("depth", &3_u32)?;
+            /// assert_eq!(config.get::<u32>("depth")?, Some(3));
+            /// assert_eq!(config.names()?, ["depth"]);
+            /// # Ok(())
+            /// # }
+            /// ```
+            ///
             /// # Errors
             ///
             /// As [`map`](Self::map).
@@ -397,6 +527,21 @@ macro_rules! creators {
 
             /// A shared lock (not reentrant: a proxy that holds it cannot
             /// take it again).
+            ///
+            /// # Examples
+            ///
+            /// ```
+            /// # fn main() -> pproc::Result<()> {
+            /// let manager = pproc::Manager::start()?;
+            #[doc = concat!("let lock = ", $get, ".lock()?;")]
+            /// {
+            ///     let _held = lock.lock()?; // released when the guard drops
+            /// }
+            /// lock.acquire()?;
+            /// lock.release()?;
+            /// # Ok(())
+            /// # }
+            /// ```
             ///
             /// # Errors
             ///
@@ -414,6 +559,20 @@ macro_rules! creators {
             /// A shared reentrant lock: the proxy that holds it may take it
             /// again, and releases it as many times.
             ///
+            /// # Examples
+            ///
+            /// ```
+            /// # fn main() -> pproc::Result<()> {
+            /// let manager = pproc::Manager::start()?;
+            #[doc = concat!("let lock = ", $get, ".rlock()?;")]
+            /// lock.acquire()?;
+            /// lock.acquire()?; // again, by the same proxy
+            /// lock.release()?;
+            /// lock.release()?;
+            /// # Ok(())
+            /// # }
+            /// ```
+            ///
             /// # Errors
             ///
             /// As [`map`](Self::map).
@@ -428,6 +587,19 @@ macro_rules! creators {
             }
 
             /// A shared semaphore with a count of `value`.
+            ///
+            /// # Examples
+            ///
+            /// ```
+            /// # fn main() -> pproc::Result<()> {
+            /// let manager = pproc::Manager::start()?;
+            #[doc = concat!("let slots = ", $get, ".semaphore(2)?;")]
+            /// slots.acquire()?;
+            /// assert_eq!(slots.value()?, 1);
+            /// slots.release()?;
+            /// # Ok(())
+            /// # }
+            /// ```
             ///
             /// # Errors
             ///
@@ -448,6 +620,19 @@ macro_rules! creators {
             /// A shared semaphore with a count of `value` that may never be
             /// released past it.
             ///
+            /// # Examples
+            ///
+            /// ```
+            /// # fn main() -> pproc::Result<()> {
+            /// let manager = pproc::Manager::start()?;
+            #[doc = concat!("let slots = ", $get, ".bounded_semaphore(1)?;")]
+            /// slots.acquire()?;
+            /// slots.release()?;
+            /// assert!(slots.release().is_err(), "past its bound");
+            /// # Ok(())
+            /// # }
+            /// ```
+            ///
             /// # Errors
             ///
             /// As [`map`](Self::map).
@@ -467,6 +652,17 @@ macro_rules! creators {
             /// A shared condition variable over `lock` (a shared lock of
             /// this manager), or over a new reentrant lock of its own.
             ///
+            /// # Examples
+            ///
+            /// ```
+            /// # fn main() -> pproc::Result<()> {
+            /// let manager = pproc::Manager::start()?;
+            #[doc = concat!("let ready = ", $get, ".condition(None)?;")]
+            /// ready.notify(1)?; // no one waits: nothing happens
+            /// # Ok(())
+            /// # }
+            /// ```
+            ///
             /// # Errors
             ///
             /// As [`map`](Self::map).
@@ -478,6 +674,19 @@ macro_rules! creators {
 
             /// A shared event, not set.
             ///
+            /// # Examples
+            ///
+            /// ```
+            /// # fn main() -> pproc::Result<()> {
+            /// let manager = pproc::Manager::start()?;
+            #[doc = concat!("let go = ", $get, ".event()?;")]
+            /// assert!(!go.is_set()?);
+            /// go.set()?;
+            /// assert!(go.wait(None)?);
+            /// # Ok(())
+            /// # }
+            /// ```
+            ///
             /// # Errors
             ///
             /// As [`map`](Self::map).
@@ -487,6 +696,18 @@ macro_rules! creators {
             }
 
             /// A shared array of numbers holding `values`.
+            ///
+            /// # Examples
+            ///
+            /// ```
+            /// # fn main() -> pproc::Result<()> {
+            /// let manager = pproc::Manager::start()?;
+            #[doc = concat!("let hits = ", $get, ".array([0_i64; 4])?;")]
+            /// assert_eq!(hits.add(2, 5)?, 5);
+            /// assert_eq!(hits.to_vec()?, [0, 0, 5, 0]);
+            /// # Ok(())
+            /// # }
+            /// ```
             ///
             /// # Errors
             ///
@@ -532,8 +753,11 @@ macro_rules! creators {
     };
 }
 
-creators!(Manager, |this| (this, None));
-creators!(Named<'_>, |this| (this.manager, Some(this.name.clone())));
+creators!(Manager, "manager", |this| (this, None));
+creators!(Named<'_>, "manager.named(\"shared\")", |this| (
+    this.manager,
+    Some(this.name.clone())
+));
 
 /// The manager process's side: runs from the dispatcher with its channel to
 /// the starting program. Returns the exit status.
