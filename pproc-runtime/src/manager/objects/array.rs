@@ -33,6 +33,22 @@ pub(crate) enum ArrayOp {
 
 proxy_type!(
     /// A shared fixed-length array of numbers.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> pproc::Result<()> {
+    /// let manager = pproc::Manager::start()?;
+    /// let histogram = manager.array([0_u32; 3])?;
+    /// for bucket in [2, 0, 2] {
+    ///     histogram.add(bucket, 1)?; // atomic, in the manager
+    /// }
+    /// histogram.set(1, 9)?;
+    /// assert_eq!(histogram.to_vec()?, [1, 9, 2]);
+    /// assert!(histogram.get(3).is_err(), "its length is fixed");
+    /// # Ok(())
+    /// # }
+    /// ```
     Array<T>
 );
 

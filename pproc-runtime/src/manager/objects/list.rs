@@ -45,6 +45,21 @@ pub(crate) enum ListOp {
 
 proxy_type!(
     /// A shared list.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> pproc::Result<()> {
+    /// let manager = pproc::Manager::start()?;
+    /// let steps = manager.list(&["fetch".to_string(), "build".to_string()])?;
+    /// steps.push(&"test".into())?;
+    /// steps.insert(0, &"plan".into())?;
+    /// assert_eq!(steps.get(1)?, "fetch");
+    /// assert_eq!(steps.pop()?.as_deref(), Some("test"));
+    /// assert_eq!(steps.to_vec()?, ["plan", "fetch", "build"]);
+    /// # Ok(())
+    /// # }
+    /// ```
     List<T>
 );
 

@@ -39,6 +39,21 @@ pub(crate) enum MapOp {
 
 proxy_type!(
     /// A shared map (Python's `dict`), keyed by the serialized key.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> pproc::Result<()> {
+    /// let manager = pproc::Manager::start()?;
+    /// let stock = manager.map::<String, u32>()?;
+    /// assert_eq!(stock.insert(&"apples".into(), &3)?, None);
+    /// assert_eq!(stock.add(&"apples".into(), 2)?, 5); // atomic, in the manager
+    /// assert_eq!(stock.add(&"pears".into(), 1)?, 1); // a missing key counts as 0
+    /// assert_eq!(stock.remove(&"pears".into())?, Some(1));
+    /// assert_eq!(stock.items()?, [("apples".to_string(), 5)]);
+    /// # Ok(())
+    /// # }
+    /// ```
     Map<K, V>
 );
 

@@ -26,6 +26,22 @@ pub(crate) enum NamespaceOp {
 
 proxy_type!(
     /// A shared namespace: named fields of any serializable types.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> pproc::Result<()> {
+    /// let manager = pproc::Manager::start()?;
+    /// let config = manager.namespace()?;
+    /// config.set("depth", &3_u32)?;
+    /// config.set("title", "render")?; // fields of different types
+    /// assert_eq!(config.get::<String>("title")?.as_deref(), Some("render"));
+    /// assert_eq!(config.get::<u32>("width")?, None);
+    /// assert!(config.remove("depth")?);
+    /// assert_eq!(config.names()?, ["title"]);
+    /// # Ok(())
+    /// # }
+    /// ```
     Namespace
 );
 

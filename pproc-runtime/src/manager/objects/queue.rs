@@ -28,6 +28,25 @@ pub(crate) enum QueueOp {
 proxy_type!(
     /// A shared FIFO queue, bounded when created with a capacity: `put`
     /// waits for room, `get` for a value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # fn main() -> pproc::Result<()> {
+    /// let manager = pproc::Manager::start()?;
+    /// let jobs = manager.queue::<u32>(Some(2))?;
+    /// jobs.put(&1)?;
+    /// jobs.put(&2)?;
+    /// let full = jobs.put_timeout(&3, Duration::from_millis(10));
+    /// assert!(matches!(full, Err(pproc::Error::Timeout)));
+    /// assert_eq!(jobs.get()?, 1); // first in, first out
+    /// assert_eq!(jobs.try_get()?, Some(2));
+    /// assert_eq!(jobs.try_get()?, None);
+    /// # Ok(())
+    /// # }
+    /// ```
     Queue<T>
 );
 

@@ -23,6 +23,21 @@ pub(crate) enum ValueOp {
 
 proxy_type!(
     /// A shared value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> pproc::Result<()> {
+    /// let manager = pproc::Manager::start()?;
+    /// let status = manager.value(&"idle".to_string())?;
+    /// status.set(&"busy".into())?;
+    /// assert_eq!(status.get()?, "busy");
+    /// // Values of a `Number` type add atomically, in the manager.
+    /// let done = manager.value(&0_u64)?;
+    /// assert_eq!(done.add(3)?, 3);
+    /// # Ok(())
+    /// # }
+    /// ```
     Value<T>
 );
 
