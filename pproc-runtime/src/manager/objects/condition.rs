@@ -26,6 +26,27 @@ pub(crate) enum ConditionOp {
 
 proxy_type!(
     /// A shared condition variable, with its lock.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> pproc::Result<()> {
+    /// let manager = pproc::Manager::start()?;
+    /// let (ready, done) = (manager.condition(None)?, manager.value(&false)?);
+    /// let (ready2, done2) = (ready.clone(), done.clone()); // other holders
+    /// let worker = std::thread::spawn(move || -> pproc::Result<()> {
+    ///     let _held = ready2.lock()?;
+    ///     done2.set(&true)?;
+    ///     ready2.notify_all()
+    /// });
+    /// let _held = ready.lock()?;
+    /// while !done.get()? {
+    ///     assert!(ready.wait(None)?, "no timeout: woken by a notification");
+    /// }
+    /// # worker.join().expect("the worker panicked")?;
+    /// # Ok(())
+    /// # }
+    /// ```
     Condition
 );
 

@@ -21,6 +21,24 @@ pub(crate) enum EventOp {
 
 proxy_type!(
     /// A shared event: a flag that processes can wait for.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # fn main() -> pproc::Result<()> {
+    /// let manager = pproc::Manager::start()?;
+    /// let go = manager.event()?;
+    /// let waiter = go.clone(); // the same event, a connection of its own
+    /// let started = std::thread::spawn(move || waiter.wait(None));
+    /// go.set()?;
+    /// assert!(started.join().expect("the waiter panicked")?);
+    /// go.clear()?;
+    /// assert!(!go.wait(Some(Duration::from_millis(10)))?, "cleared: it times out");
+    /// # Ok(())
+    /// # }
+    /// ```
     Event
 );
 

@@ -27,11 +27,46 @@ proxy_type!(
     /// [`Manager::rlock`](crate::manager::Manager::rlock)). It is held by
     /// the proxy that acquired it; if that proxy's process dies, the lock is
     /// given back.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> pproc::Result<()> {
+    /// let manager = pproc::Manager::start()?;
+    /// let (lock, total) = (manager.lock()?, manager.value(&0_u32)?);
+    /// {
+    ///     let _held = lock.lock()?; // every other proxy waits here
+    ///     let seen = total.get()?;
+    ///     total.set(&(seen + 1))?;
+    /// }
+    /// assert_eq!(total.get()?, 1);
+    /// lock.acquire()?;
+    /// assert!(lock.acquire().is_err(), "not reentrant: see `Manager::rlock`");
+    /// # Ok(())
+    /// # }
+    /// ```
     Lock
 );
 
 /// Holds a shared [`Lock`] (or a [`Condition`](crate::manager::Condition)'s
 /// lock) until dropped.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// # fn main() -> pproc::Result<()> {
+/// let manager = pproc::Manager::start()?;
+/// let lock = manager.lock()?;
+/// let other = lock.clone(); // another proxy: another holder
+/// let guard = lock.lock()?;
+/// assert!(!other.acquire_timeout(Duration::from_millis(10))?, "held by `lock`");
+/// drop(guard); // releases it
+/// assert!(other.acquire_timeout(Duration::from_secs(10))?);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct Guard<'a> {

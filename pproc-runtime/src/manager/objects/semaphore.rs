@@ -34,6 +34,24 @@ proxy_type!(
     /// ([`Manager::semaphore`](crate::manager::Manager::semaphore),
     /// [`Manager::bounded_semaphore`](crate::manager::Manager::bounded_semaphore)).
     /// What a process that dies holds is given back.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # fn main() -> pproc::Result<()> {
+    /// let manager = pproc::Manager::start()?;
+    /// let slots = manager.semaphore(2)?;
+    /// slots.acquire()?;
+    /// slots.acquire()?;
+    /// assert_eq!(slots.value()?, 0);
+    /// assert!(!slots.acquire_timeout(Duration::from_millis(10))?, "no slot left");
+    /// slots.release()?;
+    /// assert!(slots.acquire_timeout(Duration::from_secs(10))?);
+    /// # Ok(())
+    /// # }
+    /// ```
     Semaphore
 );
 
