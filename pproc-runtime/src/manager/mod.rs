@@ -113,7 +113,26 @@ type ServerProcess = Handle<(), (), std::result::Result<Address, String>>;
 /// A manager: a server process that owns shared objects (multiprocessing's
 /// `Manager`), and a connection to it that creates them.
 ///
-/// See the [module documentation](self).
+/// See the [module documentation](self). A child process reaches the same
+/// manager with [`connect_to`](Self::connect_to), given its
+/// [`address`](Self::address) and [`key`](Self::key): [`start`](Self::start)
+/// shows a `#[parallel]` function doing so.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> pproc::Result<()> {
+/// let manager = pproc::Manager::start()?;
+/// let hits = manager.named("hits").value(&0_u64)?;
+/// hits.add(2)?;
+/// // The same name, the same object: for this program, its children and
+/// // any program that connects with the key.
+/// assert_eq!(manager.named("hits").value(&0_u64)?.get()?, 2);
+/// manager.shutdown()?;
+/// assert!(hits.get().is_err(), "its objects are gone with it");
+/// # Ok(())
+/// # }
+/// ```
 #[must_use = "a `Manager` shuts its server down when it is dropped"]
 pub struct Manager {
     target: Target,
@@ -370,6 +389,24 @@ impl fmt::Debug for Manager {
 }
 
 /// Creators of objects by name, from [`Manager::named`].
+///
+/// A program that connects to the manager (a child, as in
+/// [`Manager::start`], or another program) finds an object by its name.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> pproc::Result<()> {
+/// let manager = pproc::Manager::start()?;
+/// let totals = manager.named("totals").map::<String, u32>()?;
+/// totals.insert(&"ada".into(), &1)?;
+/// let again = manager.named("totals").map::<String, u32>()?;
+/// assert_eq!(again.get(&"ada".into())?, Some(1));
+/// // The name is taken by a map of other types.
+/// assert!(manager.named("totals").map::<String, i64>().is_err());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Named<'a> {
     manager: &'a Manager,

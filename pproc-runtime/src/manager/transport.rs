@@ -17,6 +17,23 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// Where a manager listens.
+///
+/// # Examples
+///
+/// ```
+/// use pproc::manager::Address;
+///
+/// # fn main() -> pproc::Result<()> {
+/// let tcp = Address::tcp("127.0.0.1:7878")?;
+/// assert_eq!(tcp.to_string(), "tcp:127.0.0.1:7878");
+/// let manager = pproc::Manager::start()?;
+/// assert!(matches!(manager.address(), Address::Local(_)));
+/// // An address and the key reach the manager, from here or a child.
+/// let client = pproc::Manager::connect_to(manager.address().clone(), manager.key())?;
+/// assert_eq!(client.value(&5_u8)?.get()?, 5);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Address {
