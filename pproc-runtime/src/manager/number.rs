@@ -6,7 +6,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::wire::codec::{decode, encode};
 
-/// The numeric types shared values and arrays do arithmetic with.
+/// The numeric types shared values and arrays do arithmetic with: each
+/// [`Number`] says which it is, and the manager adds as that type.
+///
+/// # Examples
+///
+/// ```
+/// use pproc::manager::{NumKind, Number};
+///
+/// assert_eq!(u32::KIND, NumKind::U32);
+/// assert_eq!(<f64 as Number>::KIND, NumKind::F64);
+/// assert_ne!(i64::KIND, u64::KIND);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub enum NumKind {
@@ -24,6 +35,25 @@ pub enum NumKind {
 
 /// A number that shared values, maps and arrays can add to atomically, in
 /// the manager: the integer and float primitives.
+///
+/// # Examples
+///
+/// ```
+/// use pproc::manager::{Number, Value};
+///
+/// /// Adds `by` to `total`, in the manager: no update is lost.
+/// fn bump<T: Number>(total: &Value<T>, by: T) -> pproc::Result<T> {
+///     total.add(by)
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// let manager = pproc::Manager::start()?;
+/// assert_eq!(bump(&manager.value(&1_u8)?, 2)?, 3);
+/// assert_eq!(bump(&manager.value(&-1_i64)?, 5)?, 4);
+/// assert!(bump(&manager.value(&u8::MAX)?, 1).is_err(), "it overflows");
+/// # Ok(())
+/// # }
+/// ```
 pub trait Number: Serialize + DeserializeOwned + Copy + Send + Sync + 'static {
     /// The type, as the manager does arithmetic with it.
     #[doc(hidden)]
