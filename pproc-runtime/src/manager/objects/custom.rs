@@ -32,6 +32,40 @@ pub(crate) struct NewCustom {
 
 /// A type of your own that a manager can hold, registered with
 /// `pproc::shared!`, which implements this trait.
+///
+/// # Examples
+///
+/// `shared!` registers the type at module level, so the example has a
+/// `main` of its own.
+///
+/// ```
+/// use pproc::manager::SharedType;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Score(u32);
+///
+/// impl Score {
+///     fn get(&self) -> u32 {
+///         self.0
+///     }
+/// }
+///
+/// pproc::shared! {
+///     /// What a shared `Score` offers.
+///     trait ScoreProxy for Score {
+///         fn get() -> u32;
+///     }
+/// }
+///
+/// fn main() -> pproc::Result<()> {
+///     // Registered under its module path and name.
+///     assert!(Score::NAME.ends_with("::Score"));
+///     let manager = pproc::Manager::start()?;
+///     assert_eq!(manager.shared(&Score(7))?.get()?, 7);
+///     Ok(())
+/// }
+/// ```
 pub trait SharedType: Serialize + DeserializeOwned + Send + 'static {
     /// The name it is registered under: its module path and name.
     const NAME: &'static str;
@@ -42,6 +76,44 @@ proxy_type!(
     /// `pproc::shared!`: only the methods it exposes can be
     /// called, through the trait that `shared!` generates or
     /// [`call`](Self::call).
+    ///
+    /// # Examples
+    ///
+    /// `shared!` registers the type at module level, so the example has a
+    /// `main` of its own.
+    ///
+    /// ```
+    /// use pproc::manager::Shared;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Counter {
+    ///     n: u64,
+    /// }
+    ///
+    /// impl Counter {
+    ///     fn bump(&mut self, by: u64) -> u64 {
+    ///         self.n += by;
+    ///         self.n
+    ///     }
+    /// }
+    ///
+    /// pproc::shared! {
+    ///     /// What a shared `Counter` offers.
+    ///     trait CounterProxy for Counter {
+    ///         fn bump(by: u64) -> u64;
+    ///     }
+    /// }
+    ///
+    /// fn main() -> pproc::Result<()> {
+    ///     let manager = pproc::Manager::start()?;
+    ///     let counter: Shared<Counter> = manager.shared(&Counter { n: 0 })?;
+    ///     assert_eq!(counter.bump(2)?, 2); // through `CounterProxy`
+    ///     assert_eq!(counter.call::<_, u64>("bump", &(3_u64,))?, 5);
+    ///     assert!(counter.call::<_, ()>("reset", &()).is_err(), "not exposed");
+    ///     Ok(())
+    /// }
+    /// ```
     Shared<T>
 );
 
