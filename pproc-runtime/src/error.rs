@@ -210,6 +210,30 @@ impl Error {
 }
 
 /// A resource limit that stopped a child: see [`Error::LimitExceeded`].
+///
+/// # Examples
+///
+/// ```
+/// use pproc::{parallel, Builder, Error, Limit};
+///
+/// #[parallel]
+/// fn fill(mib: usize) -> usize {
+///     std::hint::black_box(vec![1_u8; mib << 20]).len() >> 20
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// let limited = Builder::new().memory_limit(256 << 20);
+/// assert_eq!(limited.start(fill::call(1))?.join()?, 1);
+/// match limited.start(fill::call(1024))?.join() {
+///     Err(Error::LimitExceeded(limit)) => {
+///         assert_eq!(limit, Limit::Memory { bytes: 256 << 20 });
+///         assert!(limit.to_string().contains("256 MiB"));
+///     }
+///     other => panic!("expected the memory limit, got {other:?}"),
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Limit {

@@ -76,6 +76,30 @@ mod sealed {
 
 /// What a [`Map`] or a [`Queue`] runs for an item: a [`Call`] (such as a
 /// `#[parallel]` function's `call`), or a closure to fork ([`fork`]).
+///
+/// # Examples
+///
+/// ```
+/// use pproc::{parallel, Channel, Task};
+///
+/// #[parallel]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// /// Runs a task for each of 1, 2 and 3, and sums what they deliver.
+/// fn total<X: Task<Item = u64>>(task: impl FnMut(u64) -> X) -> pproc::Result<u64> {
+///     Ok(pproc::pmap(task, 1..=3)?.into_iter().sum())
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// assert_eq!(total(square::call)?, 14);
+/// // SAFETY: nothing else runs in this program while it forks.
+/// let tenfold = |x: u64| unsafe { pproc::fork(move |ch: Channel<u64>| ch.send(&(10 * x)).unwrap()) };
+/// assert_eq!(total(tenfold)?, 60);
+/// # Ok(())
+/// # }
+/// ```
 pub trait Task: sealed::Sealed {
     /// The type of the value it delivers.
     type Item;
@@ -104,6 +128,27 @@ where
 
 /// A closure to run in a forked child, as an item of a [`Map`] or a
 /// [`Queue`]: see [`fork`].
+///
+/// # Examples
+///
+/// A closure uses what it captures from the parent, which is never
+/// serialized:
+///
+/// ```
+/// use pproc::{Channel, Fork, Map};
+///
+/// # fn main() -> pproc::Result<()> {
+/// let words = ["fork", "a", "closure"];
+/// let length = |i: usize| -> Fork<_, usize> {
+///     let word = words[i];
+///     // SAFETY: nothing else runs in this program while it forks.
+///     unsafe { pproc::fork(move |ch: Channel<usize>| ch.send(&word.len()).unwrap()) }
+/// };
+/// let lengths: Vec<usize> = Map::new(length, 0..words.len()).collect::<pproc::Result<_>>()?;
+/// assert_eq!(lengths, [4, 1, 7]);
+/// # Ok(())
+/// # }
+/// ```
 pub struct Fork<F, T> {
     f: F,
     _sends: PhantomData<fn(T)>,

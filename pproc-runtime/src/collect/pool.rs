@@ -288,6 +288,29 @@ fn downcast<T: 'static>(outcome: Result<Box<dyn Any + Send>>) -> Result<T> {
 
 /// The results of [`Pool::queue`], as they arrive: an iterator of each
 /// item's index and result. Dropping it abandons the results still to come.
+///
+/// # Examples
+///
+/// ```
+/// use pproc::{parallel, Pool};
+///
+/// #[parallel]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// let pool = Pool::new(2)?;
+/// let mut arrived: Vec<(usize, u64)> = Vec::new();
+/// for (index, result) in pool.queue(square::call, [7, 8, 9])? {
+///     arrived.push((index, result?)); // in the order they arrive
+/// }
+/// arrived.sort_unstable();
+/// assert_eq!(arrived, [(0, 49), (1, 64), (2, 81)]);
+/// pool.shutdown()?;
+/// # Ok(())
+/// # }
+/// ```
 pub struct Arrivals<T> {
     shared: Workers,
     /// The pool's index of each call still to come, and its item's index.
@@ -354,6 +377,29 @@ impl<T> fmt::Debug for Arrivals<T> {
 ///
 /// Dropping it without joining abandons the result: the call runs on, and
 /// its result is dropped when it arrives.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use pproc::{parallel, Pool};
+///
+/// #[parallel]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// let pool = Pool::new(2)?;
+/// let mut pending = pool.start(square::call(12))?;
+/// assert_eq!(pending.join_timeout(Duration::from_secs(10))?, 144);
+/// assert!(pending.is_finished()?); // joined: nothing left to wait for
+/// let results: Vec<_> = (0..4).map(|x| pool.start(square::call(x))).collect::<pproc::Result<_>>()?;
+/// let squares = results.into_iter().map(|p| p.join()).collect::<pproc::Result<Vec<_>>>()?;
+/// assert_eq!(squares, [0, 1, 4, 9]);
+/// # Ok(())
+/// # }
+/// ```
 #[must_use = "the call's result is dropped with its `Pending`: `join` it"]
 pub struct Pending<R> {
     shared: Workers,

@@ -52,6 +52,27 @@ struct Counts {
 ///
 /// [`stop`](Self::stop), or dropping the timer, stops it: no run starts
 /// after that, and runs still going are killed and reaped.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use pproc::{parallel, Timer};
+///
+/// #[parallel]
+/// fn shout(word: String) -> String {
+///     word.to_uppercase()
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// let timer: Timer<String> = pproc::interval(Duration::from_millis(10), || shout::call("tick".into()))?;
+/// assert_eq!(timer.recv()??, "TICK");
+/// assert_eq!(timer.recv_timeout(Duration::from_secs(10))??, "TICK");
+/// assert!(timer.started() >= 2);
+/// timer.stop(); // no run starts after this
+/// # Ok(())
+/// # }
+/// ```
 #[must_use = "a `Timer` stops, and kills its runs, when it is dropped"]
 pub struct Timer<R> {
     /// Closing it wakes the thread and stops it.

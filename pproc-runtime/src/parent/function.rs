@@ -44,5 +44,30 @@ pub trait Function: 'static {
 ///
 /// A store that takes every value ([`Store`](crate::Store)) takes these calls too; one
 /// that routes by function does not.
+///
+/// # Examples
+///
+/// ```
+/// use pproc::{parallel, ByName, Call, Exchange, Returns};
+///
+/// #[parallel]
+/// fn add(a: i64, b: i64) -> i64 {
+///     a + b
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// // Picked by name when the program runs:
+/// let by_name: Call<i64, (), (), Returns, ByName> = Call::new(add::NAME, &(2_i64, 3_i64));
+/// // A function's call, turned into one:
+/// let turned: Call<i64> = add::call(4, 5).into();
+/// let mut ex = Exchange::new(Vec::new()); // a `Store` takes them both
+/// ex.start(by_name)?;
+/// ex.start(turned)?;
+/// let mut sums = ex.finish()?;
+/// sums.sort_unstable();
+/// assert_eq!(sums, [5, 9]);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub enum ByName {}

@@ -38,6 +38,27 @@ pub(crate) fn set_parent(parent: i32) {
 
 /// A child process started by this program and still running (or exited
 /// but not yet joined).
+///
+/// # Examples
+///
+/// ```
+/// use pproc::{parallel, ChildInfo};
+///
+/// #[parallel]
+/// fn idle(ch: pproc::Channel) {
+///     let _ = ch.recv(); // until the parent closes its end
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// let h = idle::start()?;
+/// let info = ChildInfo { pid: h.pid(), name: idle::NAME.to_owned() };
+/// assert!(pproc::children().contains(&info));
+/// h.close();
+/// h.join()?; // joined: no longer listed
+/// assert!(!pproc::children().contains(&info));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChildInfo {
     /// Its process id.
@@ -49,6 +70,36 @@ pub struct ChildInfo {
 }
 
 /// A process in the tree below this one, from [`tree`].
+///
+/// # Examples
+///
+/// ```
+/// use pproc::{parallel, Channel, Node};
+///
+/// #[parallel]
+/// fn idle(ch: Channel) {
+///     let _ = ch.recv(); // until its parent closes its end
+/// }
+///
+/// /// Starts a child of its own and tells its pid, then waits.
+/// #[parallel]
+/// fn outer(ch: Channel<u32>) {
+///     let inner = idle::start().unwrap();
+///     ch.send(&inner.pid()).unwrap();
+///     let _ = ch.recv();
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// let h = outer::start()?;
+/// let grandchild = h.recv()?;
+/// let tree = pproc::tree();
+/// assert!(tree.contains(&Node { pid: h.pid(), name: outer::NAME.to_owned(), level: 0 }));
+/// assert!(tree.contains(&Node { pid: grandchild, name: idle::NAME.to_owned(), level: 1 }));
+/// h.close(); // `outer` returns, and its own child goes with it
+/// h.join()?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Node {
     /// Its process id.

@@ -50,6 +50,33 @@ pub(crate) fn batch<V>(
 /// It ends when the other side is done sending ([`Error::Disconnected`]),
 /// and after yielding any other error but [`Error::Remote`], an error sent in
 /// place of a value, after which it goes on.
+///
+/// # Examples
+///
+/// ```
+/// use pproc::{parallel, Channel};
+///
+/// #[parallel]
+/// fn parse(ch: Channel<u32>, words: Vec<String>) {
+///     for word in words {
+///         match word.parse::<u32>() {
+///             Ok(n) => ch.send(&n).unwrap(),
+///             Err(err) => ch.send_error(err).unwrap(), // in place of a value
+///         }
+///     }
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// let h = parse::start(vec!["1".into(), "x".into(), "3".into()])?;
+/// let items: Vec<pproc::Result<u32>> = h.iter().collect();
+/// assert_eq!(items.len(), 3); // it went on after the error, then ended
+/// assert_eq!(items[0].as_ref().ok(), Some(&1));
+/// assert!(items[1].as_ref().is_err_and(|err| err.is_remote()));
+/// assert_eq!(items[2].as_ref().ok(), Some(&3));
+/// h.join()?;
+/// # Ok(())
+/// # }
+/// ```
 pub struct Iter<'a, V> {
     next: Box<dyn FnMut() -> Result<V> + 'a>,
     done: bool,

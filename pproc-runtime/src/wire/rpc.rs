@@ -55,6 +55,32 @@ pub struct Request<Q> {
 
 /// A serving child's answer to a [`Request`]: the request's id, and a value
 /// or an error message.
+///
+/// # Examples
+///
+/// ```
+/// use pproc::{parallel, Channel, Reply, Request};
+///
+/// /// Answers with the number as a `u32`, or says why it is not one.
+/// #[parallel]
+/// fn narrow(ch: Channel<Reply<u32>, Request<i64>>) {
+///     for request in &ch {
+///         let request = request.unwrap();
+///         let reply = match u32::try_from(request.body) {
+///             Ok(n) => request.reply(n),
+///             Err(err) => request.fail(err),
+///         };
+///         ch.send(&reply).unwrap();
+///     }
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// let h = narrow::start()?;
+/// assert_eq!(h.call(&7)?, 7);
+/// assert!(h.call(&-1).is_err_and(|err| err.is_remote()));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Reply<P> {
     /// The id of the request it answers.
@@ -85,6 +111,26 @@ impl<Q> Request<Q> {
 
 /// A request in flight, from [`Handle::request`](crate::Handle::request): give it to
 /// [`Handle::reply`](crate::Handle::reply) to wait for its answer.
+///
+/// # Examples
+///
+/// ```
+/// use pproc::{parallel, Channel, Reply, Request};
+///
+/// #[parallel]
+/// fn double(ch: Channel<Reply<u64>, Request<u64>>) {
+///     ch.serve(|x| 2 * x).unwrap();
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// let h = double::start()?;
+/// let (a, b) = (h.request(&1)?, h.request(&2)?); // both in flight
+/// assert_ne!(a.get(), b.get());
+/// assert_eq!(h.reply(b)?, 4); // each id finds its own reply
+/// assert_eq!(h.reply(a)?, 2);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[must_use = "the reply can only be had with the id"]
 pub struct RequestId(pub(crate) u64);

@@ -162,6 +162,30 @@ fn start(
 /// ends the iteration: it stays for the next collector too.
 ///
 /// See [`start_background`].
+///
+/// # Examples
+///
+/// ```
+/// use pproc::{parallel, Background, Channel};
+///
+/// #[parallel]
+/// fn count(ch: Channel<u32>, n: u32) {
+///     for i in 0..n {
+///         ch.send(&i).unwrap();
+///     }
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// let address = std::env::temp_dir().join(format!("pproc-doc-bg-{}.sock", std::process::id()));
+/// pproc::start_background(&address, count::call(3))?;
+/// let mut values = Background::<u32>::connect(&address)?;
+/// assert_eq!(values.address(), address);
+/// assert_eq!(values.next().transpose()?, Some(0));
+/// // Reading everything, and the end, lets the child remove its address and exit.
+/// assert_eq!(values.collect::<pproc::Result<Vec<_>>>()?, [1, 2]);
+/// # Ok(())
+/// # }
+/// ```
 pub struct Background<T> {
     conn: Option<Conn>,
     address: PathBuf,
@@ -298,6 +322,31 @@ impl<T: DeserializeOwned> Iterator for Background<T> {
 
 /// What several background calls deliver, as it arrives: see
 /// [`Background::gather`]. Yields `(address index, value)`.
+///
+/// # Examples
+///
+/// ```
+/// use pproc::{parallel, Background};
+///
+/// #[parallel]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// let dir = std::env::temp_dir();
+/// let addresses = [2, 3].map(|x| dir.join(format!("pproc-doc-gather-{x}-{}.sock", std::process::id())));
+/// pproc::start_background(&addresses[0], square::call(2))?;
+/// pproc::start_background(&addresses[1], square::call(3))?;
+/// let mut all = Vec::new();
+/// for (from, value) in Background::<u64>::gather(&addresses)? {
+///     all.push((from, value?)); // as they arrive; then each child exits
+/// }
+/// all.sort_unstable();
+/// assert_eq!(all, [(0, 4), (1, 9)]);
+/// # Ok(())
+/// # }
+/// ```
 pub struct Gathered<T> {
     all: Vec<Background<T>>,
 }

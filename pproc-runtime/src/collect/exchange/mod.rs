@@ -976,6 +976,27 @@ impl<S> Exchange<S> {
 }
 
 /// A callable whose calls run on an exchange: see [`Exchange::manage`].
+///
+/// # Examples
+///
+/// ```
+/// use pproc::{parallel, Exchange};
+///
+/// #[parallel]
+/// fn double(x: u64) -> u64 {
+///     2 * x
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// let mut ex = Exchange::new(Vec::new()).limit(1);
+/// let mut calc = ex.manage(double::call);
+/// assert_eq!(calc.call(1)?, 0); // each call's index in the exchange
+/// assert_eq!(calc.call(2)?, 1); // queued behind the first: limit 1
+/// assert_eq!(calc.call(3)?, 2);
+/// assert_eq!(ex.finish()?, [2, 4, 6]);
+/// # Ok(())
+/// # }
+/// ```
 pub struct Managed<'a, S, F> {
     exchange: &'a mut Exchange<S>,
     f: F,

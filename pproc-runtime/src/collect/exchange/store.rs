@@ -11,6 +11,40 @@ use crate::parent::delivery::Delivery;
 use crate::wire::codec::decode;
 
 /// Where a stored value came from.
+///
+/// # Examples
+///
+/// ```
+/// use pproc::{parallel, Exchange, Origin, Store};
+///
+/// #[parallel]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// /// Each value with the index of its call, and whether it had a child.
+/// #[derive(Default)]
+/// struct Log(Vec<(usize, u64, bool)>);
+///
+/// impl Store<u64> for Log {
+///     fn store(&mut self, value: u64, origin: &Origin<'_>) -> pproc::Result<()> {
+///         assert_eq!(origin.name(), square::NAME);
+///         self.0.push((origin.index(), value, origin.pid().is_some()));
+///         Ok(())
+///     }
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// let mut ex = Exchange::new(Log::default());
+/// for x in [3, 4, 5] {
+///     ex.start(square::call(x))?;
+/// }
+/// let mut log = ex.finish()?.0;
+/// log.sort_unstable();
+/// assert_eq!(log, [(0, 9, true), (1, 16, true), (2, 25, true)]);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct Origin<'a> {
     name: &'a str,
@@ -41,6 +75,38 @@ impl Origin<'_> {
 
 /// A call of an exchange that failed, as a `#[store(errors)]` field
 /// collects it.
+///
+/// # Examples
+///
+/// ```
+/// use pproc::{parallel, Exchange, Failure};
+///
+/// #[parallel]
+/// fn invert(x: u32) -> u32 {
+///     100 / x
+/// }
+///
+/// #[derive(Default, Exchange)]
+/// struct Results {
+///     #[store]
+///     values: Vec<u32>,
+///     #[store(errors)]
+///     failures: Vec<Failure>,
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// let mut ex = Exchange::new(Results::default());
+/// for x in [5, 0, 20] {
+///     ex.start(invert::call(x))?;
+/// }
+/// let results = ex.finish()?; // the failure did not stop the others
+/// assert_eq!(results.values.len(), 2);
+/// let failure = &results.failures[0];
+/// assert_eq!((failure.name.as_str(), failure.index), (invert::NAME, 1));
+/// assert!(failure.error.is_panic() && failure.pid.is_some());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct Failure {
@@ -165,6 +231,56 @@ impl<T> Store<T> for Vec<T> {
 /// f::Output>` for each such `f::Fn` instead, and no `Store`: a call of a
 /// function that no field takes is then an error when the program
 /// compiles, not when its value arrives. The functions are [`Store`]'s.
+///
+/// # Examples
+///
+/// A store that takes the values of two functions, each its own way, and
+/// those of no other:
+///
+/// ```
+/// use pproc::{parallel, Exchange, Origin, Route};
+///
+/// #[parallel]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// #[parallel]
+/// fn label(x: u64) -> String {
+///     format!("#{x}")
+/// }
+///
+/// #[derive(Default)]
+/// struct Report {
+///     total: u64,
+///     labels: Vec<String>,
+/// }
+///
+/// impl Route<Report, u64> for square::Fn {
+///     fn store(report: &mut Report, value: u64, _: &Origin<'_>) -> pproc::Result<()> {
+///         report.total += value;
+///         Ok(())
+///     }
+/// }
+///
+/// impl Route<Report, String> for label::Fn {
+///     fn store(report: &mut Report, value: String, _: &Origin<'_>) -> pproc::Result<()> {
+///         report.labels.push(value);
+///         Ok(())
+///     }
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// let mut ex = Exchange::new(Report::default());
+/// ex.start(square::call(3))?;
+/// ex.start(square::call(4))?;
+/// ex.start(label::call(5))?;
+/// let report = ex.finish()?;
+/// assert_eq!(report.total, 25);
+/// assert_eq!(report.labels, ["#5"]);
+/// # Ok(())
+/// # }
+/// ```
 #[diagnostic::on_unimplemented(
     message = "`{S}` does not take the values of `{Self}`",
     label = "`{S}` takes no `{T}` from `{Self}`",

@@ -490,6 +490,32 @@ impl<R: DeserializeOwned, S, V, K> Handle<R, S, V, K> {
 
 /// A child's result with its captured standard output and error, from
 /// [`Handle::join_output`].
+///
+/// # Examples
+///
+/// ```
+/// use pproc::{parallel, Builder};
+///
+/// #[parallel]
+/// fn steps(n: u32) -> u32 {
+///     for step in 1..=n {
+///         println!("step {step}");
+///     }
+///     assert!(n < 3, "too many steps");
+///     n
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// let capture = Builder::new().capture_output(true);
+/// let out = capture.start(steps::call(2))?.join_output();
+/// assert_eq!((out.result?, out.stdout), (2, b"step 1\nstep 2\n".to_vec()));
+/// // What a failed child wrote is kept too.
+/// let out = capture.start(steps::call(3))?.join_output();
+/// assert!(out.result.is_err_and(|err| err.is_panic()));
+/// assert!(out.stdout.ends_with(b"step 3\n"));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 #[must_use = "the output holds the child's result"]
 pub struct Output<R> {
