@@ -2,6 +2,10 @@
 
 pub use crate::child::entry::{run_channel_entry, run_entry};
 pub use crate::collect::progress::ProgressFeature;
+
+/// Whether this build has the `progress` feature: for the test that pins
+/// the message of a progress method called without it.
+pub const PROGRESS: bool = cfg!(feature = "progress");
 pub use crate::manager::objects::custom::{SharedEntry, shared_create, shared_invoke};
 pub use crate::registry::{Context, Entry};
 

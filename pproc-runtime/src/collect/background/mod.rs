@@ -186,6 +186,7 @@ fn start(
 /// # Ok(())
 /// # }
 /// ```
+#[must_use = "the background process runs on and keeps its values for a later collector; iterate this to collect them"]
 pub struct Background<T> {
     conn: Option<Conn>,
     address: PathBuf,

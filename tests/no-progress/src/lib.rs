@@ -1,0 +1,1 @@
+//! Nothing: the test in `tests/` is the point (see Cargo.toml).
