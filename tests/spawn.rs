@@ -234,3 +234,29 @@ fn a_parallel_function_inside_a_function_body_runs() {
     assert!(letters::NAME.ends_with("::letters"));
     assert!(pproc::is_registered(letters::NAME));
 }
+
+#[test]
+fn a_parallel_function_in_a_body_takes_types_of_that_body() {
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Job {
+        n: u32,
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Done {
+        twice: u32,
+    }
+
+    #[parallel]
+    fn work(job: Job) -> Done {
+        Done { twice: job.n * 2 }
+    }
+
+    let done: work::Output = work::start(Job { n: 21 }).unwrap().join().unwrap();
+    assert_eq!(done, Done { twice: 42 });
+    let all: Vec<Done> = pproc::pmap(work::call, (0..3).map(|n| Job { n })).unwrap();
+    assert_eq!(
+        all,
+        [Done { twice: 0 }, Done { twice: 2 }, Done { twice: 4 }]
+    );
+}

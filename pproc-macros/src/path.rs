@@ -44,6 +44,30 @@ pub(crate) fn from_child(path: &Path) -> Path {
     path
 }
 
+/// The visibility `vis`, written at an item, as an item one module
+/// further down writes it to be visible just as far: private is
+/// `pub(super)` there, `pub(super)` is `pub(in super::super)`.
+pub(crate) fn vis_from_child(vis: &syn::Visibility) -> proc_macro2::TokenStream {
+    use quote::quote;
+    match vis {
+        syn::Visibility::Public(_) => quote!(pub),
+        syn::Visibility::Inherited => quote!(pub(super)),
+        syn::Visibility::Restricted(restricted) => {
+            let path = &*restricted.path;
+            if path.is_ident("crate") {
+                quote!(pub(crate))
+            } else if path.is_ident("self") {
+                quote!(pub(super))
+            } else if path.is_ident("super") {
+                quote!(pub(in super::super))
+            } else {
+                let path = from_child(path);
+                quote!(pub(in #path))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,6 +82,23 @@ mod tests {
     fn relative_paths_climb_one_module() {
         assert_eq!(child(&syn::parse_quote!(self::pp)), "super :: pp");
         assert_eq!(child(&syn::parse_quote!(super::pp)), "super :: super :: pp");
+    }
+
+    #[test]
+    fn visibilities_reach_as_far_from_one_module_down() {
+        let child = |vis: syn::Visibility| vis_from_child(&vis).to_string();
+        assert_eq!(child(syn::parse_quote!(pub)), "pub");
+        assert_eq!(child(syn::Visibility::Inherited), "pub (super)");
+        assert_eq!(child(syn::parse_quote!(pub(crate))), "pub (crate)");
+        assert_eq!(child(syn::parse_quote!(pub(self))), "pub (super)");
+        assert_eq!(
+            child(syn::parse_quote!(pub(super))),
+            "pub (in super :: super)"
+        );
+        assert_eq!(
+            child(syn::parse_quote!(pub(in crate::a))),
+            "pub (in crate :: a)"
+        );
     }
 
     #[test]

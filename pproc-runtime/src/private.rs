@@ -3,6 +3,27 @@
 pub use crate::child::entry::{run_channel_entry, run_entry};
 pub use crate::collect::progress::ProgressFeature;
 
+/// The types of a `#[parallel]` function's parent end, given beside the
+/// function (where its types resolve, in a module or a function body) for
+/// the module `#[parallel]` generates, which names them through this.
+pub trait Signature {
+    /// What the child's call returns.
+    type Ret;
+    /// What the parent sends.
+    type Send;
+    /// What the parent receives.
+    type Recv;
+    /// What an exchange stores.
+    type Output;
+}
+
+/// The type of a `#[parallel]` function's parameter `N`, given as
+/// [`Signature`]'s are.
+pub trait Param<const N: usize> {
+    /// The parameter's type.
+    type Type;
+}
+
 /// Whether this build has the `progress` feature: for the test that pins
 /// the message of a progress method called without it.
 pub const PROGRESS: bool = cfg!(feature = "progress");

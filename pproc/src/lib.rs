@@ -250,12 +250,28 @@
 //! assert_eq!(triple::start(14).unwrap().join().unwrap(), 42);
 //! ```
 //!
-//! Inside a function body, the types the function takes and returns must
-//! be visible from the function's module (std's, a crate's, or defined at
-//! module level): `f::start` and `f::call` live in a module named after
-//! the function, which sees the enclosing module's items, not the body's.
-//! Two `#[parallel]` functions of one name in two bodies of one module
-//! would share a registered name: give each its own.
+//! The types it takes and returns may be defined in that body too:
+//!
+//! ```
+//! use pproc::parallel;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Job {
+//!     n: u32,
+//! }
+//!
+//! #[parallel]
+//! fn work(job: Job) -> u32 {
+//!     job.n * 2
+//! }
+//!
+//! assert_eq!(work::start(Job { n: 21 }).unwrap().join().unwrap(), 42);
+//! ```
+//!
+//! Two
+//! `#[parallel]` functions of one name in two bodies of one module would
+//! share a registered name: give each its own.
 //!
 //! # Features
 //!
