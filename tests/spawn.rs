@@ -260,3 +260,27 @@ fn a_parallel_function_in_a_body_takes_types_of_that_body() {
         [Done { twice: 0 }, Done { twice: 2 }, Done { twice: 4 }]
     );
 }
+
+#[test]
+fn two_functions_of_one_name_in_two_bodies_are_refused() {
+    fn first() -> pproc::Result<u32> {
+        #[parallel]
+        fn twin(x: u32) -> u32 {
+            x + 1
+        }
+        twin::start(1)?.join()
+    }
+    fn second() -> pproc::Result<u32> {
+        #[parallel]
+        fn twin(x: u32) -> u32 {
+            x + 2
+        }
+        twin::start(1)?.join()
+    }
+    for got in [first(), second()] {
+        match got {
+            Err(Error::Spawn(err)) => assert!(err.to_string().contains("rename one"), "{err}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -63,11 +63,24 @@ impl Entry {
 
 inventory::collect!(Entry);
 
-/// The entry registered under `name`.
+/// The entry registered under `name`: none if two functions are (see
+/// [`registered_twice`]), for a child must not run the wrong one.
 pub(crate) fn lookup(name: &str) -> Option<&'static Entry> {
+    let mut found = inventory::iter::<Entry>
+        .into_iter()
+        .filter(|entry| entry.name == name);
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
+}
+
+/// Whether two `#[parallel]` functions are registered as `name`: two
+/// functions of one name in two function bodies of one module.
+pub(crate) fn registered_twice(name: &str) -> bool {
     inventory::iter::<Entry>
         .into_iter()
-        .find(|entry| entry.name == name)
+        .filter(|entry| entry.name == name)
+        .nth(1)
+        .is_some()
 }
 
 /// Whether a `#[parallel]` function named `name` is registered in this

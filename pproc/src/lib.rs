@@ -270,8 +270,10 @@
 //! ```
 //!
 //! Two
-//! `#[parallel]` functions of one name in two bodies of one module would
-//! share a registered name: give each its own.
+//! `#[parallel]` functions of one name in two bodies of one module share
+//! their registered name, the module's path and theirs: starting either
+//! fails with an [`Error::Spawn`] that says to rename one, rather than run
+//! the other.
 //!
 //! # Features
 //!

@@ -235,6 +235,12 @@ impl Builder {
         args: Result<Vec<u8>, String>,
     ) -> Result<Handle<(), (), ()>> {
         let args = args.map_err(|message| Error::Codec { message })?;
+        if self.program.is_none() && registry::registered_twice(&name) {
+            return Err(Error::Spawn(std::io::Error::other(format!(
+                "two `#[parallel]` functions are registered as `{name}` (two function bodies \
+                 of one module define a function of that name): rename one"
+            ))));
+        }
         if self.program.is_none() && !registry::is_registered(&name) {
             return Err(Error::Unregistered { name });
         }
