@@ -10,8 +10,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::exchange::{BatchSize, Exchange, Origin, Store};
-#[cfg(not(feature = "progress"))]
-use super::progress::ProgressFeature;
 use crate::child::channel::Channel;
 use crate::error::{Error, Result};
 use crate::parent::builder::Builder;
@@ -426,19 +424,7 @@ macro_rules! options {
             self
         }
 
-        /// Without the `progress` feature: a call says to turn it on.
-        #[cfg(not(feature = "progress"))]
-        #[doc(hidden)]
-        pub fn progress<On: ProgressFeature>(self, _on: On) -> Self {
-            self
-        }
-
-        /// Without the `progress` feature: a call says to turn it on.
-        #[cfg(not(feature = "progress"))]
-        #[doc(hidden)]
-        pub fn progress_bar<B: ProgressFeature>(self, _bar: B) -> Self {
-            self
-        }
+        super::progress::without_the_feature!();
 
         /// How many finished results are held, waiting to be yielded.
         #[must_use]

@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use super::exchange::{BatchSize, Exchange, Origin, Store};
-#[cfg(not(feature = "progress"))]
-use super::progress::ProgressFeature;
 use crate::error::{Error, Result};
 use crate::lock::lock;
 use crate::parent::builder::Builder;
@@ -164,19 +162,7 @@ impl Pool {
         self.reconfigure(|exchange| exchange.progress_bar(bar))
     }
 
-    /// Without the `progress` feature: a call says to turn it on.
-    #[cfg(not(feature = "progress"))]
-    #[doc(hidden)]
-    pub fn progress<On: ProgressFeature>(self, _on: On) -> Self {
-        self
-    }
-
-    /// Without the `progress` feature: a call says to turn it on.
-    #[cfg(not(feature = "progress"))]
-    #[doc(hidden)]
-    pub fn progress_bar<B: ProgressFeature>(self, _bar: B) -> Self {
-        self
-    }
+    super::progress::without_the_feature!();
 
     /// Runs `call` on the next free worker; it waits in line while all are
     /// busy. Never blocks for long: results are collected by whoever waits

@@ -101,6 +101,27 @@ pub trait ProgressFeature {}
 #[cfg(feature = "progress")]
 impl<T: ?Sized> ProgressFeature for T {}
 
+/// The progress methods of a collector without the `progress` feature:
+/// bounded by [`ProgressFeature`], so that a call fails with its message.
+macro_rules! without_the_feature {
+    () => {
+        /// Without the `progress` feature: a call says to turn it on.
+        #[cfg(not(feature = "progress"))]
+        #[doc(hidden)]
+        pub fn progress<On: $crate::collect::progress::ProgressFeature>(self, _on: On) -> Self {
+            self
+        }
+
+        /// Without the `progress` feature: a call says to turn it on.
+        #[cfg(not(feature = "progress"))]
+        #[doc(hidden)]
+        pub fn progress_bar<B: $crate::collect::progress::ProgressFeature>(self, _bar: B) -> Self {
+            self
+        }
+    };
+}
+pub(crate) use without_the_feature;
+
 // The same methods as with the feature, doing nothing.
 #[cfg(not(feature = "progress"))]
 #[allow(clippy::unused_self)]

@@ -20,8 +20,6 @@ use self::poller::Poller;
 use self::store::Job;
 pub use self::store::{Failure, Origin, Route, Store};
 use super::progress::Bar;
-#[cfg(not(feature = "progress"))]
-use super::progress::ProgressFeature;
 use crate::child::channel::Channel;
 use crate::child::entry::run_forked;
 use crate::error::{Error, Result};
@@ -322,19 +320,7 @@ impl<S> Exchange<S> {
         self
     }
 
-    /// Without the `progress` feature: a call says to turn it on.
-    #[cfg(not(feature = "progress"))]
-    #[doc(hidden)]
-    pub fn progress<On: ProgressFeature>(self, _on: On) -> Self {
-        self
-    }
-
-    /// Without the `progress` feature: a call says to turn it on.
-    #[cfg(not(feature = "progress"))]
-    #[doc(hidden)]
-    pub fn progress_bar<B: ProgressFeature>(self, _bar: B) -> Self {
-        self
-    }
+    super::progress::without_the_feature!();
 
     /// The progress bar's total, known up front.
     #[cfg(feature = "progress")]
