@@ -2,13 +2,18 @@
 
 use std::borrow::{Borrow, BorrowMut};
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 
 use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
 use serde::{Serialize, Serializer};
 
-/// A byte buffer that is sent as one block: a `Vec<u8>` that serializes
-/// with `serialize_bytes` and deserializes from a byte buffer.
+use super::codec;
+use super::shm::Mapping;
+
+/// A byte buffer that is sent as one block, and above a mebibyte through
+/// shared memory.
 ///
 /// serde treats a plain `Vec<u8>` as a sequence like any other, so it is
 /// encoded and decoded one element at a time. A `Bytes` (or a `Vec<u8>`
@@ -17,8 +22,19 @@ use serde::{Serialize, Serializer};
 /// large one is written to the socket straight from the buffer you hand to
 /// `send`. Use it for any byte payload larger than a few hundred bytes.
 ///
-/// It derefs to `Vec<u8>`, so a `Bytes` is used as the vector it wraps, and
-/// converts from and into one without copying.
+/// A value that holds a buffer of 1 MiB or more crosses in shared memory:
+/// the sender copies it once into a sealed `memfd`, and the socket carries
+/// only the descriptor. A `Bytes` decoded from such a frame is a view of
+/// that memory, not a copy ([`is_shared`](Self::is_shared)); writing to it
+/// makes the pages written this process's own, and a `Bytes` sent on
+/// unchanged, as the whole of a value, goes out as the same memory, so a
+/// child that passes large buffers along copies none of them. A receiver
+/// checks every such descriptor (a memfd, sealed, of the announced size,
+/// within the frame limit) before it reads a byte.
+///
+/// It derefs to `[u8]`; [`as_mut_vec`](Self::as_mut_vec) gives the vector
+/// to grow or shrink, and it converts from a `Vec<u8>` without copying (and
+/// into one without copying unless it is shared).
 ///
 /// # Examples
 ///
@@ -41,138 +57,234 @@ use serde::{Serialize, Serializer};
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Bytes(Vec<u8>);
+pub struct Bytes(Repr);
+
+/// Where a [`Bytes`]'s bytes live.
+enum Repr {
+    /// In a vector of its own.
+    Owned(Vec<u8>),
+    /// In the shared memory its frame arrived in: `len` bytes at `at`.
+    Mapped {
+        mapping: Arc<Mapping>,
+        at: usize,
+        len: usize,
+    },
+}
 
 impl Bytes {
     /// An empty buffer.
     #[must_use]
     pub const fn new() -> Self {
-        Self(Vec::new())
+        Self(Repr::Owned(Vec::new()))
     }
 
     /// An empty buffer with room for `capacity` bytes.
     #[must_use]
     pub fn with_capacity(capacity: usize) -> Self {
-        Self(Vec::with_capacity(capacity))
+        Self(Repr::Owned(Vec::with_capacity(capacity)))
     }
 
-    /// The vector inside.
+    /// The bytes as a vector: the one inside, or a copy of the shared
+    /// memory they arrived in.
     #[must_use]
     pub fn into_vec(self) -> Vec<u8> {
-        self.0
+        match self.0 {
+            Repr::Owned(vec) => vec,
+            Repr::Mapped { .. } => codec::copy_of(&self),
+        }
+    }
+
+    /// The bytes as a vector to change in place (to grow or shrink them):
+    /// bytes that arrived in shared memory are copied into one first.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut bytes = pproc::Bytes::from(vec![1, 2]);
+    /// bytes.as_mut_vec().push(3);
+    /// assert_eq!(bytes, [1, 2, 3]);
+    /// ```
+    pub fn as_mut_vec(&mut self) -> &mut Vec<u8> {
+        if let Repr::Mapped { .. } = self.0 {
+            self.0 = Repr::Owned(codec::copy_of(self));
+        }
+        match &mut self.0 {
+            Repr::Owned(vec) => vec,
+            Repr::Mapped { .. } => unreachable!("copied above"),
+        }
+    }
+
+    /// Whether the bytes are a view of the shared memory they arrived in,
+    /// not a copy: a frame with a buffer of a mebibyte or more crosses a
+    /// channel that way (see the type's documentation).
+    #[must_use]
+    pub fn is_shared(&self) -> bool {
+        matches!(self.0, Repr::Mapped { .. })
+    }
+}
+
+impl Default for Bytes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clone for Bytes {
+    /// A copy in a vector of its own, as a vector's clone is.
+    fn clone(&self) -> Self {
+        Self(Repr::Owned(self.to_vec()))
     }
 }
 
 impl fmt::Debug for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Bytes")
-            .field("len", &self.0.len())
+            .field("len", &self.len())
+            .field("shared", &self.is_shared())
             .finish_non_exhaustive()
     }
 }
 
 impl Deref for Bytes {
-    type Target = Vec<u8>;
+    type Target = [u8];
 
-    fn deref(&self) -> &Vec<u8> {
-        &self.0
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Owned(vec) => vec,
+            Repr::Mapped { mapping, at, len } => &mapping.bytes()[*at..*at + *len],
+        }
     }
 }
 
 impl DerefMut for Bytes {
-    fn deref_mut(&mut self) -> &mut Vec<u8> {
-        &mut self.0
+    /// The bytes, to change in place. Bytes that arrived in shared memory
+    /// become this process's own page by page as they are written.
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match &mut self.0 {
+            Repr::Owned(vec) => vec,
+            // SAFETY: this `Bytes` is the only owner of its range of the
+            // mapping (a clone copies), and `&mut self` is borrowed for as
+            // long as the slice lives.
+            Repr::Mapped { mapping, at, len } => unsafe { mapping.slice_mut(*at, *len) },
+        }
+    }
+}
+
+impl PartialEq for Bytes {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Bytes {}
+
+impl PartialOrd for Bytes {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Bytes {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (**self).cmp(&**other)
+    }
+}
+
+impl Hash for Bytes {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (**self).hash(state);
     }
 }
 
 impl AsRef<[u8]> for Bytes {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        self
     }
 }
 
 impl AsMut<[u8]> for Bytes {
     fn as_mut(&mut self) -> &mut [u8] {
-        &mut self.0
+        self
     }
 }
 
 impl Borrow<[u8]> for Bytes {
     fn borrow(&self) -> &[u8] {
-        &self.0
+        self
     }
 }
 
 impl BorrowMut<[u8]> for Bytes {
     fn borrow_mut(&mut self) -> &mut [u8] {
-        &mut self.0
+        self
     }
 }
 
 impl From<Vec<u8>> for Bytes {
     fn from(bytes: Vec<u8>) -> Self {
-        Self(bytes)
+        Self(Repr::Owned(bytes))
     }
 }
 
 impl From<&[u8]> for Bytes {
     fn from(bytes: &[u8]) -> Self {
-        Self(bytes.to_vec())
+        Self::from(bytes.to_vec())
     }
 }
 
 impl<const N: usize> From<[u8; N]> for Bytes {
     fn from(bytes: [u8; N]) -> Self {
-        Self(bytes.to_vec())
+        Self::from(bytes.to_vec())
     }
 }
 
 impl From<Bytes> for Vec<u8> {
     fn from(bytes: Bytes) -> Self {
-        bytes.0
+        bytes.into_vec()
     }
 }
 
 impl FromIterator<u8> for Bytes {
     fn from_iter<I: IntoIterator<Item = u8>>(iter: I) -> Self {
-        Self(iter.into_iter().collect())
+        Self::from(iter.into_iter().collect::<Vec<u8>>())
     }
 }
 
 impl Extend<u8> for Bytes {
     fn extend<I: IntoIterator<Item = u8>>(&mut self, iter: I) {
-        self.0.extend(iter);
+        self.as_mut_vec().extend(iter);
     }
 }
 
 impl PartialEq<[u8]> for Bytes {
     fn eq(&self, other: &[u8]) -> bool {
-        self.0 == other
+        **self == *other
     }
 }
 
 impl PartialEq<Vec<u8>> for Bytes {
     fn eq(&self, other: &Vec<u8>) -> bool {
-        &self.0 == other
+        **self == **other
     }
 }
 
 impl<const N: usize> PartialEq<[u8; N]> for Bytes {
     fn eq(&self, other: &[u8; N]) -> bool {
-        self.0 == other
+        **self == *other
     }
 }
 
 impl Serialize for Bytes {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(&self.0)
+        serializer.serialize_bytes(self)
     }
 }
 
 impl<'de> Deserialize<'de> for Bytes {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_byte_buf(BytesVisitor)
+        // Asked for as borrowed bytes, so that bytes in the shared memory
+        // of the frame being decoded are kept where they are.
+        deserializer.deserialize_bytes(BytesVisitor)
     }
 }
 
@@ -186,19 +298,26 @@ impl<'de> Visitor<'de> for BytesVisitor {
     }
 
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
-        Ok(Bytes(v.to_vec()))
+        if let Some((mapping, at)) = Mapping::decoded(v) {
+            return Ok(Bytes(Repr::Mapped {
+                mapping,
+                at,
+                len: v.len(),
+            }));
+        }
+        Ok(Bytes::from(codec::copy_of(v)))
     }
 
     fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
-        Ok(Bytes(v))
+        Ok(Bytes::from(v))
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Bytes, E> {
-        Ok(Bytes(v.as_bytes().to_vec()))
+        Ok(Bytes::from(v.as_bytes()))
     }
 
     fn visit_string<E: de::Error>(self, v: String) -> Result<Bytes, E> {
-        Ok(Bytes(v.into_bytes()))
+        Ok(Bytes::from(v.into_bytes()))
     }
 
     /// Formats without a byte type (JSON, say) write bytes as a sequence.
@@ -208,7 +327,7 @@ impl<'de> Visitor<'de> for BytesVisitor {
         while let Some(byte) = seq.next_element()? {
             out.push(byte);
         }
-        Ok(Bytes(out))
+        Ok(Bytes::from(out))
     }
 }
 

@@ -5,8 +5,9 @@
 //! writing too: while a write waits for room, whatever the peer sends is read
 //! into the receive buffer, so both ends keep draining each other.
 
+use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 
 use nix::errno::Errno;
@@ -16,7 +17,10 @@ use serde::Serialize;
 use super::codec::{self, HEADER};
 use super::frame::tag;
 use super::log;
-use super::outbox::{Frame, Out, Outbox, coalesces, encoding, send_all, wait_for_room};
+use super::outbox::{
+    Frame, Out, Outbox, coalesces, encoding, send_all, send_all_passing, wait_for_room,
+};
+use super::shm::{self, Mapping, Memfd};
 use super::wait::{Deadline, poll_until};
 use crate::error::{Error, Result};
 
@@ -57,6 +61,11 @@ pub(crate) struct Conn {
     /// What was sent and not written yet, shared with the ends that send
     /// without locking the connection, and with the flusher.
     out: Arc<Outbox>,
+    /// Whether large frames go through shared memory: the socket is a
+    /// Unix socket, which carries descriptors.
+    shares: bool,
+    /// Descriptors received for `SHARED` frames not read yet.
+    fds: VecDeque<OwnedFd>,
 }
 
 /// What [`Conn::next`] saw.
@@ -79,9 +88,16 @@ impl Conn {
             nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL).map_err(Error::from_errno)?;
         let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
         nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(Error::from_errno)?;
+        let shares = {
+            use nix::sys::socket::{AddressFamily, SockaddrLike, SockaddrStorage, getsockname};
+            getsockname::<SockaddrStorage>(fd.as_raw_fd())
+                .is_ok_and(|addr| addr.family() == Some(AddressFamily::Unix))
+        };
         let fd = Arc::new(fd);
         Ok(Self {
             out: Outbox::new(Arc::clone(&fd)),
+            shares,
+            fds: VecDeque::new(),
             fd,
             rbuf: Vec::new(),
             rpos: 0,
@@ -169,6 +185,12 @@ impl Conn {
             }
         }
         frame.start += out.announce_at(frame.start);
+        if self.shares
+            && out.holes().iter().any(|hole| hole.len >= shm::SHARED_FROM)
+            && let Some(written) = self.write_shared(&outbox, &mut out, tag, value, &frame)
+        {
+            return written;
+        }
         if !out.holes().is_empty() {
             return self.write_gathered(&outbox, &mut out, value, &frame);
         }
@@ -186,6 +208,15 @@ impl Conn {
         let outbox = Arc::clone(&self.out);
         let mut out = outbox.lock()?;
         out.check()?;
+        if self.shares
+            && payload.len() >= shm::SHARED_FROM
+            && let Some(mut memfd) = Memfd::create()
+        {
+            memfd.write(payload)?;
+            let (memfd, len) = memfd.seal()?;
+            out.announce();
+            return self.write_passing(&outbox, &mut out, tag, len, memfd.as_fd());
+        }
         if payload.len() >= codec::LONG_RUN {
             let [a, b, c, d] = codec::header(payload.len() + 1)?;
             out.announce();
@@ -293,22 +324,119 @@ impl Conn {
         outbox.done(out, written)
     }
 
+    /// Writes out the waiting bytes and the frame at `frame.start`, which
+    /// holds a run of [`shm::SHARED_FROM`] bytes or more, as a `SHARED`
+    /// frame: its payload goes into a sealed memfd (or, where the value is
+    /// a buffer that arrived in one and is sent on unchanged, is that
+    /// memfd), passed with the frame. `None` where the kernel gives no
+    /// memfd: nothing was done, and the frame goes through the socket.
+    fn write_shared<T: Serialize + ?Sized>(
+        &mut self,
+        outbox: &Outbox,
+        out: &mut Out,
+        tag: u8,
+        value: &T,
+        frame: &Frame,
+    ) -> Option<Result<()>> {
+        let mut memfd = Memfd::create()?;
+        let body = out.from(frame.start + HEADER + 1);
+        let holes = out.holes();
+        // A value that is one buffer, at its end, that lies in a mapping
+        // of a memfd that holds this very payload: the memfd is sent on.
+        let tail = match holes {
+            [hole] if hole.at + hole.len == frame.len => Some(hole.at),
+            _ => None,
+        };
+        let mut passed = None;
+        // `body` up to `done` is in the memfd; `skipped` bytes of runs are
+        // not in `body`.
+        let (mut done, mut skipped) = (0, 0);
+        let replayed = encoding(|| {
+            codec::replay(value, holes, frame.len, |i, run| {
+                if let Some(at) = tail {
+                    passed = Mapping::holding(run).filter(|mapping| {
+                        mapping.bytes().len() == frame.len
+                            && mapping.offset_of(run) == Some(at)
+                            && mapping.bytes()[..at] == *body
+                    });
+                    if passed.is_some() {
+                        return Ok(());
+                    }
+                }
+                let upto = holes[i].at - skipped;
+                skipped += run.len();
+                memfd.write(&body[done..upto])?;
+                done = upto;
+                memfd.write(run)
+            })
+        });
+        let sealed = replayed.and_then(|()| {
+            if passed.is_some() {
+                return Ok(None);
+            }
+            memfd.write(&body[done..])?;
+            memfd.seal().map(Some)
+        });
+        let sealed = match sealed {
+            Ok(sealed) => sealed,
+            Err(err) => {
+                // Nothing of the frame was written: the channel goes on.
+                out.drop_from(frame.start);
+                return Some(Err(err));
+            }
+        };
+        out.drop_from(frame.start);
+        let fd = match (&passed, &sealed) {
+            (Some(mapping), _) => mapping.memfd(),
+            (None, Some((fd, _))) => Some(fd.as_fd()),
+            (None, None) => None,
+        }?;
+        Some(self.write_passing(outbox, out, tag, frame.len, fd))
+    }
+
+    /// Writes out the waiting bytes and a `SHARED` frame that stands for a
+    /// frame of `tag` whose `len` bytes of payload `memfd` holds, passing
+    /// `memfd` with it.
+    fn write_passing(
+        &mut self,
+        outbox: &Outbox,
+        out: &mut Out,
+        tag: u8,
+        len: usize,
+        memfd: BorrowedFd<'_>,
+    ) -> Result<()> {
+        let mut body = [0; 9];
+        body[0] = tag;
+        body[1..].copy_from_slice(&(len as u64).to_le_bytes());
+        if let Err(err) = out.append(tag::SHARED, &body) {
+            return outbox.done(out, Err(err));
+        }
+        let fd = Arc::clone(&self.fd);
+        let written = send_all_passing(fd.as_fd(), [out.pending()], Some(memfd), |fd| {
+            self.wait_for_room(fd)
+        });
+        outbox.done(out, written)
+    }
+
     /// Writes `parts` in order, whole, in as few writes as the socket
     /// allows. While the socket has no room, whatever the peer sends is
     /// read into the receive buffer.
     fn write_all<const N: usize>(&mut self, parts: [&[u8]; N]) -> Result<()> {
         let fd = Arc::clone(&self.fd);
-        send_all(fd.as_fd(), parts, |fd| {
-            let mut fds = [PollFd::new(fd, PollFlags::POLLOUT | PollFlags::POLLIN)];
-            poll_until(&mut fds, Deadline::Never)?;
-            let revents = fds[0].revents().unwrap_or(PollFlags::empty());
-            if revents.intersects(PollFlags::POLLIN) && !self.eof {
-                // Drain the peer while we wait for room, or two writers
-                // would wait on each other forever.
-                self.fill()?;
-            }
-            Ok(())
-        })
+        send_all(fd.as_fd(), parts, |fd| self.wait_for_room(fd))
+    }
+
+    /// Waits until the socket has room, reading whatever the peer sends
+    /// meanwhile into the receive buffer: two writers would wait on each
+    /// other forever otherwise.
+    fn wait_for_room(&mut self, fd: BorrowedFd<'_>) -> Result<()> {
+        let mut fds = [PollFd::new(fd, PollFlags::POLLOUT | PollFlags::POLLIN)];
+        poll_until(&mut fds, Deadline::Never)?;
+        let revents = fds[0].revents().unwrap_or(PollFlags::empty());
+        if revents.intersects(PollFlags::POLLIN) && !self.eof {
+            self.fill()?;
+        }
+        Ok(())
     }
 
     /// Reads whatever the socket holds now into the receive buffer, without
@@ -337,17 +465,7 @@ impl Conn {
                 codec::advise_huge(self.rbuf.spare_capacity_mut());
             }
             let start = self.rbuf.len();
-            let spare = &mut self.rbuf.spare_capacity_mut()[..want];
-            // SAFETY: the kernel writes at most `want` bytes into `spare`,
-            // memory the vector owns, and reads none of it.
-            let got = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    spare.as_mut_ptr().cast(),
-                    want,
-                    libc::MSG_DONTWAIT,
-                )
-            };
+            let (got, passed) = self.recv_spare(want);
             match usize::try_from(got) {
                 Ok(0) => {
                     self.eof = true;
@@ -358,7 +476,9 @@ impl Conn {
                     // spare capacity.
                     unsafe { self.rbuf.set_len(start + n) };
                     total += n;
-                    if n < want {
+                    // A read stops short where descriptors came: more
+                    // may wait behind them.
+                    if n < want && !passed {
                         return Ok(total);
                     }
                 }
@@ -373,6 +493,129 @@ impl Conn {
                 },
             }
         }
+    }
+
+    /// Receives up to `want` bytes into the receive buffer's spare
+    /// capacity, and any descriptors that come with them; returns what
+    /// `recv` does, and whether descriptors came.
+    fn recv_spare(&mut self, want: usize) -> (isize, bool) {
+        let spare = &mut self.rbuf.spare_capacity_mut()[..want];
+        if !self.shares {
+            // SAFETY: the kernel writes at most `want` bytes into `spare`,
+            // memory the vector owns, and reads none of it.
+            let got = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    spare.as_mut_ptr().cast(),
+                    want,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            return (got, false);
+        }
+        let mut iov = libc::iovec {
+            iov_base: spare.as_mut_ptr().cast(),
+            iov_len: want,
+        };
+        // Room for the control messages of more descriptors than may
+        // queue: aligned for `cmsghdr`.
+        let mut control = [0_u64; 32];
+        // SAFETY: a zeroed `msghdr` is valid (no name, no control).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        // SAFETY: the kernel writes at most `want` bytes into `spare` and
+        // at most `msg_controllen` bytes into `control`, both ours.
+        let got = unsafe {
+            libc::recvmsg(
+                self.fd.as_raw_fd(),
+                &raw mut msg,
+                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+            )
+        };
+        if got < 0 || msg.msg_controllen == 0 {
+            return (got, false);
+        }
+        let mut passed = Vec::new();
+        // SAFETY: `msg` is what `recvmsg` filled in, its control buffer
+        // alive; each header the macros give lies inside it.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                    // Read unaligned below: the data need not be aligned.
+                    #[expect(clippy::cast_ptr_alignment, reason = "read unaligned")]
+                    let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                    let bytes = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                    for i in 0..bytes / std::mem::size_of::<RawFd>() {
+                        // The kernel installed each descriptor for us.
+                        passed.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(&raw const msg, cmsg);
+            }
+        }
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 || self.fds.len() + passed.len() > shm::MAX_QUEUED
+        {
+            self.broken.get_or_insert_with(|| {
+                format!(
+                    "the peer sent more than {} descriptors ahead of their frames",
+                    shm::MAX_QUEUED
+                )
+            });
+        } else {
+            self.fds.extend(passed);
+        }
+        (got, true)
+    }
+
+    /// The frame a `SHARED` frame with `body` stands for: its tag, and the
+    /// mapping of the memfd that came with it, which holds its payload.
+    /// Any fault in it breaks the stream: the descriptors no longer match
+    /// their frames.
+    #[cold]
+    fn shared_frame(&mut self, body: &[u8]) -> Result<(u8, Arc<Mapping>)> {
+        let mapped = match body {
+            [tag, len @ ..] if len.len() == 8 && *tag != tag::SHARED => {
+                let len = u64::from_le_bytes(len.try_into().unwrap_or_default());
+                match self.fds.pop_front() {
+                    Some(fd) => usize::try_from(len)
+                        .map_err(|_| Error::codec("a shared-memory frame larger than memory"))
+                        .and_then(|len| Mapping::adopt(fd, len, self.max_frame))
+                        .map(|mapping| (*tag, mapping)),
+                    None => Err(Error::codec(
+                        "a shared-memory frame came without its descriptor",
+                    )),
+                }
+            }
+            _ => Err(Error::codec(format_args!(
+                "a shared-memory frame of {} bytes, not a tag and a length",
+                body.len() + 1
+            ))),
+        };
+        if let Err(Error::Codec { message }) = &mapped {
+            self.broken = Some(message.clone());
+        }
+        mapped
+    }
+
+    /// Hands the frame at the head of the buffer, `len` bytes long with its
+    /// tag, to `read`, and consumes it; a `SHARED` frame is handed over as
+    /// the frame it stands for.
+    #[inline]
+    fn take<T>(&mut self, len: usize, read: impl FnOnce(u8, &[u8]) -> T) -> Result<T> {
+        let at = self.rpos + HEADER;
+        if self.rbuf[at] == tag::SHARED {
+            let body: Vec<u8> = self.rbuf[at + 1..at + len].to_vec();
+            let (tag, mapping) = self.shared_frame(&body)?;
+            self.rpos = at + len;
+            return Ok(mapping.decoding(|| read(tag, mapping.bytes())));
+        }
+        let out = read(self.rbuf[at], &self.rbuf[at + 1..at + len]);
+        self.rpos = at + len;
+        Ok(out)
     }
 
     /// Bytes still missing from the frame at the head of the buffer, once
@@ -391,10 +634,7 @@ impl Conn {
         let Some(len) = self.whole_frame()? else {
             return Ok(None);
         };
-        let at = self.rpos + HEADER;
-        let out = f(self.rbuf[at], &self.rbuf[at + 1..at + len]);
-        self.rpos = at + len;
-        Ok(Some(out))
+        self.take(len, f).map(Some)
     }
 
     /// Reads the frame at the head of the buffer with `read` if it is a
@@ -465,10 +705,7 @@ impl Conn {
         let mut exited = false;
         loop {
             if let Some(len) = self.whole_frame()? {
-                let at = self.rpos + HEADER;
-                let out = read(self.rbuf[at], &self.rbuf[at + 1..at + len]);
-                self.rpos = at + len;
-                return Ok(Next::Frame(out));
+                return self.take(len, read).map(Next::Frame);
             }
             if self.is_eof() {
                 return Ok(Next::Closed);

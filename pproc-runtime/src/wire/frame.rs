@@ -36,6 +36,11 @@ pub(crate) mod tag {
     /// body is the position (`u64`) and whether the log starts again
     /// after it (`u8`).
     pub(crate) const LOG: u8 = 9;
+    /// Either way, in place of a frame of another tag whose payload is in
+    /// shared memory: a sealed memfd that came with this frame (see
+    /// [`shm`](crate::wire::shm)). The body is that frame's tag (`u8`)
+    /// and its payload's length (`u64`).
+    pub(crate) const SHARED: u8 = 10;
 }
 
 /// The error an `ERROR` frame carries.

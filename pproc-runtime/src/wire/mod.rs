@@ -10,5 +10,6 @@ pub(crate) mod log;
 pub(crate) mod outbox;
 pub(crate) mod recv;
 pub(crate) mod rpc;
+pub(crate) mod shm;
 pub(crate) mod spec;
 pub(crate) mod wait;

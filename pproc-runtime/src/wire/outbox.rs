@@ -644,6 +644,17 @@ pub(crate) fn written_error(errno: Errno) -> Error {
 pub(crate) fn send_all<const N: usize>(
     fd: BorrowedFd<'_>,
     parts: [&[u8]; N],
+    wait: impl FnMut(BorrowedFd<'_>) -> Result<()>,
+) -> Result<()> {
+    send_all_passing(fd, parts, None, wait)
+}
+
+/// As [`send_all`], passing the descriptor `pass` (`SCM_RIGHTS`) with the
+/// first byte written.
+pub(crate) fn send_all_passing<const N: usize>(
+    fd: BorrowedFd<'_>,
+    parts: [&[u8]; N],
+    mut pass: Option<BorrowedFd<'_>>,
     mut wait: impl FnMut(BorrowedFd<'_>) -> Result<()>,
 ) -> Result<()> {
     let mut slices = parts.map(std::io::IoSlice::new);
@@ -651,13 +662,20 @@ pub(crate) fn send_all<const N: usize>(
     // Empty parts at the front need no write.
     std::io::IoSlice::advance_slices(&mut left, 0);
     while !left.is_empty() {
-        let sent = if let [one] = left {
+        let sent = if let Some(passed) = pass {
+            let fds = [passed.as_raw_fd()];
+            let rights = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+            sendmsg::<()>(fd.as_raw_fd(), left, &rights, MsgFlags::MSG_NOSIGNAL, None)
+        } else if let [one] = left {
             send(fd.as_raw_fd(), one, MsgFlags::MSG_NOSIGNAL)
         } else {
             sendmsg::<()>(fd.as_raw_fd(), left, &[], MsgFlags::MSG_NOSIGNAL, None)
         };
         match sent {
-            Ok(n) => std::io::IoSlice::advance_slices(&mut left, n),
+            Ok(n) => {
+                pass = None;
+                std::io::IoSlice::advance_slices(&mut left, n);
+            }
             Err(Errno::EINTR) => {}
             Err(Errno::EAGAIN) => wait(fd)?,
             Err(err) => return Err(written_error(err)),

@@ -17,6 +17,7 @@ use crate::wire::codec::{self, decode};
 use crate::wire::conn::{Conn, Next};
 use crate::wire::frame::{PanicReport, Refusal, push_call, remote, tag};
 use crate::wire::log;
+use crate::wire::shm::Kept;
 use crate::wire::wait::Deadline;
 
 /// How long a receive that saw the channel close waits for the child's exit
@@ -49,7 +50,7 @@ pub(super) struct Inner {
 /// How the child said its call ended.
 #[derive(Debug)]
 enum Outcome {
-    Value(Vec<u8>),
+    Value(Kept),
     Panic(PanicReport),
     Refused(Refusal),
 }
@@ -57,7 +58,7 @@ enum Outcome {
 impl Outcome {
     fn from_frame(tag: u8, body: &[u8]) -> Result<Self> {
         match tag {
-            tag::RESULT => Ok(Self::Value(body.to_vec())),
+            tag::RESULT => Ok(Self::Value(Kept::of(body))),
             tag::PANIC => decode(body).map(Self::Panic),
             tag::FAIL => decode(body).map(Self::Refused),
             other => Err(Error::codec(format_args!(
@@ -82,7 +83,7 @@ impl Outcome {
     /// The serialized value, or how the call failed.
     fn into_result(self) -> Result<Vec<u8>> {
         match self {
-            Self::Value(bytes) => Ok(bytes),
+            Self::Value(kept) => Ok(kept.into_vec()),
             Self::Panic(report) => Err(report.into()),
             Self::Refused(refusal) => Err(refusal.into()),
         }
@@ -233,13 +234,16 @@ impl Inner {
     }
 
     pub(super) fn result<R: DeserializeOwned>(&self, status: Status) -> Result<R> {
-        decode(self.result_bytes(status)?)
+        match &self.outcome {
+            Some(Outcome::Value(kept)) => kept.decode(),
+            _ => decode(self.result_bytes(status)?),
+        }
     }
 
     /// The serialized result, or how the child failed.
     fn result_bytes(&self, status: Status) -> Result<&[u8]> {
         match &self.outcome {
-            Some(Outcome::Value(bytes)) => Ok(bytes),
+            Some(Outcome::Value(kept)) => Ok(kept.bytes()),
             Some(other) => Err(other.error().unwrap_or(Error::Disconnected)),
             None => Err(self.status_error(status)),
         }

@@ -1,0 +1,229 @@
+//! Large buffers through shared memory, in real children: a value that
+//! holds a `Bytes` of a mebibyte or more crosses as a sealed memfd, the
+//! receiver's `Bytes` is a view of it, and one sent on unchanged goes back
+//! as the same memory. A child that passes lying descriptors gets
+//! `Error::Codec`, and no descriptor is left open.
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+use pproc::{Bytes, Channel, Error, Map, parallel};
+use pproc_workspace::{open_fds, serial};
+
+const MIB: usize = 1 << 20;
+
+/// The channel protocol's frame tags.
+const DATA: u8 = 2;
+const SHARED: u8 = 10;
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| u8::try_from((i * 7 + usize::from(seed)) % 253).unwrap())
+        .collect()
+}
+
+/// Sends back each buffer as it came, or reversed if `reverse`, with
+/// whether it arrived as a view of shared memory.
+#[parallel]
+fn pass_on(ch: Channel<(bool, Bytes), Bytes>, reverse: bool) {
+    while let Ok(mut block) = ch.recv() {
+        let shared = block.is_shared();
+        if reverse {
+            block.reverse();
+        }
+        ch.send(&(shared, block)).expect("the parent reads on");
+    }
+}
+
+/// Sends back each buffer alone, as it came.
+#[parallel]
+fn bounce(ch: Channel<Bytes, Bytes>) {
+    while let Ok(block) = ch.recv() {
+        ch.send(&block).expect("the parent reads on");
+    }
+}
+
+#[test]
+fn a_large_buffer_sent_on_unchanged_comes_back_as_the_same_memory() {
+    let _serial = serial();
+    let before = open_fds();
+    let h = bounce::start().unwrap();
+    for (i, len) in [MIB, 3 * MIB + 17].into_iter().enumerate() {
+        let block = Bytes::from(pattern(len, u8::try_from(i).unwrap()));
+        h.send(&block).unwrap();
+        let back = h.recv().unwrap();
+        assert!(back.is_shared(), "{len} bytes arrive in shared memory");
+        assert_eq!(back, block);
+        // And once more, from the view: it goes out as the memfd it is.
+        h.send(&back).unwrap();
+        let again = h.recv().unwrap();
+        assert!(again.is_shared());
+        assert_eq!(again, block);
+    }
+    // Below the threshold, bytes are copied as they always were.
+    h.send(&Bytes::from(pattern(MIB - 1, 9))).unwrap();
+    assert!(!h.recv().unwrap().is_shared());
+    h.close();
+    h.join().unwrap();
+    assert_eq!(before.opened_since(), Vec::<String>::new());
+}
+
+#[test]
+fn a_view_that_is_written_to_goes_out_as_what_it_holds_now() {
+    let h = pass_on::start(true).unwrap();
+    let data = pattern(2 * MIB, 1);
+    h.send(&Bytes::from(data.clone())).unwrap();
+    let (shared, back) = h.recv().unwrap();
+    assert!(shared, "the child's copy is a view");
+    let mut reversed = data.clone();
+    reversed.reverse();
+    assert_eq!(back, reversed);
+    // Written in the parent too, then grown: the view becomes a vector.
+    let mut back = back;
+    back[0] = 1;
+    back.as_mut_vec().push(2);
+    assert!(!back.is_shared());
+    assert_eq!(back.len(), 2 * MIB + 1);
+    h.close();
+    h.join().unwrap();
+}
+
+#[parallel]
+fn sizes(blocks: (Bytes, String, Vec<Bytes>)) -> (usize, usize, Vec<(usize, bool)>) {
+    let (first, text, rest) = blocks;
+    (
+        first.len(),
+        text.len(),
+        rest.iter().map(|b| (b.len(), b.is_shared())).collect(),
+    )
+}
+
+#[parallel]
+fn make(len: usize) -> Bytes {
+    Bytes::from(pattern(len, 5))
+}
+
+#[test]
+fn large_arguments_results_and_items_cross_in_shared_memory() {
+    let args = (
+        Bytes::from(pattern(2 * MIB, 2)),
+        "pproc ".repeat(1000),
+        vec![
+            Bytes::from(pattern(MIB, 3)),
+            Bytes::from(pattern(10, 4)),
+            Bytes::from(pattern(4 * MIB, 5)),
+        ],
+    );
+    let (first, text, rest) = sizes::start(args).unwrap().join().unwrap();
+    assert_eq!((first, text), (2 * MIB, 6000));
+    // Arguments are read out of shared memory before they are decoded.
+    let lens: Vec<usize> = rest.iter().map(|&(len, _)| len).collect();
+    assert_eq!(lens, [MIB, 10, 4 * MIB]);
+
+    let back = make::start(5 * MIB).unwrap().join().unwrap();
+    assert!(back.is_shared());
+    assert_eq!(back, pattern(5 * MIB, 5));
+
+    // On reused workers, several at once.
+    let lens: Vec<usize> = (0..6).map(|i| MIB + i * 4096).collect();
+    let made: Vec<Bytes> = Map::new(make::call, lens.clone())
+        .collect::<pproc::Result<_>>()
+        .unwrap();
+    for (block, len) in made.iter().zip(lens) {
+        assert_eq!(*block, pattern(len, 5));
+    }
+}
+
+/// How a lying child passes its `SHARED` frame.
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+enum Lie {
+    /// No descriptor comes with it.
+    NoDescriptor,
+    /// A memfd that is not sealed.
+    Unsealed,
+    /// A sealed memfd of another size than the frame says.
+    WrongSize,
+    /// A descriptor that is not a memfd.
+    NotAMemfd,
+    /// More descriptors than may wait for their frames.
+    TooMany,
+    /// A body that is not a tag and a length.
+    BadBody,
+}
+
+fn memfd(bytes: &[u8], seal: bool) -> OwnedFd {
+    // SAFETY: a C string literal and valid flags.
+    let fd = unsafe { libc::memfd_create(c"lie".as_ptr(), libc::MFD_ALLOW_SEALING) };
+    assert!(fd >= 0, "memfd_create");
+    // SAFETY: a descriptor of our own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes).unwrap();
+    let fd = OwnedFd::from(file);
+    if seal {
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+        // SAFETY: a memfd of our own and valid seals.
+        assert_eq!(
+            unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) },
+            0
+        );
+    }
+    fd
+}
+
+/// Writes a `SHARED` frame that lies as `lie` says, then a good value,
+/// straight onto the channel's socket; waits for the parent.
+#[parallel]
+fn shared_liar(ch: Channel<Bytes, u8>, lie: Lie) {
+    let payload = [1u8, 42];
+    let mut body = vec![SHARED, DATA];
+    body.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    if matches!(lie, Lie::BadBody) {
+        body.pop();
+    }
+    let mut frame = u32::try_from(body.len()).unwrap().to_le_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    let fds: Vec<OwnedFd> = match lie {
+        Lie::NoDescriptor | Lie::BadBody => vec![],
+        Lie::Unsealed => vec![memfd(&payload, false)],
+        Lie::WrongSize => vec![memfd(&[1, 42, 0], true)],
+        Lie::NotAMemfd => vec![std::fs::File::open("/proc/self/exe").unwrap().into()],
+        Lie::TooMany => (0..20).map(|_| memfd(&payload, true)).collect(),
+    };
+    let raw: Vec<i32> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let rights = [ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &rights };
+    // SAFETY: the descriptor stays open for the whole call.
+    let sock = unsafe { BorrowedFd::borrow_raw(ch.as_raw_fd()) };
+    let iov = [std::io::IoSlice::new(&frame)];
+    sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None).expect("sendmsg");
+    let _ = ch.recv();
+}
+
+#[test]
+fn lying_descriptors_are_codec_errors_and_none_is_left_open() {
+    let _serial = serial();
+    let cases = [
+        (Lie::NoDescriptor, "without its descriptor"),
+        (Lie::Unsealed, "not sealed"),
+        (Lie::WrongSize, "its memfd holds 3"),
+        (Lie::NotAMemfd, "not a memfd"),
+        (Lie::TooMany, "more than 16 descriptors"),
+        (Lie::BadBody, "not a tag and a length"),
+    ];
+    for (lie, expected) in cases {
+        let before = open_fds();
+        let h = shared_liar::start(lie).unwrap();
+        match h.recv() {
+            Err(Error::Codec { message }) => {
+                assert!(message.contains(expected), "{lie:?}: {message}")
+            }
+            other => panic!("{lie:?}: expected a codec error, got {other:?}"),
+        }
+        // The stream has lost its framing: it stays broken.
+        assert!(matches!(h.recv(), Err(Error::Codec { .. })), "{lie:?}");
+        drop(h);
+        assert_eq!(before.opened_since(), Vec::<String>::new(), "{lie:?}");
+    }
+}
