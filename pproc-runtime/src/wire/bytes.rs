@@ -276,6 +276,7 @@ impl<const N: usize> PartialEq<[u8; N]> for Bytes {
 
 impl Serialize for Bytes {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        codec::mark_bytes(self);
         serializer.serialize_bytes(self)
     }
 }

@@ -54,6 +54,28 @@ pub(crate) const LONG_RUN: usize = 64 * 1024;
 pub(crate) struct Hole {
     pub(crate) at: usize,
     pub(crate) len: usize,
+    /// Whether the run is a [`Bytes`](crate::Bytes)'s, which its receiver
+    /// keeps as a view of shared memory (see [`mark_bytes`]).
+    pub(crate) bytes: bool,
+}
+
+thread_local! {
+    /// The address of the run a [`Bytes`](crate::Bytes) is serializing.
+    static BYTES_AT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Says that `bytes`, about to be serialized, are a
+/// [`Bytes`](crate::Bytes)'s: a run of them may cross in shared memory,
+/// where the receiving `Bytes` borrows it. Other runs (a `String`, a
+/// `serde_bytes` buffer) would be copied out of it again, which costs more
+/// than the socket.
+pub(crate) fn mark_bytes(bytes: &[u8]) {
+    BYTES_AT.set(bytes.as_ptr() as usize);
+}
+
+/// Whether `run` is the one [`mark_bytes`] named; forgets it.
+fn marked(run: &[u8]) -> bool {
+    BYTES_AT.replace(0) == run.as_ptr() as usize
 }
 
 /// Serializes `value` onto the end of `out`, leaving out each byte run of
@@ -123,6 +145,7 @@ impl Writer for Gather<'_> {
             self.holes.push(Hole {
                 at: self.at,
                 len: bytes.len(),
+                bytes: marked(bytes),
             });
         } else {
             self.out.extend_from_slice(bytes);
@@ -150,6 +173,7 @@ impl<F: FnMut(usize, &[u8]) -> Result<()>> Writer for Replay<'_, F> {
             let here = Hole {
                 at: self.at,
                 len: bytes.len(),
+                bytes: marked(bytes),
             };
             if self.holes.get(self.next) != Some(&here) {
                 self.changed = true;

@@ -186,7 +186,10 @@ impl Conn {
         }
         frame.start += out.announce_at(frame.start);
         if self.shares
-            && out.holes().iter().any(|hole| hole.len >= shm::SHARED_FROM)
+            && out
+                .holes()
+                .iter()
+                .any(|hole| hole.bytes && hole.len >= shm::SHARED_FROM)
             && let Some(written) = self.write_shared(&outbox, &mut out, tag, value, &frame)
         {
             return written;
@@ -861,6 +864,42 @@ mod tests {
             conn.fill()?;
         }
         Ok(out)
+    }
+
+    #[test]
+    fn only_large_bytes_cross_in_shared_memory() {
+        let (mut a, mut b) = pair();
+        let big = vec![3u8; shm::SHARED_FROM];
+        let text = "x".repeat(shm::SHARED_FROM);
+        let writer = std::thread::spawn(move || {
+            a.send_value(tag::DATA, &(1u8, Bytes::from(big))).unwrap();
+            // A string of the same length would be copied out again: it
+            // goes through the socket.
+            a.send_value(tag::DATA, &text).unwrap();
+            a.flush().unwrap();
+            a
+        });
+        let mut got = Vec::new();
+        let mut passed = 0;
+        while got.len() < 2 {
+            b.wait(None, Deadline::Never).unwrap();
+            b.fill().unwrap();
+            passed += b.fds.len();
+            while let Some(value) = b
+                .with_frame(|tag, body| {
+                    assert_eq!(tag, tag::DATA);
+                    body.len()
+                })
+                .unwrap()
+            {
+                got.push(value);
+            }
+        }
+        let _a = writer.join().unwrap();
+        assert_eq!(passed, 1, "one descriptor, for the bytes");
+        assert!(b.fds.is_empty());
+        // The tuple's first byte, the length's four, the bytes; the string.
+        assert_eq!(got, [1 + 5 + shm::SHARED_FROM, 5 + shm::SHARED_FROM]);
     }
 
     #[test]
