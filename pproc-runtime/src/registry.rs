@@ -5,6 +5,7 @@ use std::sync::OnceLock;
 
 use crate::process::setup;
 use crate::wire::conn::SharedConn;
+use crate::wire::shm::Payload;
 
 /// What a registered function's shim gets: its arguments and the channel.
 ///
@@ -12,17 +13,20 @@ use crate::wire::conn::SharedConn;
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct Context {
-    args: Vec<u8>,
+    args: Payload,
     conn: SharedConn,
 }
 
 impl Context {
-    pub(crate) fn new(args: Vec<u8>, conn: SharedConn) -> Self {
-        Self { args, conn }
+    pub(crate) fn new(args: impl Into<Payload>, conn: SharedConn) -> Self {
+        Self {
+            args: args.into(),
+            conn,
+        }
     }
 
     /// The serialized arguments and the channel.
-    pub(crate) fn into_parts(self) -> (Vec<u8>, SharedConn) {
+    pub(crate) fn into_parts(self) -> (Payload, SharedConn) {
         (self.args, self.conn)
     }
 }

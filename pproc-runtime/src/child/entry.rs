@@ -15,7 +15,6 @@ use super::prelude::{find, first_frame};
 use crate::error::Error;
 use crate::lock::lock;
 use crate::registry::Context;
-use crate::wire::codec::decode;
 use crate::wire::conn::{Conn, SharedConn};
 use crate::wire::frame::{EXIT_PROTOCOL, Refusal, tag};
 
@@ -82,7 +81,7 @@ where
     R: Serialize,
 {
     let (args, conn) = cx.into_parts();
-    let args = match decode::<A>(&args) {
+    let args = match args.decode::<A>() {
         Ok(args) => args,
         Err(err) => {
             let message = format!("the arguments do not decode: {err}");

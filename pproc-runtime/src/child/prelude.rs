@@ -7,6 +7,7 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use crate::registry::{self, Entry};
 use crate::wire::conn::{Conn, Next};
 use crate::wire::frame::{EXIT_UNREGISTERED, EXIT_VERSION_SKEW, Refusal, tag};
+use crate::wire::shm::Payload;
 use crate::wire::wait::Deadline;
 
 /// Takes ownership of the descriptor the parent placed at `fd`, and keeps
@@ -49,8 +50,8 @@ pub(crate) fn find(conn: &mut Conn, name: &str) -> Result<&'static Entry, i32> {
 
 /// Waits for the `ARGS` frame; `None` if the parent went away or sent
 /// something else.
-pub(crate) fn first_frame(conn: &mut Conn) -> Option<Vec<u8>> {
-    wait_for(conn, tag::ARGS, |body| Some(body.to_vec()))
+pub(crate) fn first_frame(conn: &mut Conn) -> Option<Payload> {
+    wait_for(conn, tag::ARGS, |body| Some(Payload::of(body)))
 }
 
 /// Blocks until the next frame, and reads it with `read` if its tag is

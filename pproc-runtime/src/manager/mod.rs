@@ -802,7 +802,7 @@ pub(crate) fn serve_child(conn: &mut Conn) -> i32 {
     let Some(args) = first_frame(conn) else {
         return EXIT_PROTOCOL;
     };
-    let Ok((address, key)) = decode::<(Address, Vec<u8>)>(&args) else {
+    let Ok((address, key)) = args.decode::<(Address, Vec<u8>)>() else {
         return EXIT_PROTOCOL;
     };
     let bound = Listener::bind(&address).and_then(|l| l.address(&address).map(|a| (l, a)));

@@ -236,12 +236,18 @@ impl Mapping {
 /// A frame's payload kept to be decoded later: a copy, or the mapping of
 /// the memfd it arrived in.
 #[derive(Debug)]
-pub(crate) enum Kept {
+pub(crate) enum Payload {
     Copied(Vec<u8>),
     Mapped(Arc<Mapping>),
 }
 
-impl Kept {
+impl From<Vec<u8>> for Payload {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self::Copied(bytes)
+    }
+}
+
+impl Payload {
     /// Keeps `body`, the payload of a frame being read: the mapping it
     /// lies in, whole, or else a copy.
     pub(crate) fn of(body: &[u8]) -> Self {

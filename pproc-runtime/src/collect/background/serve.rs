@@ -15,6 +15,7 @@ use crate::registry::{self, Context};
 use crate::wire::codec;
 use crate::wire::conn::{self, Conn};
 use crate::wire::frame::{EXIT_PROTOCOL, Refusal, tag};
+use crate::wire::shm::Payload;
 use crate::wire::wait::Deadline;
 
 /// The results of a background call, as its child keeps them, and how far
@@ -107,7 +108,7 @@ pub(crate) fn serve(fd: RawFd, fingerprint: u64, name: &str, streams: bool) -> i
 
 /// Runs the call, keeping what it delivers, and serves collectors until one
 /// has read it all.
-fn run(listener: &UnixListener, entry: &registry::Entry, args: Vec<u8>, streams: bool) {
+fn run(listener: &UnixListener, entry: &registry::Entry, args: Payload, streams: bool) {
     let Ok((ours, theirs)) = conn::socketpair() else {
         return;
     };

@@ -17,7 +17,7 @@ use crate::wire::codec::{self, decode};
 use crate::wire::conn::{Conn, Next};
 use crate::wire::frame::{PanicReport, Refusal, push_call, remote, tag};
 use crate::wire::log;
-use crate::wire::shm::Kept;
+use crate::wire::shm::Payload;
 use crate::wire::wait::Deadline;
 
 /// How long a receive that saw the channel close waits for the child's exit
@@ -50,7 +50,7 @@ pub(super) struct Inner {
 /// How the child said its call ended.
 #[derive(Debug)]
 enum Outcome {
-    Value(Kept),
+    Value(Payload),
     Panic(PanicReport),
     Refused(Refusal),
 }
@@ -58,7 +58,7 @@ enum Outcome {
 impl Outcome {
     fn from_frame(tag: u8, body: &[u8]) -> Result<Self> {
         match tag {
-            tag::RESULT => Ok(Self::Value(Kept::of(body))),
+            tag::RESULT => Ok(Self::Value(Payload::of(body))),
             tag::PANIC => decode(body).map(Self::Panic),
             tag::FAIL => decode(body).map(Self::Refused),
             other => Err(Error::codec(format_args!(
