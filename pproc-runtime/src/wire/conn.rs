@@ -397,11 +397,13 @@ impl Conn {
         Ok(Some(out))
     }
 
-    /// Reads the frame at the head of the buffer with `read` if it is a
-    /// whole `DATA` frame and nothing else waits to be said: the short way
-    /// for a stream of values, which [`next`](Self::next) takes too.
+    /// Takes the frame at the head of the buffer and returns its body if
+    /// it is a whole `DATA` frame and nothing else waits to be said: the
+    /// short way for a stream of values, which [`next`](Self::next) takes
+    /// too. The caller decodes the body in place, so that the value is
+    /// built where it is returned.
     #[inline]
-    pub(crate) fn next_data<T>(&mut self, read: impl FnOnce(&[u8]) -> T) -> Option<T> {
+    pub(crate) fn next_data(&mut self) -> Option<&[u8]> {
         if self.deferred.is_some() || self.broken.is_some() {
             return None;
         }
@@ -411,9 +413,8 @@ impl Conn {
             return None;
         }
         let at = self.rpos + HEADER;
-        let out = read(&self.rbuf[at + 1..at + len]);
         self.rpos = at + len;
-        Some(out)
+        Some(&self.rbuf[at + 1..at + len])
     }
 
     /// The body length of the frame at the head of the buffer, once it
