@@ -655,6 +655,32 @@ mod tests {
         assert_eq!(decode::<Bytes>(&frames[2].1).unwrap(), vec![1; 70_000]);
     }
 
+    #[test]
+    fn a_long_run_sent_while_values_wait_goes_out_whole_in_order() {
+        let (mut a, mut b) = pair();
+        let run = vec![4u8; codec::LONG_RUN];
+        let writer = std::thread::spawn(move || {
+            a.send_value(tag::DATA, &1u8).unwrap();
+            let outbox = a.outbox();
+            let bytes = Bytes::from(run);
+            assert_eq!(
+                outbox.push(tag::DATA, &bytes).unwrap(),
+                crate::wire::outbox::Pushed::Refused
+            );
+            a.send_value(tag::DATA, &bytes).unwrap();
+            a.send_value(tag::DATA, &2u8).unwrap();
+            a.flush().unwrap();
+        });
+        let frames = read_frames(&mut b, 3).unwrap();
+        writer.join().unwrap();
+        assert_eq!(frames[0], (tag::DATA, vec![1]));
+        assert_eq!(
+            decode::<Bytes>(&frames[1].1).unwrap(),
+            vec![4; codec::LONG_RUN]
+        );
+        assert_eq!(frames[2], (tag::DATA, vec![2]));
+    }
+
     /// Serializes a longer run each time.
     struct Shifty(std::cell::Cell<usize>);
 
