@@ -92,6 +92,20 @@ pub(crate) fn encode_gathered<T: Serialize + ?Sized>(
     Ok(gather.at)
 }
 
+/// Serializes `value` onto the end of `out`, as [`encode_gathered`] does
+/// for a value without long byte runs: false if it has one, with `out`
+/// holding part of the encoding. The short way for small values: nothing
+/// is counted or recorded as the bytes go.
+#[inline]
+pub(crate) fn encode_plain<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<bool> {
+    let mut plain = Plain { out, long: false };
+    match bincode::serde::encode_into_writer(value, &mut plain, config()) {
+        Ok(()) => Ok(true),
+        Err(_) if plain.long => Ok(false),
+        Err(err) => Err(Error::codec(err)),
+    }
+}
+
 /// Serializes `value` a second time, handing `put` each run that
 /// [`encode_gathered`] left out, with its index in `holes`. A value that
 /// does not serialize the same way again is an [`Error::Codec`]; an error
@@ -151,6 +165,24 @@ impl Writer for Gather<'_> {
             self.out.extend_from_slice(bytes);
         }
         self.at += bytes.len();
+        Ok(())
+    }
+}
+
+/// The writer of [`encode_plain`], which stops at a long byte run.
+struct Plain<'a> {
+    out: &'a mut Vec<u8>,
+    long: bool,
+}
+
+impl Writer for Plain<'_> {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
+        if bytes.len() >= LONG_RUN {
+            self.long = true;
+            return Err(EncodeError::Other("a long byte run"));
+        }
+        self.out.extend_from_slice(bytes);
         Ok(())
     }
 }
@@ -795,6 +827,17 @@ mod tests {
         fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
             serializer.serialize_bytes(self.0)
         }
+    }
+
+    #[test]
+    fn a_plain_encoding_is_the_encoding_and_stops_at_a_long_run() {
+        let value = (5u64, 300u64, "short", vec![1u8; 100]);
+        let mut out = vec![9];
+        assert!(encode_plain(&value, &mut out).unwrap());
+        assert_eq!(out[1..], encode(&value).unwrap()[..]);
+        let run = vec![3u8; LONG_RUN];
+        assert!(!encode_plain(&(1u8, Run(&run)), &mut Vec::new()).unwrap());
+        assert!(!encode_plain(&"t".repeat(LONG_RUN), &mut Vec::new()).unwrap());
     }
 
     #[test]

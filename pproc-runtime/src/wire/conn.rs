@@ -640,11 +640,13 @@ impl Conn {
         self.take(len, f).map(Some)
     }
 
-    /// Reads the frame at the head of the buffer with `read` if it is a
-    /// whole `DATA` frame and nothing else waits to be said: the short way
-    /// for a stream of values, which [`next`](Self::next) takes too.
+    /// Takes the frame at the head of the buffer and returns its body if
+    /// it is a whole `DATA` frame and nothing else waits to be said: the
+    /// short way for a stream of values, which [`next`](Self::next) takes
+    /// too. The caller decodes the body in place, so that the value is
+    /// built where it is returned.
     #[inline]
-    pub(crate) fn next_data<T>(&mut self, read: impl FnOnce(&[u8]) -> T) -> Option<T> {
+    pub(crate) fn next_data(&mut self) -> Option<&[u8]> {
         if self.deferred.is_some() || self.broken.is_some() {
             return None;
         }
@@ -654,9 +656,8 @@ impl Conn {
             return None;
         }
         let at = self.rpos + HEADER;
-        let out = read(&self.rbuf[at + 1..at + len]);
         self.rpos = at + len;
-        Some(out)
+        Some(&self.rbuf[at + 1..at + len])
     }
 
     /// The body length of the frame at the head of the buffer, once it
@@ -928,6 +929,32 @@ mod tests {
         );
         assert_eq!(frames[1], (tag::RESULT, vec![9; 100_000]));
         assert_eq!(decode::<Bytes>(&frames[2].1).unwrap(), vec![1; 70_000]);
+    }
+
+    #[test]
+    fn a_long_run_sent_while_values_wait_goes_out_whole_in_order() {
+        let (mut a, mut b) = pair();
+        let run = vec![4u8; codec::LONG_RUN];
+        let writer = std::thread::spawn(move || {
+            a.send_value(tag::DATA, &1u8).unwrap();
+            let outbox = a.outbox();
+            let bytes = Bytes::from(run);
+            assert_eq!(
+                outbox.push(tag::DATA, &bytes).unwrap(),
+                crate::wire::outbox::Pushed::Refused
+            );
+            a.send_value(tag::DATA, &bytes).unwrap();
+            a.send_value(tag::DATA, &2u8).unwrap();
+            a.flush().unwrap();
+        });
+        let frames = read_frames(&mut b, 3).unwrap();
+        writer.join().unwrap();
+        assert_eq!(frames[0], (tag::DATA, vec![1]));
+        assert_eq!(
+            decode::<Bytes>(&frames[1].1).unwrap(),
+            vec![4; codec::LONG_RUN]
+        );
+        assert_eq!(frames[2], (tag::DATA, vec![2]));
     }
 
     /// Serializes a longer run each time.

@@ -161,6 +161,20 @@ impl Outbox {
     ) -> Result<Pushed> {
         debug_assert!(coalesces(tag));
         let mut out = self.lock()?;
+        // Values wait already: the flusher looks at them in time, and this
+        // one only joins them (see `hold`).
+        if out.head < out.buf.len()
+            && out.log.is_none()
+            && out.dead.is_none()
+            && !out.after.is_zero()
+            && out.encode_plain(tag, value)?
+        {
+            return Ok(if out.pending().len() < FLUSH_AT {
+                Pushed::Held
+            } else {
+                Pushed::Full
+            });
+        }
         if out.after.is_zero() && out.log.is_none() {
             return Ok(Pushed::Refused);
         }
@@ -467,6 +481,28 @@ impl Out {
         out.buf[start..start + HEADER].copy_from_slice(&header);
         guard.armed = false;
         Ok(Frame { start, len })
+    }
+
+    /// Appends a frame holding `value` serialized, as
+    /// [`encode`](Self::encode) does, if it has no long byte run: false,
+    /// the buffer as it was, if it has one.
+    #[inline]
+    fn encode_plain<T: Serialize + ?Sized>(&mut self, tag: u8, value: &T) -> Result<bool> {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0, 0, 0, 0, tag]);
+        let mut guard = Rollback {
+            out: self,
+            start,
+            armed: true,
+        };
+        let out = &mut *guard.out;
+        if !encoding(|| codec::encode_plain(value, &mut out.buf))? {
+            return Ok(false);
+        }
+        let header = codec::header(out.buf.len() - start - HEADER)?;
+        out.buf[start..start + HEADER].copy_from_slice(&header);
+        guard.armed = false;
+        Ok(true)
     }
 
     /// Appends a frame of `tag` and `payload`.

@@ -558,9 +558,9 @@ impl<R, S, V: DeserializeOwned, K> Handle<R, S, V, K> {
     pub fn recv(&self) -> Result<V> {
         let mut inner = self.lock();
         if inner.pending.is_empty()
-            && let Some(value) = inner.conn.next_data(decode::<V>)
+            && let Some(body) = inner.conn.next_data()
         {
-            return value;
+            return decode::<V>(body);
         }
         inner.recv(Deadline::Never)
     }
