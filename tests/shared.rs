@@ -1,5 +1,5 @@
 //! Large buffers through shared memory, in real children: a value that
-//! holds a `Bytes` of a mebibyte or more crosses as a sealed memfd, the
+//! holds a `Bytes` of 4 MiB or more crosses as a sealed memfd, the
 //! receiver's `Bytes` is a view of it, and one sent on unchanged goes back
 //! as the same memory. A child that passes lying descriptors gets
 //! `Error::Codec`, and no descriptor is left open.
@@ -12,6 +12,9 @@ use pproc::{Bytes, Channel, Error, Map, parallel};
 use pproc_workspace::{open_fds, serial};
 
 const MIB: usize = 1 << 20;
+
+/// Where a `Bytes` starts to cross in shared memory.
+const FROM: usize = 4 * MIB;
 
 /// The channel protocol's frame tags.
 const DATA: u8 = 2;
@@ -49,7 +52,7 @@ fn a_large_buffer_sent_on_unchanged_comes_back_as_the_same_memory() {
     let _serial = serial();
     let before = open_fds();
     let h = bounce::start().unwrap();
-    for (i, len) in [MIB, 3 * MIB + 17].into_iter().enumerate() {
+    for (i, len) in [FROM, 2 * FROM + 17].into_iter().enumerate() {
         let block = Bytes::from(pattern(len, u8::try_from(i).unwrap()));
         h.send(&block).unwrap();
         let back = h.recv().unwrap();
@@ -62,7 +65,7 @@ fn a_large_buffer_sent_on_unchanged_comes_back_as_the_same_memory() {
         assert_eq!(again, block);
     }
     // Below the threshold, bytes are copied as they always were.
-    h.send(&Bytes::from(pattern(MIB - 1, 9))).unwrap();
+    h.send(&Bytes::from(pattern(FROM - 1, 9))).unwrap();
     assert!(!h.recv().unwrap().is_shared());
     h.close();
     h.join().unwrap();
@@ -72,7 +75,7 @@ fn a_large_buffer_sent_on_unchanged_comes_back_as_the_same_memory() {
 #[test]
 fn a_view_that_is_written_to_goes_out_as_what_it_holds_now() {
     let h = pass_on::start(true).unwrap();
-    let data = pattern(2 * MIB, 1);
+    let data = pattern(FROM, 1);
     h.send(&Bytes::from(data.clone())).unwrap();
     let (shared, back) = h.recv().unwrap();
     assert!(shared, "the child's copy is a view");
@@ -84,7 +87,7 @@ fn a_view_that_is_written_to_goes_out_as_what_it_holds_now() {
     back[0] = 1;
     back.as_mut_vec().push(2);
     assert!(!back.is_shared());
-    assert_eq!(back.len(), 2 * MIB + 1);
+    assert_eq!(back.len(), FROM + 1);
     h.close();
     h.join().unwrap();
 }
@@ -107,24 +110,24 @@ fn make(len: usize) -> Bytes {
 #[test]
 fn large_arguments_results_and_items_cross_in_shared_memory() {
     let args = (
-        Bytes::from(pattern(2 * MIB, 2)),
+        Bytes::from(pattern(FROM, 2)),
         "pproc ".repeat(1000),
         vec![
             Bytes::from(pattern(MIB, 3)),
             Bytes::from(pattern(10, 4)),
-            Bytes::from(pattern(4 * MIB, 5)),
+            Bytes::from(pattern(FROM + 1, 5)),
         ],
     );
     let (first, text, rest) = sizes::start(args).unwrap().join().unwrap();
-    assert_eq!((first, text), (2 * MIB, 6000));
-    assert_eq!(rest, [(MIB, true), (10, false), (4 * MIB, true)]);
+    assert_eq!((first, text), (FROM, 6000));
+    assert_eq!(rest, [(MIB, false), (10, false), (FROM + 1, true)]);
 
-    let back = make::start(5 * MIB).unwrap().join().unwrap();
+    let back = make::start(FROM + 5).unwrap().join().unwrap();
     assert!(back.is_shared());
-    assert_eq!(back, pattern(5 * MIB, 5));
+    assert_eq!(back, pattern(FROM + 5, 5));
 
     // On reused workers, several at once.
-    let lens: Vec<usize> = (0..6).map(|i| MIB + i * 4096).collect();
+    let lens: Vec<usize> = (0..4).map(|i| FROM + i * 4096).collect();
     let made: Vec<Bytes> = Map::new(make::call, lens.clone())
         .collect::<pproc::Result<_>>()
         .unwrap();

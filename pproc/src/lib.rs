@@ -71,7 +71,7 @@
 //! element at a time, while a [`Bytes`] (or a field marked
 //! `#[serde(with = "serde_bytes")]`) is one block, copied with `memcpy`
 //! and written to the socket straight from your buffer when it is large.
-//! From 1 MiB on it crosses in shared memory instead, and the [`Bytes`]
+//! From 4 MiB on it crosses in shared memory instead, and the [`Bytes`]
 //! the other end receives is a view of that memory, not a copy.
 //!
 //! ```

@@ -12,7 +12,7 @@ use serde::{Serialize, Serializer};
 use super::codec;
 use super::shm::Mapping;
 
-/// A byte buffer that is sent as one block, and above a mebibyte through
+/// A byte buffer that is sent as one block, and from 4 MiB on through
 /// shared memory.
 ///
 /// serde treats a plain `Vec<u8>` as a sequence like any other, so it is
@@ -22,7 +22,7 @@ use super::shm::Mapping;
 /// large one is written to the socket straight from the buffer you hand to
 /// `send`. Use it for any byte payload larger than a few hundred bytes.
 ///
-/// A value that holds a buffer of 1 MiB or more crosses in shared memory:
+/// A value that holds a buffer of 4 MiB or more crosses in shared memory:
 /// the sender copies it once into a sealed `memfd`, and the socket carries
 /// only the descriptor. A `Bytes` decoded from such a frame is a view of
 /// that memory, not a copy ([`is_shared`](Self::is_shared)); writing to it
@@ -115,7 +115,7 @@ impl Bytes {
     }
 
     /// Whether the bytes are a view of the shared memory they arrived in,
-    /// not a copy: a frame with a buffer of a mebibyte or more crosses a
+    /// not a copy: a frame with a buffer of 4 MiB or more crosses a
     /// channel that way (see the type's documentation).
     #[must_use]
     pub fn is_shared(&self) -> bool {
