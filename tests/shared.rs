@@ -74,6 +74,8 @@ fn a_large_buffer_sent_on_unchanged_comes_back_as_the_same_memory() {
 
 #[test]
 fn a_view_that_is_written_to_goes_out_as_what_it_holds_now() {
+    // Every test here runs alone: the descriptor checks see them all.
+    let _serial = serial();
     let h = pass_on::start(true).unwrap();
     let data = pattern(FROM, 1);
     h.send(&Bytes::from(data.clone())).unwrap();
@@ -109,6 +111,7 @@ fn make(len: usize) -> Bytes {
 
 #[test]
 fn large_arguments_results_and_items_cross_in_shared_memory() {
+    let _serial = serial();
     let args = (
         Bytes::from(pattern(FROM, 2)),
         "pproc ".repeat(1000),

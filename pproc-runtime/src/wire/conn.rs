@@ -22,7 +22,7 @@ use super::outbox::{
 };
 use super::shm::{self, Mapping, Memfd};
 use super::wait::{Deadline, poll_until};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, with_causes};
 
 /// The default limit on a frame's body, in bytes: larger frames are refused
 /// before anything is allocated for them.
@@ -388,12 +388,15 @@ impl Conn {
                 return Some(Err(err));
             }
         };
-        out.drop_from(frame.start);
+        // `holding` finds only mappings that keep their memfd, and `sealed`
+        // is `None` only when one was found: an fd is there, and were it
+        // not, the frame would still be whole for the socket.
         let fd = match (&passed, &sealed) {
             (Some(mapping), _) => mapping.memfd(),
             (None, Some((fd, _))) => Some(fd.as_fd()),
             (None, None) => None,
         }?;
+        out.drop_from(frame.start);
         Some(self.write_passing(outbox, out, tag, frame.len, fd))
     }
 
@@ -598,8 +601,11 @@ impl Conn {
                 body.len() + 1
             ))),
         };
-        if let Err(Error::Codec { message }) = &mapped {
-            self.broken = Some(message.clone());
+        // The stream is broken whatever failed: the descriptor is gone.
+        match &mapped {
+            Err(Error::Codec { message }) => self.broken = Some(message.clone()),
+            Err(other) => self.broken = Some(with_causes(other)),
+            Ok(_) => {}
         }
         mapped
     }
