@@ -19,11 +19,14 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use nix::sys::memfd::{MFdFlags, memfd_create};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, mprotect, munmap};
 use serde::de::DeserializeOwned;
 
 use super::codec;
@@ -86,11 +89,11 @@ impl Mapping {
     /// Maps `fd`, which a peer sent for a frame of `len` bytes, once it has
     /// checked that the memfd is sealed and that long.
     pub(crate) fn adopt(fd: OwnedFd, len: usize, max: usize) -> Result<Arc<Self>> {
-        if len == 0 || len > max {
+        let Some(length) = NonZeroUsize::new(len).filter(|length| length.get() <= max) else {
             return Err(Error::codec(format_args!(
                 "a shared-memory frame of {len} bytes is outside the limit of 1 to {max} bytes"
             )));
-        }
+        };
         let seals = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GET_SEALS).map_err(|_| {
             Error::codec("a shared-memory frame came with a descriptor that is not a memfd")
         })?;
@@ -112,19 +115,17 @@ impl Mapping {
         // read for as long as it is mapped. Read-only, so that populating
         // it reads the shared pages instead of copying them.
         let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE | libc::MAP_POPULATE,
-                fd.as_raw_fd(),
+            mmap(
+                None,
+                length,
+                ProtFlags::PROT_READ,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_POPULATE,
+                fd.as_fd(),
                 0,
             )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(Error::from_errno(nix::errno::Errno::last()));
         }
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| Error::codec("mmap gave null"))?;
+        .map_err(Error::from_errno)?
+        .cast::<u8>();
         let keep = KEPT
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                 (n < MAX_KEPT).then_some(n + 1)
@@ -162,14 +163,14 @@ impl Mapping {
             // SAFETY: the range is the whole of our own mapping; private,
             // so writes go to pages of this process's own.
             let made = unsafe {
-                libc::mprotect(
-                    self.ptr.as_ptr().cast(),
+                mprotect(
+                    self.ptr.cast(),
                     self.len,
-                    libc::PROT_READ | libc::PROT_WRITE,
+                    ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
                 )
             };
             assert!(
-                made == 0,
+                made.is_ok(),
                 "a private mapping of our own can be made writable"
             );
         }
@@ -292,7 +293,7 @@ impl Drop for Mapping {
             KEPT.fetch_sub(1, Ordering::Relaxed);
         }
         // SAFETY: our own mapping, which nothing borrows once it drops.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        let _ = unsafe { munmap(self.ptr.cast(), self.len) };
     }
 }
 
@@ -306,19 +307,15 @@ impl Memfd {
     /// A new, empty memfd; `None` where the kernel gives none (the caller
     /// sends through the socket instead).
     pub(crate) fn create() -> Option<Self> {
-        // SAFETY: a C string literal and valid flags.
-        let fd = unsafe {
-            libc::memfd_create(
-                c"pproc".as_ptr(),
-                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-            )
-        };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: `memfd_create` returned a descriptor that nothing else owns.
-        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        Some(Self { file, len: 0 })
+        let fd = memfd_create(
+            c"pproc",
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+        )
+        .ok()?;
+        Some(Self {
+            file: File::from(fd),
+            len: 0,
+        })
     }
 
     /// Appends `bytes`.
