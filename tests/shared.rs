@@ -1,8 +1,10 @@
 //! Large buffers through shared memory, in real children: a value that
-//! holds a `Bytes` of 4 MiB or more crosses as a sealed memfd, the
-//! receiver's `Bytes` is a view of it, and one sent on unchanged goes back
-//! as the same memory. A child that passes lying descriptors gets
-//! `Error::Codec`, and no descriptor is left open.
+//! holds a `Bytes` of 4 MiB or more crosses in a slab the parent lends (or
+//! a sealed memfd, from a child), the receiver's `Bytes` is a view of it,
+//! and one sent on unchanged goes back as the same memory. A slab is not
+//! written again while a child holds it. A child that passes lying
+//! descriptors or names slabs it was not lent gets `Error::Codec`, and no
+//! descriptor is left open.
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -19,6 +21,9 @@ const FROM: usize = 4 * MIB;
 /// The channel protocol's frame tags.
 const DATA: u8 = 2;
 const SHARED: u8 = 10;
+const SLAB: u8 = 11;
+const SLAB_BACK: u8 = 12;
+const RELEASE: u8 = 13;
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -69,7 +74,57 @@ fn a_large_buffer_sent_on_unchanged_comes_back_as_the_same_memory() {
     assert!(!h.recv().unwrap().is_shared());
     h.close();
     h.join().unwrap();
+    // Two slabs were made, one for each size, and kept for reuse; the
+    // child is gone, so both are free now.
+    assert_eq!(before.opened_since().len(), 2);
+    assert_eq!(pproc::free_shared_memory(), 6 * MIB + 10 * MIB);
     assert_eq!(before.opened_since(), Vec::<String>::new());
+}
+
+/// Keeps every buffer it is sent until an empty one, then says whether
+/// each still holds what it held when it came.
+#[parallel]
+fn hoard(ch: Channel<bool, Bytes>) {
+    let mut kept = Vec::new();
+    while let Ok(block) = ch.recv() {
+        if block.is_empty() {
+            break;
+        }
+        kept.push((block.to_vec(), block));
+    }
+    let intact = kept.iter().all(|(copy, block)| copy[..] == block[..]);
+    ch.send(&intact).expect("the parent reads on");
+}
+
+#[test]
+fn a_slab_is_not_written_again_while_its_child_holds_it() {
+    let _serial = serial();
+    let before = open_fds();
+    // More than the pool's 256 MiB in all: the later ones go through
+    // memfds of their own.
+    let h = hoard::start().unwrap();
+    for seed in 0..9 {
+        h.send(&Bytes::from(pattern(32 * MIB, seed))).unwrap();
+    }
+    h.send(&Bytes::new()).unwrap();
+    assert!(h.recv().unwrap(), "every buffer the child kept is intact");
+    h.close();
+    h.join().unwrap();
+    assert!(pproc::free_shared_memory() <= 256 * MIB);
+    assert_eq!(before.opened_since(), Vec::<String>::new());
+
+    // A child that lets go of each buffer: one slab serves every send.
+    let h = bounce::start().unwrap();
+    for seed in 0..6 {
+        let block = Bytes::from(pattern(FROM, seed));
+        h.send(&block).unwrap();
+        assert_eq!(h.recv().unwrap(), block);
+    }
+    h.close();
+    h.join().unwrap();
+    // A slab is released only with the child's next frame, so two take
+    // turns.
+    assert!(pproc::free_shared_memory() <= 2 * 6 * MIB);
 }
 
 #[test]
@@ -86,7 +141,9 @@ fn a_view_that_is_written_to_goes_out_as_what_it_holds_now() {
     assert_eq!(back, reversed);
     // Written in the parent too, then grown: the view becomes a vector.
     let mut back = back;
+    assert!(back.is_shared());
     back[0] = 1;
+    assert_eq!(back[..2], [1, reversed[1]]);
     back.as_mut_vec().push(2);
     assert!(!back.is_shared());
     assert_eq!(back.len(), FROM + 1);
@@ -139,7 +196,7 @@ fn large_arguments_results_and_items_cross_in_shared_memory() {
     }
 }
 
-/// How a lying child passes its `SHARED` frame.
+/// How a lying child passes a frame that stands for one in shared memory.
 #[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 enum Lie {
     /// No descriptor comes with it.
@@ -154,6 +211,14 @@ enum Lie {
     TooMany,
     /// A body that is not a tag and a length.
     BadBody,
+    /// A slab, lent to its parent.
+    SlabToParent,
+    /// A slab sent back that the parent did not lend.
+    BackNotLent,
+    /// A slab released that the parent did not lend.
+    ReleaseNotLent,
+    /// A release that names no slab.
+    ReleaseBadBody,
 }
 
 fn memfd(bytes: &[u8], seal: bool) -> OwnedFd {
@@ -176,21 +241,30 @@ fn memfd(bytes: &[u8], seal: bool) -> OwnedFd {
     fd
 }
 
-/// Writes a `SHARED` frame that lies as `lie` says, then a good value,
-/// straight onto the channel's socket; waits for the parent.
+/// Writes a frame that lies as `lie` says, then a good value, straight
+/// onto the channel's socket; waits for the parent.
 #[parallel]
 fn shared_liar(ch: Channel<Bytes, u8>, lie: Lie) {
     let payload = [1u8, 42];
-    let mut body = vec![SHARED, DATA];
-    body.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    if matches!(lie, Lie::BadBody) {
-        body.pop();
-    }
+    let len = (payload.len() as u64).to_le_bytes();
+    let body: Vec<u8> = match lie {
+        Lie::BadBody => [&[SHARED, DATA], &len[..7]].concat(),
+        Lie::SlabToParent => [&[SLAB, DATA], &0u32.to_le_bytes()[..], &len].concat(),
+        Lie::BackNotLent => [&[SLAB_BACK, DATA], &7u32.to_le_bytes()[..], &len].concat(),
+        Lie::ReleaseNotLent => [&[RELEASE], &3u32.to_le_bytes()[..]].concat(),
+        Lie::ReleaseBadBody => vec![RELEASE, 3, 0],
+        _ => [&[SHARED, DATA], &len[..]].concat(),
+    };
     let mut frame = u32::try_from(body.len()).unwrap().to_le_bytes().to_vec();
     frame.extend_from_slice(&body);
     let fds: Vec<OwnedFd> = match lie {
-        Lie::NoDescriptor | Lie::BadBody => vec![],
+        Lie::NoDescriptor
+        | Lie::BadBody
+        | Lie::BackNotLent
+        | Lie::ReleaseNotLent
+        | Lie::ReleaseBadBody => vec![],
         Lie::Unsealed => vec![memfd(&payload, false)],
+        Lie::SlabToParent => vec![memfd(&payload, true)],
         Lie::WrongSize => vec![memfd(&[1, 42, 0], true)],
         Lie::NotAMemfd => vec![std::fs::File::open("/proc/self/exe").unwrap().into()],
         Lie::TooMany => (0..20).map(|_| memfd(&payload, true)).collect(),
@@ -215,6 +289,13 @@ fn lying_descriptors_are_codec_errors_and_none_is_left_open() {
         (Lie::NotAMemfd, "not a memfd"),
         (Lie::TooMany, "more than 16 descriptors"),
         (Lie::BadBody, "not a tag and a length"),
+        (Lie::SlabToParent, "a process that borrows none"),
+        (Lie::BackNotLent, "sent back slab 7, which it was not lent"),
+        (
+            Lie::ReleaseNotLent,
+            "released slab 3, which it was not lent",
+        ),
+        (Lie::ReleaseBadBody, "not a tag and a slab number"),
     ];
     for (lie, expected) in cases {
         let before = open_fds();

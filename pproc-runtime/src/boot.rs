@@ -126,6 +126,7 @@ fn tied(spec: &Spec<'_>) -> Result<Conn, i32> {
     ignore_sigpipe();
     let fd = prelude::adopt(spec.fd).ok_or(EXIT_PROTOCOL)?;
     let mut conn = Conn::new(fd).map_err(|_| EXIT_PROTOCOL)?;
+    conn.borrow_slabs();
     prelude::check_build(&mut conn, spec.fingerprint)?;
     Ok(conn)
 }

@@ -52,6 +52,7 @@ pub use wire::frame::{
 };
 pub use wire::outbox::DEFAULT_FLUSH_AFTER;
 pub use wire::recv::Iter;
+pub use wire::shm::free_shared_memory;
 
 /// The progress bar crate pproc draws with, for a bar of your own
 /// ([`Map::progress_bar`] and the like): the same version as pproc's.

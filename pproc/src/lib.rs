@@ -314,8 +314,8 @@ pub use pproc_runtime::{
     EXIT_STACK_OVERFLOW, EXIT_UNREGISTERED, EXIT_VERSION_SKEW, Error, Exchange, Failure, Fork,
     Function, Gathered, Handle, Iter, Limit, MAX_RATE_OVERLAP, Managed, Map, Node, Origin, Output,
     Pending, Pool, Queue, Reply, Request, RequestId, Result, Returns, Route, Store, Streams, Task,
-    Timer, children, fork, interval, is_registered, join_all, join_any, later, parent, pmap, rate,
-    registered, select, start_background, tree, waitall,
+    Timer, children, fork, free_shared_memory, interval, is_registered, join_all, join_any, later,
+    parent, pmap, rate, registered, select, start_background, tree, waitall,
 };
 
 #[cfg(feature = "progress")]

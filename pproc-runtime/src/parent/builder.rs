@@ -300,6 +300,7 @@ impl Builder {
         }
         let mut conn = Conn::new(ours)?;
         conn.set_max_frame(self.max_frame);
+        conn.lend_slabs();
         // Small arguments go ahead of the child, into the socket's buffer,
         // so that it finds them as it starts instead of waiting for them.
         // Under a memory or CPU limit they wait until it applies: no user

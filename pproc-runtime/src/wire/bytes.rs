@@ -160,6 +160,12 @@ impl DerefMut for Bytes {
     /// The bytes, to change in place. Bytes that arrived in shared memory
     /// become this process's own page by page as they are written.
     fn deref_mut(&mut self) -> &mut [u8] {
+        if let Repr::Mapped { mapping, .. } = &self.0
+            && !mapping.writable()
+        {
+            // Memory others read too: the bytes become a vector first.
+            return self.as_mut_vec();
+        }
         match &mut self.0 {
             Repr::Owned(vec) => vec,
             // SAFETY: this `Bytes` is the only owner of its range of the

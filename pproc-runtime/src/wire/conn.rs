@@ -20,7 +20,7 @@ use super::log;
 use super::outbox::{
     Frame, Out, Outbox, coalesces, encoding, send_all, send_all_passing, wait_for_room,
 };
-use super::shm::{self, Mapping, Memfd};
+use super::shm::{self, Lent, Mapping, Memfd, Releases, Sink, Slab};
 use super::wait::{Deadline, poll_until};
 use crate::error::{Error, Result, with_causes};
 
@@ -66,6 +66,21 @@ pub(crate) struct Conn {
     shares: bool,
     /// Descriptors received for `SHARED` frames not read yet.
     fds: VecDeque<OwnedFd>,
+    /// Which end of a parent and child this is, for slabs.
+    role: Role,
+}
+
+/// How a connection's ends share slabs (see [`shm`]).
+#[derive(Debug, Default)]
+enum Role {
+    /// Not at all: large frames go through sealed memfds both ways.
+    #[default]
+    Peers,
+    /// A parent's end: it lends its slabs to the child.
+    Lender(Lent),
+    /// A child's end: it maps what its parent lends, and tells it when
+    /// it has let go.
+    Borrower(Arc<Releases>),
 }
 
 /// What [`Conn::next`] saw.
@@ -98,6 +113,7 @@ impl Conn {
             out: Outbox::new(Arc::clone(&fd)),
             shares,
             fds: VecDeque::new(),
+            role: Role::Peers,
             fd,
             rbuf: Vec::new(),
             rpos: 0,
@@ -106,6 +122,21 @@ impl Conn {
             broken: None,
             deferred: None,
         })
+    }
+
+    /// A parent's end: large frames it sends go into its slabs, lent to
+    /// the child (see [`shm`]).
+    pub(crate) fn lend_slabs(&mut self) {
+        if self.shares {
+            self.role = Role::Lender(Lent::default());
+        }
+    }
+
+    /// A child's end: it takes the slabs its parent lends.
+    pub(crate) fn borrow_slabs(&mut self) {
+        if self.shares {
+            self.role = Role::Borrower(Arc::default());
+        }
     }
 
     pub(crate) fn set_max_frame(&mut self, bytes: usize) {
@@ -213,12 +244,11 @@ impl Conn {
         out.check()?;
         if self.shares
             && payload.len() >= shm::SHARED_FROM
-            && let Some(mut memfd) = Memfd::create()
+            && let Some(mut sink) = self.sink(payload.len())
         {
-            memfd.write(payload)?;
-            let (memfd, len) = memfd.seal()?;
+            sink.write(payload)?;
             out.announce();
-            return self.write_passing(&outbox, &mut out, tag, len, memfd.as_fd());
+            return self.write_sink(&outbox, &mut out, tag, sink);
         }
         if payload.len() >= codec::LONG_RUN {
             let [a, b, c, d] = codec::header(payload.len() + 1)?;
@@ -253,6 +283,7 @@ impl Conn {
         let outbox = Arc::clone(&self.out);
         let mut out = outbox.lock()?;
         out.announce();
+        self.owe_releases(&mut out);
         if out.pending().is_empty() {
             return out.check();
         }
@@ -264,9 +295,35 @@ impl Conn {
     /// waiting for it. A failure is kept for the next send or flush: the
     /// receive goes on with what the peer sent.
     fn flush_before_waiting(&mut self) {
-        if self.out.is_dirty() {
+        let owed = matches!(&self.role, Role::Borrower(releases) if releases.any());
+        if self.out.is_dirty() || owed {
             let _ = self.flush();
         }
+    }
+
+    /// Puts a `RELEASE` frame in `out` for each slab the child let go of
+    /// and has not told its parent of yet.
+    fn owe_releases(&self, out: &mut Out) {
+        if let Role::Borrower(releases) = &self.role
+            && releases.any()
+        {
+            for slab in releases.take() {
+                // Four bytes of body: far within any limit.
+                let _ = out.append(tag::RELEASE, &slab.to_le_bytes());
+            }
+        }
+    }
+
+    /// Where a large frame of `len` bytes is written: a slab, where this
+    /// end lends them and one is free, or else a memfd of its own. `None`
+    /// where the kernel gives neither.
+    fn sink(&self, len: usize) -> Option<Sink> {
+        if let Role::Lender(_) = self.role
+            && let Some(slab) = Slab::take(len)
+        {
+            return Some(Sink::Slab(slab));
+        }
+        Memfd::create().map(Sink::Memfd)
     }
 
     /// Writes out the waiting bytes and the frame at `frame.start`, which
@@ -328,11 +385,12 @@ impl Conn {
     }
 
     /// Writes out the waiting bytes and the frame at `frame.start`, which
-    /// holds a run of [`shm::SHARED_FROM`] bytes or more, as a `SHARED`
-    /// frame: its payload goes into a sealed memfd (or, where the value is
-    /// a buffer that arrived in one and is sent on unchanged, is that
-    /// memfd), passed with the frame. `None` where the kernel gives no
-    /// memfd: nothing was done, and the frame goes through the socket.
+    /// holds a run of [`shm::SHARED_FROM`] bytes or more, in shared
+    /// memory: its payload goes into a slab or a sealed memfd (see
+    /// [`sink`](Self::sink)), or, where the value is a buffer that arrived
+    /// in shared memory and is sent on unchanged, goes as that memory.
+    /// `None` where the kernel gives no memfd: nothing was done, and the
+    /// frame goes through the socket.
     fn write_shared<T: Serialize + ?Sized>(
         &mut self,
         outbox: &Outbox,
@@ -341,17 +399,29 @@ impl Conn {
         value: &T,
         frame: &Frame,
     ) -> Option<Result<()>> {
-        let mut memfd = Memfd::create()?;
         let body = out.from(frame.start + HEADER + 1);
         let holes = out.holes();
         // A value that is one buffer, at its end, that lies in a mapping
-        // of a memfd that holds this very payload: the memfd is sent on.
+        // that holds this very payload, and that can be passed on as it is.
         let tail = match holes {
             [hole] if hole.at + hole.len == frame.len => Some(hole.at),
             _ => None,
         };
         let mut passed = None;
-        // `body` up to `done` is in the memfd; `skipped` bytes of runs are
+        // Made at the first write, so that a buffer passed on takes none.
+        let mut sink = None;
+        let mut no_sink = false;
+        let mut write = |sink: &mut Option<Sink>, bytes: &[u8]| {
+            if sink.is_none() {
+                *sink = self.sink(frame.len);
+                no_sink = sink.is_none();
+            }
+            match sink {
+                Some(sink) => sink.write(bytes),
+                None => Err(Error::codec("no memfd to write into")),
+            }
+        };
+        // `body` up to `done` is in the sink; `skipped` bytes of runs are
         // not in `body`.
         let (mut done, mut skipped) = (0, 0);
         let replayed = encoding(|| {
@@ -361,6 +431,7 @@ impl Conn {
                         mapping.bytes().len() == frame.len
                             && mapping.offset_of(run) == Some(at)
                             && mapping.bytes()[..at] == *body
+                            && self.passes(mapping)
                     });
                     if passed.is_some() {
                         return Ok(());
@@ -368,57 +439,124 @@ impl Conn {
                 }
                 let upto = holes[i].at - skipped;
                 skipped += run.len();
-                memfd.write(&body[done..upto])?;
+                write(&mut sink, &body[done..upto])?;
                 done = upto;
-                memfd.write(run)
+                write(&mut sink, run)
             })
         });
-        let sealed = replayed.and_then(|()| {
-            if passed.is_some() {
-                return Ok(None);
-            }
-            memfd.write(&body[done..])?;
-            memfd.seal().map(Some)
+        let written = replayed.and_then(|()| match passed {
+            Some(_) => Ok(()),
+            None => write(&mut sink, &body[done..]),
         });
-        let sealed = match sealed {
-            Ok(sealed) => sealed,
-            Err(err) => {
-                // Nothing of the frame was written: the channel goes on.
-                out.drop_from(frame.start);
-                return Some(Err(err));
-            }
-        };
-        // `holding` finds only mappings that keep their memfd, and `sealed`
-        // is `None` only when one was found: an fd is there, and were it
-        // not, the frame would still be whole for the socket.
-        let fd = match (&passed, &sealed) {
-            (Some(mapping), _) => mapping.memfd(),
-            (None, Some((fd, _))) => Some(fd.as_fd()),
-            (None, None) => None,
-        }?;
+        if no_sink {
+            // The kernel gave no memfd: the frame is whole in the buffer.
+            return None;
+        }
         out.drop_from(frame.start);
-        Some(self.write_passing(outbox, out, tag, frame.len, fd))
+        if let Err(err) = written {
+            // Nothing of the frame was written: the channel goes on.
+            return Some(Err(err));
+        }
+        Some(match (passed, sink) {
+            (Some(mapping), _) => self.pass_on(outbox, out, tag, &mapping),
+            (None, Some(sink)) => self.write_sink(outbox, out, tag, sink),
+            (None, None) => unreachable!("the rest of the body was written into a sink"),
+        })
     }
 
-    /// Writes out the waiting bytes and a `SHARED` frame that stands for a
-    /// frame of `tag` whose `len` bytes of payload `memfd` holds, passing
-    /// `memfd` with it.
-    fn write_passing(
+    /// Whether `mapping` can go on as it is, over this connection: a
+    /// sealed memfd that is kept, a slab this end's parent lent, or one of
+    /// our own slabs, to lend.
+    fn passes(&self, mapping: &Mapping) -> bool {
+        if mapping.memfd().is_some() {
+            return true;
+        }
+        match (&self.role, mapping.lent_by()) {
+            (Role::Borrower(ours), Some((_, theirs))) => Arc::ptr_eq(ours, theirs),
+            (Role::Lender(_), None) => mapping.own_slab().is_some(),
+            _ => false,
+        }
+    }
+
+    /// Writes out the waiting bytes and a frame of `tag` whose payload is
+    /// all of `mapping`, unchanged, as that memory (see
+    /// [`passes`](Self::passes)).
+    fn pass_on(
         &mut self,
         outbox: &Outbox,
         out: &mut Out,
         tag: u8,
-        len: usize,
-        memfd: BorrowedFd<'_>,
+        mapping: &Mapping,
     ) -> Result<()> {
-        let mut body = [0; 9];
-        body[0] = tag;
-        body[1..].copy_from_slice(&(len as u64).to_le_bytes());
-        if let Err(err) = out.append(tag::SHARED, &body) {
+        let len = mapping.bytes().len();
+        match (mapping.memfd(), mapping.lent_by()) {
+            (Some(memfd), _) => self.write_passing(
+                outbox,
+                out,
+                tag::SHARED,
+                &stand_in(tag, None, len),
+                Some(memfd),
+            ),
+            (None, Some((slab, _))) => self.write_passing(
+                outbox,
+                out,
+                tag::SLAB_BACK,
+                &stand_in(tag, Some(slab), len),
+                None,
+            ),
+            (None, None) => match (mapping.own_slab(), &mut self.role) {
+                (Some(slab), Role::Lender(lent)) => {
+                    lent.lend(Arc::clone(slab));
+                    let body = stand_in(tag, Some(slab.id()), len);
+                    self.write_passing(outbox, out, tag::SLAB, &body, Some(slab.memfd()))
+                }
+                // `passes` allows nothing else.
+                _ => outbox.done(
+                    out,
+                    Err(Error::codec("a shared buffer that cannot be passed on")),
+                ),
+            },
+        }
+    }
+
+    /// Writes out the waiting bytes and a frame of `tag` whose payload
+    /// `sink` holds: a memfd, sealed now, or a slab, lent now.
+    fn write_sink(&mut self, outbox: &Outbox, out: &mut Out, tag: u8, sink: Sink) -> Result<()> {
+        match sink {
+            Sink::Memfd(memfd) => {
+                let (memfd, len) = match memfd.seal() {
+                    Ok(sealed) => sealed,
+                    Err(err) => return outbox.done(out, Err(err)),
+                };
+                let body = stand_in(tag, None, len);
+                self.write_passing(outbox, out, tag::SHARED, &body, Some(memfd.as_fd()))
+            }
+            Sink::Slab(slab) => {
+                let slab = slab.finish();
+                if let Role::Lender(lent) = &mut self.role {
+                    lent.lend(Arc::clone(&slab));
+                }
+                let body = stand_in(tag, Some(slab.id()), slab.len());
+                self.write_passing(outbox, out, tag::SLAB, &body, Some(slab.memfd()))
+            }
+        }
+    }
+
+    /// Writes out the waiting bytes and a frame of `frame_tag` and `body`
+    /// that stands for a frame in shared memory, passing `memfd` with it.
+    fn write_passing(
+        &mut self,
+        outbox: &Outbox,
+        out: &mut Out,
+        frame_tag: u8,
+        body: &[u8],
+        memfd: Option<BorrowedFd<'_>>,
+    ) -> Result<()> {
+        if let Err(err) = out.append(frame_tag, body) {
             return outbox.done(out, Err(err));
         }
         let fd = Arc::clone(&self.fd);
-        let written = send_all_passing(fd.as_fd(), [out.pending()], Some(memfd), |fd| {
+        let written = send_all_passing(fd.as_fd(), [out.pending()], memfd, |fd| {
             self.wait_for_room(fd)
         });
         outbox.done(out, written)
@@ -577,30 +715,13 @@ impl Conn {
         (got, true)
     }
 
-    /// The frame a `SHARED` frame with `body` stands for: its tag, and the
-    /// mapping of the memfd that came with it, which holds its payload.
-    /// Any fault in it breaks the stream: the descriptors no longer match
-    /// their frames.
+    /// The frame that a `SHARED`, `SLAB` or `SLAB_BACK` frame (`kind`)
+    /// with `body` stands for: its tag, and the mapping that holds its
+    /// payload. Any fault in it breaks the stream: the descriptors no
+    /// longer match their frames.
     #[cold]
-    fn shared_frame(&mut self, body: &[u8]) -> Result<(u8, Arc<Mapping>)> {
-        let mapped = match body {
-            [tag, len @ ..] if len.len() == 8 && *tag != tag::SHARED => {
-                let len = u64::from_le_bytes(len.try_into().unwrap_or_default());
-                match self.fds.pop_front() {
-                    Some(fd) => usize::try_from(len)
-                        .map_err(|_| Error::codec("a shared-memory frame larger than memory"))
-                        .and_then(|len| Mapping::adopt(fd, len, self.max_frame))
-                        .map(|mapping| (*tag, mapping)),
-                    None => Err(Error::codec(
-                        "a shared-memory frame came without its descriptor",
-                    )),
-                }
-            }
-            _ => Err(Error::codec(format_args!(
-                "a shared-memory frame of {} bytes, not a tag and a length",
-                body.len() + 1
-            ))),
-        };
+    fn stand_in_frame(&mut self, kind: u8, body: &[u8]) -> Result<(u8, Arc<Mapping>)> {
+        let mapped = self.map_stand_in(kind, body);
         // The stream is broken whatever failed: the descriptor is gone.
         match &mapped {
             Err(Error::Codec { message }) => self.broken = Some(message.clone()),
@@ -610,19 +731,85 @@ impl Conn {
         mapped
     }
 
+    fn map_stand_in(&mut self, kind: u8, body: &[u8]) -> Result<(u8, Arc<Mapping>)> {
+        let named = kind != tag::SHARED;
+        let parsed = match body {
+            [tag, rest @ ..]
+                if rest.len() == if named { 12 } else { 8 }
+                    && !is_stand_in(*tag)
+                    && *tag != tag::RELEASE =>
+            {
+                let (slab, len) = rest.split_at(rest.len() - 8);
+                let slab = u32::from_le_bytes(slab.try_into().unwrap_or_default());
+                let len = u64::from_le_bytes(len.try_into().unwrap_or_default());
+                usize::try_from(len)
+                    .map(|len| (*tag, slab, len))
+                    .map_err(|_| Error::codec("a shared-memory frame larger than memory"))
+            }
+            _ => Err(Error::codec(format_args!(
+                "a shared-memory frame of {} bytes, not a tag{} and a length",
+                body.len() + 1,
+                if named { ", a slab" } else { "" }
+            ))),
+        };
+        let (tag, slab, len) = parsed?;
+        let fd =
+            if kind == tag::SLAB_BACK {
+                None
+            } else {
+                Some(self.fds.pop_front().ok_or_else(|| {
+                    Error::codec("a shared-memory frame came without its descriptor")
+                })?)
+            };
+        let mapping = match (kind, fd, &self.role) {
+            (tag::SHARED, Some(fd), _) => Mapping::adopt(fd, len, self.max_frame),
+            (tag::SLAB, Some(fd), Role::Borrower(releases)) => {
+                Mapping::borrow(&fd, slab, len, self.max_frame, releases)
+            }
+            (tag::SLAB_BACK, None, Role::Lender(lent)) => lent.view(slab, len),
+            (tag::SLAB, ..) => Err(Error::codec("a slab lent to a process that borrows none")),
+            _ => Err(Error::codec("a slab sent back to a process that lent none")),
+        }?;
+        Ok((tag, mapping))
+    }
+
+    /// Consumes the `RELEASE` frame, `len` bytes long, at the head of the
+    /// buffer: the child let go of a slab it was lent. A lie breaks the
+    /// stream.
+    #[cold]
+    fn released(&mut self, len: usize) -> Result<()> {
+        let at = self.rpos + HEADER;
+        let body = &self.rbuf[at + 1..at + len];
+        let done = match (&mut self.role, <[u8; 4]>::try_from(body)) {
+            (Role::Lender(lent), Ok(slab)) => lent.release(u32::from_le_bytes(slab)),
+            (Role::Lender(_), Err(_)) => Err(Error::codec(format_args!(
+                "a release frame of {len} bytes, not a tag and a slab number"
+            ))),
+            _ => Err(Error::codec(
+                "a release sent to a process that lent nothing",
+            )),
+        };
+        if let Err(Error::Codec { message }) = &done {
+            self.broken = Some(message.clone());
+        }
+        self.rpos = at + len;
+        done
+    }
+
     /// Hands the frame at the head of the buffer, `len` bytes long with its
-    /// tag, to `read`, and consumes it; a `SHARED` frame is handed over as
-    /// the frame it stands for.
+    /// tag, to `read`, and consumes it; a frame in shared memory is handed
+    /// over as the frame it stands for.
     #[inline]
     fn take<T>(&mut self, len: usize, read: impl FnOnce(u8, &[u8]) -> T) -> Result<T> {
         let at = self.rpos + HEADER;
-        if self.rbuf[at] == tag::SHARED {
+        let kind = self.rbuf[at];
+        if is_stand_in(kind) {
             let body: Vec<u8> = self.rbuf[at + 1..at + len].to_vec();
-            let (tag, mapping) = self.shared_frame(&body)?;
+            let (tag, mapping) = self.stand_in_frame(kind, &body)?;
             self.rpos = at + len;
             return Ok(mapping.decoding(|| read(tag, mapping.bytes())));
         }
-        let out = read(self.rbuf[at], &self.rbuf[at + 1..at + len]);
+        let out = read(kind, &self.rbuf[at + 1..at + len]);
         self.rpos = at + len;
         Ok(out)
     }
@@ -667,23 +854,32 @@ impl Conn {
     }
 
     /// The body length of the frame at the head of the buffer, once it
-    /// has all arrived.
+    /// has all arrived. `RELEASE` frames before it are consumed here.
     #[inline]
     fn whole_frame(&mut self) -> Result<Option<usize>> {
-        if let Some(why) = &self.broken {
-            return Err(Error::codec(why));
-        }
-        let have = &self.rbuf[self.rpos..];
-        match codec::announced(have, 1, self.max_frame) {
-            Ok(Some(len)) if have.len() >= HEADER + len => Ok(Some(len)),
-            Ok(_) => self.truncated(),
-            Err(err) => {
-                // The stream lost its framing: nothing after this can be read.
-                if let Error::Codec { message } = &err {
-                    self.broken = Some(message.clone());
-                }
-                Err(err)
+        loop {
+            if let Some(why) = &self.broken {
+                return Err(Error::codec(why));
             }
+            let have = &self.rbuf[self.rpos..];
+            return match codec::announced(have, 1, self.max_frame) {
+                Ok(Some(len)) if have.len() >= HEADER + len => {
+                    if have[HEADER] == tag::RELEASE {
+                        self.released(len)?;
+                        continue;
+                    }
+                    Ok(Some(len))
+                }
+                Ok(_) => self.truncated(),
+                Err(err) => {
+                    // The stream lost its framing: nothing after this can be
+                    // read.
+                    if let Error::Codec { message } = &err {
+                        self.broken = Some(message.clone());
+                    }
+                    Err(err)
+                }
+            };
         }
     }
 
@@ -780,6 +976,24 @@ impl AsFd for Conn {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+/// Whether a frame of `tag` stands for another, whose payload is in shared
+/// memory.
+fn is_stand_in(tag: u8) -> bool {
+    matches!(tag, tag::SHARED | tag::SLAB | tag::SLAB_BACK)
+}
+
+/// The body of a frame that stands for a frame of `tag` and `len` bytes of
+/// payload in shared memory: in slab `slab`, if it is in one.
+fn stand_in(tag: u8, slab: Option<u32>, len: usize) -> Vec<u8> {
+    let mut body = Vec::with_capacity(13);
+    body.push(tag);
+    if let Some(slab) = slab {
+        body.extend_from_slice(&slab.to_le_bytes());
+    }
+    body.extend_from_slice(&(len as u64).to_le_bytes());
+    body
 }
 
 /// Writes one frame (tag and payload) to the socket `fd`, waiting for room

@@ -41,6 +41,18 @@ pub(crate) mod tag {
     /// [`shm`](crate::wire::shm)). The body is that frame's tag (`u8`)
     /// and its payload's length (`u64`).
     pub(crate) const SHARED: u8 = 10;
+    /// Parent to child, in place of a frame of another tag whose payload
+    /// is at the start of a slab of the parent's, lent with this frame
+    /// (see [`shm`](crate::wire::shm)). The body is that frame's tag
+    /// (`u8`), the slab's number (`u32`) and the payload's length (`u64`).
+    pub(crate) const SLAB: u8 = 11;
+    /// Child to parent, in place of a frame of another tag whose payload
+    /// is the whole of a frame its parent lent it in a slab, unchanged.
+    /// The body is as a `SLAB` frame's.
+    pub(crate) const SLAB_BACK: u8 = 12;
+    /// Child to parent: it unmapped one frame of a slab it was lent. The
+    /// body is the slab's number (`u32`).
+    pub(crate) const RELEASE: u8 = 13;
 }
 
 /// The error an `ERROR` frame carries.
