@@ -23,14 +23,19 @@ use super::shm::Mapping;
 /// `send`. Use it for any byte payload larger than a few hundred bytes.
 ///
 /// A value that holds a buffer of 4 MiB or more crosses in shared memory:
-/// the sender copies it once into a sealed `memfd`, and the socket carries
-/// only the descriptor. A `Bytes` decoded from such a frame is a view of
-/// that memory, not a copy ([`is_shared`](Self::is_shared)); writing to it
-/// makes the pages written this process's own, and a `Bytes` sent on
-/// unchanged, as the whole of a value, goes out as the same memory, so a
-/// child that passes large buffers along copies none of them. A receiver
-/// checks every such descriptor (a memfd, sealed, of the announced size,
-/// within the frame limit) before it reads a byte.
+/// the sender copies it once, and the socket carries only a descriptor. A
+/// parent copies into a slab of memory it keeps for reuse and lends to the
+/// child (see [`free_shared_memory`](crate::free_shared_memory)), so the
+/// copy goes at `memcpy` speed; a child copies into a sealed `memfd` of
+/// its own. A `Bytes` decoded from such a frame is a view of that memory,
+/// not a copy ([`is_shared`](Self::is_shared)); writing to it makes the
+/// bytes this process's own (page by page in a child, all at once in the
+/// parent, whose slab others read), and a `Bytes` sent on unchanged, as
+/// the whole of a value, goes out as the same memory, so a child that
+/// passes large buffers along copies none of them. A receiver checks
+/// every such descriptor (a memfd, sealed, of the announced size, within
+/// the frame limit) before it reads a byte, and a parent checks that a
+/// slab a child sends back is one it lent.
 ///
 /// It derefs to `[u8]`; [`as_mut_vec`](Self::as_mut_vec) gives the vector
 /// to grow or shrink, and it converts from a `Vec<u8>` without copying (and
@@ -158,7 +163,9 @@ impl Deref for Bytes {
 
 impl DerefMut for Bytes {
     /// The bytes, to change in place. Bytes that arrived in shared memory
-    /// become this process's own page by page as they are written.
+    /// become this process's own as they are written: page by page, or,
+    /// where they are a slab this process lent (a buffer a child sent
+    /// back), copied into a vector first.
     fn deref_mut(&mut self) -> &mut [u8] {
         if let Repr::Mapped { mapping, .. } = &self.0
             && !mapping.writable()
