@@ -127,6 +127,53 @@ fn a_slab_is_not_written_again_while_its_child_holds_it() {
     assert!(pproc::free_shared_memory() <= 2 * 6 * MIB);
 }
 
+/// Keeps its argument until `go` exists, then writes to `verdict` whether
+/// it still holds what it held when it came.
+#[parallel]
+fn keep_detached(block: Bytes, seed: u8, go: String, verdict: String) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::path::Path::new(&go).exists() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let intact = block.is_shared() && block[..] == pattern(FROM, seed)[..];
+    std::fs::write(&verdict, if intact { "intact" } else { "changed" }).unwrap();
+}
+
+#[test]
+fn a_detached_child_keeps_the_slab_its_arguments_came_in() {
+    let _serial = serial();
+    let dir = std::env::temp_dir().join(format!("pproc-shared-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (go, verdict) = (dir.join("go"), dir.join("verdict"));
+    let path = |p: &std::path::Path| p.display().to_string();
+    let block = Bytes::from(pattern(FROM, 7));
+    keep_detached::start(block, 7, path(&go), path(&verdict))
+        .unwrap()
+        .detach()
+        .unwrap();
+    // Buffers of the same size, which a slab that came free would take.
+    let h = bounce::start().unwrap();
+    for seed in 0..3 {
+        let block = Bytes::from(pattern(FROM, seed));
+        h.send(&block).unwrap();
+        assert_eq!(h.recv().unwrap(), block);
+    }
+    h.close();
+    h.join().unwrap();
+    std::fs::write(&go, "").unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !verdict.exists() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // Written whole before the file is seen: read until it says something.
+    let mut said = String::new();
+    while said.is_empty() && std::time::Instant::now() < until {
+        said = std::fs::read_to_string(&verdict).unwrap_or_default();
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(said, "intact");
+}
+
 #[test]
 fn a_view_that_is_written_to_goes_out_as_what_it_holds_now() {
     // Every test here runs alone: the descriptor checks see them all.

@@ -80,8 +80,12 @@ where
     A: DeserializeOwned,
     R: Serialize,
 {
-    let (args, conn) = cx.into_parts();
-    let args = match args.decode::<A>() {
+    let (payload, conn) = cx.into_parts();
+    let decoded = payload.decode::<A>();
+    // A slab the arguments came in is released with the result, once
+    // what was decoded from it has gone too.
+    drop(payload);
+    let args = match decoded {
         Ok(args) => args,
         Err(err) => {
             let message = format!("the arguments do not decode: {err}");

@@ -202,6 +202,7 @@ impl Conn {
         let outbox = Arc::clone(&self.out);
         let mut out = outbox.lock()?;
         out.check()?;
+        self.owe_releases(&mut out);
         let mut frame = out.encode(tag, value)?;
         if out.holes().is_empty() {
             // A worker's call is over when no call waits behind it.
@@ -242,6 +243,7 @@ impl Conn {
         let outbox = Arc::clone(&self.out);
         let mut out = outbox.lock()?;
         out.check()?;
+        self.owe_releases(&mut out);
         if self.shares
             && payload.len() >= shm::SHARED_FROM
             && let Some(mut sink) = self.sink(payload.len())

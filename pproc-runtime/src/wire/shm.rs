@@ -728,6 +728,25 @@ impl Sink {
 #[derive(Debug, Default)]
 pub(crate) struct Lent(HashMap<u32, (Arc<Slab>, u32)>);
 
+impl Drop for Lent {
+    /// Slabs still lent when the connection goes are the child's for good:
+    /// a child that runs on without its channel (detached) may still read
+    /// them, so they leave the pool and are never written again. Their
+    /// memory goes once the child and the last view let go.
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        let mut pool = lock(&POOL);
+        for (slab, _) in self.0.values() {
+            if let Some(i) = pool.slabs.iter().position(|kept| Arc::ptr_eq(kept, slab)) {
+                pool.bytes -= slab.size;
+                pool.slabs.swap_remove(i);
+            }
+        }
+    }
+}
+
 impl Lent {
     /// Notes one more frame of `slab` lent.
     pub(crate) fn lend(&mut self, slab: Arc<Slab>) {
@@ -875,6 +894,16 @@ mod tests {
         assert_eq!(held, SLAB_GRAIN, "the view keeps its slab");
         drop(view);
         assert_eq!(free_shared_memory(), 2 * SLAB_GRAIN);
+
+        // A slab still lent when the connection goes is never taken again.
+        let slab = Slab::take(10).unwrap().finish();
+        let mut lent = Lent::default();
+        lent.lend(Arc::clone(&slab));
+        drop(lent);
+        let next = Slab::take(10).unwrap().finish();
+        assert_ne!(next.id(), slab.id());
+        drop((slab, next));
+        assert_eq!(free_shared_memory(), SLAB_GRAIN, "only the second");
     }
 
     #[test]
