@@ -74,14 +74,38 @@ pub fn body(frame_tag: u8, body: &[u8]) {
 
 /// Reads `data` as a stream of frames through a real connection, with a
 /// small frame limit so that the limit is met too, and decodes each body
-/// by its tag.
+/// by its tag. The first byte picks the end that reads: one of peers, a
+/// parent that has lent slab 0 (holding a frame of 16 bytes), or a child
+/// that borrows its parent's slabs.
 pub fn frames(data: &[u8]) {
+    let Some((&role, data)) = data.split_first() else {
+        return;
+    };
     let Ok((ours, theirs)) = UnixStream::pair() else {
         return;
     };
     let Ok(mut conn) = Conn::new(ours.into()) else {
         return;
     };
+    match role % 3 {
+        1 => {
+            // One slab for the whole run, so that its number (0, the first
+            // this process makes) is one an input can name.
+            static SLAB: std::sync::OnceLock<Option<std::sync::Arc<crate::wire::shm::Slab>>> =
+                std::sync::OnceLock::new();
+            let slab = SLAB.get_or_init(|| {
+                let mut slab = crate::wire::shm::Slab::take(16)?;
+                slab.write(&[0; 16]).ok()?;
+                Some(slab.finish())
+            });
+            let Some(slab) = slab else {
+                return;
+            };
+            conn.lend_for_fuzzing(std::sync::Arc::clone(slab));
+        }
+        2 => conn.borrow_slabs(),
+        _ => {}
+    }
     conn.set_max_frame(4096);
     let mut theirs = theirs;
     // The socket holds far more than a fuzz input: the write completes,
@@ -212,7 +236,7 @@ mod tests {
             (any::<u64>(), any::<String>()).prop_map(|v| encode(&v).unwrap()),
         ];
         let frame =
-            (0u8..9, body, any::<Option<(usize, u8)>>()).prop_map(|(tag, mut body, flip)| {
+            (0u8..14, body, any::<Option<(usize, u8)>>()).prop_map(|(tag, mut body, flip)| {
                 // A length byte, or any byte, changed.
                 if let Some((at, byte)) = flip
                     && !body.is_empty()
@@ -228,7 +252,9 @@ mod tests {
                 frame.extend(body);
                 frame
             });
-        proptest::collection::vec(frame, 0..6).prop_map(|frames| frames.concat())
+        // The first byte picks the end that reads (see `frames`).
+        (any::<u8>(), proptest::collection::vec(frame, 0..6))
+            .prop_map(|(role, frames)| [vec![role], frames.concat()].concat())
     }
 
     proptest! {
