@@ -55,6 +55,8 @@ fn bounce(ch: Channel<Bytes, Bytes>) {
 #[test]
 fn a_large_buffer_sent_on_unchanged_comes_back_as_the_same_memory() {
     let _serial = serial();
+    // Slabs other tests left free: the counts below are this test's own.
+    pproc::free_shared_memory();
     let before = open_fds();
     let h = bounce::start().unwrap();
     for (i, len) in [FROM, 2 * FROM + 17].into_iter().enumerate() {
@@ -99,6 +101,7 @@ fn hoard(ch: Channel<bool, Bytes>) {
 #[test]
 fn a_slab_is_not_written_again_while_its_child_holds_it() {
     let _serial = serial();
+    pproc::free_shared_memory();
     let before = open_fds();
     // More than the pool's 256 MiB in all: the later ones go through
     // memfds of their own.
@@ -344,6 +347,7 @@ fn lying_descriptors_are_codec_errors_and_none_is_left_open() {
         ),
         (Lie::ReleaseBadBody, "not a tag and a slab number"),
     ];
+    pproc::free_shared_memory();
     for (lie, expected) in cases {
         let before = open_fds();
         let h = shared_liar::start(lie).unwrap();
