@@ -1,7 +1,8 @@
 //! The top of the runtime: a constructor that runs before `main` in every
 //! program that links pproc. In a parent it returns at once; in a child it
 //! reads the `PPROC_CHILD` spec, plays the role it names, and exits
-//! without ever returning to `main`. This is the only file that knows
+//! without ever returning to `main`; with `PPROC_AGENT` set it is a host's
+//! agent (see [`remote`](crate::remote)). This is the only file that knows
 //! every role.
 
 use std::io::Write;
@@ -12,6 +13,7 @@ use crate::collect::background;
 use crate::manager;
 use crate::process::setup::{ignore_sigpipe, tie_to_parent, watch_aborts, watch_overflows};
 use crate::process::tree;
+use crate::remote;
 use crate::wire::conn::Conn;
 use crate::wire::frame::EXIT_PROTOCOL;
 use crate::wire::spec::{ENV, Mode, Spec};
@@ -28,6 +30,16 @@ extern "C" fn dispatch(
     env: *const *const libc::c_char,
 ) {
     let Some(spec) = std::env::var_os(ENV) else {
+        if std::env::var_os(remote::protocol::ENV).is_some() {
+            // SAFETY: as for a child, below.
+            unsafe {
+                run_later_constructors(count, args, env);
+                std::env::remove_var(remote::protocol::ENV);
+            }
+            let code = panic::catch_unwind(remote::agent::serve).unwrap_or(EXIT_PROTOCOL);
+            let _ = std::io::stderr().flush();
+            std::process::exit(code);
+        }
         return;
     };
     // SAFETY: we are a constructor called by the loader with its own

@@ -159,14 +159,44 @@ pub enum Error {
     },
     /// The parent and the child are different builds of the program.
     #[error(
-        "parent and child are different builds (parent {parent:016x}, child {child:016x}): rebuild and run one executable"
+        "parent and child are different builds (parent {parent:016x}, child {child:016x}{}): rebuild and run one executable",
+        on_host(.host.as_deref())
     )]
     VersionSkew {
         /// The parent's build fingerprint.
         parent: u64,
         /// The child's build fingerprint.
         child: u64,
+        /// The host the child was to run on, where it is another one
+        /// (see [`Builder::launcher`](crate::Builder::launcher)).
+        host: Option<String>,
     },
+    /// pproc's agent could not be started on another host, or did not
+    /// answer as one (see [`Builder::launcher`](crate::Builder::launcher)):
+    /// the launcher failed, the host could not be reached in time, or the
+    /// program is not there.
+    #[error("cannot start pproc's agent on `{host}`: {message}")]
+    Launch {
+        /// The host, as its launcher names it.
+        host: String,
+        /// What went wrong, with what the launcher wrote to its standard
+        /// error.
+        message: String,
+    },
+    /// The host a child ran on is lost: its agent, its launcher or the
+    /// link to it went away before the child's end was known. What the
+    /// child sent before that was delivered; whether it finished is not
+    /// known.
+    #[error("lost the host `{host}` before the child's end was known")]
+    HostLost {
+        /// The host, as its launcher names it.
+        host: String,
+    },
+}
+
+/// `" on `host`"`, or nothing.
+fn on_host(host: Option<&str>) -> String {
+    host.map(|host| format!(" on `{host}`")).unwrap_or_default()
 }
 
 impl Error {

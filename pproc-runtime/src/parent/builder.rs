@@ -3,6 +3,7 @@
 
 use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::call::Call;
@@ -11,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::process::limits::Limits;
 use crate::process::{capture, spawn};
 use crate::registry;
+use crate::remote::Launcher;
 use crate::wire::conn::{self, Conn, DEFAULT_MAX_FRAME};
 use crate::wire::frame::tag;
 use crate::wire::log;
@@ -83,6 +85,7 @@ pub struct Builder {
     pub(crate) limits: Limits,
     capture: bool,
     backtrace: bool,
+    launcher: Option<Arc<dyn Launcher>>,
 }
 
 impl Default for Builder {
@@ -103,7 +106,61 @@ impl Builder {
             limits: Limits::default(),
             capture: false,
             backtrace: false,
+            launcher: None,
         }
+    }
+
+    /// Starts children on another host, through `launcher`: ssh
+    /// ([`Ssh`](crate::Ssh)), Slurm's `srun` ([`Srun`](crate::Srun)), or any
+    /// command prefix ([`Prefix`](crate::Prefix)).
+    ///
+    /// The first child on a host starts pproc's agent there through the
+    /// launcher: this same program, which must be at the same path on the
+    /// host, speaking pproc's frames over the launcher's standard input and
+    /// output. The agent starts each child on its host as a local parent
+    /// would, and relays its frames; the child's handle works as for a
+    /// local one: values, results, panics, exit statuses and signals,
+    /// `kill` and `terminate`, which reach the child's process group
+    /// there. Later children on the host reuse the agent. What the child
+    /// prints to standard output or error comes out on this process's
+    /// standard error.
+    ///
+    /// A host that cannot be reached, or whose agent does not answer within
+    /// the launcher's connect timeout, is [`Error::Launch`]; an agent of
+    /// another build is [`Error::VersionSkew`] with the host; a host lost
+    /// while children run there (the agent, the launcher or the link gone)
+    /// ends them with [`Error::HostLost`]. The agent stops its children's
+    /// process groups when the link ends, whichever end went first.
+    ///
+    /// Children on another host take no resource limits, deadline or
+    /// output capture yet, and large buffers cross as bytes (shared memory
+    /// stays on one host): a builder with a launcher and any of those
+    /// fails to start children with [`Error::Spawn`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pproc::{parallel, Builder, Prefix};
+    ///
+    /// #[parallel]
+    /// fn where_am_i() -> u32 {
+    ///     std::process::id()
+    /// }
+    ///
+    /// # fn main() -> pproc::Result<()> {
+    /// // `env` runs the agent on this host; `Ssh::new("node-b")` would
+    /// // run it there.
+    /// let remote = Builder::new().launcher(Prefix::new(["env"]).host("local"));
+    /// let h = remote.start(where_am_i::call())?;
+    /// let pid = h.pid();
+    /// assert_eq!(h.join()?, pid);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn launcher(mut self, launcher: impl Launcher) -> Self {
+        self.launcher = Some(Arc::new(launcher));
+        self
     }
 
     /// Runs children from another executable instead of this one. It must
@@ -270,6 +327,9 @@ impl Builder {
         args: &[u8],
         log: Option<log::Reader>,
     ) -> Result<Handle<(), (), ()>> {
+        if let Some(launcher) = &self.launcher {
+            return self.spawn_remote(launcher, mode, name, args);
+        }
         let (ours, theirs) = conn::socketpair()?;
         let pipes = if self.capture {
             Some((capture::pipe()?, capture::pipe()?))
@@ -334,6 +394,45 @@ impl Builder {
         if !early {
             handle.send_args(args)?;
         }
+        Ok(handle)
+    }
+
+    /// Starts a child on the host `launcher` reaches.
+    fn spawn_remote(
+        &self,
+        launcher: &Arc<dyn Launcher>,
+        mode: Mode,
+        name: String,
+        args: &[u8],
+    ) -> Result<Handle<(), (), ()>> {
+        let refuse = |what: &str| {
+            Err(Error::Spawn(std::io::Error::other(format!(
+                "{what} cannot be used with a launcher yet: children on `{}` take none",
+                launcher.host()
+            ))))
+        };
+        if self.limits != Limits::default() {
+            return refuse("resource limits and deadlines");
+        }
+        if self.capture {
+            return refuse("output capture");
+        }
+        if self.program.is_some() {
+            return refuse("another program");
+        }
+        let mode = match mode {
+            // A result log is memory shared with the parent: not there.
+            Mode::Worker { .. } => Mode::Worker { log: false },
+            Mode::Call => Mode::Call,
+            Mode::Manager | Mode::Background { .. } => {
+                return refuse("a manager or a background child");
+            }
+        };
+        let (conn, pid, end) =
+            crate::remote::link::start(launcher, &name, mode, self.group, self.max_frame)?;
+        let mut handle = Handle::remote(name, conn, pid, end);
+        handle.set_group(self.group);
+        handle.send_args(args)?;
         Ok(handle)
     }
 }

@@ -1,7 +1,9 @@
 //! A started child process as the OS knows it: waiting for it (by pidfd
 //! where there is one), signalling it and its group, reaping it, and the
-//! error its end stands for.
+//! error its end stands for. A child on another host is known through its
+//! host's link instead ([`RemoteEnd`]).
 
+use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +26,8 @@ pub(crate) enum Status {
     /// The kernel reaped it before we could: the program ignores
     /// `SIGCHLD` (`SIG_IGN`), so how it ended is not known.
     Unknown,
+    /// It ran on another host, which was lost before its end was known.
+    Lost,
 }
 
 impl From<Status> for Error {
@@ -32,8 +36,25 @@ impl From<Status> for Error {
             Status::Exited(code) => Self::Exited { code },
             Status::Signaled(signal) => Self::Signaled { signal },
             Status::Unknown => Self::Disconnected,
+            // The caller names the host (see `Child::host`).
+            Status::Lost => Self::HostLost {
+                host: String::new(),
+            },
         }
     }
+}
+
+/// A child on another host, as the link to its host's agent knows it.
+pub(crate) trait RemoteEnd: fmt::Debug + Send + Sync {
+    /// The host, as its launcher names it.
+    fn host(&self) -> &str;
+    /// A descriptor that is readable once the child's end is known.
+    fn exit_fd(&self) -> BorrowedFd<'_>;
+    /// How it ended, once that is known: [`Status::Lost`] if its host was
+    /// lost first.
+    fn status(&self) -> Option<Status>;
+    /// Asks the agent to send `signal` to the child (and its group).
+    fn signal(&self, signal: Signal) -> Result<()>;
 }
 
 /// The process itself: waited for once, killed on drop if still running.
@@ -46,6 +67,8 @@ pub(crate) struct Child {
     pub(crate) group: bool,
     /// Its deadline, while it is watched.
     pub(crate) ticket: Option<watchdog::Ticket>,
+    /// Where it runs on another host: `pid` is its pid there.
+    remote: Option<Arc<dyn RemoteEnd>>,
 }
 
 impl Child {
@@ -58,12 +81,28 @@ impl Child {
             status: None,
             group: false,
             ticket: None,
+            remote: None,
         }
+    }
+
+    /// A child that runs on another host as `pid`, known through `end`.
+    pub(crate) fn remote(pid: Pid, end: Arc<dyn RemoteEnd>) -> Self {
+        let mut child = Self::new(pid, None);
+        child.remote = Some(end);
+        child
+    }
+
+    /// The host it runs on, where that is another one.
+    pub(crate) fn host(&self) -> Option<&str> {
+        self.remote.as_deref().map(RemoteEnd::host)
     }
 
     pub(crate) fn exit_fd(&self) -> Option<BorrowedFd<'_>> {
         if self.status.is_some() {
             return None;
+        }
+        if let Some(end) = &self.remote {
+            return Some(end.exit_fd());
         }
         self.pidfd.as_deref().map(AsFd::as_fd)
     }
@@ -73,6 +112,10 @@ impl Child {
     pub(crate) fn wait_exited(&self, deadline: Deadline) -> Result<bool> {
         if self.status.is_some() {
             return Ok(true);
+        }
+        if let Some(end) = &self.remote {
+            let mut fds = [PollFd::new(end.exit_fd(), PollFlags::POLLIN)];
+            return poll_until(&mut fds, deadline);
         }
         if let Some(pidfd) = &self.pidfd {
             let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
@@ -109,6 +152,10 @@ impl Child {
         if !self.wait_exited(deadline)? {
             return Err(Error::Timeout);
         }
+        if let Some(end) = &self.remote {
+            // Its host's agent reaped it: this is what the agent saw.
+            return Ok(*self.status.insert(end.status().unwrap_or(Status::Lost)));
+        }
         // The watchdog must not signal a pid that we are about to free.
         if let Some(ticket) = &self.ticket {
             ticket.cancel();
@@ -143,6 +190,9 @@ impl Child {
     pub(crate) fn signal(&self, signal: Signal) -> Result<()> {
         if self.status.is_some() {
             return Ok(());
+        }
+        if let Some(end) = &self.remote {
+            return end.signal(signal);
         }
         // While the process is not reaped, its pid, and the group id it
         // holds, cannot have been reused. A program that ignores `SIGCHLD`

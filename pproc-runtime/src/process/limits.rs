@@ -10,7 +10,7 @@ use crate::error::{Error, Limit, Result};
 use crate::wire::frame::{EXIT_OUT_OF_MEMORY, EXIT_STACK_OVERFLOW};
 
 /// The resource limits and deadline a child is started with.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Limits {
     pub(crate) deadline: Option<Duration>,
     /// Address space, in bytes.

@@ -124,6 +124,14 @@ impl Conn {
         })
     }
 
+    /// Large frames go through the socket, both ways: for a socket whose
+    /// peer relays bytes elsewhere (another host), where descriptors
+    /// cannot follow.
+    pub(crate) fn without_shared_memory(&mut self) {
+        self.shares = false;
+        self.role = Role::Peers;
+    }
+
     /// A parent's end: large frames it sends go into its slabs, lent to
     /// the child (see [`shm`]).
     pub(crate) fn lend_slabs(&mut self) {

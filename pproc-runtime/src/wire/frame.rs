@@ -107,7 +107,11 @@ impl From<Refusal> for Error {
     fn from(refusal: Refusal) -> Self {
         match refusal {
             Refusal::Unregistered { name } => Self::Unregistered { name },
-            Refusal::VersionSkew { parent, child } => Self::VersionSkew { parent, child },
+            Refusal::VersionSkew { parent, child } => Self::VersionSkew {
+                parent,
+                child,
+                host: None,
+            },
             Refusal::Codec { message } => Self::Codec { message },
         }
     }

@@ -46,7 +46,7 @@ impl Mode {
         }
     }
 
-    fn letter(self) -> char {
+    pub(crate) fn letter(self) -> char {
         match self {
             Self::Call => 'c',
             Self::Worker { log: false } => 'w',
@@ -57,7 +57,7 @@ impl Mode {
         }
     }
 
-    fn from_letter(letter: &str) -> Option<Self> {
+    pub(crate) fn from_letter(letter: &str) -> Option<Self> {
         match letter {
             "c" => Some(Self::Call),
             "w" => Some(Self::Worker { log: false }),

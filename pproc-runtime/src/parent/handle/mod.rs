@@ -97,6 +97,27 @@ impl<R, S, V, K> Handle<R, S, V, K> {
         }
     }
 
+    /// The handle of a child on another host, whose frames `conn` carries
+    /// and whose end `end` knows (see [`remote`](crate::remote)).
+    pub(crate) fn remote(
+        name: String,
+        conn: Conn,
+        pid: Pid,
+        end: Arc<crate::remote::link::End>,
+    ) -> Self {
+        let exit = end.exit();
+        Self {
+            name: name.clone(),
+            pid,
+            news: Condvar::new(),
+            socket: conn.shared_fd(),
+            out: conn.outbox(),
+            pidfd: Some(exit),
+            inner: Mutex::new(Inner::new(name, conn, Child::remote(pid, end))),
+            _types: PhantomData,
+        }
+    }
+
     /// The same handle with other type parameters: an exchange holds
     /// handles of many functions, and decodes each with its own types.
     pub(crate) fn cast<R2, S2, V2, K2>(self) -> Handle<R2, S2, V2, K2> {

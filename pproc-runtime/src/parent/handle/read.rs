@@ -252,6 +252,11 @@ impl Inner {
     /// The error for a child that ended with `status` without a result:
     /// its deadline, a resource limit, or the bare status.
     fn status_error(&self, status: Status) -> Error {
+        if let (Status::Lost, Some(host)) = (status, self.child.host()) {
+            return Error::HostLost {
+                host: host.to_owned(),
+            };
+        }
         status_error(status, self.child.expired(), &self.limits, &self.name)
     }
 

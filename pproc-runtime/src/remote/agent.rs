@@ -1,0 +1,400 @@
+//! The agent: the program itself, started on another host by a launcher
+//! with [`ENV`](super::protocol::ENV) set. It speaks the link's protocol on
+//! its standard input and output and starts the children its parent asks
+//! for on its host, with the local code (the agent is their parent there:
+//! they die with it), relaying each child's frames.
+//!
+//! It never blocks on one peer: what a child or the link cannot take now
+//! waits in an [`Outgoing`] queue. When the link ends (the parent is gone,
+//! or the launcher), it stops every child's process group (`SIGTERM`, a
+//! grace period, `SIGKILL`) and exits: ssh does not do that for it.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::Signal;
+
+use super::outgoing::Outgoing;
+use super::protocol::{
+    Ended, Exited, Hello, MAGIC, Refused, Spawn, Started, VERSION, frame_head, split_frame, tag,
+};
+use crate::error::Result;
+use crate::process::child::Child;
+use crate::process::setup::ignore_sigpipe;
+use crate::process::spawn::{self, Setup};
+use crate::registry;
+use crate::wire::codec::{decode, encode};
+use crate::wire::conn::{self, Conn};
+use crate::wire::frame::EXIT_PROTOCOL;
+use crate::wire::spec::Mode;
+use crate::wire::wait::Deadline;
+
+/// How long children get to exit after `SIGTERM` once the link is gone.
+const GRACE: Duration = Duration::from_millis(500);
+
+/// The largest frame on a link: a child's largest, and its wrapping.
+pub(crate) const LINK_MAX_FRAME: usize = u32::MAX as usize - 16;
+
+/// Serves the link on standard input and output until it ends; returns
+/// the exit status.
+pub(crate) fn serve() -> i32 {
+    ignore_sigpipe();
+    let Some(link) = adopt_stdio() else {
+        return EXIT_PROTOCOL;
+    };
+    let Ok(mut conn) = Conn::new(link) else {
+        return EXIT_PROTOCOL;
+    };
+    conn.without_shared_memory();
+    conn.set_max_frame(LINK_MAX_FRAME);
+    let mut agent = Agent {
+        link: conn,
+        out: Outgoing::default(),
+        kids: BTreeMap::new(),
+    };
+    agent.out.raw(MAGIC);
+    let hello = Hello {
+        version: VERSION,
+        fingerprint: registry::fingerprint(),
+        hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_owned())
+            .unwrap_or_default(),
+        pid: std::process::id(),
+        cpus: std::thread::available_parallelism()
+            .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
+    };
+    if agent.send(tag::HELLO, &hello).is_err() {
+        return EXIT_PROTOCOL;
+    }
+    agent.run();
+    agent.stop_all();
+    0
+}
+
+/// Moves the link off standard input and output, onto a socket that two
+/// threads pump to and from them, and leaves `/dev/null` and standard
+/// error in their place: a child that prints must not write into the
+/// link. Returns our end of the socket.
+fn adopt_stdio() -> Option<OwnedFd> {
+    let input = nix::unistd::dup(std::io::stdin().as_fd()).ok()?;
+    let output = nix::unistd::dup(std::io::stdout().as_fd()).ok()?;
+    let null = std::fs::File::open("/dev/null").ok()?;
+    // SAFETY: replacing our own standard descriptors with others of ours.
+    unsafe {
+        if libc::dup2(null.as_raw_fd(), 0) < 0 || libc::dup2(2, 1) < 0 {
+            return None;
+        }
+    }
+    let (ours, theirs) = conn::socketpair().ok()?;
+    let theirs = UnixStream::from(theirs);
+    let (mut inward, mut outward) = (theirs.try_clone().ok()?, theirs);
+    let mut input = std::fs::File::from(input);
+    let mut output = std::fs::File::from(output);
+    std::thread::Builder::new()
+        .name("pproc-agent-in".into())
+        .spawn(move || {
+            let mut buf = vec![0; 64 * 1024];
+            loop {
+                match input.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if inward.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            // The parent's end: the agent reads the end of the link.
+            let _ = inward.shutdown(std::net::Shutdown::Write);
+        })
+        .ok()?;
+    std::thread::Builder::new()
+        .name("pproc-agent-out".into())
+        .spawn(move || {
+            let mut buf = vec![0; 64 * 1024];
+            loop {
+                match outward.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if output.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+        .ok()?;
+    Some(ours)
+}
+
+/// A child of the agent's.
+struct Kid {
+    /// Read for the child's frames; written through `out`.
+    conn: Conn,
+    out: Outgoing,
+    child: Child,
+    /// The child closed its end (or the socket failed): nothing more is
+    /// read from it.
+    eof: bool,
+    /// The parent closed its end: shut the child's down once `out` is
+    /// written.
+    closing: bool,
+}
+
+struct Agent {
+    link: Conn,
+    out: Outgoing,
+    kids: BTreeMap<u32, Kid>,
+}
+
+impl Agent {
+    fn send<T: serde::Serialize>(&mut self, frame_tag: u8, value: &T) -> Result<()> {
+        let body = encode(value)?;
+        self.out.frame(frame_tag, &[&body])
+    }
+
+    /// Relays until the link ends.
+    fn run(&mut self) {
+        loop {
+            if self.out.write(self.link.as_fd()).is_err() {
+                return;
+            }
+            for kid in self.kids.values_mut() {
+                if kid.out.write(kid.conn.as_fd()).is_err() {
+                    // The child is gone: what it was sent is moot.
+                    kid.out = Outgoing::default();
+                }
+                if kid.closing && kid.out.is_empty() {
+                    let _ = nix::sys::socket::shutdown(
+                        kid.conn.raw_fd(),
+                        nix::sys::socket::Shutdown::Both,
+                    );
+                    kid.closing = false;
+                }
+            }
+            let Some((link_ready, kids_ready, exited)) = self.wait() else {
+                return;
+            };
+            for id in kids_ready {
+                self.read_kid(id);
+            }
+            for id in exited {
+                self.reap(id);
+            }
+            if link_ready && !self.read_link() {
+                return;
+            }
+        }
+    }
+
+    /// Waits for the link, a child's socket or a child's exit; returns
+    /// which are ready, or `None` if polling failed.
+    fn wait(&self) -> Option<(bool, Vec<u32>, Vec<u32>)> {
+        let mut events = PollFlags::POLLIN;
+        if !self.out.is_empty() {
+            events |= PollFlags::POLLOUT;
+        }
+        let mut fds = vec![PollFd::new(self.link.as_fd(), events)];
+        let mut owners = Vec::new();
+        for (&id, kid) in &self.kids {
+            let mut events = PollFlags::empty();
+            if !kid.eof {
+                events |= PollFlags::POLLIN;
+            }
+            if !kid.out.is_empty() {
+                events |= PollFlags::POLLOUT;
+            }
+            if !events.is_empty() {
+                fds.push(PollFd::new(kid.conn.as_fd(), events));
+                owners.push((id, false));
+            }
+            if let Some(exit) = kid.child.exit_fd() {
+                fds.push(PollFd::new(exit, PollFlags::POLLIN));
+                owners.push((id, true));
+            }
+        }
+        loop {
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => break,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => return None,
+            }
+        }
+        let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+        let link_ready = ready(&fds[0]);
+        let (mut kids, mut exited) = (Vec::new(), Vec::new());
+        for (fd, &(id, exit)) in fds[1..].iter().zip(&owners) {
+            if ready(fd) {
+                if exit { exited.push(id) } else { kids.push(id) }
+            }
+        }
+        Some((link_ready, kids, exited))
+    }
+
+    /// Reads what the link holds and acts on each frame; `false` once the
+    /// link has ended or lost its framing.
+    fn read_link(&mut self) -> bool {
+        if self.link.fill().is_err() {
+            return false;
+        }
+        loop {
+            let Self { link, out, kids } = self;
+            match link.with_frame(|frame_tag, body| order(kids, out, frame_tag, body)) {
+                Ok(Some(true)) => {}
+                Ok(None) => break,
+                Ok(Some(false)) | Err(_) => return false,
+            }
+        }
+        !self.link.is_eof()
+    }
+
+    /// Relays what child `id` sent.
+    fn read_kid(&mut self, id: u32) {
+        let Some(kid) = self.kids.get_mut(&id) else {
+            return;
+        };
+        let failed = kid.conn.fill().is_err();
+        let out = &mut self.out;
+        let broken = loop {
+            match kid.conn.with_frame(|frame_tag, body| {
+                let _ = out.frame(tag::FRAME, &[&frame_head(id, frame_tag), body]);
+            }) {
+                Ok(Some(())) => {}
+                Ok(None) => break false,
+                // A child whose stream lost its framing says nothing more
+                // that can be read; its exit is still reported.
+                Err(_) => break true,
+            }
+        };
+        if failed || broken || kid.conn.is_eof() {
+            kid.eof = true;
+        }
+    }
+
+    /// Child `id` exited: relays the rest of what it sent (all of it is in
+    /// its socket now), reaps it and says how it ended.
+    fn reap(&mut self, id: u32) {
+        self.read_kid(id);
+        let Some(mut kid) = self.kids.remove(&id) else {
+            return;
+        };
+        let status = kid
+            .child
+            .wait(Deadline::Never)
+            .map_or(Ended::Unknown, Ended::from);
+        let _ = self.send(tag::EXITED, &Exited { id, status });
+    }
+
+    /// Stops every child: `SIGTERM`, up to [`GRACE`] to exit, `SIGKILL`,
+    /// each with its process group.
+    fn stop_all(&mut self) {
+        for kid in self.kids.values() {
+            let _ = kid.child.signal(Signal::SIGTERM);
+        }
+        let until = Deadline::after(GRACE);
+        for kid in self.kids.values() {
+            let _ = kid.child.wait_exited(until);
+        }
+        for kid in self.kids.values() {
+            let _ = kid.child.signal(Signal::SIGKILL);
+        }
+        // Dropping reaps each.
+        self.kids.clear();
+    }
+}
+
+/// Acts on one frame from the parent; `false` if it makes no sense.
+fn order(kids: &mut BTreeMap<u32, Kid>, out: &mut Outgoing, frame_tag: u8, body: &[u8]) -> bool {
+    match frame_tag {
+        tag::FRAME => {
+            let Some((id, inner, payload)) = split_frame(body) else {
+                return false;
+            };
+            // A child that has ended takes nothing more.
+            if let Some(kid) = kids.get_mut(&id) {
+                let _ = kid.out.frame(inner, &[payload]);
+            }
+            true
+        }
+        tag::SPAWN => {
+            let Ok(spawn) = decode::<Spawn>(body) else {
+                return false;
+            };
+            let id = spawn.id;
+            let outcome = start(&spawn).map(|kid| {
+                let pid = kid.child.pid.as_raw().cast_unsigned();
+                kids.insert(id, kid);
+                pid
+            });
+            let Ok(body) = encode(&Started { id, outcome }) else {
+                return false;
+            };
+            out.frame(tag::STARTED, &[&body]).is_ok()
+        }
+        tag::SIGNAL => {
+            let Ok(signal) = decode::<super::protocol::Signal>(body) else {
+                return false;
+            };
+            if let (Some(kid), Ok(sig)) = (kids.get(&signal.id), Signal::try_from(signal.signal)) {
+                let _ = kid.child.signal(sig);
+            }
+            true
+        }
+        tag::CLOSE => {
+            let Ok(id) = <[u8; 4]>::try_from(body).map(u32::from_le_bytes) else {
+                return false;
+            };
+            if let Some(kid) = kids.get_mut(&id) {
+                kid.closing = true;
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Starts a child as `spawn` says.
+fn start(spawn: &Spawn) -> std::result::Result<Kid, Refused> {
+    let Some(mode) = Mode::from_letter(&spawn.mode) else {
+        return Err(Refused::Order(format!("no role `{}`", spawn.mode)));
+    };
+    if mode == Mode::Call && !registry::is_registered(&spawn.name) {
+        return Err(Refused::Unregistered(spawn.name.clone()));
+    }
+    let failed = |err: crate::error::Error| Refused::Spawn(crate::error::with_causes(&err));
+    let (ours, theirs) = conn::socketpair().map_err(failed)?;
+    let setup = Setup {
+        group: spawn.group,
+        ..Setup::default()
+    };
+    let spawned = spawn::spawn(
+        &spawn.name,
+        None,
+        &theirs,
+        registry::fingerprint(),
+        mode,
+        &setup,
+    )
+    .map_err(failed)?;
+    drop(theirs);
+    let mut child = Child::new(spawned.pid, spawned.pidfd.map(Arc::new));
+    child.group = spawn.group;
+    // Read only: what the child sends in shared memory is read out of it
+    // here, and crosses the link as bytes.
+    // The frame limit is the parent's to apply: a frame over it crosses
+    // and is refused there, as from a local child.
+    let mut conn = Conn::new(ours).map_err(failed)?;
+    conn.set_max_frame(LINK_MAX_FRAME - 16);
+    Ok(Kid {
+        conn,
+        out: Outgoing::default(),
+        child,
+        eof: false,
+        closing: false,
+    })
+}

@@ -1,0 +1,385 @@
+//! How the agent gets onto a host: a command that runs the agent's argv
+//! there with its standard input and output connected to the parent.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+/// How long starting an agent and hearing its hello may take, by default.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A way to run a command on another host with its standard input and
+/// output connected to this process: ssh ([`Ssh`]), Slurm's `srun`
+/// ([`Srun`]), or any command prefix ([`Prefix`]). A
+/// [`Builder::launcher`](crate::Builder::launcher) starts its children
+/// through one.
+///
+/// pproc starts one agent per host through it (the same program, which
+/// must be at the same path there), and the agent starts the children on
+/// its host. A launcher is known by its `Debug` form: two that print
+/// alike share one agent.
+pub trait Launcher: fmt::Debug + Send + Sync + 'static {
+    /// The host, as errors name it ([`Error::HostLost`](crate::Error::HostLost)).
+    fn host(&self) -> String;
+
+    /// A command that runs `argv` on the host, its standard input and
+    /// output connected to ours. pproc sets those two, and passes the
+    /// environment the agent needs in `argv` (`env NAME=value program`).
+    fn command(&self, argv: &[OsString]) -> Command;
+
+    /// How long starting the agent and hearing from it may take before
+    /// [`Error::Launch`](crate::Error::Launch).
+    fn connect_timeout(&self) -> Duration {
+        CONNECT_TIMEOUT
+    }
+}
+
+/// Children on a host reached through OpenSSH's `ssh`, which must log in
+/// without a prompt (keys, an agent; `BatchMode` is on).
+///
+/// The remote command runs in a POSIX shell: pproc quotes it. ssh's own
+/// configuration applies (`~/.ssh/config`, or [`config`](Self::config)),
+/// and options given with [`option`](Self::option) come before pproc's
+/// defaults, so they win (ssh takes the first value of an option).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use pproc::{Builder, Ssh};
+///
+/// let builder = Builder::new().launcher(
+///     Ssh::new("node-b")
+///         .port(2222)
+///         .option("IdentityFile=~/.ssh/pproc")
+///         .connect_timeout(Duration::from_secs(5)),
+/// );
+/// # let _ = builder;
+/// ```
+#[derive(Clone, Debug)]
+pub struct Ssh {
+    host: String,
+    port: Option<u16>,
+    config: Option<PathBuf>,
+    options: Vec<String>,
+    timeout: Duration,
+}
+
+impl Ssh {
+    /// The host, as ssh takes it: `name`, `user@name`, or an alias of the
+    /// ssh configuration.
+    pub fn new(host: impl Into<String>) -> Self {
+        Self {
+            host: host.into(),
+            port: None,
+            config: None,
+            options: Vec::new(),
+            timeout: CONNECT_TIMEOUT,
+        }
+    }
+
+    /// The port of the host's sshd (`-p`).
+    #[must_use]
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
+
+    /// An ssh configuration file to use instead of the user's (`-F`).
+    #[must_use]
+    pub fn config(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config = Some(path.into());
+        self
+    }
+
+    /// An ssh option, as `Name=value` (`-o`).
+    #[must_use]
+    pub fn option(mut self, option: impl Into<String>) -> Self {
+        self.options.push(option.into());
+        self
+    }
+
+    /// How long logging in and starting the agent may take (30 s by
+    /// default); ssh's own `ConnectTimeout` is set to it too.
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+impl Launcher for Ssh {
+    fn host(&self) -> String {
+        self.host.clone()
+    }
+
+    fn command(&self, argv: &[OsString]) -> Command {
+        let mut command = Command::new("ssh");
+        // No terminal, no X11 or agent forwarding: a byte pipe.
+        command.args(["-T", "-x", "-a"]);
+        if let Some(config) = &self.config {
+            command.arg("-F").arg(config);
+        }
+        if let Some(port) = self.port {
+            command.arg("-p").arg(port.to_string());
+        }
+        for option in &self.options {
+            command.arg("-o").arg(option);
+        }
+        let timeout = self.timeout.as_secs().max(1);
+        command
+            .args(["-o", "BatchMode=yes"])
+            .arg("-o")
+            .arg(format!("ConnectTimeout={timeout}"))
+            // A dead link is noticed in seconds, not never.
+            .args(["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"])
+            .arg(&self.host)
+            .arg("--")
+            .arg(shell_command(argv));
+        command
+    }
+
+    fn connect_timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+/// Children on a node of a Slurm allocation, through `srun` (always
+/// `-N1 -n1 -u --quiet`: one task, unbuffered, so that a frame is not held
+/// until a newline).
+///
+/// # Examples
+///
+/// ```
+/// use pproc::{Builder, Srun};
+///
+/// let builder = Builder::new().launcher(Srun::new().node("n2").arg("--partition=debug"));
+/// # let _ = builder;
+/// ```
+#[derive(Clone, Debug)]
+pub struct Srun {
+    node: Option<String>,
+    args: Vec<OsString>,
+    timeout: Duration,
+}
+
+impl Default for Srun {
+    fn default() -> Self {
+        Self {
+            node: None,
+            args: Vec::new(),
+            timeout: CONNECT_TIMEOUT,
+        }
+    }
+}
+
+impl Srun {
+    /// On whichever node Slurm picks.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// On the node `name` (`-w`).
+    #[must_use]
+    pub fn node(mut self, name: impl Into<String>) -> Self {
+        self.node = Some(name.into());
+        self
+    }
+
+    /// One more argument for `srun`, before the command.
+    #[must_use]
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    /// How long getting the task started and hearing from the agent may
+    /// take (30 s by default): a busy cluster may queue the step.
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+impl Launcher for Srun {
+    fn host(&self) -> String {
+        self.node.clone().unwrap_or_else(|| "srun".to_owned())
+    }
+
+    fn command(&self, argv: &[OsString]) -> Command {
+        let mut command = Command::new("srun");
+        command.args(["-N1", "-n1", "-u", "--quiet"]);
+        if let Some(node) = &self.node {
+            command.arg("-w").arg(node);
+        }
+        command.args(&self.args).args(argv);
+        command
+    }
+
+    fn connect_timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+/// Children through any command that runs the argv it is given with its
+/// standard input and output connected: `kubectl exec -i pod --`,
+/// `docker exec -i box`, `mpirun -np 1`, or `env` for this very host.
+///
+/// # Examples
+///
+/// ```
+/// use pproc::{parallel, Builder, Prefix};
+///
+/// #[parallel]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// # fn main() -> pproc::Result<()> {
+/// // `env` runs its argv here: the child runs under an agent all the same.
+/// let builder = Builder::new().launcher(Prefix::new(["env"]).host("here"));
+/// assert_eq!(builder.start(square::call(9))?.join()?, 81);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Prefix {
+    argv: Vec<OsString>,
+    host: Option<String>,
+    timeout: Duration,
+}
+
+impl Prefix {
+    /// The prefix: a program and its first arguments.
+    ///
+    /// # Panics
+    ///
+    /// If `argv` is empty: a prefix needs a program.
+    pub fn new<I, S>(argv: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let argv: Vec<OsString> = argv.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        assert!(!argv.is_empty(), "a launcher prefix needs a program");
+        Self {
+            argv,
+            host: None,
+            timeout: CONNECT_TIMEOUT,
+        }
+    }
+
+    /// The name errors give the host (the prefix itself by default).
+    #[must_use]
+    pub fn host(mut self, name: impl Into<String>) -> Self {
+        self.host = Some(name.into());
+        self
+    }
+
+    /// How long starting the agent and hearing from it may take (30 s by
+    /// default).
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+impl Launcher for Prefix {
+    fn host(&self) -> String {
+        self.host.clone().unwrap_or_else(|| {
+            let words: Vec<_> = self.argv.iter().map(|a| a.to_string_lossy()).collect();
+            words.join(" ")
+        })
+    }
+
+    fn command(&self, argv: &[OsString]) -> Command {
+        let mut command = Command::new(&self.argv[0]);
+        command.args(&self.argv[1..]).args(argv);
+        command
+    }
+
+    fn connect_timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+/// `argv` as one command line for a POSIX shell, which runs it in its
+/// place (`exec`).
+fn shell_command(argv: &[OsString]) -> OsString {
+    let mut line = b"exec".to_vec();
+    for arg in argv {
+        line.push(b' ');
+        line.push(b'\'');
+        for &byte in arg.as_bytes() {
+            if byte == b'\'' {
+                line.extend_from_slice(b"'\\''");
+            } else {
+                line.push(byte);
+            }
+        }
+        line.push(b'\'');
+    }
+    <OsString as std::os::unix::ffi::OsStringExt>::from_vec(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shell_runs_the_quoted_argv_as_it_was() {
+        let argv: Vec<OsString> = ["printf", "%s|", "it's", "a b", "$HOME", "\"q\"", ""]
+            .into_iter()
+            .map(OsString::from)
+            .collect();
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(shell_command(&argv))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            "it's|a b|$HOME|\"q\"||"
+        );
+    }
+
+    fn words(command: &Command) -> Vec<String> {
+        command
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn launchers_build_their_commands() {
+        let agent = [OsString::from("env"), OsString::from("X=1")];
+        let ssh = Ssh::new("node-b")
+            .port(2222)
+            .option("User=me")
+            .command(&agent);
+        assert_eq!(ssh.get_program(), "ssh");
+        let said = words(&ssh);
+        assert!(
+            said.starts_with(&["-T", "-x", "-a", "-p", "2222", "-o", "User=me"].map(String::from))
+        );
+        assert_eq!(said[said.len() - 3..], ["node-b", "--", "exec 'env' 'X=1'"]);
+        let srun = Srun::new().node("n2").command(&agent);
+        assert_eq!(
+            words(&srun),
+            ["-N1", "-n1", "-u", "--quiet", "-w", "n2", "env", "X=1"]
+        );
+        let prefix = Prefix::new(["kubectl", "exec", "-i", "w0", "--"]);
+        assert_eq!(Launcher::host(&prefix), "kubectl exec -i w0 --");
+        assert_eq!(
+            words(&prefix.command(&agent)),
+            ["exec", "-i", "w0", "--", "env", "X=1"]
+        );
+    }
+}

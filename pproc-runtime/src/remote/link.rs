@@ -1,0 +1,641 @@
+//! The parent's end of a host: one link per launcher, to the agent it
+//! started, and a relay thread that carries each remote child's frames
+//! between the child's local socket (the one its [`Handle`](crate::Handle)
+//! reads, as for a local child) and the link.
+//!
+//! The relay never blocks on one peer: what a handle or the link cannot
+//! take now waits in an [`Outgoing`] queue. A child's end is made known
+//! (its exit descriptor turns readable) only once every frame it sent is
+//! in its socket. When the link ends, every child on it ends as
+//! [`Status::Lost`], which its handle reports as
+//! [`Error::HostLost`](crate::Error::HostLost).
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::Instant;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use super::Launcher;
+use super::agent::LINK_MAX_FRAME;
+use super::outgoing::Outgoing;
+use super::protocol::{
+    ENV, Exited, Hello, MAGIC, MAX_SKIPPED, Refused, Spawn, Started, VERSION, frame_head,
+    split_frame, tag,
+};
+use crate::error::{Error, Result};
+use crate::lock::{lock, wait_timeout};
+use crate::process::child::{RemoteEnd, Status};
+use crate::registry;
+use crate::wire::codec::{decode, encode};
+use crate::wire::conn::{Conn, Next};
+use crate::wire::spec::Mode;
+use crate::wire::wait::{Deadline, poll_until};
+
+/// How much of a launcher's standard error an error quotes.
+const QUOTED: usize = 4096;
+
+/// The links this process has, by launcher (its `Debug` form). Each slot
+/// is held while its link connects: two starters do not start two agents
+/// on a host, and a host that is slow to answer holds up no other.
+static LINKS: Mutex<BTreeMap<String, Arc<Slot>>> = Mutex::new(BTreeMap::new());
+
+/// A host's link, once it is connected.
+type Slot = Mutex<Option<Arc<Link>>>;
+
+/// One host's link, shared by the handles of its children.
+#[derive(Debug)]
+pub(crate) struct Link {
+    host: String,
+    /// What the relay thread is to do next, and the descriptor that wakes
+    /// it for that.
+    orders: Mutex<Vec<Order>>,
+    wake: EventFd,
+    next: AtomicU32,
+    /// Set once the link has ended: no more children start on it.
+    lost: Mutex<bool>,
+}
+
+/// Something for the relay thread to do.
+#[derive(Debug)]
+enum Order {
+    /// Start a child, relaying through `Route`.
+    Spawn(Box<Route>, Vec<u8>),
+    Signal(u32, i32),
+}
+
+/// A remote child as its handle's end knows it.
+#[derive(Debug)]
+pub(crate) struct End {
+    host: String,
+    id: u32,
+    link: Weak<Link>,
+    /// Readable once `state.status` is set: its write end is dropped.
+    exit: Arc<OwnedFd>,
+    exit_writer: Mutex<Option<OwnedFd>>,
+    state: Mutex<State>,
+    news: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    started: Option<std::result::Result<u32, Refused>>,
+    status: Option<Status>,
+}
+
+impl End {
+    /// Its end is known: `status`.
+    fn finish(&self, status: Status) {
+        let mut state = lock(&self.state);
+        if state.status.is_none() {
+            state.status = Some(status);
+        }
+        if state.started.is_none() {
+            state.started = Some(Err(Refused::Spawn("its host was lost".to_owned())));
+        }
+        drop(state);
+        self.news.notify_all();
+        // Closing the write end makes the read end readable.
+        lock(&self.exit_writer).take();
+    }
+
+    fn started(&self, outcome: std::result::Result<u32, Refused>) {
+        lock(&self.state).started = Some(outcome);
+        self.news.notify_all();
+    }
+
+    /// The pid the agent started it as, once it says so, by `until`.
+    fn wait_started(&self, until: Instant) -> Result<std::result::Result<u32, Refused>> {
+        let mut state = lock(&self.state);
+        loop {
+            if let Some(outcome) = &state.started {
+                return Ok(outcome.clone());
+            }
+            let Some(left) = until.checked_duration_since(Instant::now()) else {
+                return Err(Error::Launch {
+                    host: self.host.clone(),
+                    message: "the agent did not say in time whether it started the child"
+                        .to_owned(),
+                });
+            };
+            state = wait_timeout(&self.news, state, left);
+        }
+    }
+
+    /// The descriptor that turns readable once its end is known.
+    pub(crate) fn exit(&self) -> Arc<OwnedFd> {
+        Arc::clone(&self.exit)
+    }
+}
+
+impl RemoteEnd for End {
+    fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn exit_fd(&self) -> BorrowedFd<'_> {
+        self.exit.as_fd()
+    }
+
+    fn status(&self) -> Option<Status> {
+        lock(&self.state).status
+    }
+
+    fn signal(&self, signal: Signal) -> Result<()> {
+        if let Some(link) = self.link.upgrade() {
+            link.order(Order::Signal(self.id, signal as i32));
+        }
+        Ok(())
+    }
+}
+
+/// A child's socket on the relay's side.
+#[derive(Debug)]
+struct Route {
+    conn: Conn,
+    out: Outgoing,
+    end: Arc<End>,
+    /// The handle's end is closed: nothing more is read.
+    eof: bool,
+    /// The agent said how the child ended: told once `out` is written.
+    ended: Option<Status>,
+}
+
+impl Link {
+    fn order(&self, order: Order) {
+        lock(&self.orders).push(order);
+        let _ = self.wake.write(1);
+    }
+}
+
+/// Starts the function registered as `name`, in the role `mode`, on the
+/// host `launcher` reaches (connecting to it first if this process has not
+/// yet). Returns the connection its handle reads, its pid there, and its
+/// end.
+pub(crate) fn start(
+    launcher: &Arc<dyn Launcher>,
+    name: &str,
+    mode: Mode,
+    group: bool,
+    max_frame: usize,
+) -> Result<(Conn, Pid, Arc<End>)> {
+    let link = connected(launcher)?;
+    let host = launcher.host();
+    let (ours, theirs) = crate::wire::conn::socketpair()?;
+    let mut conn = Conn::new(ours)?;
+    conn.without_shared_memory();
+    conn.set_max_frame(max_frame);
+    // What the handle sends is its own: the relay takes any frame.
+    let mut relayed = Conn::new(theirs)?;
+    relayed.without_shared_memory();
+    relayed.set_max_frame(LINK_MAX_FRAME - 16);
+    let (exit, exit_writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|err| Error::Spawn(std::io::Error::from(err)))?;
+    let id = link.next.fetch_add(1, Ordering::Relaxed);
+    let end = Arc::new(End {
+        host: host.clone(),
+        id,
+        link: Arc::downgrade(&link),
+        exit: Arc::new(exit),
+        exit_writer: Mutex::new(Some(exit_writer)),
+        state: Mutex::new(State::default()),
+        news: Condvar::new(),
+    });
+    let spawn = encode(&Spawn {
+        id,
+        name: name.to_owned(),
+        mode: mode.letter().to_string(),
+        group,
+    })?;
+    let route = Route {
+        conn: relayed,
+        out: Outgoing::default(),
+        end: Arc::clone(&end),
+        eof: false,
+        ended: None,
+    };
+    if *lock(&link.lost) {
+        return Err(Error::HostLost { host });
+    }
+    link.order(Order::Spawn(Box::new(route), spawn));
+    let until = Instant::now() + launcher.connect_timeout();
+    match end.wait_started(until)? {
+        Ok(pid) => Ok((conn, Pid::from_raw(pid.cast_signed()), end)),
+        Err(Refused::Unregistered(name)) => Err(Error::Unregistered { name }),
+        Err(Refused::Spawn(why) | Refused::Order(why)) => Err(Error::Spawn(std::io::Error::other(
+            format!("on `{host}`: {why}"),
+        ))),
+    }
+}
+
+/// The link of `launcher`, connected now if there is none yet.
+fn connected(launcher: &Arc<dyn Launcher>) -> Result<Arc<Link>> {
+    let key = format!("{launcher:?}");
+    let slot = Arc::clone(lock(&LINKS).entry(key.clone()).or_default());
+    let mut slot = lock(&slot);
+    if let Some(link) = &*slot
+        && !*lock(&link.lost)
+    {
+        return Ok(Arc::clone(link));
+    }
+    let (conn, agent) = connect(launcher.as_ref())?;
+    let link = Arc::new(Link {
+        host: launcher.host(),
+        orders: Mutex::new(Vec::new()),
+        wake: EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(Error::from_errno)?,
+        next: AtomicU32::new(0),
+        lost: Mutex::new(false),
+    });
+    let relay = Arc::clone(&link);
+    std::thread::Builder::new()
+        .name(format!("pproc-link-{}", link.host))
+        .spawn(move || run(&relay, conn, agent))
+        .map_err(Error::Spawn)?;
+    *slot = Some(Arc::clone(&link));
+    Ok(link)
+}
+
+/// Starts the agent through `launcher` and reads its hello. Returns the
+/// link and the launcher's process.
+fn connect(launcher: &dyn Launcher) -> Result<(Conn, std::process::Child)> {
+    let host = launcher.host();
+    let failed = |message: String| Error::Launch {
+        host: host.clone(),
+        message,
+    };
+    let exe =
+        std::env::current_exe().map_err(|err| failed(format!("no path to this program: {err}")))?;
+    let argv = [
+        OsString::from("env"),
+        OsString::from(format!("{ENV}=1")),
+        exe.into_os_string(),
+    ];
+    let (ours, theirs) = UnixStream::pair().map_err(Error::Spawn)?;
+    let mut command = launcher.command(&argv);
+    let program = command.get_program().to_string_lossy().into_owned();
+    command
+        .stdin(Stdio::from(OwnedFd::from(
+            theirs.try_clone().map_err(Error::Spawn)?,
+        )))
+        .stdout(Stdio::from(OwnedFd::from(theirs)))
+        .stderr(Stdio::piped());
+    let spawned = command.spawn();
+    // The command holds our copies of the launcher's ends: without them,
+    // the link ends when the launcher does.
+    drop(command);
+    let mut process = spawned.map_err(|err| failed(format!("cannot run `{program}`: {err}")))?;
+    let said = process.stderr.take().map(tee);
+    let stop = |process: &mut std::process::Child, why: String| {
+        let _ = process.kill();
+        let status = process.wait();
+        let quoted = said.as_ref().map(Said::text).unwrap_or_default();
+        let mut message = why;
+        if let Ok(status) = status
+            && let Some(code) = status.code()
+        {
+            let _ = write!(message, " (`{program}` exited with {code})");
+        }
+        if !quoted.is_empty() {
+            let _ = write!(message, "; it said: {quoted}");
+        }
+        failed(message)
+    };
+    let deadline = Deadline::after(launcher.connect_timeout());
+    let ours = OwnedFd::from(ours);
+    if let Err(why) = skip_to_magic(ours.as_fd(), deadline) {
+        return Err(stop(&mut process, why));
+    }
+    let mut conn = Conn::new(ours)?;
+    conn.without_shared_memory();
+    conn.set_max_frame(LINK_MAX_FRAME);
+    let hello = match conn.next(deadline, None, |frame_tag, body| {
+        (frame_tag == tag::HELLO).then(|| decode::<Hello>(body))
+    }) {
+        Ok(Next::Frame(Some(Ok(hello)))) => hello,
+        Ok(Next::Timeout) => {
+            return Err(stop(
+                &mut process,
+                "the agent sent no hello in time".to_owned(),
+            ));
+        }
+        Ok(_) => {
+            return Err(stop(
+                &mut process,
+                "the agent ended before its hello".to_owned(),
+            ));
+        }
+        Err(err) => {
+            return Err(stop(
+                &mut process,
+                format!("the agent's hello is not one: {err}"),
+            ));
+        }
+    };
+    if hello.version != VERSION {
+        return Err(stop(
+            &mut process,
+            format!(
+                "the agent speaks version {} of the protocol, not {VERSION}",
+                hello.version
+            ),
+        ));
+    }
+    if hello.fingerprint != registry::fingerprint() {
+        let _ = process.kill();
+        let _ = process.wait();
+        return Err(Error::VersionSkew {
+            parent: registry::fingerprint(),
+            child: hello.fingerprint,
+            host: Some(host),
+        });
+    }
+    Ok((conn, process))
+}
+
+/// Reads the link a byte at a time (so that nothing after it is taken)
+/// until the agent's magic, skipping at most [`MAX_SKIPPED`] bytes of
+/// whatever a remote shell printed first.
+fn skip_to_magic(fd: BorrowedFd<'_>, deadline: Deadline) -> std::result::Result<(), String> {
+    let mut seen: Vec<u8> = Vec::new();
+    loop {
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll_until(&mut fds, deadline) {
+            Ok(true) => {}
+            Ok(false) => return Err(format!("the agent did not answer in time{}", shown(&seen))),
+            Err(err) => return Err(err.to_string()),
+        }
+        let mut byte = [0u8; 1];
+        match nix::unistd::read(fd, &mut byte) {
+            Ok(0) => return Err(format!("the launcher closed the link{}", shown(&seen))),
+            Ok(_) => seen.push(byte[0]),
+            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
+            Err(err) => return Err(err.to_string()),
+        }
+        if seen.ends_with(MAGIC) {
+            return Ok(());
+        }
+        if seen.len() > MAX_SKIPPED + MAGIC.len() {
+            return Err(format!("no agent answered{}", shown(&seen)));
+        }
+    }
+}
+
+/// What came before the agent's magic, for an error.
+fn shown(seen: &[u8]) -> String {
+    if seen.is_empty() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&seen[..seen.len().min(200)]);
+    format!(
+        " (before it, the link carried {} bytes: {:?})",
+        seen.len(),
+        text.trim()
+    )
+}
+
+/// The start of what a launcher wrote to its standard error.
+struct Said {
+    /// What it wrote, and whether it has closed its end.
+    kept: Mutex<(Vec<u8>, bool)>,
+    news: Condvar,
+}
+
+impl Said {
+    /// What the launcher said, once it has closed its standard error (or
+    /// a moment has passed: its children may hold it open).
+    fn text(self: &Arc<Self>) -> String {
+        let until = Instant::now() + std::time::Duration::from_secs(1);
+        let mut kept = lock(&self.kept);
+        while !kept.1
+            && let Some(left) = until.checked_duration_since(Instant::now())
+        {
+            kept = wait_timeout(&self.news, kept, left);
+        }
+        String::from_utf8_lossy(&kept.0).trim().to_owned()
+    }
+}
+
+/// Copies the launcher's standard error to ours, keeping its first
+/// [`QUOTED`] bytes for errors.
+fn tee(mut from: std::process::ChildStderr) -> Arc<Said> {
+    let said = Arc::new(Said {
+        kept: Mutex::new((Vec::new(), false)),
+        news: Condvar::new(),
+    });
+    let keep = Arc::clone(&said);
+    let _ = std::thread::Builder::new()
+        .name("pproc-link-stderr".into())
+        .spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut kept = lock(&keep.kept);
+                let room = QUOTED.saturating_sub(kept.0.len());
+                kept.0.extend_from_slice(&buf[..n.min(room)]);
+                drop(kept);
+                let _ = std::io::stderr().write_all(&buf[..n]);
+            }
+            lock(&keep.kept).1 = true;
+            keep.news.notify_all();
+        });
+    said
+}
+
+/// The relay: runs until the link ends, then ends every child on it as
+/// lost.
+fn run(link: &Arc<Link>, mut conn: Conn, mut process: std::process::Child) {
+    let mut routes: BTreeMap<u32, Route> = BTreeMap::new();
+    let mut out = Outgoing::default();
+    relay(link, &mut conn, &mut out, &mut routes);
+    // The next child on this host starts a new agent.
+    *lock(&link.lost) = true;
+    for order in lock(&link.orders).drain(..) {
+        if let Order::Spawn(route, _) = order {
+            route.end.finish(Status::Lost);
+        }
+    }
+    for (_, mut route) in routes {
+        // What arrived is delivered, as far as the socket takes it now.
+        let _ = route.out.write(route.conn.as_fd());
+        route.end.finish(route.ended.unwrap_or(Status::Lost));
+    }
+    let _ = process.kill();
+    let _ = process.wait();
+}
+
+fn relay(link: &Link, conn: &mut Conn, out: &mut Outgoing, routes: &mut BTreeMap<u32, Route>) {
+    loop {
+        for order in std::mem::take(&mut *lock(&link.orders)) {
+            let sent = match order {
+                Order::Spawn(route, body) => {
+                    let id = route.end.id;
+                    routes.insert(id, *route);
+                    out.frame(tag::SPAWN, &[&body])
+                }
+                Order::Signal(id, signal) => encode(&super::protocol::Signal { id, signal })
+                    .and_then(|body| out.frame(tag::SIGNAL, &[&body])),
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
+        if out.write(conn.as_fd()).is_err() {
+            return;
+        }
+        routes.retain(|_, route| {
+            if route.out.write(route.conn.as_fd()).is_err() {
+                // The handle is gone: what it was sent is moot.
+                route.out = Outgoing::default();
+            }
+            match route.ended {
+                Some(status) if route.out.is_empty() => {
+                    route.end.finish(status);
+                    false
+                }
+                _ => true,
+            }
+        });
+        let mut events = PollFlags::POLLIN;
+        if !out.is_empty() {
+            events |= PollFlags::POLLOUT;
+        }
+        let mut fds = vec![
+            PollFd::new(conn.as_fd(), events),
+            PollFd::new(link.wake.as_fd(), PollFlags::POLLIN),
+        ];
+        let mut owners = Vec::new();
+        for (&id, route) in routes.iter() {
+            let mut events = PollFlags::empty();
+            if !route.eof {
+                events |= PollFlags::POLLIN;
+            }
+            if !route.out.is_empty() {
+                events |= PollFlags::POLLOUT;
+            }
+            if !events.is_empty() {
+                fds.push(PollFd::new(route.conn.as_fd(), events));
+                owners.push(id);
+            }
+        }
+        loop {
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => break,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => return,
+            }
+        }
+        let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+        let link_ready = ready(&fds[0]);
+        if ready(&fds[1]) {
+            let _ = link.wake.read();
+        }
+        let readable: Vec<u32> = fds[2..]
+            .iter()
+            .zip(&owners)
+            .filter(|(fd, _)| ready(fd))
+            .map(|(_, &id)| id)
+            .collect();
+        drop(fds);
+        for id in readable {
+            if let Some(route) = routes.get_mut(&id) {
+                from_handle(id, route, out);
+            }
+        }
+        if link_ready && !from_agent(conn, routes) {
+            return;
+        }
+    }
+}
+
+/// Relays what child `id`'s handle sent; tells the agent once the handle
+/// closed its end.
+fn from_handle(id: u32, route: &mut Route, out: &mut Outgoing) {
+    if route.eof {
+        return;
+    }
+    let failed = route.conn.fill().is_err();
+    let broken = loop {
+        match route.conn.with_frame(|frame_tag, body| {
+            let _ = out.frame(tag::FRAME, &[&frame_head(id, frame_tag), body]);
+        }) {
+            Ok(Some(())) => {}
+            Ok(None) => break false,
+            Err(_) => break true,
+        }
+    };
+    if failed || broken || route.conn.is_eof() {
+        route.eof = true;
+        let _ = out.frame(tag::CLOSE, &[&id.to_le_bytes()]);
+    }
+}
+
+/// Reads what the agent sent and acts on it; `false` once the link has
+/// ended or broken its protocol.
+fn from_agent(conn: &mut Conn, routes: &mut BTreeMap<u32, Route>) -> bool {
+    if conn.fill().is_err() {
+        return false;
+    }
+    loop {
+        match conn.with_frame(|frame_tag, body| heard(routes, frame_tag, body)) {
+            Ok(Some(true)) => {}
+            Ok(None) => break,
+            Ok(Some(false)) | Err(_) => return false,
+        }
+    }
+    !conn.is_eof()
+}
+
+/// Acts on one frame from the agent; `false` if it makes no sense.
+fn heard(routes: &mut BTreeMap<u32, Route>, frame_tag: u8, body: &[u8]) -> bool {
+    match frame_tag {
+        tag::FRAME => {
+            let Some((id, inner, payload)) = split_frame(body) else {
+                return false;
+            };
+            if let Some(route) = routes.get_mut(&id) {
+                let _ = route.out.frame(inner, &[payload]);
+            }
+            true
+        }
+        tag::STARTED => {
+            let Ok(started) = decode::<Started>(body) else {
+                return false;
+            };
+            if let Some(route) = routes.get(&started.id) {
+                if started.outcome.is_err() {
+                    let route = routes.remove(&started.id);
+                    if let Some(route) = route {
+                        route.end.started(started.outcome);
+                        route.end.finish(Status::Unknown);
+                    }
+                } else {
+                    route.end.started(started.outcome);
+                }
+            }
+            true
+        }
+        tag::EXITED => {
+            let Ok(exited) = decode::<Exited>(body) else {
+                return false;
+            };
+            if let Some(route) = routes.get_mut(&exited.id) {
+                route.ended = Some(exited.status.into());
+            }
+            true
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,73 @@
+//! Frames waiting to be written to a non-blocking socket, for a relay that
+//! must never block on one peer while others wait.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::{MsgFlags, send};
+
+use crate::error::{Error, Result};
+use crate::wire::codec;
+
+/// Bytes not written yet to one socket; written as far as it takes them.
+#[derive(Debug, Default)]
+pub(super) struct Outgoing {
+    buf: Vec<u8>,
+    /// `buf[head..]` is not written yet.
+    head: usize,
+}
+
+impl Outgoing {
+    /// Queues a frame of `tag` whose body is `parts`, one after the other.
+    pub(super) fn frame(&mut self, tag: u8, parts: &[&[u8]]) -> Result<()> {
+        let len: usize = parts.iter().map(|part| part.len()).sum();
+        if self.head == self.buf.len() {
+            self.buf.clear();
+            self.head = 0;
+        }
+        self.buf.extend_from_slice(&codec::header(len + 1)?);
+        self.buf.push(tag);
+        for part in parts {
+            self.buf.extend_from_slice(part);
+        }
+        Ok(())
+    }
+
+    /// Queues bytes that are already framed.
+    pub(super) fn raw(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.head == self.buf.len()
+    }
+
+    /// Writes what the socket takes now, without blocking.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Disconnected`] once the peer is gone.
+    pub(super) fn write(&mut self, fd: BorrowedFd<'_>) -> Result<()> {
+        while self.head < self.buf.len() {
+            match send(
+                fd.as_raw_fd(),
+                &self.buf[self.head..],
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            ) {
+                Ok(n) => self.head += n,
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => break,
+                Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(Error::Disconnected),
+                Err(err) => return Err(Error::from_errno(err)),
+            }
+        }
+        if self.head == self.buf.len() {
+            self.buf.clear();
+            self.head = 0;
+        } else if self.head > (1 << 20) && self.head > self.buf.len() / 2 {
+            self.buf.drain(..self.head);
+            self.head = 0;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,227 @@
+//! Children on another host through a launcher. Here the launcher is a
+//! command prefix (`env`, or a shell), which runs the agent on this very
+//! host: every path of the agent and the link runs for real, and the
+//! tests can see both sides' processes. The ssh and Slurm launchers have
+//! tests of their own against a real sshd and a real Slurm.
+
+use std::time::{Duration, Instant};
+
+use pproc::{Builder, Channel, Error, Map, Prefix, parallel};
+use pproc_workspace::wait_gone;
+
+#[parallel]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// Its pid and its parent's: the agent's, on the host.
+#[parallel]
+fn whoami() -> (u32, u32) {
+    (std::process::id(), std::os::unix::process::parent_id())
+}
+
+#[parallel]
+fn count_to(ch: Channel<u64, u64>, n: u64) -> u64 {
+    for i in 0..n {
+        ch.send(&i).unwrap();
+    }
+    // An echo, to show both ways work.
+    ch.recv().unwrap() + 1
+}
+
+#[parallel]
+fn fails(code: i32) -> u8 {
+    if code == 0 {
+        panic!("asked to panic");
+    }
+    std::process::exit(code);
+}
+
+/// Says its pid and its agent's, then sleeps.
+#[parallel]
+fn sleeps(ch: Channel<(u32, u32)>) {
+    ch.send(&(std::process::id(), std::os::unix::process::parent_id()))
+        .unwrap();
+    ch.flush().unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// The agent on this host, under its own name so that no other test's
+/// agent is shared.
+fn host(name: &str) -> Builder {
+    Builder::new().launcher(Prefix::new(["env"]).host(name))
+}
+
+#[test]
+fn a_remote_child_returns_streams_and_fails_as_a_local_one() {
+    let b = host("values");
+    assert_eq!(b.start(square::call(12)).unwrap().join().unwrap(), 144);
+
+    let h = b.start(whoami::call()).unwrap();
+    let pid = h.pid();
+    let (child, agent) = h.join().unwrap();
+    assert_eq!(child, pid, "the handle knows the child's pid on its host");
+    assert_ne!(agent, std::process::id(), "the agent is the child's parent");
+
+    let h = b.start(count_to::call(1000)).unwrap();
+    let got: Vec<u64> = (0..1000).map(|_| h.recv().unwrap()).collect();
+    assert_eq!(got, (0..1000).collect::<Vec<_>>());
+    h.send(&41).unwrap();
+    assert_eq!(h.join().unwrap(), 42);
+
+    match b.start(fails::call(0)).unwrap().join() {
+        Err(Error::Panicked { message, .. }) => assert_eq!(message, "asked to panic"),
+        other => panic!("{other:?}"),
+    }
+    match b.start(fails::call(7)).unwrap().join() {
+        Err(Error::Exited { code: 7 }) => {}
+        other => panic!("{other:?}"),
+    }
+    let h = b.start(sleeps::call()).unwrap();
+    let (child, _) = h.recv().unwrap();
+    h.kill().unwrap();
+    match h.join() {
+        Err(Error::Signaled { signal }) => assert_eq!(signal, libc::SIGKILL),
+        other => panic!("{other:?}"),
+    }
+    wait_gone(child);
+    // A dropped handle kills its child there too.
+    let h = b.start(sleeps::call()).unwrap();
+    let (child, _) = h.recv().unwrap();
+    drop(h);
+    wait_gone(child);
+}
+
+#[test]
+fn remote_workers_run_a_map() {
+    let squares: Vec<u64> = Map::new(square::call, 0..200u64)
+        .builder(host("workers"))
+        .collect::<pproc::Result<_>>()
+        .unwrap();
+    assert_eq!(squares, (0..200u64).map(|x| x * x).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_lost_host_fails_its_children_with_host_lost_and_leaves_none() {
+    let b = host("doomed");
+    let h = b.start(sleeps::call()).unwrap();
+    let other = b.start(sleeps::call()).unwrap();
+    let (child, agent) = h.recv().unwrap();
+    let (sibling, same_agent) = other.recv().unwrap();
+    assert_eq!(agent, same_agent, "one agent per host");
+    // The agent dies at once: it cannot stop its children, which die with
+    // it all the same.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.cast_signed()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let started = Instant::now();
+    for h in [h, other] {
+        match h.join() {
+            Err(Error::HostLost { host }) => assert_eq!(host, "doomed"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(20));
+    for pid in [agent, child, sibling] {
+        wait_gone(pid);
+    }
+    // The next child starts a new agent.
+    assert_eq!(b.start(square::call(3)).unwrap().join().unwrap(), 9);
+}
+
+#[test]
+fn a_shell_that_prints_first_is_skipped() {
+    let chatty =
+        Prefix::new(["sh", "-c", "echo 'Welcome to the host'; exec \"$@\"", "sh"]).host("chatty");
+    let b = Builder::new().launcher(chatty);
+    assert_eq!(b.start(square::call(5)).unwrap().join().unwrap(), 25);
+}
+
+#[test]
+fn a_host_that_cannot_be_reached_is_a_launch_error() {
+    let b = Builder::new().launcher(Prefix::new(["/nonexistent/launcher"]).host("nowhere"));
+    match b.start(square::call(1)) {
+        Err(Error::Launch { host, message }) => {
+            assert_eq!(host, "nowhere");
+            assert!(message.contains("cannot run"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A launcher that fails, and says why on its standard error.
+    let refusing = Prefix::new([
+        "sh",
+        "-c",
+        "echo 'ssh: connect: Connection refused' >&2; exit 255",
+    ])
+    .host("refusing");
+    match Builder::new().launcher(refusing).start(square::call(1)) {
+        Err(Error::Launch { host, message }) => {
+            assert_eq!(host, "refusing");
+            assert!(message.contains("Connection refused"), "{message}");
+            assert!(message.contains("exited with 255"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Nothing answers at all: the connect timeout ends the wait.
+    let silent = Prefix::new(["sh", "-c", "exec sleep 30"])
+        .host("silent")
+        .connect_timeout(Duration::from_secs(1));
+    let started = Instant::now();
+    match Builder::new().launcher(silent).start(square::call(1)) {
+        Err(Error::Launch { message, .. }) => assert!(message.contains("in time"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn an_agent_of_another_build_is_version_skew() {
+    // `pproc-probe` is another program linking pproc: its build differs.
+    let probe = env!("CARGO_BIN_EXE_pproc-probe");
+    let other = Prefix::new(["sh", "-c", "exec env PPROC_AGENT=1 \"$0\"", probe]).host("old");
+    match Builder::new().launcher(other).start(square::call(1)) {
+        Err(Error::VersionSkew {
+            host,
+            parent,
+            child,
+        }) => {
+            assert_eq!(host.as_deref(), Some("old"));
+            assert_ne!(parent, child);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn what_a_launcher_cannot_carry_yet_is_refused() {
+    let b = host("limits").deadline(Duration::from_secs(5));
+    match b.start(square::call(1)) {
+        Err(Error::Spawn(err)) => assert!(err.to_string().contains("launcher"), "{err}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Starts a sleeper on a host of its own, tells the test its pid and its
+/// agent's, then waits to be killed.
+#[parallel]
+fn middle(ch: Channel<(u32, u32)>) {
+    let h = host("orphaned").start(sleeps::call()).unwrap();
+    ch.send(&h.recv().unwrap()).unwrap();
+    ch.flush().unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+    drop(h);
+}
+
+#[test]
+fn a_parent_killed_leaves_no_child_on_the_host() {
+    let h = middle::start().unwrap();
+    let (child, agent) = h.recv().unwrap();
+    h.kill().unwrap();
+    assert!(matches!(h.join(), Err(Error::Signaled { .. })));
+    // The link ended with the parent: the agent stops its children and
+    // exits.
+    wait_gone(child);
+    wait_gone(agent);
+}
