@@ -207,7 +207,13 @@ fn what_a_launcher_cannot_carry_yet_is_refused() {
 /// agent's, then waits to be killed.
 #[parallel]
 fn middle(ch: Channel<(u32, u32)>) {
-    let h = host("orphaned").start(sleeps::call()).unwrap();
+    let quick = Prefix::new(["env"])
+        .host("orphaned")
+        .host_timeout(Duration::from_secs(3));
+    let h = Builder::new()
+        .launcher(quick)
+        .start(sleeps::call())
+        .unwrap();
     ch.send(&h.recv().unwrap()).unwrap();
     ch.flush().unwrap();
     std::thread::sleep(Duration::from_secs(60));
@@ -224,4 +230,57 @@ fn a_parent_killed_leaves_no_child_on_the_host() {
     // exits.
     wait_gone(child);
     wait_gone(agent);
+}
+
+#[test]
+fn a_parent_that_hangs_is_noticed_by_the_agent() {
+    let h = middle::start().unwrap();
+    let (child, agent) = h.recv().unwrap();
+    // Stopped, the parent says nothing, and its link stays open.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(h.pid().cast_signed()),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    let started = Instant::now();
+    wait_gone(child);
+    wait_gone(agent);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(1),
+        "not before the timeout: {took:?}"
+    );
+    h.kill().unwrap();
+    assert!(matches!(h.join(), Err(Error::Signaled { .. })));
+}
+
+#[test]
+fn an_agent_that_hangs_is_a_lost_host() {
+    let quick = Prefix::new(["env"])
+        .host("hanging")
+        .host_timeout(Duration::from_secs(3));
+    let h = Builder::new()
+        .launcher(quick)
+        .start(sleeps::call())
+        .unwrap();
+    let (child, agent) = h.recv().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.cast_signed()),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    let started = Instant::now();
+    match h.join() {
+        Err(Error::HostLost { host }) => assert_eq!(host, "hanging"),
+        other => panic!("{other:?}"),
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(1),
+        "not before the timeout: {took:?}"
+    );
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    // The launcher (here the agent itself) is killed, and the child with it.
+    wait_gone(agent);
+    wait_gone(child);
 }

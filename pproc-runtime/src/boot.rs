@@ -30,13 +30,15 @@ extern "C" fn dispatch(
     env: *const *const libc::c_char,
 ) {
     let Some(spec) = std::env::var_os(ENV) else {
-        if std::env::var_os(remote::protocol::ENV).is_some() {
+        if let Some(timeout) = std::env::var_os(remote::protocol::ENV) {
             // SAFETY: as for a child, below.
             unsafe {
                 run_later_constructors(count, args, env);
                 std::env::remove_var(remote::protocol::ENV);
             }
-            let code = panic::catch_unwind(remote::agent::serve).unwrap_or(EXIT_PROTOCOL);
+            let timeout = timeout.to_string_lossy().into_owned();
+            let code =
+                panic::catch_unwind(|| remote::agent::serve(&timeout)).unwrap_or(EXIT_PROTOCOL);
             let _ = std::io::stderr().flush();
             std::process::exit(code);
         }

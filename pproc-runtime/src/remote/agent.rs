@@ -14,14 +14,15 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
 
 use super::outgoing::Outgoing;
 use super::protocol::{
-    Ended, Exited, Hello, MAGIC, Refused, Spawn, Started, VERSION, frame_head, split_frame, tag,
+    Ended, Exited, HEARTBEAT, Hello, MAGIC, Refused, Spawn, Started, VERSION, frame_head,
+    split_frame, tag,
 };
 use crate::error::Result;
 use crate::process::child::Child;
@@ -40,10 +41,13 @@ const GRACE: Duration = Duration::from_millis(500);
 /// The largest frame on a link: a child's largest, and its wrapping.
 pub(crate) const LINK_MAX_FRAME: usize = u32::MAX as usize - 16;
 
-/// Serves the link on standard input and output until it ends; returns
-/// the exit status.
-pub(crate) fn serve() -> i32 {
+/// Serves the link on standard input and output until it ends, or until
+/// it has been silent for `timeout` milliseconds; returns the exit status.
+pub(crate) fn serve(timeout: &str) -> i32 {
     ignore_sigpipe();
+    let Ok(millis) = timeout.parse::<u64>() else {
+        return EXIT_PROTOCOL;
+    };
     let Some(link) = adopt_stdio() else {
         return EXIT_PROTOCOL;
     };
@@ -56,6 +60,9 @@ pub(crate) fn serve() -> i32 {
         link: conn,
         out: Outgoing::default(),
         kids: BTreeMap::new(),
+        silence: Duration::from_millis(millis),
+        heard: Instant::now(),
+        said: Instant::now(),
     };
     agent.out.raw(MAGIC);
     let hello = Hello {
@@ -150,6 +157,11 @@ struct Agent {
     link: Conn,
     out: Outgoing,
     kids: BTreeMap<u32, Kid>,
+    /// How long the parent may be silent before it counts as gone.
+    silence: Duration,
+    /// When the parent was last heard, and last told something.
+    heard: Instant,
+    said: Instant,
 }
 
 impl Agent {
@@ -158,9 +170,15 @@ impl Agent {
         self.out.frame(frame_tag, &[&body])
     }
 
-    /// Relays until the link ends.
+    /// Relays until the link ends, or is silent for too long.
     fn run(&mut self) {
         loop {
+            if !self.out.is_empty() {
+                self.said = Instant::now();
+            } else if self.said.elapsed() >= HEARTBEAT {
+                let _ = self.out.frame(tag::HEARTBEAT, &[]);
+                self.said = Instant::now();
+            }
             if self.out.write(self.link.as_fd()).is_err() {
                 return;
             }
@@ -187,6 +205,10 @@ impl Agent {
                 self.reap(id);
             }
             if link_ready && !self.read_link() {
+                return;
+            }
+            if self.heard.elapsed() > self.silence {
+                // The parent is gone or cut off: ssh may never say so.
                 return;
             }
         }
@@ -218,8 +240,9 @@ impl Agent {
                 owners.push((id, true));
             }
         }
+        let tick = PollTimeout::try_from(HEARTBEAT).unwrap_or(PollTimeout::MAX);
         loop {
-            match poll(&mut fds, PollTimeout::NONE) {
+            match poll(&mut fds, tick) {
                 Ok(_) => break,
                 Err(nix::errno::Errno::EINTR) => {}
                 Err(_) => return None,
@@ -239,11 +262,15 @@ impl Agent {
     /// Reads what the link holds and acts on each frame; `false` once the
     /// link has ended or lost its framing.
     fn read_link(&mut self) -> bool {
-        if self.link.fill().is_err() {
-            return false;
+        match self.link.fill() {
+            Ok(0) => {}
+            Ok(_) => self.heard = Instant::now(),
+            Err(_) => return false,
         }
         loop {
-            let Self { link, out, kids } = self;
+            let Self {
+                link, out, kids, ..
+            } = self;
             match link.with_frame(|frame_tag, body| order(kids, out, frame_tag, body)) {
                 Ok(Some(true)) => {}
                 Ok(None) => break,
@@ -345,6 +372,7 @@ fn order(kids: &mut BTreeMap<u32, Kid>, out: &mut Outgoing, frame_tag: u8, body:
             }
             true
         }
+        tag::HEARTBEAT => true,
         tag::CLOSE => {
             let Ok(id) = <[u8; 4]>::try_from(body).map(u32::from_le_bytes) else {
                 return false;

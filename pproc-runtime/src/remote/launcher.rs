@@ -11,6 +11,11 @@ use std::time::Duration;
 /// How long starting an agent and hearing its hello may take, by default.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long either end of a link goes on without hearing from the other,
+/// by default: generous, since a loaded host may be slow to answer, and a
+/// short bound would call busy hosts lost.
+const HOST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A way to run a command on another host with its standard input and
 /// output connected to this process: ssh ([`Ssh`]), Slurm's `srun`
 /// ([`Srun`]), or any command prefix ([`Prefix`]). A
@@ -34,6 +39,14 @@ pub trait Launcher: fmt::Debug + Send + Sync + 'static {
     /// [`Error::Launch`](crate::Error::Launch).
     fn connect_timeout(&self) -> Duration {
         CONNECT_TIMEOUT
+    }
+
+    /// How long either end of the link goes on without hearing from the
+    /// other (each says something every second): past it, the parent ends
+    /// the host's children with [`Error::HostLost`](crate::Error::HostLost)
+    /// and the agent stops them. A link that closes is noticed at once.
+    fn host_timeout(&self) -> Duration {
+        HOST_TIMEOUT
     }
 }
 
@@ -67,6 +80,7 @@ pub struct Ssh {
     config: Option<PathBuf>,
     options: Vec<String>,
     timeout: Duration,
+    silence: Duration,
 }
 
 impl Ssh {
@@ -79,6 +93,7 @@ impl Ssh {
             config: None,
             options: Vec::new(),
             timeout: CONNECT_TIMEOUT,
+            silence: HOST_TIMEOUT,
         }
     }
 
@@ -108,6 +123,14 @@ impl Ssh {
     #[must_use]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// How long either end of the link goes on without hearing from the
+    /// other (30 s by default; see [`Launcher::host_timeout`]).
+    #[must_use]
+    pub fn host_timeout(mut self, timeout: Duration) -> Self {
+        self.silence = timeout;
         self
     }
 }
@@ -146,6 +169,10 @@ impl Launcher for Ssh {
     fn connect_timeout(&self) -> Duration {
         self.timeout
     }
+
+    fn host_timeout(&self) -> Duration {
+        self.silence
+    }
 }
 
 /// Children on a node of a Slurm allocation, through `srun` (always
@@ -165,6 +192,7 @@ pub struct Srun {
     node: Option<String>,
     args: Vec<OsString>,
     timeout: Duration,
+    silence: Duration,
 }
 
 impl Default for Srun {
@@ -173,6 +201,7 @@ impl Default for Srun {
             node: None,
             args: Vec::new(),
             timeout: CONNECT_TIMEOUT,
+            silence: HOST_TIMEOUT,
         }
     }
 }
@@ -205,6 +234,14 @@ impl Srun {
         self.timeout = timeout;
         self
     }
+
+    /// How long either end of the link goes on without hearing from the
+    /// other (30 s by default; see [`Launcher::host_timeout`]).
+    #[must_use]
+    pub fn host_timeout(mut self, timeout: Duration) -> Self {
+        self.silence = timeout;
+        self
+    }
 }
 
 impl Launcher for Srun {
@@ -224,6 +261,10 @@ impl Launcher for Srun {
 
     fn connect_timeout(&self) -> Duration {
         self.timeout
+    }
+
+    fn host_timeout(&self) -> Duration {
+        self.silence
     }
 }
 
@@ -253,6 +294,7 @@ pub struct Prefix {
     argv: Vec<OsString>,
     host: Option<String>,
     timeout: Duration,
+    silence: Duration,
 }
 
 impl Prefix {
@@ -272,6 +314,7 @@ impl Prefix {
             argv,
             host: None,
             timeout: CONNECT_TIMEOUT,
+            silence: HOST_TIMEOUT,
         }
     }
 
@@ -287,6 +330,14 @@ impl Prefix {
     #[must_use]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// How long either end of the link goes on without hearing from the
+    /// other (30 s by default; see [`Launcher::host_timeout`]).
+    #[must_use]
+    pub fn host_timeout(mut self, timeout: Duration) -> Self {
+        self.silence = timeout;
         self
     }
 }
@@ -307,6 +358,10 @@ impl Launcher for Prefix {
 
     fn connect_timeout(&self) -> Duration {
         self.timeout
+    }
+
+    fn host_timeout(&self) -> Duration {
+        self.silence
     }
 }
 

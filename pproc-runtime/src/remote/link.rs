@@ -19,7 +19,7 @@ use std::os::unix::net::UnixStream;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -30,8 +30,8 @@ use super::Launcher;
 use super::agent::LINK_MAX_FRAME;
 use super::outgoing::Outgoing;
 use super::protocol::{
-    ENV, Exited, Hello, MAGIC, MAX_SKIPPED, Refused, Spawn, Started, VERSION, frame_head,
-    split_frame, tag,
+    ENV, Exited, HEARTBEAT, Hello, MAGIC, MAX_SKIPPED, Refused, Spawn, Started, VERSION,
+    frame_head, split_frame, tag,
 };
 use crate::error::{Error, Result};
 use crate::lock::{lock, wait_timeout};
@@ -249,6 +249,7 @@ fn connected(launcher: &Arc<dyn Launcher>) -> Result<Arc<Link>> {
         return Ok(Arc::clone(link));
     }
     let (conn, agent) = connect(launcher.as_ref())?;
+    let silence = launcher.host_timeout();
     let link = Arc::new(Link {
         host: launcher.host(),
         orders: Mutex::new(Vec::new()),
@@ -260,7 +261,7 @@ fn connected(launcher: &Arc<dyn Launcher>) -> Result<Arc<Link>> {
     let relay = Arc::clone(&link);
     std::thread::Builder::new()
         .name(format!("pproc-link-{}", link.host))
-        .spawn(move || run(&relay, conn, agent))
+        .spawn(move || run(&relay, conn, agent, silence))
         .map_err(Error::Spawn)?;
     *slot = Some(Arc::clone(&link));
     Ok(link)
@@ -276,9 +277,10 @@ fn connect(launcher: &dyn Launcher) -> Result<(Conn, std::process::Child)> {
     };
     let exe =
         std::env::current_exe().map_err(|err| failed(format!("no path to this program: {err}")))?;
+    let silence = launcher.host_timeout().as_millis();
     let argv = [
         OsString::from("env"),
-        OsString::from(format!("{ENV}=1")),
+        OsString::from(format!("{ENV}={silence}")),
         exe.into_os_string(),
     ];
     let (ours, theirs) = UnixStream::pair().map_err(Error::Spawn)?;
@@ -456,10 +458,10 @@ fn tee(mut from: std::process::ChildStderr) -> Arc<Said> {
 
 /// The relay: runs until the link ends, then ends every child on it as
 /// lost.
-fn run(link: &Arc<Link>, mut conn: Conn, mut process: std::process::Child) {
+fn run(link: &Arc<Link>, mut conn: Conn, mut process: std::process::Child, silence: Duration) {
     let mut routes: BTreeMap<u32, Route> = BTreeMap::new();
     let mut out = Outgoing::default();
-    relay(link, &mut conn, &mut out, &mut routes);
+    relay(link, &mut conn, &mut out, &mut routes, silence);
     // The next child on this host starts a new agent.
     *lock(&link.lost) = true;
     for order in lock(&link.orders).drain(..) {
@@ -476,7 +478,15 @@ fn run(link: &Arc<Link>, mut conn: Conn, mut process: std::process::Child) {
     let _ = process.wait();
 }
 
-fn relay(link: &Link, conn: &mut Conn, out: &mut Outgoing, routes: &mut BTreeMap<u32, Route>) {
+/// Relays until the link ends, or is silent for `silence`.
+fn relay(
+    link: &Link,
+    conn: &mut Conn,
+    out: &mut Outgoing,
+    routes: &mut BTreeMap<u32, Route>,
+    silence: Duration,
+) {
+    let (mut heard, mut said) = (Instant::now(), Instant::now());
     loop {
         for order in std::mem::take(&mut *lock(&link.orders)) {
             let sent = match order {
@@ -491,6 +501,12 @@ fn relay(link: &Link, conn: &mut Conn, out: &mut Outgoing, routes: &mut BTreeMap
             if sent.is_err() {
                 return;
             }
+        }
+        if !out.is_empty() {
+            said = Instant::now();
+        } else if said.elapsed() >= HEARTBEAT {
+            let _ = out.frame(tag::HEARTBEAT, &[]);
+            said = Instant::now();
         }
         if out.write(conn.as_fd()).is_err() {
             return;
@@ -530,8 +546,9 @@ fn relay(link: &Link, conn: &mut Conn, out: &mut Outgoing, routes: &mut BTreeMap
                 owners.push(id);
             }
         }
+        let tick = PollTimeout::try_from(HEARTBEAT).unwrap_or(PollTimeout::MAX);
         loop {
-            match poll(&mut fds, PollTimeout::NONE) {
+            match poll(&mut fds, tick) {
                 Ok(_) => break,
                 Err(nix::errno::Errno::EINTR) => {}
                 Err(_) => return,
@@ -554,7 +571,15 @@ fn relay(link: &Link, conn: &mut Conn, out: &mut Outgoing, routes: &mut BTreeMap
                 from_handle(id, route, out);
             }
         }
-        if link_ready && !from_agent(conn, routes) {
+        if link_ready {
+            match from_agent(conn, routes) {
+                Some(true) => heard = Instant::now(),
+                Some(false) => {}
+                None => return,
+            }
+        }
+        if heard.elapsed() > silence {
+            // The agent, its host or the link hangs without closing.
             return;
         }
     }
@@ -582,20 +607,18 @@ fn from_handle(id: u32, route: &mut Route, out: &mut Outgoing) {
     }
 }
 
-/// Reads what the agent sent and acts on it; `false` once the link has
-/// ended or broken its protocol.
-fn from_agent(conn: &mut Conn, routes: &mut BTreeMap<u32, Route>) -> bool {
-    if conn.fill().is_err() {
-        return false;
-    }
+/// Reads what the agent sent and acts on it; whether anything came, or
+/// `None` once the link has ended or broken its protocol.
+fn from_agent(conn: &mut Conn, routes: &mut BTreeMap<u32, Route>) -> Option<bool> {
+    let got = conn.fill().ok()?;
     loop {
         match conn.with_frame(|frame_tag, body| heard(routes, frame_tag, body)) {
             Ok(Some(true)) => {}
             Ok(None) => break,
-            Ok(Some(false)) | Err(_) => return false,
+            Ok(Some(false)) | Err(_) => return None,
         }
     }
-    !conn.is_eof()
+    (!conn.is_eof()).then_some(got > 0)
 }
 
 /// Acts on one frame from the agent; `false` if it makes no sense.
@@ -627,6 +650,7 @@ fn heard(routes: &mut BTreeMap<u32, Route>, frame_tag: u8, body: &[u8]) -> bool 
             }
             true
         }
+        tag::HEARTBEAT => true,
         tag::EXITED => {
             let Ok(exited) = decode::<Exited>(body) else {
                 return false;

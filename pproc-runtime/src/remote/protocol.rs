@@ -3,6 +3,8 @@
 //! their own. A child's frames travel whole inside `FRAME` frames, named
 //! by the child's number on the link.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::process::child::Status;
@@ -17,8 +19,14 @@ pub(crate) const MAX_SKIPPED: usize = 64 * 1024;
 /// The version of this protocol: an agent of another answers nothing else.
 pub(crate) const VERSION: u32 = 1;
 
-/// The environment variable that makes a program an agent.
+/// The environment variable that makes a program an agent. Its value is
+/// the host timeout in milliseconds: how long the agent goes on without
+/// hearing from its parent.
 pub(crate) const ENV: &str = "PPROC_AGENT";
+
+/// Each end of a link says something at least this often: a `HEARTBEAT`
+/// when it has nothing else to say.
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// The link's frame tags (apart from the children's, which `FRAME` holds).
 pub(crate) mod tag {
@@ -39,6 +47,9 @@ pub(crate) mod tag {
     /// Agent to parent: a child ended, after its last frame
     /// ([`Exited`](super::Exited)).
     pub(crate) const EXITED: u8 = 38;
+    /// Either way: nothing to say for a [`HEARTBEAT`](super::HEARTBEAT).
+    /// The body is empty.
+    pub(crate) const HEARTBEAT: u8 = 39;
 }
 
 /// Who the agent is.
