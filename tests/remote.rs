@@ -284,3 +284,111 @@ fn an_agent_that_hangs_is_a_lost_host() {
     wait_gone(agent);
     wait_gone(child);
 }
+
+/// A fresh cache directory for copies of the program.
+fn cache(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("pproc-cache-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// The program an agent runs, from the agent's pid.
+fn program_of(pid: u32) -> std::path::PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/exe")).unwrap()
+}
+
+#[test]
+fn a_copy_is_made_once_and_run_from_the_cache() {
+    let dir = cache("copy");
+    let copied = |name: &str| {
+        Builder::new().launcher(
+            Prefix::new(["env"])
+                .host(name)
+                .binary(pproc::Binary::Copy)
+                .cache_dir(&dir),
+        )
+    };
+    let (_, agent) = copied("copy-1")
+        .start(whoami::call())
+        .unwrap()
+        .join()
+        .unwrap();
+    let program = program_of(agent);
+    assert!(
+        program.starts_with(dir.canonicalize().unwrap()),
+        "{program:?}"
+    );
+    let name = program.file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(name.len(), 64, "named by its SHA-256: {name}");
+    let made = std::fs::metadata(&program).unwrap();
+    assert_eq!(
+        made.len(),
+        std::fs::metadata(std::env::current_exe().unwrap())
+            .unwrap()
+            .len()
+    );
+    // Another host with the same cache finds the copy there.
+    let (_, again) = copied("copy-2")
+        .start(whoami::call())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_ne!(again, agent);
+    assert_eq!(program_of(again), program);
+    let found = std::fs::metadata(&program).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::ino(&found),
+        std::os::unix::fs::MetadataExt::ino(&made),
+        "not copied again"
+    );
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "no temporary left: {left:?}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_host_without_the_program_or_with_another_build_gets_a_copy() {
+    let exe = std::env::current_exe().unwrap().display().to_string();
+    let probe = env!("CARGO_BIN_EXE_pproc-probe");
+    for (name, instead) in [
+        // The program is not at this path there.
+        (
+            "missing",
+            "echo \"sh: $last: not found\" >&2; exit 127".to_owned(),
+        ),
+        // Another build is.
+        ("stale", format!("exec env PPROC_AGENT=30000 '{probe}'")),
+    ] {
+        let dir = cache(name);
+        let script = format!(
+            "for a; do last=$a; done; if [ \"$last\" = '{exe}' ]; then {instead}; fi; exec \"$@\""
+        );
+        let launcher = Prefix::new(["sh", "-c", &script, "sh"])
+            .host(name)
+            .cache_dir(&dir);
+        let h = Builder::new()
+            .launcher(launcher)
+            .start(whoami::call())
+            .unwrap();
+        let (_, agent) = h.join().unwrap();
+        assert!(
+            program_of(agent).starts_with(dir.canonicalize().unwrap()),
+            "{name}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+    // Told to use the same path only, the stale host is an error.
+    let script = format!(
+        "for a; do last=$a; done; if [ \"$last\" = '{exe}' ]; then exec env PPROC_AGENT=30000 '{probe}'; fi; exec \"$@\""
+    );
+    let launcher = Prefix::new(["sh", "-c", &script, "sh"])
+        .host("stale-only")
+        .binary(pproc::Binary::SamePath);
+    assert!(matches!(
+        Builder::new().launcher(launcher).start(whoami::call()),
+        Err(Error::VersionSkew { .. })
+    ));
+}

@@ -309,7 +309,7 @@
 #[doc(inline)]
 pub use pproc_macros::{Exchange, parallel};
 pub use pproc_runtime::{
-    Arrivals, Background, BatchSize, Builder, ByName, Bytes, Call, Channel, ChildInfo,
+    Arrivals, Background, BatchSize, Binary, Builder, ByName, Bytes, Call, Channel, ChildInfo,
     DEFAULT_FLUSH_AFTER, DEFAULT_MAX_FRAME, Delivery, EXIT_OUT_OF_MEMORY, EXIT_PROTOCOL,
     EXIT_STACK_OVERFLOW, EXIT_UNREGISTERED, EXIT_VERSION_SKEW, Error, Exchange, Failure, Fork,
     Function, Gathered, Handle, Iter, Launcher, Limit, MAX_RATE_OVERLAP, Managed, Map, Node,

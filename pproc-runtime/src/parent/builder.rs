@@ -115,9 +115,11 @@ impl Builder {
     /// command prefix ([`Prefix`](crate::Prefix)).
     ///
     /// The first child on a host starts pproc's agent there through the
-    /// launcher: this same program, which must be at the same path on the
-    /// host, speaking pproc's frames over the launcher's standard input and
-    /// output. The agent starts each child on its host as a local parent
+    /// launcher: this same program, speaking pproc's frames over the
+    /// launcher's standard input and output. It runs from the same path
+    /// where the host has this build there (a shared filesystem), and
+    /// otherwise from a copy kept by its content hash in a cache directory
+    /// on the host, made once (see [`Binary`](crate::Binary)). The agent starts each child on its host as a local parent
     /// would, and relays its frames; the child's handle works as for a
     /// local one: values, results, panics, exit statuses and signals,
     /// `kill` and `terminate`, which reach the child's process group

@@ -22,9 +22,9 @@ const HOST_TIMEOUT: Duration = Duration::from_secs(30);
 /// [`Builder::launcher`](crate::Builder::launcher) starts its children
 /// through one.
 ///
-/// pproc starts one agent per host through it (the same program, which
-/// must be at the same path there), and the agent starts the children on
-/// its host. A launcher is known by its `Debug` form: two that print
+/// pproc starts one agent per host through it (the same program, from
+/// the same path or from a copy: see [`Binary`]), and the agent starts the
+/// children on its host. A launcher is known by its `Debug` form: two that print
 /// alike share one agent.
 pub trait Launcher: fmt::Debug + Send + Sync + 'static {
     /// The host, as errors name it ([`Error::HostLost`](crate::Error::HostLost)).
@@ -47,6 +47,53 @@ pub trait Launcher: fmt::Debug + Send + Sync + 'static {
     /// and the agent stops them. A link that closes is noticed at once.
     fn host_timeout(&self) -> Duration {
         HOST_TIMEOUT
+    }
+
+    /// How the program gets to the host ([`Binary::SamePathOrCopy`] by
+    /// default).
+    fn binary(&self) -> Binary {
+        Binary::SamePathOrCopy
+    }
+
+    /// Where on the host copies of the program are kept, by their content
+    /// hash: `~/.cache/pproc` by default.
+    fn cache_dir(&self) -> Option<PathBuf> {
+        None
+    }
+}
+
+/// How the program gets to another host, for its agent.
+///
+/// A copy is named by the SHA-256 of the program's bytes, in a cache
+/// directory on the host ([`Launcher::cache_dir`]), and is written under a
+/// temporary name, checked for its length and renamed: parents that copy
+/// at once do not clash, a cut copy is never run, and later runs of the
+/// same build reuse it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binary {
+    /// The program at the path it has here: hosts that share a
+    /// filesystem, or where it is installed alike.
+    SamePath,
+    /// A copy, always.
+    Copy,
+    /// The same path where the program is there and is this build (the
+    /// agent's hello says), a copy otherwise.
+    SamePathOrCopy,
+}
+
+/// Where a launcher's program comes from on its host.
+#[derive(Clone, Debug)]
+struct Placed {
+    binary: Binary,
+    cache: Option<PathBuf>,
+}
+
+impl Default for Placed {
+    fn default() -> Self {
+        Self {
+            binary: Binary::SamePathOrCopy,
+            cache: None,
+        }
     }
 }
 
@@ -81,6 +128,7 @@ pub struct Ssh {
     options: Vec<String>,
     timeout: Duration,
     silence: Duration,
+    placed: Placed,
 }
 
 impl Ssh {
@@ -94,6 +142,7 @@ impl Ssh {
             options: Vec::new(),
             timeout: CONNECT_TIMEOUT,
             silence: HOST_TIMEOUT,
+            placed: Placed::default(),
         }
     }
 
@@ -131,6 +180,21 @@ impl Ssh {
     #[must_use]
     pub fn host_timeout(mut self, timeout: Duration) -> Self {
         self.silence = timeout;
+        self
+    }
+
+    /// How the program gets to the host (see [`Binary`]).
+    #[must_use]
+    pub fn binary(mut self, binary: Binary) -> Self {
+        self.placed.binary = binary;
+        self
+    }
+
+    /// Where on the host copies of the program are kept
+    /// (`~/.cache/pproc` by default).
+    #[must_use]
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.placed.cache = Some(dir.into());
         self
     }
 }
@@ -173,6 +237,14 @@ impl Launcher for Ssh {
     fn host_timeout(&self) -> Duration {
         self.silence
     }
+
+    fn binary(&self) -> Binary {
+        self.placed.binary
+    }
+
+    fn cache_dir(&self) -> Option<PathBuf> {
+        self.placed.cache.clone()
+    }
 }
 
 /// Children on a node of a Slurm allocation, through `srun` (always
@@ -193,6 +265,7 @@ pub struct Srun {
     args: Vec<OsString>,
     timeout: Duration,
     silence: Duration,
+    placed: Placed,
 }
 
 impl Default for Srun {
@@ -202,6 +275,7 @@ impl Default for Srun {
             args: Vec::new(),
             timeout: CONNECT_TIMEOUT,
             silence: HOST_TIMEOUT,
+            placed: Placed::default(),
         }
     }
 }
@@ -242,6 +316,21 @@ impl Srun {
         self.silence = timeout;
         self
     }
+
+    /// How the program gets to the host (see [`Binary`]).
+    #[must_use]
+    pub fn binary(mut self, binary: Binary) -> Self {
+        self.placed.binary = binary;
+        self
+    }
+
+    /// Where on the host copies of the program are kept
+    /// (`~/.cache/pproc` by default).
+    #[must_use]
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.placed.cache = Some(dir.into());
+        self
+    }
 }
 
 impl Launcher for Srun {
@@ -265,6 +354,14 @@ impl Launcher for Srun {
 
     fn host_timeout(&self) -> Duration {
         self.silence
+    }
+
+    fn binary(&self) -> Binary {
+        self.placed.binary
+    }
+
+    fn cache_dir(&self) -> Option<PathBuf> {
+        self.placed.cache.clone()
     }
 }
 
@@ -295,6 +392,7 @@ pub struct Prefix {
     host: Option<String>,
     timeout: Duration,
     silence: Duration,
+    placed: Placed,
 }
 
 impl Prefix {
@@ -315,6 +413,7 @@ impl Prefix {
             host: None,
             timeout: CONNECT_TIMEOUT,
             silence: HOST_TIMEOUT,
+            placed: Placed::default(),
         }
     }
 
@@ -340,6 +439,21 @@ impl Prefix {
         self.silence = timeout;
         self
     }
+
+    /// How the program gets to the host (see [`Binary`]).
+    #[must_use]
+    pub fn binary(mut self, binary: Binary) -> Self {
+        self.placed.binary = binary;
+        self
+    }
+
+    /// Where on the host copies of the program are kept
+    /// (`~/.cache/pproc` by default).
+    #[must_use]
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.placed.cache = Some(dir.into());
+        self
+    }
 }
 
 impl Launcher for Prefix {
@@ -362,6 +476,14 @@ impl Launcher for Prefix {
 
     fn host_timeout(&self) -> Duration {
         self.silence
+    }
+
+    fn binary(&self) -> Binary {
+        self.placed.binary
+    }
+
+    fn cache_dir(&self) -> Option<PathBuf> {
+        self.placed.cache.clone()
     }
 }
 

@@ -11,7 +11,7 @@
 //! [`Error::HostLost`](crate::Error::HostLost).
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -26,8 +26,9 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use super::Launcher;
 use super::agent::LINK_MAX_FRAME;
+use super::binary;
+use super::launcher::{Binary, Launcher};
 use super::outgoing::Outgoing;
 use super::protocol::{
     ENV, Exited, HEARTBEAT, Hello, MAGIC, MAX_SKIPPED, Refused, Spawn, Started, VERSION,
@@ -267,60 +268,114 @@ fn connected(launcher: &Arc<dyn Launcher>) -> Result<Arc<Link>> {
     Ok(link)
 }
 
-/// Starts the agent through `launcher` and reads its hello. Returns the
-/// link and the launcher's process.
+/// Starts the agent through `launcher` and reads its hello, placing the
+/// program on the host first where its [`Binary`] says. Returns the link
+/// and the launcher's process.
 fn connect(launcher: &dyn Launcher) -> Result<(Conn, std::process::Child)> {
+    let here = std::env::current_exe().map_err(|err| Error::Launch {
+        host: launcher.host(),
+        message: format!("no path to this program: {err}"),
+    })?;
+    if launcher.binary() != Binary::Copy {
+        match start_agent(launcher, here.as_os_str()) {
+            Ok(up) => return Ok(up),
+            Err(Failed::Missing(err) | Failed::Skewed(err))
+                if launcher.binary() == Binary::SamePath =>
+            {
+                return Err(err);
+            }
+            Err(Failed::Other(err)) => return Err(err),
+            // Not there, or another build there: a copy of this one.
+            Err(Failed::Missing(_) | Failed::Skewed(_)) => {}
+        }
+    }
+    let there = binary::place(launcher, &here)?;
+    start_agent(launcher, &there).map_err(Failed::into_error)
+}
+
+/// Why an agent did not start.
+enum Failed {
+    /// The program is not at that path on the host (the launcher's
+    /// command exited 126 or 127).
+    Missing(Error),
+    /// Another build answered.
+    Skewed(Error),
+    Other(Error),
+}
+
+impl Failed {
+    fn into_error(self) -> Error {
+        match self {
+            Self::Missing(err) | Self::Skewed(err) | Self::Other(err) => err,
+        }
+    }
+}
+
+/// Starts the agent, the program at `exe` on the host, and reads its hello.
+fn start_agent(
+    launcher: &dyn Launcher,
+    exe: &OsStr,
+) -> std::result::Result<(Conn, std::process::Child), Failed> {
     let host = launcher.host();
     let failed = |message: String| Error::Launch {
         host: host.clone(),
         message,
     };
-    let exe =
-        std::env::current_exe().map_err(|err| failed(format!("no path to this program: {err}")))?;
     let silence = launcher.host_timeout().as_millis();
     let argv = [
         OsString::from("env"),
         OsString::from(format!("{ENV}={silence}")),
-        exe.into_os_string(),
+        exe.to_owned(),
     ];
-    let (ours, theirs) = UnixStream::pair().map_err(Error::Spawn)?;
+    let (ours, theirs) = UnixStream::pair().map_err(|err| Failed::Other(Error::Spawn(err)))?;
     let mut command = launcher.command(&argv);
     let program = command.get_program().to_string_lossy().into_owned();
+    let theirs_too = theirs
+        .try_clone()
+        .map_err(|err| Failed::Other(Error::Spawn(err)))?;
     command
-        .stdin(Stdio::from(OwnedFd::from(
-            theirs.try_clone().map_err(Error::Spawn)?,
-        )))
+        .stdin(Stdio::from(OwnedFd::from(theirs_too)))
         .stdout(Stdio::from(OwnedFd::from(theirs)))
         .stderr(Stdio::piped());
     let spawned = command.spawn();
     // The command holds our copies of the launcher's ends: without them,
     // the link ends when the launcher does.
     drop(command);
-    let mut process = spawned.map_err(|err| failed(format!("cannot run `{program}`: {err}")))?;
+    let mut process =
+        spawned.map_err(|err| Failed::Other(failed(format!("cannot run `{program}`: {err}"))))?;
     let said = process.stderr.take().map(tee);
     let stop = |process: &mut std::process::Child, why: String| {
         let _ = process.kill();
         let status = process.wait();
         let quoted = said.as_ref().map(Said::text).unwrap_or_default();
         let mut message = why;
-        if let Ok(status) = status
-            && let Some(code) = status.code()
-        {
+        let code = status.ok().and_then(|status| status.code());
+        if let Some(code) = code {
             let _ = write!(message, " (`{program}` exited with {code})");
         }
         if !quoted.is_empty() {
             let _ = write!(message, "; it said: {quoted}");
         }
-        failed(message)
+        match code {
+            // A shell's "cannot execute" and "not found".
+            Some(126 | 127) => Failed::Missing(failed(message)),
+            _ => Failed::Other(failed(message)),
+        }
     };
     let deadline = Deadline::after(launcher.connect_timeout());
     let ours = OwnedFd::from(ours);
     if let Err(why) = skip_to_magic(ours.as_fd(), deadline) {
         return Err(stop(&mut process, why));
     }
-    let mut conn = Conn::new(ours)?;
-    conn.without_shared_memory();
-    conn.set_max_frame(LINK_MAX_FRAME);
+    let link = Conn::new(ours).map(|mut conn| {
+        conn.without_shared_memory();
+        conn.set_max_frame(LINK_MAX_FRAME);
+        conn
+    });
+    let mut conn = match link {
+        Ok(conn) => conn,
+        Err(err) => return Err(stop(&mut process, err.to_string())),
+    };
     let hello = match conn.next(deadline, None, |frame_tag, body| {
         (frame_tag == tag::HELLO).then(|| decode::<Hello>(body))
     }) {
@@ -356,11 +411,11 @@ fn connect(launcher: &dyn Launcher) -> Result<(Conn, std::process::Child)> {
     if hello.fingerprint != registry::fingerprint() {
         let _ = process.kill();
         let _ = process.wait();
-        return Err(Error::VersionSkew {
+        return Err(Failed::Skewed(Error::VersionSkew {
             parent: registry::fingerprint(),
             child: hello.fingerprint,
             host: Some(host),
-        });
+        }));
     }
     Ok((conn, process))
 }

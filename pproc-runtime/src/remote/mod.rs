@@ -12,9 +12,10 @@
 //! killed child and for a dead link alike).
 
 pub(crate) mod agent;
+mod binary;
 mod launcher;
 pub(crate) mod link;
 mod outgoing;
 pub(crate) mod protocol;
 
-pub use launcher::{Launcher, Prefix, Srun, Ssh};
+pub use launcher::{Binary, Launcher, Prefix, Srun, Ssh};
