@@ -180,7 +180,9 @@ fn a_host_that_cannot_be_reached_is_a_launch_error() {
 fn an_agent_of_another_build_is_version_skew() {
     // `pproc-probe` is another program linking pproc: its build differs.
     let probe = env!("CARGO_BIN_EXE_pproc-probe");
-    let other = Prefix::new(["sh", "-c", "exec env PPROC_AGENT=1 \"$0\"", probe]).host("old");
+    let other = Prefix::new(["sh", "-c", "exec env PPROC_AGENT=1 \"$0\"", probe])
+        .host("old")
+        .binary(pproc::Binary::SamePath);
     match Builder::new().launcher(other).start(square::call(1)) {
         Err(Error::VersionSkew {
             host,
@@ -391,4 +393,50 @@ fn a_host_without_the_program_or_with_another_build_gets_a_copy() {
         Builder::new().launcher(launcher).start(whoami::call()),
         Err(Error::VersionSkew { .. })
     ));
+}
+
+#[test]
+fn a_cluster_spreads_workers_over_its_hosts_by_slots() {
+    let cluster = pproc::Cluster::new()
+        .host(Prefix::new(["env"]).host("left"), 1)
+        .host(Prefix::new(["env"]).host("right"), 3);
+    cluster.connect().unwrap();
+    let pool = pproc::Pool::on(&cluster).unwrap();
+    let running: Vec<(String, usize, bool)> = cluster
+        .hosts()
+        .into_iter()
+        .map(|h| (h.name, h.running, h.up))
+        .collect();
+    assert_eq!(
+        running,
+        [("left".to_owned(), 1, true), ("right".to_owned(), 3, true)]
+    );
+    let agents: std::collections::BTreeSet<u32> = pool
+        .map(|()| whoami::call(), std::iter::repeat_n((), 400))
+        .unwrap()
+        .into_iter()
+        .map(|(_, agent)| agent)
+        .collect();
+    assert_eq!(agents.len(), 2, "both hosts ran items");
+    pool.shutdown().unwrap();
+    let running: Vec<usize> = cluster.hosts().iter().map(|h| h.running).collect();
+    assert_eq!(running, [0, 0]);
+}
+
+#[test]
+fn a_cluster_passes_over_a_host_it_cannot_reach() {
+    let cluster = pproc::Cluster::new()
+        .host(Prefix::new(["/nonexistent/launcher"]).host("gone"), 4)
+        .host(Prefix::new(["env"]).host("there"), 1);
+    cluster.connect().unwrap();
+    let up: Vec<bool> = cluster.hosts().iter().map(|h| h.up).collect();
+    assert_eq!(up, [false, true]);
+    let squares: Vec<u64> = Map::new(square::call, 0..50u64)
+        .cluster(&cluster)
+        .collect::<pproc::Result<_>>()
+        .unwrap();
+    assert_eq!(squares, (0..50u64).map(|x| x * x).collect::<Vec<_>>());
+    // No host at all: the first host's error.
+    let none = pproc::Cluster::new().host(Prefix::new(["/nonexistent/launcher"]).host("gone"), 1);
+    assert!(matches!(none.connect(), Err(Error::Launch { .. })));
 }

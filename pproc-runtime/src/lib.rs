@@ -46,7 +46,7 @@ pub use parent::handle::{Handle, Output};
 pub use parent::supervise::{join_all, join_any, select};
 pub use process::tree::{ChildInfo, Node, children, parent, tree, waitall};
 pub use registry::{is_registered, registered};
-pub use remote::{Binary, Launcher, Prefix, Srun, Ssh};
+pub use remote::{Binary, Cluster, HostInfo, Launcher, Prefix, Srun, Ssh};
 pub use wire::bytes::Bytes;
 pub use wire::conn::DEFAULT_MAX_FRAME;
 pub use wire::frame::{

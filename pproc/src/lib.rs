@@ -310,10 +310,10 @@
 pub use pproc_macros::{Exchange, parallel};
 pub use pproc_runtime::{
     Arrivals, Background, BatchSize, Binary, Builder, ByName, Bytes, Call, Channel, ChildInfo,
-    DEFAULT_FLUSH_AFTER, DEFAULT_MAX_FRAME, Delivery, EXIT_OUT_OF_MEMORY, EXIT_PROTOCOL,
+    Cluster, DEFAULT_FLUSH_AFTER, DEFAULT_MAX_FRAME, Delivery, EXIT_OUT_OF_MEMORY, EXIT_PROTOCOL,
     EXIT_STACK_OVERFLOW, EXIT_UNREGISTERED, EXIT_VERSION_SKEW, Error, Exchange, Failure, Fork,
-    Function, Gathered, Handle, Iter, Launcher, Limit, MAX_RATE_OVERLAP, Managed, Map, Node,
-    Origin, Output, Pending, Pool, Prefix, Queue, Reply, Request, RequestId, Result, Returns,
+    Function, Gathered, Handle, HostInfo, Iter, Launcher, Limit, MAX_RATE_OVERLAP, Managed, Map,
+    Node, Origin, Output, Pending, Pool, Prefix, Queue, Reply, Request, RequestId, Result, Returns,
     Route, Srun, Ssh, Store, Streams, Task, Timer, children, fork, free_shared_memory, interval,
     is_registered, join_all, join_any, later, parent, pmap, rate, registered, select,
     start_background, tree, waitall,

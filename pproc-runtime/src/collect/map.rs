@@ -212,6 +212,8 @@ struct Engine<C, T> {
     calls: Fuse<C>,
     exchange: Exchange<Slots<T>>,
     limit: usize,
+    /// Whether the user set the limit: otherwise a cluster's slots set it.
+    limit_chosen: bool,
     window: Option<usize>,
     /// Whether the user chose to reuse processes or not; by default they
     /// are reused, unless a deadline or a CPU limit is set, which bound
@@ -240,6 +242,7 @@ impl<C: Iterator, T> Engine<C, T> {
             calls: calls.fuse(),
             exchange,
             limit,
+            limit_chosen: false,
             window: None,
             reuse: None,
             started: 0,
@@ -352,6 +355,7 @@ macro_rules! options {
         pub fn limit(mut self, n: usize) -> Self {
             let n = n.max(1);
             self.engine.limit = n;
+            self.engine.limit_chosen = true;
             self.engine.configure(|ex| ex.limit(n));
             self
         }
@@ -393,12 +397,27 @@ macro_rules! options {
             self
         }
 
-        /// The options children are started with.
+        /// The options children are started with. With a
+        /// [`cluster`](Builder::cluster), as many items run at once as it
+        /// has slots, unless a [`limit`](Self::limit) says otherwise.
         pub fn builder(mut self, builder: Builder) -> Self {
             let per_process = builder.bounds_each_process();
             let reuse = self.engine.reuse.unwrap_or(!per_process);
+            if let Some(slots) = builder.cluster_slots()
+                && !self.engine.limit_chosen
+            {
+                let n = slots.max(1);
+                self.engine.limit = n;
+                self.engine.configure(|ex| ex.limit(n));
+            }
             self.engine.configure(|ex| ex.builder(builder).reuse(reuse));
             self
+        }
+
+        /// Runs the items on the hosts of `cluster`, with the default
+        /// options otherwise: `builder(Builder::new().cluster(cluster))`.
+        pub fn cluster(self, cluster: &crate::remote::Cluster) -> Self {
+            self.builder(Builder::new().cluster(cluster))
         }
 
         /// Shows a progress bar on standard error, where it is a terminal:

@@ -130,6 +130,17 @@ impl Pool {
         })
     }
 
+    /// One worker for each slot of `cluster`, on its hosts (see
+    /// [`Builder::cluster`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Launch`](crate::Error::Launch) if no host can be reached,
+    /// [`Error::Spawn`](crate::Error::Spawn) if a worker cannot be started.
+    pub fn on(cluster: &crate::remote::Cluster) -> Result<Self> {
+        Self::with_builder(cluster.slots(), Builder::new().cluster(cluster))
+    }
+
     /// Replaces each worker by a fresh process after `calls` calls (at
     /// least one).
     pub fn recycle(self, calls: usize) -> Self {

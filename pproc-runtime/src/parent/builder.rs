@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::process::limits::Limits;
 use crate::process::{capture, spawn};
 use crate::registry;
-use crate::remote::Launcher;
+use crate::remote::{Cluster, Launcher};
 use crate::wire::conn::{self, Conn, DEFAULT_MAX_FRAME};
 use crate::wire::frame::tag;
 use crate::wire::log;
@@ -85,7 +85,18 @@ pub struct Builder {
     pub(crate) limits: Limits,
     capture: bool,
     backtrace: bool,
-    launcher: Option<Arc<dyn Launcher>>,
+    /// Where children run: here, or on the hosts of a launcher or a
+    /// cluster.
+    placement: Placement,
+}
+
+/// Where a builder's children run.
+#[derive(Clone, Debug, Default)]
+enum Placement {
+    #[default]
+    Here,
+    On(Arc<dyn Launcher>),
+    Spread(Cluster),
 }
 
 impl Default for Builder {
@@ -106,7 +117,7 @@ impl Builder {
             limits: Limits::default(),
             capture: false,
             backtrace: false,
-            launcher: None,
+            placement: Placement::Here,
         }
     }
 
@@ -161,8 +172,25 @@ impl Builder {
     /// ```
     #[must_use]
     pub fn launcher(mut self, launcher: impl Launcher) -> Self {
-        self.launcher = Some(Arc::new(launcher));
+        self.placement = Placement::On(Arc::new(launcher));
         self
+    }
+
+    /// Starts each child on a host of `cluster`: the one with the most
+    /// slots free, passing over hosts that cannot be reached (see
+    /// [`Cluster`]). Otherwise as [`launcher`](Self::launcher).
+    #[must_use]
+    pub fn cluster(mut self, cluster: &Cluster) -> Self {
+        self.placement = Placement::Spread(cluster.clone());
+        self
+    }
+
+    /// The slots of the cluster children start on, if they start on one.
+    pub(crate) fn cluster_slots(&self) -> Option<usize> {
+        match &self.placement {
+            Placement::Spread(cluster) => Some(cluster.slots()),
+            _ => None,
+        }
     }
 
     /// Runs children from another executable instead of this one. It must
@@ -329,8 +357,12 @@ impl Builder {
         args: &[u8],
         log: Option<log::Reader>,
     ) -> Result<Handle<(), (), ()>> {
-        if let Some(launcher) = &self.launcher {
-            return self.spawn_remote(launcher, mode, name, args);
+        match &self.placement {
+            Placement::Here => {}
+            Placement::On(launcher) => return self.spawn_remote(launcher, mode, &name, args),
+            Placement::Spread(cluster) => {
+                return cluster.place(|launcher| self.spawn_remote(launcher, mode, &name, args));
+            }
         }
         let (ours, theirs) = conn::socketpair()?;
         let pipes = if self.capture {
@@ -404,7 +436,7 @@ impl Builder {
         &self,
         launcher: &Arc<dyn Launcher>,
         mode: Mode,
-        name: String,
+        name: &str,
         args: &[u8],
     ) -> Result<Handle<(), (), ()>> {
         let refuse = |what: &str| {
@@ -431,8 +463,8 @@ impl Builder {
             }
         };
         let (conn, pid, end) =
-            crate::remote::link::start(launcher, &name, mode, self.group, self.max_frame)?;
-        let mut handle = Handle::remote(name, conn, pid, end);
+            crate::remote::link::start(launcher, name, mode, self.group, self.max_frame)?;
+        let mut handle = Handle::remote(name.to_owned(), conn, pid, end);
         handle.set_group(self.group);
         handle.send_args(args)?;
         Ok(handle)

@@ -17,7 +17,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -63,6 +63,8 @@ pub(crate) struct Link {
     orders: Mutex<Vec<Order>>,
     wake: EventFd,
     next: AtomicU32,
+    /// Its children not ended yet.
+    live: AtomicUsize,
     /// Set once the link has ended: no more children start on it.
     lost: Mutex<bool>,
 }
@@ -100,6 +102,9 @@ impl End {
         let mut state = lock(&self.state);
         if state.status.is_none() {
             state.status = Some(status);
+            if let Some(link) = self.link.upgrade() {
+                link.live.fetch_sub(1, Ordering::Relaxed);
+            }
         }
         if state.started.is_none() {
             state.started = Some(Err(Refused::Spawn("its host was lost".to_owned())));
@@ -228,6 +233,7 @@ pub(crate) fn start(
     if *lock(&link.lost) {
         return Err(Error::HostLost { host });
     }
+    link.live.fetch_add(1, Ordering::Relaxed);
     link.order(Order::Spawn(Box::new(route), spawn));
     let until = Instant::now() + launcher.connect_timeout();
     match end.wait_started(until)? {
@@ -237,6 +243,28 @@ pub(crate) fn start(
             format!("on `{host}`: {why}"),
         ))),
     }
+}
+
+/// Whether `launcher`'s host is connected, and how many children this
+/// process runs there.
+pub(crate) fn state(launcher: &dyn Launcher) -> (bool, usize) {
+    let key = format!("{launcher:?}");
+    let Some(slot) = lock(&LINKS).get(&key).cloned() else {
+        return (false, 0);
+    };
+    // A slot held by a connect in progress: not up yet.
+    let Ok(slot) = slot.try_lock() else {
+        return (false, 0);
+    };
+    match &*slot {
+        Some(link) if !*lock(&link.lost) => (true, link.live.load(Ordering::Relaxed)),
+        _ => (false, 0),
+    }
+}
+
+/// Connects `launcher`'s host now, if it is not yet.
+pub(crate) fn connect_now(launcher: &Arc<dyn Launcher>) -> Result<()> {
+    connected(launcher).map(drop)
 }
 
 /// The link of `launcher`, connected now if there is none yet.
@@ -257,6 +285,7 @@ fn connected(launcher: &Arc<dyn Launcher>) -> Result<Arc<Link>> {
         wake: EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
             .map_err(Error::from_errno)?,
         next: AtomicU32::new(0),
+        live: AtomicUsize::new(0),
         lost: Mutex::new(false),
     });
     let relay = Arc::clone(&link);
@@ -276,6 +305,7 @@ fn connect(launcher: &dyn Launcher) -> Result<(Conn, std::process::Child)> {
         host: launcher.host(),
         message: format!("no path to this program: {err}"),
     })?;
+    let mut first = None;
     if launcher.binary() != Binary::Copy {
         match start_agent(launcher, here.as_os_str()) {
             Ok(up) => return Ok(up),
@@ -286,10 +316,16 @@ fn connect(launcher: &dyn Launcher) -> Result<(Conn, std::process::Child)> {
             }
             Err(Failed::Other(err)) => return Err(err),
             // Not there, or another build there: a copy of this one.
-            Err(Failed::Missing(_) | Failed::Skewed(_)) => {}
+            Err(Failed::Missing(err) | Failed::Skewed(err)) => first = Some(err),
         }
     }
-    let there = binary::place(launcher, &here)?;
+    let there = binary::place(launcher, &here).map_err(|err| match first {
+        Some(first) => Error::Launch {
+            host: launcher.host(),
+            message: format!("{first}; and no copy could be made: {err}"),
+        },
+        None => err,
+    })?;
     start_agent(launcher, &there).map_err(Failed::into_error)
 }
 

@@ -13,9 +13,11 @@
 
 pub(crate) mod agent;
 mod binary;
+mod cluster;
 mod launcher;
 pub(crate) mod link;
 mod outgoing;
 pub(crate) mod protocol;
 
+pub use cluster::{Cluster, HostInfo};
 pub use launcher::{Binary, Launcher, Prefix, Srun, Ssh};
