@@ -132,6 +132,10 @@ fn main() {
     if want("spawn") {
         run_row(spawn_row(&plan));
     }
+    if want("remote") {
+        run_row(remote_calls_row(&plan));
+        run_row(connect_row(&plan));
+    }
 
     println!();
     println!(
@@ -1057,4 +1061,119 @@ fn print_machine() {
     }
     println!("load:    {} at the start", load_average());
     println!();
+}
+
+// ---------------------------------------------------------------------------
+// Calls on another host, through a launcher.
+
+/// The launcher the remote rows go through: here `env`, which runs the
+/// agent on this host, so the rows show what the agent and the link cost
+/// on top of the launcher's own pipe.
+fn launcher(host: &str) -> pproc::Prefix {
+    pproc::Prefix::new(["env"]).host(host)
+}
+
+/// A program started through the launcher that echoes what it reads.
+struct Echo {
+    child: std::process::Child,
+    frame: Vec<u8>,
+    back: Vec<u8>,
+}
+
+impl Echo {
+    fn start() -> Self {
+        let child = std::process::Command::new("env")
+            .arg("cat")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("env cat");
+        let mut frame = Vec::new();
+        put_frame(&mut frame, &[7_u8; 59].to_vec());
+        let back = vec![0; frame.len()];
+        Self { child, frame, back }
+    }
+
+    /// One 64-byte frame there and back.
+    fn round_trip(&mut self) {
+        let input = self.child.stdin.as_mut().expect("stdin");
+        input.write_all(&self.frame).expect("write");
+        input.flush().expect("flush");
+        let output = self.child.stdout.as_mut().expect("stdout");
+        output.read_exact(&mut self.back).expect("read");
+        assert!(self.back == self.frame, "echoed wrong");
+    }
+}
+
+fn remote_calls_row(plan: &Plan) -> Row<'static> {
+    let calls = plan.calls / 4;
+    let local = Pool::new(1).expect("pool");
+    let mut echo = Echo::start();
+    let remote = Pool::with_builder(1, pproc::Builder::new().launcher(launcher("bench")))
+        .expect("a pool on the host");
+    Row {
+        work: format!("{calls} calls one after another, one warm worker"),
+        rounds: plan.rounds,
+        warmup: plan.warmup.max(1),
+        entries: vec![
+            entry(
+                "local Pool(1) call + frame round trip via the launcher",
+                move || {
+                    clock(|| {
+                        for x in 0..calls {
+                            let got = local
+                                .start(tiny::call(x))
+                                .expect("start")
+                                .join()
+                                .expect("join");
+                            assert_eq!(got, tiny(x));
+                            echo.round_trip();
+                        }
+                    })
+                },
+            ),
+            entry("Pool(1) on the host: start, join", move || {
+                clock(|| {
+                    for x in 0..calls {
+                        let got = remote
+                            .start(tiny::call(x))
+                            .expect("start")
+                            .join()
+                            .expect("join");
+                        assert_eq!(got, tiny(x));
+                    }
+                })
+            }),
+        ],
+    }
+}
+
+/// A cluster of `n` hosts of names not used before.
+fn fresh_hosts(n: usize) -> pproc::Cluster {
+    static ROUND: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let round = ROUND.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    (0..n).fold(pproc::Cluster::new(), |cluster, i| {
+        cluster.host(launcher(&format!("connect-{round}-{i}")), 1)
+    })
+}
+
+fn connect_row(plan: &Plan) -> Row<'static> {
+    let connect = |n: usize| {
+        move || {
+            let cluster = fresh_hosts(n);
+            let took = clock(|| cluster.connect().expect("connect"));
+            // Let go after each round, so that agents do not pile up.
+            cluster.disconnect();
+            took
+        }
+    };
+    Row {
+        work: "connect hosts: start their agents".to_owned(),
+        rounds: plan.rounds,
+        warmup: plan.warmup,
+        entries: vec![
+            entry("1 host", connect(1)),
+            entry("Cluster::connect, 4 hosts at once", connect(4)),
+        ],
+    }
 }

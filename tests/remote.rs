@@ -421,6 +421,24 @@ fn a_cluster_spreads_workers_over_its_hosts_by_slots() {
     pool.shutdown().unwrap();
     let running: Vec<usize> = cluster.hosts().iter().map(|h| h.running).collect();
     assert_eq!(running, [0, 0]);
+    // Disconnected, the agents exit; a child on the cluster starts one.
+    let h = Builder::new()
+        .cluster(&cluster)
+        .start(whoami::call())
+        .unwrap();
+    let (_, agent) = h.join().unwrap();
+    cluster.disconnect();
+    wait_gone(agent);
+    assert!(cluster.hosts().iter().all(|h| !h.up));
+    assert_eq!(
+        Builder::new()
+            .cluster(&cluster)
+            .start(square::call(4))
+            .unwrap()
+            .join()
+            .unwrap(),
+        16
+    );
 }
 
 #[test]

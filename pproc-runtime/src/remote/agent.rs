@@ -10,9 +10,7 @@
 //! grace period, `SIGKILL`) and exits: ssh does not do that for it.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,16 +46,17 @@ pub(crate) fn serve(timeout: &str) -> i32 {
     let Ok(millis) = timeout.parse::<u64>() else {
         return EXIT_PROTOCOL;
     };
-    let Some(link) = adopt_stdio() else {
+    let Some((input, output)) = adopt_stdio() else {
         return EXIT_PROTOCOL;
     };
-    let Ok(mut conn) = Conn::new(link) else {
+    let Ok(mut conn) = Conn::new(input) else {
         return EXIT_PROTOCOL;
     };
     conn.without_shared_memory();
     conn.set_max_frame(LINK_MAX_FRAME);
     let mut agent = Agent {
         link: conn,
+        output,
         out: Outgoing::default(),
         kids: BTreeMap::new(),
         silence: Duration::from_millis(millis),
@@ -83,11 +82,11 @@ pub(crate) fn serve(timeout: &str) -> i32 {
     0
 }
 
-/// Moves the link off standard input and output, onto a socket that two
-/// threads pump to and from them, and leaves `/dev/null` and standard
-/// error in their place: a child that prints must not write into the
-/// link. Returns our end of the socket.
-fn adopt_stdio() -> Option<OwnedFd> {
+/// Moves the link off standard input and output, leaving `/dev/null` and
+/// standard error in their place (a child that prints must not write into
+/// the link), and makes both ends non-blocking. Returns the ends to read
+/// and to write.
+fn adopt_stdio() -> Option<(OwnedFd, OwnedFd)> {
     let input = nix::unistd::dup(std::io::stdin().as_fd()).ok()?;
     let output = nix::unistd::dup(std::io::stdout().as_fd()).ok()?;
     let null = std::fs::File::open("/dev/null").ok()?;
@@ -97,46 +96,19 @@ fn adopt_stdio() -> Option<OwnedFd> {
             return None;
         }
     }
-    let (ours, theirs) = conn::socketpair().ok()?;
-    let theirs = UnixStream::from(theirs);
-    let (mut inward, mut outward) = (theirs.try_clone().ok()?, theirs);
-    let mut input = std::fs::File::from(input);
-    let mut output = std::fs::File::from(output);
-    std::thread::Builder::new()
-        .name("pproc-agent-in".into())
-        .spawn(move || {
-            let mut buf = vec![0; 64 * 1024];
-            loop {
-                match input.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if inward.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-            // The parent's end: the agent reads the end of the link.
-            let _ = inward.shutdown(std::net::Shutdown::Write);
-        })
+    for fd in [&input, &output] {
+        let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).ok()?;
+        let flags = nix::fcntl::OFlag::from_bits_retain(flags)
+            | nix::fcntl::OFlag::O_NONBLOCK
+            | nix::fcntl::OFlag::O_CLOEXEC;
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags)).ok()?;
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
         .ok()?;
-    std::thread::Builder::new()
-        .name("pproc-agent-out".into())
-        .spawn(move || {
-            let mut buf = vec![0; 64 * 1024];
-            loop {
-                match outward.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if output.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-        })
-        .ok()?;
-    Some(ours)
+    }
+    Some((input, output))
 }
 
 /// A child of the agent's.
@@ -154,7 +126,9 @@ struct Kid {
 }
 
 struct Agent {
+    /// The link: read from standard input, written to standard output.
     link: Conn,
+    output: OwnedFd,
     out: Outgoing,
     kids: BTreeMap<u32, Kid>,
     /// How long the parent may be silent before it counts as gone.
@@ -179,7 +153,7 @@ impl Agent {
                 let _ = self.out.frame(tag::HEARTBEAT, &[]);
                 self.said = Instant::now();
             }
-            if self.out.write(self.link.as_fd()).is_err() {
+            if self.out.write(self.output.as_fd()).is_err() {
                 return;
             }
             for kid in self.kids.values_mut() {

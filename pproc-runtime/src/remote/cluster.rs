@@ -225,6 +225,15 @@ impl Cluster {
         Ok(())
     }
 
+    /// Ends the link to every host: each agent stops its children, which
+    /// end with [`Error::HostLost`], and exits. A later child on a host
+    /// starts its agent again.
+    pub fn disconnect(&self) {
+        for host in &self.hosts {
+            link::disconnect(host.launcher.as_ref());
+        }
+    }
+
     /// Each host: its name, slots, children running there and whether its
     /// agent is connected.
     #[must_use]

@@ -75,6 +75,8 @@ enum Order {
     /// Start a child, relaying through `Route`.
     Spawn(Box<Route>, Vec<u8>),
     Signal(u32, i32),
+    /// End the link: the agent stops its children and exits.
+    Disconnect,
 }
 
 /// A remote child as its handle's end knows it.
@@ -259,6 +261,18 @@ pub(crate) fn state(launcher: &dyn Launcher) -> (bool, usize) {
     match &*slot {
         Some(link) if !*lock(&link.lost) => (true, link.live.load(Ordering::Relaxed)),
         _ => (false, 0),
+    }
+}
+
+/// Ends `launcher`'s link, if it has one: the agent stops its children
+/// (which end as lost) and exits.
+pub(crate) fn disconnect(launcher: &dyn Launcher) {
+    let key = format!("{launcher:?}");
+    let Some(slot) = lock(&LINKS).remove(&key) else {
+        return;
+    };
+    if let Some(link) = lock(&slot).take() {
+        link.order(Order::Disconnect);
     }
 }
 
@@ -552,9 +566,18 @@ fn tee(mut from: std::process::ChildStderr) -> Arc<Said> {
 fn run(link: &Arc<Link>, mut conn: Conn, mut process: std::process::Child, silence: Duration) {
     let mut routes: BTreeMap<u32, Route> = BTreeMap::new();
     let mut out = Outgoing::default();
-    relay(link, &mut conn, &mut out, &mut routes, silence);
+    let asked = relay(link, &mut conn, &mut out, &mut routes, silence);
     // The next child on this host starts a new agent.
     *lock(&link.lost) = true;
+    if asked {
+        // The agent reads the link's end, stops its children and exits,
+        // and the launcher with it: a moment to do so before it is killed.
+        let _ = nix::sys::socket::shutdown(conn.raw_fd(), nix::sys::socket::Shutdown::Write);
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until && matches!(process.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
     for order in lock(&link.orders).drain(..) {
         if let Order::Spawn(route, _) = order {
             route.end.finish(Status::Lost);
@@ -569,14 +592,15 @@ fn run(link: &Arc<Link>, mut conn: Conn, mut process: std::process::Child, silen
     let _ = process.wait();
 }
 
-/// Relays until the link ends, or is silent for `silence`.
+/// Relays until the link ends, or is silent for `silence`; `true` if it
+/// was asked to end.
 fn relay(
     link: &Link,
     conn: &mut Conn,
     out: &mut Outgoing,
     routes: &mut BTreeMap<u32, Route>,
     silence: Duration,
-) {
+) -> bool {
     let (mut heard, mut said) = (Instant::now(), Instant::now());
     loop {
         for order in std::mem::take(&mut *lock(&link.orders)) {
@@ -588,9 +612,14 @@ fn relay(
                 }
                 Order::Signal(id, signal) => encode(&super::protocol::Signal { id, signal })
                     .and_then(|body| out.frame(tag::SIGNAL, &[&body])),
+                Order::Disconnect => {
+                    // What waits goes out first, as far as it goes now.
+                    let _ = out.write(conn.as_fd());
+                    return true;
+                }
             };
             if sent.is_err() {
-                return;
+                return false;
             }
         }
         if !out.is_empty() {
@@ -600,7 +629,7 @@ fn relay(
             said = Instant::now();
         }
         if out.write(conn.as_fd()).is_err() {
-            return;
+            return false;
         }
         routes.retain(|_, route| {
             if route.out.write(route.conn.as_fd()).is_err() {
@@ -642,7 +671,7 @@ fn relay(
             match poll(&mut fds, tick) {
                 Ok(_) => break,
                 Err(nix::errno::Errno::EINTR) => {}
-                Err(_) => return,
+                Err(_) => return false,
             }
         }
         let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
@@ -666,12 +695,12 @@ fn relay(
             match from_agent(conn, routes) {
                 Some(true) => heard = Instant::now(),
                 Some(false) => {}
-                None => return,
+                None => return false,
             }
         }
         if heard.elapsed() > silence {
             // The agent, its host or the link hangs without closing.
-            return;
+            return false;
         }
     }
 }

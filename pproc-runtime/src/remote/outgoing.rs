@@ -57,6 +57,15 @@ impl Outgoing {
                 Ok(n) => self.head += n,
                 Err(Errno::EINTR) => {}
                 Err(Errno::EAGAIN) => break,
+                // A pipe (an agent's standard output): written plainly,
+                // where `SIGPIPE` is ignored.
+                Err(Errno::ENOTSOCK) => match nix::unistd::write(fd, &self.buf[self.head..]) {
+                    Ok(n) => self.head += n,
+                    Err(Errno::EINTR) => {}
+                    Err(Errno::EAGAIN) => break,
+                    Err(Errno::EPIPE) => return Err(Error::Disconnected),
+                    Err(err) => return Err(Error::from_errno(err)),
+                },
                 Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(Error::Disconnected),
                 Err(err) => return Err(Error::from_errno(err)),
             }

@@ -64,6 +64,9 @@ pub(crate) struct Conn {
     /// Whether large frames go through shared memory: the socket is a
     /// Unix socket, which carries descriptors.
     shares: bool,
+    /// Whether `fd` is a socket at all: a pipe is read with `read(2)` (an
+    /// agent reads its link from its standard input).
+    socket: bool,
     /// Descriptors received for `SHARED` frames not read yet.
     fds: VecDeque<OwnedFd>,
     /// Which end of a parent and child this is, for slabs.
@@ -103,15 +106,18 @@ impl Conn {
             nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL).map_err(Error::from_errno)?;
         let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
         nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(Error::from_errno)?;
-        let shares = {
+        let (socket, shares) = {
             use nix::sys::socket::{AddressFamily, SockaddrLike, SockaddrStorage, getsockname};
-            getsockname::<SockaddrStorage>(fd.as_raw_fd())
-                .is_ok_and(|addr| addr.family() == Some(AddressFamily::Unix))
+            match getsockname::<SockaddrStorage>(fd.as_raw_fd()) {
+                Ok(addr) => (true, addr.family() == Some(AddressFamily::Unix)),
+                Err(_) => (false, false),
+            }
         };
         let fd = Arc::new(fd);
         Ok(Self {
             out: Outbox::new(Arc::clone(&fd)),
             shares,
+            socket,
             fds: VecDeque::new(),
             role: Role::Peers,
             fd,
@@ -664,6 +670,11 @@ impl Conn {
     /// `recv` does, and whether descriptors came.
     fn recv_spare(&mut self, want: usize) -> (isize, bool) {
         let spare = &mut self.rbuf.spare_capacity_mut()[..want];
+        if !self.socket {
+            // SAFETY: as below; the descriptor is non-blocking (`new`).
+            let got = unsafe { libc::read(self.fd.as_raw_fd(), spare.as_mut_ptr().cast(), want) };
+            return (got, false);
+        }
         if !self.shares {
             // SAFETY: the kernel writes at most `want` bytes into `spare`,
             // memory the vector owns, and reads none of it.
