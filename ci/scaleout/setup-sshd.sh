@@ -250,7 +250,11 @@ start() {
     alive "$pidfile" && break
     if ! kill -0 "$pid" 2>/dev/null; then
       wait "$pid" 2>/dev/null || true
-      fail "node-$name: sshd exited at start: $(last_line "$STATE/sshd-$name.log" "$STATE/sshd-$name.out")"
+      why=$(last_line "$STATE/sshd-$name.log" "$STATE/sshd-$name.out")
+      # The port and the namespace are the machine's: a bed with another state
+      # directory (another TMPDIR) may hold them.
+      [[ $why == *"Cannot bind"* ]] && why+=" (port taken: by a bed under another TMPDIR? PPROC_SSHD_PORT picks another)"
+      fail "node-$name: sshd exited at start: $why"
     fi
     sleep 0.025
   done
