@@ -81,7 +81,7 @@ fn a_link_cut_under_a_running_command_ends_ssh_within_the_keepalive_limit() {
     let dir = std::env::temp_dir().join(format!("pproc-testbed-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let pid_file = dir.join("remote.pid");
-    let mut ssh = bed
+    let ssh = bed
         .ssh("node-b")
         .arg(format!("echo $$ > {} && exec sleep 60", pid_file.display()))
         .stdin(Stdio::null())
@@ -106,13 +106,13 @@ fn a_link_cut_under_a_running_command_ends_ssh_within_the_keepalive_limit() {
     drop(up);
     let cut = bed.cut_node_b().unwrap();
     let start = Instant::now();
-    let status = ssh.wait().unwrap();
+    let out = ssh.wait_with_output().unwrap();
     let took = start.elapsed();
     drop(cut.restore());
     let remote = nix::unistd::Pid::from_raw(i32::try_from(remote).unwrap());
     let _ = nix::sys::signal::kill(remote, nix::sys::signal::Signal::SIGKILL);
     std::fs::remove_dir_all(&dir).unwrap();
-    assert_eq!(status.code(), Some(255));
+    assert_eq!(out.status.code(), Some(255), "{out:?}");
     // ServerAliveInterval 1 x ServerAliveCountMax 3.
     assert!(
         took < Duration::from_secs(3) + SLACK,
