@@ -46,6 +46,12 @@ alive() {
     [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$2" ]]
 }
 
+# in_netns PIDFILE: that daemon runs in the namespace that $NS names now, not in one
+# left behind when the name was deleted and made again.
+in_netns() {
+  [[ $(stat -L -c %i "/proc/$(<"$1")/ns/net" 2>/dev/null) == "$(stat -L -c %i "/run/netns/$NS" 2>/dev/null)" ]]
+}
+
 # kill_wait PIDFILE NAME: stops that daemon and waits until it is gone.
 kill_wait() {
   local pid
@@ -253,6 +259,9 @@ for NODE in "${NODE_NAMES[@]}"; do
     # `hostname` so that `srun hostname` tells the nodes apart.
     # shellcheck disable=SC2016 # $0 and $@ are the inner shell's
     prefix=(nsenter --net=/run/netns/"$NS" unshare --uts sh -c 'hostname node-b && exec "$0" "$@"')
+    if alive "$M/slurmd-$NODE.pid" slurmd && ! in_netns "$M/slurmd-$NODE.pid"; then
+      kill_wait "$M/slurmd-$NODE.pid" slurmd
+    fi
   fi
   mkdir -p "$M/spool/$NODE"
   start slurmd "$M/slurmd-$NODE.out" "$M/slurmd-$NODE.pid" \

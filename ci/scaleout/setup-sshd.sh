@@ -53,6 +53,12 @@ alive() {
     [[ $(cat "/proc/$pid/comm" 2>/dev/null) == sshd ]]
 }
 
+# in_netns PIDFILE: that daemon runs in the namespace that $NS names now, not in one
+# left behind when the name was deleted and made again.
+in_netns() {
+  [[ $(stat -L -c %i "/proc/$(<"$1")/ns/net" 2>/dev/null) == "$(stat -L -c %i "/run/netns/$NS" 2>/dev/null)" ]]
+}
+
 # put FILE: writes stdin to FILE atomically if it differs; status 0 when it changed.
 put() {
   local tmp=$1.tmp.$$
@@ -286,6 +292,7 @@ if ((WANT_NETNS)); then
   ip -n "$NS" link set "$VETH_B" up
   ip -n "$NS" link set lo up
   write_runner node-b "$STATE/sshd_config-b" "$STATE/sshd-b.log" | put "$STATE/run-sshd-b" && CHANGED_B=1
+  alive "$STATE/sshd-b.pid" && ! in_netns "$STATE/sshd-b.pid" && CHANGED_B=1
   chmod +x "$STATE/run-sshd-b"
   start b "$STATE/sshd-b.pid" "$CHANGED_B" ip netns exec "$NS" unshare --uts "${MNT[@]}" "$STATE/run-sshd-b"
 fi
