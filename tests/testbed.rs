@@ -81,7 +81,7 @@ fn a_link_cut_under_a_running_command_ends_ssh_within_the_keepalive_limit() {
     let dir = std::env::temp_dir().join(format!("pproc-testbed-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let pid_file = dir.join("remote.pid");
-    let ssh = bed
+    let mut ssh = bed
         .ssh("node-b")
         .arg(format!("echo $$ > {} && exec sleep 60", pid_file.display()))
         .stdin(Stdio::null())
@@ -97,10 +97,12 @@ fn a_link_cut_under_a_running_command_ends_ssh_within_the_keepalive_limit() {
         {
             break pid;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the remote command did not start"
-        );
+        if ssh.try_wait().unwrap().is_some() || Instant::now() >= deadline {
+            let _ = ssh.kill();
+            let out = ssh.wait_with_output().unwrap();
+            std::fs::remove_dir_all(&dir).unwrap();
+            panic!("the remote command did not start: {out:?}");
+        }
         std::thread::sleep(Duration::from_millis(10));
     };
     drop(up);
