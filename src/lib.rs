@@ -9,6 +9,7 @@ use pproc::{Channel, Error, Origin, Store, parallel};
 
 pub mod grid;
 pub mod pygmy;
+pub mod testbed;
 
 /// Doubles `x` in a child process.
 #[parallel]
