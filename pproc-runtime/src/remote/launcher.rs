@@ -263,6 +263,7 @@ impl Launcher for Ssh {
 pub struct Srun {
     node: Option<String>,
     args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
     timeout: Duration,
     silence: Duration,
     placed: Placed,
@@ -273,6 +274,7 @@ impl Default for Srun {
         Self {
             node: None,
             args: Vec::new(),
+            env: Vec::new(),
             timeout: CONNECT_TIMEOUT,
             silence: HOST_TIMEOUT,
             placed: Placed::default(),
@@ -298,6 +300,15 @@ impl Srun {
     #[must_use]
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
         self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    /// A variable in `srun`'s environment (`SLURM_CONF`, say), which Slurm
+    /// passes on to the task.
+    #[must_use]
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.env
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
         self
     }
 
@@ -345,6 +356,7 @@ impl Launcher for Srun {
             command.arg("-w").arg(node);
         }
         command.args(&self.args).args(argv);
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         command
     }
 
