@@ -11,10 +11,14 @@
 //! would run. The two images must agree byte for byte.
 //!
 //! ```text
-//! cargo run --release --example mandelbrot [OUTPUT.png]
+//! cargo run --release --example mandelbrot [OUTPUT.png] [--hosts HOST[=SLOTS],...] [--ssh-config FILE]
 //! ```
 //!
 //! The picture is written to `target/mandelbrot.png` unless a path is given.
+//! With `--hosts`, the bands run on those hosts instead, reached with ssh
+//! (through `FILE`, if given, as `ssh -F`), each taking `SLOTS` bands at
+//! once (by default as many as this machine has cores): the same code, on
+//! a [`pproc::Cluster`].
 //! Set `MANDELBROT_SCALE` (a positive float, default `1.0`) to scale the
 //! width and height of the 1600×1200 image, for example `0.25` for a quick
 //! run or `2` for a machine with many cores; the work grows with its square.
@@ -26,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pproc::{Exchange, parallel};
+use pproc::{Builder, Cluster, Exchange, Ssh, parallel};
 
 /// Width and height of the image at `MANDELBROT_SCALE=1`.
 const BASE_WIDTH: f64 = 1600.0;
@@ -133,16 +137,21 @@ fn band_at(y0: u32, y1: u32, width: u32, height: u32, max_iter: u32) -> (u32, Ve
 }
 
 /// Renders the image in child processes, `bands` bands, at most `limit`
-/// children at a time. The exchange starts the next band as soon as any
-/// child finishes, whichever it is.
+/// children at a time, started with `builder` (here, or on a cluster's
+/// hosts). The exchange starts the next band as soon as any child
+/// finishes, whichever it is.
 fn render_parallel(
     width: u32,
     height: u32,
     bands: u32,
     limit: usize,
+    builder: Builder,
 ) -> Result<Vec<u8>, Box<dyn Error>> {
     // The bar shows on a terminal (standard error), not in a pipe.
-    let mut exchange = Exchange::new(Vec::new()).limit(limit).progress(true);
+    let mut exchange = Exchange::new(Vec::new())
+        .limit(limit)
+        .builder(builder)
+        .progress(true);
     for i in 0..bands {
         let y0 = height * i / bands;
         let y1 = height * (i + 1) / bands;
@@ -179,18 +188,76 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
+/// What the command line asks for.
+struct Options {
+    out: PathBuf,
+    /// Hosts and their slots, for `--hosts`.
+    hosts: Vec<(String, usize)>,
+    ssh_config: Option<PathBuf>,
+}
+
+fn options(cores: usize) -> Result<Options, Box<dyn Error>> {
+    let mut options = Options {
+        out: PathBuf::from("target/mandelbrot.png"),
+        hosts: Vec::new(),
+        ssh_config: None,
+    };
+    let mut args = std::env::args_os().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.to_str() {
+            Some("--hosts") => {
+                let list = args.next().ok_or("--hosts needs HOST[=SLOTS],...")?;
+                for host in list.to_string_lossy().split(',').filter(|h| !h.is_empty()) {
+                    let (name, slots) = match host.split_once('=') {
+                        Some((name, slots)) => (name, slots.parse()?),
+                        None => (host, cores),
+                    };
+                    options.hosts.push((name.to_owned(), slots));
+                }
+            }
+            Some("--ssh-config") => {
+                options.ssh_config = Some(args.next().ok_or("--ssh-config needs a file")?.into());
+            }
+            _ => options.out = PathBuf::from(arg),
+        }
+    }
+    Ok(options)
+}
+
 fn main() -> Result<(), Box<dyn Error>> {
-    let out = std::env::args_os()
-        .nth(1)
-        .map_or_else(|| PathBuf::from("target/mandelbrot.png"), PathBuf::from);
     let (width, height) = dimensions(scale_from_env()?)?;
     let cores = thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let options = options(cores)?;
+    let out = options.out;
+    let (builder, slots, place) = if options.hosts.is_empty() {
+        (Builder::new(), cores, format!("{cores} cores"))
+    } else {
+        let mut cluster = Cluster::new();
+        for (host, slots) in &options.hosts {
+            let mut ssh = Ssh::new(host);
+            if let Some(config) = &options.ssh_config {
+                ssh = ssh.config(config);
+            }
+            cluster = cluster.host(ssh, *slots);
+        }
+        let t = Instant::now();
+        cluster.connect()?;
+        let names: Vec<&str> = options.hosts.iter().map(|(h, _)| h.as_str()).collect();
+        println!(
+            "connected {} in {:.3} s",
+            names.join(", "),
+            secs(t.elapsed())
+        );
+        let slots = cluster.slots();
+        let place = format!("{slots} slots on {}", names.join(", "));
+        (Builder::new().cluster(&cluster), slots, place)
+    };
     // Never more bands than rows.
-    let bands = u32::try_from(cores * BANDS_PER_CORE)
+    let bands = u32::try_from(slots * BANDS_PER_CORE)
         .unwrap_or(u32::MAX)
         .min(height);
 
-    println!("mandelbrot {width}x{height}, {MAX_ITER} iterations, {bands} bands on {cores} cores");
+    println!("mandelbrot {width}x{height}, {MAX_ITER} iterations, {bands} bands on {place}");
 
     let t = Instant::now();
     let serial = band(0, height, width, height, MAX_ITER);
@@ -198,10 +265,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     println!("serial    {:6.2} s", secs(serial_time));
 
     let t = Instant::now();
-    let parallel = render_parallel(width, height, bands, cores)?;
+    let parallel = render_parallel(width, height, bands, slots, builder)?;
     let parallel_time = t.elapsed();
     println!(
-        "parallel  {:6.2} s  ({bands} child processes, at most {cores} at a time)",
+        "parallel  {:6.2} s  ({bands} child processes, at most {slots} at a time)",
         secs(parallel_time)
     );
 
