@@ -133,8 +133,15 @@ fn main() {
         run_row(spawn_row(&plan));
     }
     if want("remote") {
-        run_row(remote_calls_row(&plan));
-        run_row(connect_row(&plan));
+        run_row(remote_calls_row(&plan, &Via::Env));
+        run_row(connect_row(&plan, &Via::Env));
+        // Through a real sshd on loopback, where the test bed can start
+        // one (ci/scaleout).
+        if let Some(bed) = pproc_workspace::testbed::sshd() {
+            let ssh = Via::Ssh(bed.config().to_owned());
+            run_row(remote_calls_row(&plan, &ssh));
+            run_row(connect_row(&plan, &ssh));
+        }
     }
 
     println!();
@@ -1066,11 +1073,66 @@ fn print_machine() {
 // ---------------------------------------------------------------------------
 // Calls on another host, through a launcher.
 
-/// The launcher the remote rows go through: here `env`, which runs the
-/// agent on this host, so the rows show what the agent and the link cost
-/// on top of the launcher's own pipe.
-fn launcher(host: &str) -> pproc::Prefix {
-    pproc::Prefix::new(["env"]).host(host)
+/// The launcher the remote rows go through: `env`, which runs the agent
+/// on this host (the rows show what the agent and the link cost on top of
+/// the launcher's own pipe), or ssh to the test bed's node-a, on loopback,
+/// with its configuration file.
+#[derive(Clone)]
+enum Via {
+    Env,
+    Ssh(std::path::PathBuf),
+}
+
+impl Via {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Env => "env",
+            Self::Ssh(_) => "ssh",
+        }
+    }
+
+    /// A launcher to a host of its own, named `host`.
+    fn launcher(&self, host: &str) -> pproc::Builder {
+        match self {
+            Self::Env => pproc::Builder::new().launcher(pproc::Prefix::new(["env"]).host(host)),
+            Self::Ssh(config) => pproc::Builder::new().launcher(
+                pproc::Ssh::new("node-a")
+                    .config(config)
+                    .option(format!("HostKeyAlias={host}")),
+            ),
+        }
+    }
+
+    fn cluster(&self, cluster: pproc::Cluster, host: &str) -> pproc::Cluster {
+        match self {
+            Self::Env => cluster.host(pproc::Prefix::new(["env"]).host(host), 1),
+            Self::Ssh(config) => cluster.host(
+                pproc::Ssh::new("node-a")
+                    .config(config)
+                    .option(format!("HostKeyAlias={host}")),
+                1,
+            ),
+        }
+    }
+
+    /// The launcher's command running `program`, as a plain process.
+    fn command(&self, program: &str) -> std::process::Command {
+        match self {
+            Self::Env => {
+                let mut command = std::process::Command::new("env");
+                command.arg(program);
+                command
+            }
+            Self::Ssh(config) => {
+                let mut command = std::process::Command::new("ssh");
+                command
+                    .arg("-F")
+                    .arg(config)
+                    .args(["-T", "node-a", program]);
+                command
+            }
+        }
+    }
 }
 
 /// A program started through the launcher that echoes what it reads.
@@ -1081,13 +1143,13 @@ struct Echo {
 }
 
 impl Echo {
-    fn start() -> Self {
-        let child = std::process::Command::new("env")
-            .arg("cat")
+    fn start(via: &Via) -> Self {
+        let child = via
+            .command("cat")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
-            .expect("env cat");
+            .expect("cat through the launcher");
         let mut frame = Vec::new();
         put_frame(&mut frame, &[7_u8; 59].to_vec());
         let back = vec![0; frame.len()];
@@ -1105,19 +1167,19 @@ impl Echo {
     }
 }
 
-fn remote_calls_row(plan: &Plan) -> Row<'static> {
+fn remote_calls_row(plan: &Plan, via: &Via) -> Row<'static> {
     let calls = plan.calls / 4;
     let local = Pool::new(1).expect("pool");
-    let mut echo = Echo::start();
-    let remote = Pool::with_builder(1, pproc::Builder::new().launcher(launcher("bench")))
+    let mut echo = Echo::start(via);
+    let remote = Pool::with_builder(1, via.launcher(&format!("bench-{}", via.name())))
         .expect("a pool on the host");
     Row {
-        work: format!("{calls} calls one after another, one warm worker"),
+        work: format!("{calls} calls in turn, one warm worker, via {}", via.name()),
         rounds: plan.rounds,
         warmup: plan.warmup.max(1),
         entries: vec![
             entry(
-                "local Pool(1) call + frame round trip via the launcher",
+                "local Pool(1) call + a frame there and back via the launcher",
                 move || {
                     clock(|| {
                         for x in 0..calls {
@@ -1149,18 +1211,19 @@ fn remote_calls_row(plan: &Plan) -> Row<'static> {
 }
 
 /// A cluster of `n` hosts of names not used before.
-fn fresh_hosts(n: usize) -> pproc::Cluster {
+fn fresh_hosts(via: &Via, n: usize) -> pproc::Cluster {
     static ROUND: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let round = ROUND.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     (0..n).fold(pproc::Cluster::new(), |cluster, i| {
-        cluster.host(launcher(&format!("connect-{round}-{i}")), 1)
+        via.cluster(cluster, &format!("connect-{round}-{i}"))
     })
 }
 
-fn connect_row(plan: &Plan) -> Row<'static> {
+fn connect_row(plan: &Plan, via: &Via) -> Row<'static> {
     let connect = |n: usize| {
+        let via = via.clone();
         move || {
-            let cluster = fresh_hosts(n);
+            let cluster = fresh_hosts(&via, n);
             let took = clock(|| cluster.connect().expect("connect"));
             // Let go after each round, so that agents do not pile up.
             cluster.disconnect();
@@ -1168,7 +1231,7 @@ fn connect_row(plan: &Plan) -> Row<'static> {
         }
     };
     Row {
-        work: "connect hosts: start their agents".to_owned(),
+        work: format!("connect hosts via {}: start their agents", via.name()),
         rounds: plan.rounds,
         warmup: plan.warmup,
         entries: vec![
