@@ -196,9 +196,35 @@ fn an_agent_of_another_build_is_version_skew() {
     }
 }
 
+/// Allocates and touches `mib` MiB; returns how many.
+#[parallel]
+fn hoard(mib: usize) -> usize {
+    let block = vec![1_u8; mib << 20];
+    std::hint::black_box(&block);
+    mib
+}
+
+#[test]
+fn limits_and_deadlines_hold_on_the_host() {
+    let b = host("limited").deadline(Duration::from_millis(300));
+    let started = Instant::now();
+    let h = b.start(sleeps::call()).unwrap();
+    let (child, _) = h.recv().unwrap();
+    assert!(matches!(h.join(), Err(Error::Timeout)));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    wait_gone(child);
+    let limit = 256 << 20;
+    let b = host("limited").memory_limit(limit);
+    assert_eq!(b.start(hoard::call(16)).unwrap().join().unwrap(), 16);
+    match b.start(hoard::call(1024)).unwrap().join() {
+        Err(Error::LimitExceeded(pproc::Limit::Memory { bytes })) => assert_eq!(bytes, limit),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn what_a_launcher_cannot_carry_yet_is_refused() {
-    let b = host("limits").deadline(Duration::from_secs(5));
+    let b = host("capture").capture_output(true);
     match b.start(square::call(1)) {
         Err(Error::Spawn(err)) => assert!(err.to_string().contains("launcher"), "{err}"),
         other => panic!("{other:?}"),

@@ -145,10 +145,12 @@ impl Builder {
     /// ends them with [`Error::HostLost`]. The agent stops its children's
     /// process groups when the link ends, whichever end went first.
     ///
-    /// Children on another host take no resource limits, deadline or
-    /// output capture yet, and large buffers cross as bytes (shared memory
-    /// stays on one host): a builder with a launcher and any of those
-    /// fails to start children with [`Error::Spawn`].
+    /// The agent applies the builder's resource limits and deadline on the
+    /// host, so they end a child there as here ([`Error::LimitExceeded`],
+    /// [`Error::Timeout`]). Output capture and [`program`](Self::program)
+    /// do not reach other hosts yet: a builder with a launcher and either
+    /// fails to start children with [`Error::Spawn`]. Large buffers cross
+    /// as bytes (shared memory stays on one host).
     ///
     /// # Examples
     ///
@@ -445,9 +447,6 @@ impl Builder {
                 launcher.host()
             ))))
         };
-        if self.limits != Limits::default() {
-            return refuse("resource limits and deadlines");
-        }
         if self.capture {
             return refuse("output capture");
         }
@@ -462,10 +461,18 @@ impl Builder {
                 return refuse("a manager or a background child");
             }
         };
-        let (conn, pid, end) =
-            crate::remote::link::start(launcher, name, mode, self.group, self.max_frame)?;
+        let asked = std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0");
+        let options = crate::remote::link::Options {
+            group: self.group,
+            max_frame: self.max_frame,
+            limits: self.limits,
+            backtrace: self.backtrace || (self.limits.memory.is_some() && asked),
+        };
+        let (conn, pid, end) = crate::remote::link::start(launcher, name, mode, &options)?;
         let mut handle = Handle::remote(name.to_owned(), conn, pid, end);
         handle.set_group(self.group);
+        // The agent applied them: the handle tells by them how it ended.
+        handle.note_limits(self.limits);
         handle.send_args(args)?;
         Ok(handle)
     }

@@ -55,6 +55,8 @@ pub(crate) trait RemoteEnd: fmt::Debug + Send + Sync {
     fn status(&self) -> Option<Status>;
     /// Asks the agent to send `signal` to the child (and its group).
     fn signal(&self, signal: Signal) -> Result<()>;
+    /// Whether its deadline killed it, as the agent saw.
+    fn expired(&self) -> bool;
 }
 
 /// The process itself: waited for once, killed on drop if still running.
@@ -244,6 +246,9 @@ impl Child {
 
     /// Whether its deadline killed it.
     pub(crate) fn expired(&self) -> bool {
+        if let Some(end) = &self.remote {
+            return end.expired();
+        }
         self.ticket.as_ref().is_some_and(watchdog::Ticket::expired)
     }
 }

@@ -24,6 +24,7 @@ use super::protocol::{
 };
 use crate::error::Result;
 use crate::process::child::Child;
+use crate::process::limits::{self, Limits};
 use crate::process::setup::ignore_sigpipe;
 use crate::process::spawn::{self, Setup};
 use crate::registry;
@@ -288,7 +289,15 @@ impl Agent {
             .child
             .wait(Deadline::Never)
             .map_or(Ended::Unknown, Ended::from);
-        let _ = self.send(tag::EXITED, &Exited { id, status });
+        let expired = kid.child.expired();
+        let _ = self.send(
+            tag::EXITED,
+            &Exited {
+                id,
+                status,
+                expired,
+            },
+        );
     }
 
     /// Stops every child: `SIGTERM`, up to [`GRACE`] to exit, `SIGKILL`,
@@ -370,9 +379,24 @@ fn start(spawn: &Spawn) -> std::result::Result<Kid, Refused> {
     }
     let failed = |err: crate::error::Error| Refused::Spawn(crate::error::with_causes(&err));
     let (ours, theirs) = conn::socketpair().map_err(failed)?;
-    let setup = Setup {
+    let mut setup = Setup {
         group: spawn.group,
         ..Setup::default()
+    };
+    // As a local parent does (see `Builder::spawn`): a backtrace printed
+    // after a failed allocation would lose the evidence of it.
+    if spawn.memory.is_some() {
+        setup.env.push(("RUST_BACKTRACE", "0"));
+        if spawn.backtrace {
+            setup.env.push(("RUST_LIB_BACKTRACE", "1"));
+        }
+    } else if spawn.backtrace {
+        setup.env.push(("RUST_BACKTRACE", "1"));
+    }
+    let limits = Limits {
+        deadline: spawn.deadline_ms.map(Duration::from_millis),
+        memory: spawn.memory,
+        cpu: spawn.cpu,
     };
     let spawned = spawn::spawn(
         &spawn.name,
@@ -386,6 +410,8 @@ fn start(spawn: &Spawn) -> std::result::Result<Kid, Refused> {
     drop(theirs);
     let mut child = Child::new(spawned.pid, spawned.pidfd.map(Arc::new));
     child.group = spawn.group;
+    // Before the parent hears it started: its arguments come after.
+    limits::apply(&mut child, limits).map_err(failed)?;
     // Read only: what the child sends in shared memory is read out of it
     // here, and crosses the link as bytes.
     // The frame limit is the parent's to apply: a frame over it crosses

@@ -37,6 +37,7 @@ use super::protocol::{
 use crate::error::{Error, Result};
 use crate::lock::{lock, wait_timeout};
 use crate::process::child::{RemoteEnd, Status};
+use crate::process::limits::Limits;
 use crate::registry;
 use crate::wire::codec::{decode, encode};
 use crate::wire::conn::{Conn, Next};
@@ -96,6 +97,7 @@ pub(crate) struct End {
 struct State {
     started: Option<std::result::Result<u32, Refused>>,
     status: Option<Status>,
+    expired: bool,
 }
 
 impl End {
@@ -159,6 +161,10 @@ impl RemoteEnd for End {
         lock(&self.state).status
     }
 
+    fn expired(&self) -> bool {
+        lock(&self.state).expired
+    }
+
     fn signal(&self, signal: Signal) -> Result<()> {
         if let Some(link) = self.link.upgrade() {
             link.order(Order::Signal(self.id, signal as i32));
@@ -194,9 +200,14 @@ pub(crate) fn start(
     launcher: &Arc<dyn Launcher>,
     name: &str,
     mode: Mode,
-    group: bool,
-    max_frame: usize,
+    options: &Options,
 ) -> Result<(Conn, Pid, Arc<End>)> {
+    let Options {
+        group,
+        max_frame,
+        limits,
+        backtrace,
+    } = *options;
     let link = connected(launcher)?;
     let host = launcher.host();
     let (ours, theirs) = crate::wire::conn::socketpair()?;
@@ -224,6 +235,12 @@ pub(crate) fn start(
         name: name.to_owned(),
         mode: mode.letter().to_string(),
         group,
+        deadline_ms: limits
+            .deadline
+            .map(|after| u64::try_from(after.as_millis()).unwrap_or(u64::MAX)),
+        memory: limits.memory,
+        cpu: limits.cpu,
+        backtrace,
     })?;
     let route = Route {
         conn: relayed,
@@ -245,6 +262,15 @@ pub(crate) fn start(
             format!("on `{host}`: {why}"),
         ))),
     }
+}
+
+/// What a child on another host is started with, from its builder.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Options {
+    pub(crate) group: bool,
+    pub(crate) max_frame: usize,
+    pub(crate) limits: Limits,
+    pub(crate) backtrace: bool,
 }
 
 /// Whether `launcher`'s host is connected, and how many children this
@@ -777,6 +803,7 @@ fn heard(routes: &mut BTreeMap<u32, Route>, frame_tag: u8, body: &[u8]) -> bool 
             };
             if let Some(route) = routes.get_mut(&exited.id) {
                 route.ended = Some(exited.status.into());
+                lock(&route.end.state).expired = exited.expired;
             }
             true
         }

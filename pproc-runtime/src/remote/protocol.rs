@@ -71,6 +71,14 @@ pub(crate) struct Spawn {
     pub(crate) name: String,
     pub(crate) mode: String,
     pub(crate) group: bool,
+    /// Its deadline (milliseconds from its start), address-space limit
+    /// (bytes) and CPU-time limit (seconds), applied before its arguments
+    /// reach it.
+    pub(crate) deadline_ms: Option<u64>,
+    pub(crate) memory: Option<u64>,
+    pub(crate) cpu: Option<u64>,
+    /// Whether a panic captures a backtrace.
+    pub(crate) backtrace: bool,
 }
 
 /// Child `id` started as `pid` on the agent's host, or why not.
@@ -103,6 +111,8 @@ pub(crate) struct Signal {
 pub(crate) struct Exited {
     pub(crate) id: u32,
     pub(crate) status: Ended,
+    /// Whether its deadline killed it.
+    pub(crate) expired: bool,
 }
 
 /// A child's [`Status`] as the link carries it.

@@ -201,6 +201,12 @@ impl<R, S, V, K> Handle<R, S, V, K> {
         self.inner_mut().capture = Some(capture);
     }
 
+    /// The limits a child on another host was started with there: they
+    /// tell how it ended.
+    pub(crate) fn note_limits(&mut self, limits: Limits) {
+        self.inner_mut().limits = limits;
+    }
+
     /// Applies resource limits to the child, and watches its deadline. On
     /// failure the child is killed.
     pub(crate) fn limit(&mut self, limits: Limits) -> Result<()> {
