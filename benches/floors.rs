@@ -1103,13 +1103,16 @@ impl Via {
         }
     }
 
+    /// `cluster` and one more host, named `host`: over ssh, a connection
+    /// of its own (no multiplexing), as a host of its own would need.
     fn cluster(&self, cluster: pproc::Cluster, host: &str) -> pproc::Cluster {
         match self {
             Self::Env => cluster.host(pproc::Prefix::new(["env"]).host(host), 1),
             Self::Ssh(config) => cluster.host(
                 pproc::Ssh::new("node-a")
                     .config(config)
-                    .option(format!("HostKeyAlias={host}")),
+                    .option(format!("HostKeyAlias={host}"))
+                    .option("ControlPath=none"),
                 1,
             ),
         }
@@ -1231,7 +1234,7 @@ fn connect_row(plan: &Plan, via: &Via) -> Row<'static> {
         }
     };
     Row {
-        work: format!("connect hosts via {}: start their agents", via.name()),
+        work: format!("connect hosts via {}, a handshake each", via.name()),
         rounds: plan.rounds,
         warmup: plan.warmup,
         entries: vec![

@@ -124,7 +124,12 @@ fn an_unreachable_host_is_a_launch_error_on_time() {
     match Builder::new().launcher(launcher).start(square::call(2)) {
         Err(Error::Launch { host, message }) => {
             assert_eq!(host, "node-b");
-            assert!(message.contains("255"), "{message}");
+            // ssh gives up (255), or, over a connection it still holds
+            // open, the agent does not answer in time.
+            assert!(
+                message.contains("255") || message.contains("in time"),
+                "{message}"
+            );
         }
         other => panic!("{other:?}"),
     }

@@ -63,6 +63,7 @@ pub(crate) fn serve(timeout: &str) -> i32 {
         silence: Duration::from_millis(millis),
         heard: Instant::now(),
         said: Instant::now(),
+        parent: nix::unistd::getppid(),
     };
     agent.out.raw(MAGIC);
     let hello = Hello {
@@ -137,6 +138,9 @@ struct Agent {
     /// When the parent was last heard, and last told something.
     heard: Instant,
     said: Instant,
+    /// The process that started it (sshd's session, srun's step): one
+    /// that goes is a link that went, whatever the pipes say.
+    parent: nix::unistd::Pid,
 }
 
 impl Agent {
@@ -182,7 +186,7 @@ impl Agent {
             if link_ready && !self.read_link() {
                 return;
             }
-            if self.heard.elapsed() > self.silence {
+            if self.heard.elapsed() > self.silence || nix::unistd::getppid() != self.parent {
                 // The parent is gone or cut off: ssh may never say so.
                 return;
             }

@@ -103,7 +103,12 @@ impl Default for Placed {
 /// The remote command runs in a POSIX shell: pproc quotes it. ssh's own
 /// configuration applies (`~/.ssh/config`, or [`config`](Self::config)),
 /// and options given with [`option`](Self::option) come before pproc's
-/// defaults, so they win (ssh takes the first value of an option).
+/// defaults, so they win (ssh takes the first value of an option). The
+/// defaults: `BatchMode`, a `ConnectTimeout` of the connect timeout, a
+/// keep-alive every 5 s, and one multiplexed connection per host
+/// (`ControlMaster=auto`, kept 5 s after its last use), so that copying
+/// the program and starting the agent cost one handshake; turn that off
+/// with `option("ControlPath=none")`.
 ///
 /// # Examples
 ///
@@ -218,12 +223,22 @@ impl Launcher for Ssh {
             command.arg("-o").arg(option);
         }
         let timeout = self.timeout.as_secs().max(1);
+        // One connection per host for this process: its first command
+        // (a probe, or the agent) opens it, and the others (a copy, the
+        // agent, an agent again after a loss) ride on it instead of
+        // paying a handshake each. It outlives its last use by seconds.
+        let mut control = std::env::temp_dir().into_os_string();
+        control.push(format!("/pproc-ssh-{}-%C", std::process::id()));
+        let mut path = OsString::from("ControlPath=");
+        path.push(control);
         command
             .args(["-o", "BatchMode=yes"])
             .arg("-o")
             .arg(format!("ConnectTimeout={timeout}"))
             // A dead link is noticed in seconds, not never.
             .args(["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"])
+            .args(["-o", "ControlMaster=auto", "-o", "ControlPersist=5", "-o"])
+            .arg(path)
             .arg(&self.host)
             .arg("--")
             .arg(shell_command(argv));

@@ -3,6 +3,10 @@
 //! speaks pproc's frames over the launcher's standard input and output and
 //! starts and supervises the children on its host with the local code.
 //!
+//! The agent stops its children's process groups when the link ends, when
+//! it hears nothing for the host timeout, or when the process that started
+//! it (sshd's session) goes, so no orphan outlives a parent on a host.
+//!
 //! The parent's end ([`link`]) gives each remote child a socket of its own,
 //! as a local child has, and relays its frames over the host's one link;
 //! the agent ([`agent`]) relays them to the child's socket there. Nothing
