@@ -196,11 +196,17 @@ impl Agent {
     /// Waits for the link, a child's socket or a child's exit; returns
     /// which are ready, or `None` if polling failed.
     fn wait(&self) -> Option<(bool, Vec<u32>, Vec<u32>)> {
-        let mut events = PollFlags::POLLIN;
-        if !self.out.is_empty() {
-            events |= PollFlags::POLLOUT;
-        }
-        let mut fds = vec![PollFd::new(self.link.as_fd(), events)];
+        // The link's two ends may be one socket or two pipes: room to
+        // write is asked of the one written.
+        let output = if self.out.is_empty() {
+            PollFlags::empty()
+        } else {
+            PollFlags::POLLOUT
+        };
+        let mut fds = vec![
+            PollFd::new(self.link.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.output.as_fd(), output),
+        ];
         let mut owners = Vec::new();
         for (&id, kid) in &self.kids {
             let mut events = PollFlags::empty();
@@ -230,7 +236,7 @@ impl Agent {
         let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
         let link_ready = ready(&fds[0]);
         let (mut kids, mut exited) = (Vec::new(), Vec::new());
-        for (fd, &(id, exit)) in fds[1..].iter().zip(&owners) {
+        for (fd, &(id, exit)) in fds[2..].iter().zip(&owners) {
             if ready(fd) {
                 if exit { exited.push(id) } else { kids.push(id) }
             }
