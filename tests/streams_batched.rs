@@ -73,6 +73,36 @@ fn doubler(ch: Channel<Reply<u64>, Request<u64>>) {
     ch.serve(|n| n * 2).expect("serves");
 }
 
+/// Sends `(thread, i)` for `i` in `0..n` from each of `threads` threads
+/// at once.
+#[parallel]
+fn count_from_threads(ch: Channel<(u64, u64)>, threads: u64, n: u64) {
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let ch = &ch;
+            s.spawn(move || {
+                for i in 0..n {
+                    ch.send(&(t, i)).expect("the parent reads on");
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn values_sent_from_several_threads_all_arrive_each_in_order() {
+    let (threads, n) = (3, 50_000);
+    let h = count_from_threads::start(threads, n).unwrap();
+    let mut next = vec![0; 3];
+    for got in h.iter() {
+        let (t, i) = got.unwrap();
+        assert_eq!(i, next[usize::try_from(t).unwrap()], "thread {t}");
+        next[usize::try_from(t).unwrap()] += 1;
+    }
+    assert_eq!(next, [n; 3]);
+    h.join().unwrap();
+}
+
 #[test]
 fn two_hundred_thousand_values_arrive_in_order() {
     let h = count::start(200_000, false).unwrap();
