@@ -79,6 +79,15 @@ impl<T> Slot<T> {
             std::thread::yield_now();
         }
     }
+
+    /// The value, for the slot's only owner.
+    pub(crate) fn get_mut(&mut self) -> &mut T {
+        let ptr = *self.ptr.get_mut();
+        assert!(!ptr.is_null(), "a slot's value is out while it is owned");
+        // SAFETY: `&mut self` excludes every `Taken`, so the value is in
+        // the slot, and this borrow is the only one.
+        unsafe { &mut *ptr }
+    }
 }
 
 impl<T> Drop for Slot<T> {
@@ -171,6 +180,7 @@ mod tests {
                 });
             }
         });
-        assert_eq!(*slot.take().unwrap(), 40_000);
+        let mut slot = slot;
+        assert_eq!(*slot.get_mut(), 40_000);
     }
 }
