@@ -73,6 +73,120 @@ fn doubler(ch: Channel<Reply<u64>, Request<u64>>) {
     ch.serve(|n| n * 2).expect("serves");
 }
 
+/// Sends `0..n`, an error in place of every hundredth value.
+#[parallel]
+fn count_with_errors(ch: Channel<u64>, n: u64) {
+    for i in 0..n {
+        if i % 100 == 99 {
+            ch.send_error(format_args!("no {i}"))
+                .expect("the parent reads on");
+        } else {
+            ch.send(&i).expect("the parent reads on");
+        }
+    }
+}
+
+/// Sends `(thread, i)` for `i` in `0..n` from each of `threads` threads
+/// at once.
+#[parallel]
+fn count_from_threads(ch: Channel<(u64, u64)>, threads: u64, n: u64) {
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let ch = &ch;
+            s.spawn(move || {
+                for i in 0..n {
+                    ch.send(&(t, i)).expect("the parent reads on");
+                }
+            });
+        }
+    });
+}
+
+/// The value or error expected at `i` from `count_with_errors`.
+fn expect_at(i: u64, got: pproc::Result<u64>) {
+    match got {
+        Ok(v) => assert_eq!(v, i),
+        Err(Error::Remote { message }) => {
+            assert_eq!(i % 100, 99, "an error at {i}");
+            assert_eq!(message, format!("no {i}"));
+        }
+        Err(err) => panic!("at {i}: {err}"),
+    }
+}
+
+#[test]
+fn every_way_of_receiving_takes_the_next_value_in_turn() {
+    let n = 100_000;
+    let h = count_with_errors::start(n).unwrap();
+    let mut i = 0;
+    // Values read ahead for the iterator are the next ones for every other
+    // receive too, and errors keep their place among them.
+    for got in h.iter() {
+        expect_at(i, got);
+        i += 1;
+        match i % 7 {
+            1 if i < n => {
+                expect_at(i, h.recv());
+                i += 1;
+            }
+            3 if i < n => {
+                expect_at(i, h.recv_timeout(Duration::from_secs(60)));
+                i += 1;
+            }
+            5 if i < n => {
+                match h.try_recv() {
+                    Ok(Some(v)) => {
+                        expect_at(i, Ok(v));
+                        i += 1;
+                    }
+                    Ok(None) => {}
+                    Err(err) => {
+                        expect_at(i, Err(err));
+                        i += 1;
+                    }
+                }
+                h.is_finished().unwrap();
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(i, n);
+    h.join().unwrap();
+}
+
+#[test]
+fn a_join_after_some_values_keeps_the_rest_for_later() {
+    let n = 20_000;
+    let mut h = count_with_errors::start(n).unwrap();
+    for i in 0..10 {
+        expect_at(i, h.recv());
+    }
+    // The wait for the result keeps every value it passes, in order.
+    while let Err(err) = h.join_timeout(Duration::from_millis(1)) {
+        assert!(err.is_timeout(), "{err}");
+    }
+    let mut i = 10;
+    for got in h.iter() {
+        expect_at(i, got);
+        i += 1;
+    }
+    assert_eq!(i, n);
+}
+
+#[test]
+fn values_sent_from_several_threads_all_arrive_each_in_order() {
+    let (threads, n) = (3, 50_000);
+    let h = count_from_threads::start(threads, n).unwrap();
+    let mut next = vec![0; 3];
+    for got in h.iter() {
+        let (t, i) = got.unwrap();
+        assert_eq!(i, next[usize::try_from(t).unwrap()], "thread {t}");
+        next[usize::try_from(t).unwrap()] += 1;
+    }
+    assert_eq!(next, [n; 3]);
+    h.join().unwrap();
+}
+
 #[test]
 fn two_hundred_thousand_values_arrive_in_order() {
     let h = count::start(200_000, false).unwrap();

@@ -7,6 +7,7 @@
 //! waits long while its sender computes.
 
 use std::cell::Cell;
+use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, TryLockError, Weak};
@@ -22,7 +23,7 @@ use super::frame::tag;
 use super::log;
 use super::wait::{Deadline, poll_until};
 use crate::error::{Error, Result, with_causes};
-use crate::lock::{lock, wait, wait_timeout};
+use crate::lock::{Slot, Taken, lock, wait, wait_timeout};
 
 /// How long a value may wait in its sender's buffer, by default, before
 /// the process's flusher writes it out.
@@ -56,6 +57,32 @@ pub(crate) struct Outbox {
     state: Mutex<Out>,
     /// Whether `state` holds bytes not written: read without the lock.
     dirty: AtomicBool,
+    /// Values that follow others closely, which a sender appends without
+    /// the lock (see [`Lane`]).
+    lane: Slot<Lane>,
+}
+
+/// The short way for a stream of values: while values wait in the
+/// buffer and the flusher looks at them in time, a sender that takes the
+/// lane appends its value there, a swap and a store where the lock costs
+/// two swaps. Whoever locks the state moves the lane's frames to the end
+/// of the buffer first, so they keep their order with every other frame,
+/// and sets whether the lane is open again when it unlocks.
+#[derive(Debug, Default)]
+struct Lane {
+    /// Whole frames, sent after every byte in the state's buffer.
+    buf: Vec<u8>,
+    /// Whether a sender may append here.
+    open: bool,
+    /// The bytes the lane holds before the buffer must be written out.
+    room: usize,
+}
+
+/// The state of an [`Outbox`], locked, with its lane's frames moved in.
+pub(crate) struct Locked<'a> {
+    // The lane goes back before the lock is released.
+    lane: Taken<'a, Lane>,
+    out: MutexGuard<'a, Out>,
 }
 
 /// What an [`Outbox`] keeps under its lock.
@@ -127,17 +154,25 @@ impl Outbox {
                 log: None,
             }),
             dirty: AtomicBool::new(false),
+            lane: Slot::new(Lane::default()),
         })
     }
 
     /// The state, or [`Error::Disconnected`] if this thread is encoding
     /// into it (a panic hook reporting a panic of that encoding).
     #[inline]
-    pub(crate) fn lock(&self) -> Result<MutexGuard<'_, Out>> {
+    pub(crate) fn lock(&self) -> Result<Locked<'_>> {
         if ENCODING.get() {
             return Err(Error::Disconnected);
         }
-        Ok(lock(&self.state))
+        Ok(self.lock_state())
+    }
+
+    /// The state, with the lane's frames moved in: a sender keeps the lane
+    /// only while it appends one value.
+    fn lock_state(&self) -> Locked<'_> {
+        let out = lock(&self.state);
+        Locked::new(out, self.lane.wait())
     }
 
     /// Whether bytes wait to be written.
@@ -147,7 +182,7 @@ impl Outbox {
 
     /// Sets how long a value may wait.
     pub(crate) fn set_after(&self, after: Duration) {
-        lock(&self.state).after = after;
+        self.lock_state().after = after;
     }
 
     /// Adds a `DATA` or `ERROR` frame holding `value` to the buffer, when
@@ -160,6 +195,9 @@ impl Outbox {
         value: &T,
     ) -> Result<Pushed> {
         debug_assert!(coalesces(tag));
+        if let Some(pushed) = self.push_lane(tag, value)? {
+            return Ok(pushed);
+        }
         let mut out = self.lock()?;
         // Values wait already: the flusher looks at them in time, and this
         // one only joins them (see `hold`).
@@ -196,6 +234,26 @@ impl Outbox {
         } else {
             Pushed::Full
         })
+    }
+
+    /// Appends a frame holding `value` to the lane, when it is open and
+    /// the value has no long byte run; `None` if it was not taken.
+    #[inline]
+    fn push_lane<T: Serialize + ?Sized>(&self, tag: u8, value: &T) -> Result<Option<Pushed>> {
+        if ENCODING.get() {
+            return Err(Error::Disconnected);
+        }
+        let Some(mut lane) = self.lane.take() else {
+            return Ok(None);
+        };
+        if !lane.open || !encode_frame(&mut lane.buf, tag, value)? {
+            return Ok(None);
+        }
+        Ok(Some(if lane.buf.len() < lane.room {
+            Pushed::Held
+        } else {
+            Pushed::Full
+        }))
     }
 
     /// For a worker's connection, which has a log: moves the frame at
@@ -307,12 +365,17 @@ impl Outbox {
     /// long, without waiting. Returns when to look again, `None` once
     /// nothing waits.
     fn flush_idle(&self, now: Instant) -> Option<Instant> {
-        let mut out = match self.state.try_lock() {
+        let out = match self.state.try_lock() {
             Ok(out) => out,
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             // A sender holds it, and writes it out if it must.
             Err(TryLockError::WouldBlock) => return Some(now + DEFAULT_FLUSH_AFTER),
         };
+        // A sender appends to the lane: it is done in an instant.
+        let Some(lane) = self.lane.take() else {
+            return Some(now + LANE_BUSY);
+        };
+        let mut out = Locked::new(out, lane);
         let out = &mut *out;
         // The log's frames wait for their announcement as the buffer's
         // bytes wait to be written: the earlier bound decides.
@@ -488,21 +551,18 @@ impl Out {
     /// the buffer as it was, if it has one.
     #[inline]
     fn encode_plain<T: Serialize + ?Sized>(&mut self, tag: u8, value: &T) -> Result<bool> {
-        let start = self.buf.len();
-        self.buf.extend_from_slice(&[0, 0, 0, 0, tag]);
-        let mut guard = Rollback {
-            out: self,
-            start,
-            armed: true,
-        };
-        let out = &mut *guard.out;
-        if !encoding(|| codec::encode_plain(value, &mut out.buf))? {
-            return Ok(false);
-        }
-        let header = codec::header(out.buf.len() - start - HEADER)?;
-        out.buf[start..start + HEADER].copy_from_slice(&header);
-        guard.armed = false;
-        Ok(true)
+        encode_frame(&mut self.buf, tag, value)
+    }
+
+    /// How many bytes a sender may append to the lane before the buffer
+    /// must be written out, if it may: as in [`Outbox::push`], while
+    /// values wait already, and nothing else is due.
+    fn lane_room(&self) -> Option<usize> {
+        let waiting = self.pending().len();
+        let open =
+            waiting > 0 && self.log.is_none() && self.dead.is_none() && !self.after.is_zero();
+        open.then(|| FLUSH_AT.saturating_sub(waiting))
+            .filter(|&room| room > 0)
     }
 
     /// Appends a frame of `tag` and `payload`.
@@ -557,6 +617,80 @@ impl Out {
 /// The largest buffer an outbox keeps once it is written out: a longer
 /// one (a large value that is not a byte run) is freed.
 const KEEP: usize = 1 << 20;
+
+/// How soon the flusher looks again at an outbox whose lane a sender had.
+const LANE_BUSY: Duration = Duration::from_micros(50);
+
+impl<'a> Locked<'a> {
+    /// Moves the lane's frames to the end of the buffer.
+    fn new(mut out: MutexGuard<'a, Out>, mut lane: Taken<'a, Lane>) -> Self {
+        if !lane.buf.is_empty() {
+            out.buf.extend_from_slice(&lane.buf);
+            lane.buf.clear();
+            if lane.buf.capacity() > KEEP {
+                lane.buf = Vec::new();
+            }
+        }
+        Self { lane, out }
+    }
+}
+
+impl Deref for Locked<'_> {
+    type Target = Out;
+
+    fn deref(&self) -> &Out {
+        &self.out
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Out {
+        &mut self.out
+    }
+}
+
+impl Drop for Locked<'_> {
+    /// Opens the lane for the values that follow, or closes it.
+    fn drop(&mut self) {
+        let room = self.out.lane_room();
+        self.lane.open = room.is_some();
+        self.lane.room = room.unwrap_or(0);
+    }
+}
+
+/// Appends a frame of `tag` holding `value` serialized to `buf`, if it has
+/// no long byte run: false, `buf` as it was, if it has one. On failure, and
+/// if encoding panics, `buf` is left as it was.
+#[inline]
+fn encode_frame<T: Serialize + ?Sized>(buf: &mut Vec<u8>, tag: u8, value: &T) -> Result<bool> {
+    /// Cuts `buf` back to `start` unless disarmed.
+    struct Cut<'a> {
+        buf: &'a mut Vec<u8>,
+        start: usize,
+        armed: bool,
+    }
+    impl Drop for Cut<'_> {
+        fn drop(&mut self) {
+            if self.armed {
+                self.buf.truncate(self.start);
+            }
+        }
+    }
+    let start = buf.len();
+    buf.extend_from_slice(&[0, 0, 0, 0, tag]);
+    let mut guard = Cut {
+        buf,
+        start,
+        armed: true,
+    };
+    if !encoding(|| codec::encode_plain(value, guard.buf))? {
+        return Ok(false);
+    }
+    let header = codec::header(guard.buf.len() - start - HEADER)?;
+    guard.buf[start..start + HEADER].copy_from_slice(&header);
+    guard.armed = false;
+    Ok(true)
+}
 
 /// Undoes a frame begun in the buffer unless it is disarmed: the buffer
 /// never keeps half a frame, even if serializing panics.
@@ -724,4 +858,98 @@ pub(crate) fn send_all_passing<const N: usize>(
 pub(crate) fn wait_for_room(fd: BorrowedFd<'_>) -> Result<()> {
     let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
     poll_until(&mut fds, Deadline::Never).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::conn::{Conn, socketpair};
+    use crate::wire::wait::Deadline;
+
+    fn pair() -> (Conn, Conn) {
+        let (a, b) = socketpair().unwrap();
+        (Conn::new(a).unwrap(), Conn::new(b).unwrap())
+    }
+
+    /// Reads `n` frames off `conn`.
+    fn frames(conn: &mut Conn, n: usize) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            if let Some(frame) = conn.with_frame(|tag, body| (tag, body.to_vec())).unwrap() {
+                out.push(frame);
+                continue;
+            }
+            conn.wait(None, Deadline::Never).unwrap();
+            conn.fill().unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn values_in_the_lane_keep_their_place_among_other_frames() {
+        let (mut a, mut b) = pair();
+        let outbox = a.outbox();
+        outbox.set_after(Duration::MAX);
+        a.send_value(tag::DATA, &1_u8).unwrap();
+        // Values wait: the next ones go to the lane.
+        assert_eq!(outbox.push(tag::DATA, &2_u8).unwrap(), Pushed::Held);
+        assert!(!outbox.lane.take().unwrap().buf.is_empty());
+        assert_eq!(outbox.push(tag::ERROR, "3").unwrap(), Pushed::Held);
+        a.send_value(tag::DATA, &4_u8).unwrap();
+        assert_eq!(outbox.push(tag::DATA, &5_u8).unwrap(), Pushed::Held);
+        a.send_bytes(tag::RESULT, &[6]).unwrap();
+        let got = frames(&mut b, 6);
+        let tags: Vec<u8> = got.iter().map(|(tag, _)| *tag).collect();
+        assert_eq!(
+            tags,
+            [
+                tag::DATA,
+                tag::DATA,
+                tag::ERROR,
+                tag::DATA,
+                tag::DATA,
+                tag::RESULT
+            ]
+        );
+        assert_eq!(got[4].1, [5]);
+    }
+
+    #[test]
+    fn a_lane_that_fills_asks_for_a_write_and_writing_at_once_closes_it() {
+        let (mut a, mut b) = pair();
+        let outbox = a.outbox();
+        outbox.set_after(Duration::MAX);
+        a.send_value(tag::DATA, &0_u64).unwrap();
+        let mut sent = 1;
+        while outbox.push(tag::DATA, &u64::MAX).unwrap() == Pushed::Held {
+            sent += 1;
+        }
+        sent += 1;
+        // Each frame: a header, a tag, nine bytes of varint.
+        assert!(sent * 14 >= FLUSH_AT, "full after {sent} values");
+        a.flush().unwrap();
+        assert_eq!(frames(&mut b, sent).len(), sent);
+        a.send_value(tag::DATA, &1_u8).unwrap();
+        outbox.set_after(Duration::ZERO);
+        // Written at once now, through the connection.
+        assert_eq!(outbox.push(tag::DATA, &2_u8).unwrap(), Pushed::Refused);
+        a.send_value(tag::DATA, &2_u8).unwrap();
+        assert_eq!(
+            frames(&mut b, 2),
+            [(tag::DATA, vec![1]), (tag::DATA, vec![2])]
+        );
+    }
+
+    #[test]
+    fn the_flusher_writes_out_the_lane_of_an_idle_sender() {
+        let (mut a, mut b) = pair();
+        let outbox = a.outbox();
+        a.send_value(tag::DATA, &7_u8).unwrap();
+        assert_eq!(outbox.push(tag::DATA, &8_u8).unwrap(), Pushed::Held);
+        // Nobody flushes: the flusher does.
+        assert_eq!(
+            frames(&mut b, 2),
+            [(tag::DATA, vec![7]), (tag::DATA, vec![8])]
+        );
+    }
 }

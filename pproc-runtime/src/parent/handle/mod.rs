@@ -17,10 +17,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub(crate) use self::read::Event;
-use self::read::Inner;
+use self::read::{Ahead, Inner};
 use super::delivery::{Returns, Types};
 use crate::error::{Error, Result};
-use crate::lock::lock;
+use crate::lock::{Slot, Taken, lock};
 use crate::process::capture::Capture;
 use crate::process::child::Child;
 use crate::process::limits::{self, Limits};
@@ -69,6 +69,9 @@ use crate::wire::wait::Deadline;
 #[must_use = "the child is killed when its handle is dropped: keep the handle and `join` it, or `detach` it"]
 pub struct Handle<R, S = (), V = (), K = Returns> {
     inner: Mutex<Inner>,
+    /// Values read ahead of `inner`, which a receive takes without its
+    /// lock (see [`Ahead`]).
+    ahead: Slot<Ahead>,
     /// The socket under the channel, and the pidfd: lent without the lock.
     socket: Arc<OwnedFd>,
     /// What was sent and not written yet: a send only takes its lock.
@@ -93,6 +96,7 @@ impl<R, S, V, K> Handle<R, S, V, K> {
             out: conn.outbox(),
             pidfd: pidfd.clone(),
             inner: Mutex::new(Inner::new(name, conn, Child::new(spawned.pid, pidfd))),
+            ahead: Slot::new(Ahead::default()),
             _types: PhantomData,
         }
     }
@@ -114,6 +118,7 @@ impl<R, S, V, K> Handle<R, S, V, K> {
             out: conn.outbox(),
             pidfd: Some(exit),
             inner: Mutex::new(Inner::new(name, conn, Child::remote(pid, end))),
+            ahead: Slot::new(Ahead::default()),
             _types: PhantomData,
         }
     }
@@ -123,6 +128,7 @@ impl<R, S, V, K> Handle<R, S, V, K> {
     pub(crate) fn cast<R2, S2, V2, K2>(self) -> Handle<R2, S2, V2, K2> {
         Handle {
             inner: self.inner,
+            ahead: self.ahead,
             socket: self.socket,
             out: self.out,
             pidfd: self.pidfd,
@@ -133,14 +139,43 @@ impl<R, S, V, K> Handle<R, S, V, K> {
         }
     }
 
+    /// The state, with the values read ahead of it put back in front.
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        lock(&self.inner)
+        self.lock_ahead().0
+    }
+
+    /// The state, and the values read ahead of it, which it holds now.
+    fn lock_ahead(&self) -> (MutexGuard<'_, Inner>, Taken<'_, Ahead>) {
+        let mut inner = lock(&self.inner);
+        let ahead = self.take_ahead(&mut inner);
+        (inner, ahead)
+    }
+
+    /// Puts the values read ahead back in front of `inner`'s, for a
+    /// reader that holds its lock, and hands over the emptied box.
+    fn take_ahead(&self, inner: &mut Inner) -> Taken<'_, Ahead> {
+        let mut ahead = self.ahead.wait();
+        ahead.put_back(&mut inner.pending);
+        ahead
     }
 
     fn inner_mut(&mut self) -> &mut Inner {
-        self.inner
+        let inner = self
+            .inner
             .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.ahead.get_mut().put_back(&mut inner.pending);
+        inner
+    }
+
+    /// The next value read ahead, if there is one.
+    #[inline]
+    fn recv_ahead(&self) -> Option<Result<V>>
+    where
+        V: DeserializeOwned,
+    {
+        let mut ahead = self.ahead.take()?;
+        ahead.next().map(decode::<V>)
     }
 
     /// Sends a `DATA` frame holding `value`, whatever the handle's types,
@@ -154,10 +189,12 @@ impl<R, S, V, K> Handle<R, S, V, K> {
     /// Sends a `DATA` or `ERROR` frame holding `value`: into the outbox
     /// when it takes it, otherwise through the connection.
     fn send_frame<T: Serialize + ?Sized>(&self, tag: u8, value: &T) -> Result<()> {
+        // Writing reads nothing out of the state: the values read ahead
+        // stay where they are.
         match self.out.push(tag, value)? {
             Pushed::Held => Ok(()),
-            Pushed::Full => self.lock().conn.flush(),
-            Pushed::Refused => self.lock().conn.send_value(tag, value),
+            Pushed::Full => lock(&self.inner).conn.flush(),
+            Pushed::Refused => lock(&self.inner).conn.send_value(tag, value),
         }
     }
 
@@ -582,12 +619,29 @@ impl<R, S, V: DeserializeOwned, K> Handle<R, S, V, K> {
     /// [`Error::Codec`] for a value that does not decode as `V`;
     /// [`Error::Remote`] for an error the child sent in place of a value
     /// (the next receive goes on with the next one).
+    #[inline]
     pub fn recv(&self) -> Result<V> {
-        let mut inner = self.lock();
-        if inner.pending.is_empty()
-            && let Some(body) = inner.conn.next_data()
+        if let Some(mut ahead) = self.ahead.take()
+            && let Some(body) = ahead.next()
         {
             return decode::<V>(body);
+        }
+        self.recv_locked()
+    }
+
+    /// [`recv`](Self::recv) once nothing read ahead is left: reads ahead
+    /// again, or waits.
+    #[inline(never)]
+    fn recv_locked(&self) -> Result<V> {
+        let (mut inner, mut ahead) = self.lock_ahead();
+        if inner.pending.is_empty() {
+            if let Some(body) = ahead.fill(&mut inner.conn) {
+                return decode::<V>(body);
+            }
+            drop(ahead);
+            if let Some(body) = inner.conn.next_data() {
+                return decode::<V>(body);
+            }
         }
         inner.recv(Deadline::Never)
     }
@@ -599,6 +653,9 @@ impl<R, S, V: DeserializeOwned, K> Handle<R, S, V, K> {
     /// [`Error::Timeout`] if nothing arrived in time, otherwise as
     /// [`recv`](Self::recv).
     pub fn recv_timeout(&self, timeout: Duration) -> Result<V> {
+        if let Some(value) = self.recv_ahead() {
+            return value;
+        }
         self.lock().recv(Deadline::after(timeout))
     }
 
@@ -608,6 +665,9 @@ impl<R, S, V: DeserializeOwned, K> Handle<R, S, V, K> {
     ///
     /// As [`recv`](Self::recv).
     pub fn try_recv(&self) -> Result<Option<V>> {
+        if let Some(value) = self.recv_ahead() {
+            return value.map(Some);
+        }
         optional(self.lock().recv(Deadline::Now))
     }
 

@@ -47,6 +47,60 @@ pub(super) struct Inner {
     logged: VecDeque<(u8, Vec<u8>)>,
 }
 
+/// `DATA` frames read ahead of the connection, each whole, older than
+/// everything the handle's state holds: a receive takes the next one
+/// without the state's lock, and whoever takes the lock puts what is
+/// left back in front of the state's values first
+/// ([`put_back`](Self::put_back)).
+#[derive(Debug, Default)]
+pub(super) struct Ahead {
+    /// The frames, headers and tags included; `buf[pos..]` is not taken.
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+/// The most bytes of frames a receive reads ahead at once.
+const AHEAD: usize = 4 * 1024;
+
+impl Ahead {
+    /// The body of the next frame, taken.
+    #[inline]
+    pub(super) fn next(&mut self) -> Option<&[u8]> {
+        let rest = self.buf.get(self.pos..)?;
+        let head = rest.get(..codec::HEADER)?;
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        // The tag, checked when the frame was read, is skipped.
+        let body = rest.get(codec::HEADER + 1..codec::HEADER + len)?;
+        self.pos += codec::HEADER + len;
+        Some(body)
+    }
+
+    /// Reads the `DATA` frames at the head of `conn`'s buffer ahead, and
+    /// takes the first; `None` if there is none there.
+    pub(super) fn fill(&mut self, conn: &mut Conn) -> Option<&[u8]> {
+        self.buf.clear();
+        self.pos = 0;
+        conn.read_ahead(&mut self.buf, AHEAD);
+        self.next()
+    }
+
+    /// Puts the frames not taken in front of `pending`, in order.
+    pub(super) fn put_back(&mut self, pending: &mut VecDeque<Result<Vec<u8>>>) {
+        if self.pos == self.buf.len() {
+            return;
+        }
+        let mut bodies = Vec::new();
+        while let Some(body) = self.next() {
+            bodies.push(body.to_vec());
+        }
+        for body in bodies.into_iter().rev() {
+            pending.push_front(Ok(body));
+        }
+        self.buf.clear();
+        self.pos = 0;
+    }
+}
+
 /// How the child said its call ended.
 #[derive(Debug)]
 enum Outcome {

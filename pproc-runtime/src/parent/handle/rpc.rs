@@ -173,6 +173,7 @@ impl<R, S, V, K> Handle<R, S, V, K> {
                     },
                 };
                 inner = wait_timeout(&self.news, inner, wait);
+                drop(self.take_ahead(&mut inner));
                 continue;
             }
             // Read what is there, without waiting.
