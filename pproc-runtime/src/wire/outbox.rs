@@ -175,6 +175,12 @@ impl Outbox {
         Locked::new(out, self.lane.wait())
     }
 
+    /// Whether values wait in the lane, for the tests of its order.
+    #[cfg(test)]
+    pub(crate) fn lane_holds_frames(&self) -> bool {
+        self.lane.take().is_some_and(|lane| !lane.buf.is_empty())
+    }
+
     /// Whether bytes wait to be written.
     pub(crate) fn is_dirty(&self) -> bool {
         self.dirty.load(Ordering::Relaxed)
@@ -858,98 +864,4 @@ pub(crate) fn send_all_passing<const N: usize>(
 pub(crate) fn wait_for_room(fd: BorrowedFd<'_>) -> Result<()> {
     let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
     poll_until(&mut fds, Deadline::Never).map(drop)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::wire::conn::{Conn, socketpair};
-    use crate::wire::wait::Deadline;
-
-    fn pair() -> (Conn, Conn) {
-        let (a, b) = socketpair().unwrap();
-        (Conn::new(a).unwrap(), Conn::new(b).unwrap())
-    }
-
-    /// Reads `n` frames off `conn`.
-    fn frames(conn: &mut Conn, n: usize) -> Vec<(u8, Vec<u8>)> {
-        let mut out = Vec::new();
-        while out.len() < n {
-            if let Some(frame) = conn.with_frame(|tag, body| (tag, body.to_vec())).unwrap() {
-                out.push(frame);
-                continue;
-            }
-            conn.wait(None, Deadline::Never).unwrap();
-            conn.fill().unwrap();
-        }
-        out
-    }
-
-    #[test]
-    fn values_in_the_lane_keep_their_place_among_other_frames() {
-        let (mut a, mut b) = pair();
-        let outbox = a.outbox();
-        outbox.set_after(Duration::MAX);
-        a.send_value(tag::DATA, &1_u8).unwrap();
-        // Values wait: the next ones go to the lane.
-        assert_eq!(outbox.push(tag::DATA, &2_u8).unwrap(), Pushed::Held);
-        assert!(!outbox.lane.take().unwrap().buf.is_empty());
-        assert_eq!(outbox.push(tag::ERROR, "3").unwrap(), Pushed::Held);
-        a.send_value(tag::DATA, &4_u8).unwrap();
-        assert_eq!(outbox.push(tag::DATA, &5_u8).unwrap(), Pushed::Held);
-        a.send_bytes(tag::RESULT, &[6]).unwrap();
-        let got = frames(&mut b, 6);
-        let tags: Vec<u8> = got.iter().map(|(tag, _)| *tag).collect();
-        assert_eq!(
-            tags,
-            [
-                tag::DATA,
-                tag::DATA,
-                tag::ERROR,
-                tag::DATA,
-                tag::DATA,
-                tag::RESULT
-            ]
-        );
-        assert_eq!(got[4].1, [5]);
-    }
-
-    #[test]
-    fn a_lane_that_fills_asks_for_a_write_and_writing_at_once_closes_it() {
-        let (mut a, mut b) = pair();
-        let outbox = a.outbox();
-        outbox.set_after(Duration::MAX);
-        a.send_value(tag::DATA, &0_u64).unwrap();
-        let mut sent = 1;
-        while outbox.push(tag::DATA, &u64::MAX).unwrap() == Pushed::Held {
-            sent += 1;
-        }
-        sent += 1;
-        // Each frame: a header, a tag, nine bytes of varint.
-        assert!(sent * 14 >= FLUSH_AT, "full after {sent} values");
-        a.flush().unwrap();
-        assert_eq!(frames(&mut b, sent).len(), sent);
-        a.send_value(tag::DATA, &1_u8).unwrap();
-        outbox.set_after(Duration::ZERO);
-        // Written at once now, through the connection.
-        assert_eq!(outbox.push(tag::DATA, &2_u8).unwrap(), Pushed::Refused);
-        a.send_value(tag::DATA, &2_u8).unwrap();
-        assert_eq!(
-            frames(&mut b, 2),
-            [(tag::DATA, vec![1]), (tag::DATA, vec![2])]
-        );
-    }
-
-    #[test]
-    fn the_flusher_writes_out_the_lane_of_an_idle_sender() {
-        let (mut a, mut b) = pair();
-        let outbox = a.outbox();
-        a.send_value(tag::DATA, &7_u8).unwrap();
-        assert_eq!(outbox.push(tag::DATA, &8_u8).unwrap(), Pushed::Held);
-        // Nobody flushes: the flusher does.
-        assert_eq!(
-            frames(&mut b, 2),
-            [(tag::DATA, vec![7]), (tag::DATA, vec![8])]
-        );
-    }
 }
