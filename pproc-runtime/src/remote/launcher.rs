@@ -81,20 +81,83 @@ pub enum Binary {
     SamePathOrCopy,
 }
 
-/// Where a launcher's program comes from on its host.
+/// The settings every launcher has.
 #[derive(Clone, Debug)]
-struct Placed {
+struct Common {
+    /// How long connecting may take, and the link may be silent.
+    timeout: Duration,
+    silence: Duration,
+    /// Where the program comes from on the host.
     binary: Binary,
     cache: Option<PathBuf>,
 }
 
-impl Default for Placed {
+impl Default for Common {
     fn default() -> Self {
         Self {
+            timeout: CONNECT_TIMEOUT,
+            silence: HOST_TIMEOUT,
             binary: Binary::SamePathOrCopy,
             cache: None,
         }
     }
+}
+
+/// The setters of [`Common`], for a launcher's inherent impl.
+macro_rules! common_settings {
+    () => {
+        /// How long starting the agent and hearing from it may take (30 s
+        /// by default; see [`Launcher::connect_timeout`]).
+        #[must_use]
+        pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+            self.common.timeout = timeout;
+            self
+        }
+
+        /// How long either end of the link goes on without hearing from
+        /// the other (30 s by default; see [`Launcher::host_timeout`]).
+        #[must_use]
+        pub fn host_timeout(mut self, timeout: Duration) -> Self {
+            self.common.silence = timeout;
+            self
+        }
+
+        /// How the program gets to the host (see [`Binary`]).
+        #[must_use]
+        pub fn binary(mut self, binary: Binary) -> Self {
+            self.common.binary = binary;
+            self
+        }
+
+        /// Where on the host copies of the program are kept
+        /// (`~/.cache/pproc` by default).
+        #[must_use]
+        pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+            self.common.cache = Some(dir.into());
+            self
+        }
+    };
+}
+
+/// The [`Launcher`] methods that read [`Common`].
+macro_rules! common_getters {
+    () => {
+        fn connect_timeout(&self) -> Duration {
+            self.common.timeout
+        }
+
+        fn host_timeout(&self) -> Duration {
+            self.common.silence
+        }
+
+        fn binary(&self) -> Binary {
+            self.common.binary
+        }
+
+        fn cache_dir(&self) -> Option<PathBuf> {
+            self.common.cache.clone()
+        }
+    };
 }
 
 /// Children on a host reached through OpenSSH's `ssh`, which must log in
@@ -131,9 +194,7 @@ pub struct Ssh {
     port: Option<u16>,
     config: Option<PathBuf>,
     options: Vec<String>,
-    timeout: Duration,
-    silence: Duration,
-    placed: Placed,
+    common: Common,
 }
 
 impl Ssh {
@@ -145,9 +206,7 @@ impl Ssh {
             port: None,
             config: None,
             options: Vec::new(),
-            timeout: CONNECT_TIMEOUT,
-            silence: HOST_TIMEOUT,
-            placed: Placed::default(),
+            common: Common::default(),
         }
     }
 
@@ -172,36 +231,7 @@ impl Ssh {
         self
     }
 
-    /// How long logging in and starting the agent may take (30 s by
-    /// default); ssh's own `ConnectTimeout` is set to it too.
-    #[must_use]
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// How long either end of the link goes on without hearing from the
-    /// other (30 s by default; see [`Launcher::host_timeout`]).
-    #[must_use]
-    pub fn host_timeout(mut self, timeout: Duration) -> Self {
-        self.silence = timeout;
-        self
-    }
-
-    /// How the program gets to the host (see [`Binary`]).
-    #[must_use]
-    pub fn binary(mut self, binary: Binary) -> Self {
-        self.placed.binary = binary;
-        self
-    }
-
-    /// Where on the host copies of the program are kept
-    /// (`~/.cache/pproc` by default).
-    #[must_use]
-    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.placed.cache = Some(dir.into());
-        self
-    }
+    common_settings!();
 }
 
 impl Launcher for Ssh {
@@ -222,7 +252,7 @@ impl Launcher for Ssh {
         for option in &self.options {
             command.arg("-o").arg(option);
         }
-        let timeout = self.timeout.as_secs().max(1);
+        let timeout = self.common.timeout.as_secs().max(1);
         // One connection per host for this process: its first command
         // (a probe, or the agent) opens it, and the others (a copy, the
         // agent, an agent again after a loss) ride on it instead of
@@ -245,21 +275,7 @@ impl Launcher for Ssh {
         command
     }
 
-    fn connect_timeout(&self) -> Duration {
-        self.timeout
-    }
-
-    fn host_timeout(&self) -> Duration {
-        self.silence
-    }
-
-    fn binary(&self) -> Binary {
-        self.placed.binary
-    }
-
-    fn cache_dir(&self) -> Option<PathBuf> {
-        self.placed.cache.clone()
-    }
+    common_getters!();
 }
 
 /// Children on a node of a Slurm allocation, through `srun` (always
@@ -274,27 +290,12 @@ impl Launcher for Ssh {
 /// let builder = Builder::new().launcher(Srun::new().node("n2").arg("--partition=debug"));
 /// # let _ = builder;
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Srun {
     node: Option<String>,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
-    timeout: Duration,
-    silence: Duration,
-    placed: Placed,
-}
-
-impl Default for Srun {
-    fn default() -> Self {
-        Self {
-            node: None,
-            args: Vec::new(),
-            env: Vec::new(),
-            timeout: CONNECT_TIMEOUT,
-            silence: HOST_TIMEOUT,
-            placed: Placed::default(),
-        }
-    }
+    common: Common,
 }
 
 impl Srun {
@@ -327,36 +328,7 @@ impl Srun {
         self
     }
 
-    /// How long getting the task started and hearing from the agent may
-    /// take (30 s by default): a busy cluster may queue the step.
-    #[must_use]
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// How long either end of the link goes on without hearing from the
-    /// other (30 s by default; see [`Launcher::host_timeout`]).
-    #[must_use]
-    pub fn host_timeout(mut self, timeout: Duration) -> Self {
-        self.silence = timeout;
-        self
-    }
-
-    /// How the program gets to the host (see [`Binary`]).
-    #[must_use]
-    pub fn binary(mut self, binary: Binary) -> Self {
-        self.placed.binary = binary;
-        self
-    }
-
-    /// Where on the host copies of the program are kept
-    /// (`~/.cache/pproc` by default).
-    #[must_use]
-    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.placed.cache = Some(dir.into());
-        self
-    }
+    common_settings!();
 }
 
 impl Launcher for Srun {
@@ -375,21 +347,7 @@ impl Launcher for Srun {
         command
     }
 
-    fn connect_timeout(&self) -> Duration {
-        self.timeout
-    }
-
-    fn host_timeout(&self) -> Duration {
-        self.silence
-    }
-
-    fn binary(&self) -> Binary {
-        self.placed.binary
-    }
-
-    fn cache_dir(&self) -> Option<PathBuf> {
-        self.placed.cache.clone()
-    }
+    common_getters!();
 }
 
 /// Children through any command that runs the argv it is given with its
@@ -417,9 +375,7 @@ impl Launcher for Srun {
 pub struct Prefix {
     argv: Vec<OsString>,
     host: Option<String>,
-    timeout: Duration,
-    silence: Duration,
-    placed: Placed,
+    common: Common,
 }
 
 impl Prefix {
@@ -438,9 +394,7 @@ impl Prefix {
         Self {
             argv,
             host: None,
-            timeout: CONNECT_TIMEOUT,
-            silence: HOST_TIMEOUT,
-            placed: Placed::default(),
+            common: Common::default(),
         }
     }
 
@@ -451,36 +405,7 @@ impl Prefix {
         self
     }
 
-    /// How long starting the agent and hearing from it may take (30 s by
-    /// default).
-    #[must_use]
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// How long either end of the link goes on without hearing from the
-    /// other (30 s by default; see [`Launcher::host_timeout`]).
-    #[must_use]
-    pub fn host_timeout(mut self, timeout: Duration) -> Self {
-        self.silence = timeout;
-        self
-    }
-
-    /// How the program gets to the host (see [`Binary`]).
-    #[must_use]
-    pub fn binary(mut self, binary: Binary) -> Self {
-        self.placed.binary = binary;
-        self
-    }
-
-    /// Where on the host copies of the program are kept
-    /// (`~/.cache/pproc` by default).
-    #[must_use]
-    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.placed.cache = Some(dir.into());
-        self
-    }
+    common_settings!();
 }
 
 impl Launcher for Prefix {
@@ -497,21 +422,7 @@ impl Launcher for Prefix {
         command
     }
 
-    fn connect_timeout(&self) -> Duration {
-        self.timeout
-    }
-
-    fn host_timeout(&self) -> Duration {
-        self.silence
-    }
-
-    fn binary(&self) -> Binary {
-        self.placed.binary
-    }
-
-    fn cache_dir(&self) -> Option<PathBuf> {
-        self.placed.cache.clone()
-    }
+    common_getters!();
 }
 
 /// `argv` as one command line for a POSIX shell, which runs it in its
