@@ -17,10 +17,9 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
 
-use super::outgoing::Outgoing;
+use super::outgoing::{Outgoing, wrap_frames};
 use super::protocol::{
-    Ended, Exited, HEARTBEAT, Hello, MAGIC, Refused, Spawn, Started, VERSION, frame_head,
-    split_frame, tag,
+    Ended, Exited, HEARTBEAT, Hello, MAGIC, Refused, Spawn, Started, VERSION, split_frame, tag,
 };
 use crate::error::Result;
 use crate::process::child::Child;
@@ -270,20 +269,9 @@ impl Agent {
         let Some(kid) = self.kids.get_mut(&id) else {
             return;
         };
-        let failed = kid.conn.fill().is_err();
-        let out = &mut self.out;
-        let broken = loop {
-            match kid.conn.with_frame(|frame_tag, body| {
-                let _ = out.frame(tag::FRAME, &[&frame_head(id, frame_tag), body]);
-            }) {
-                Ok(Some(())) => {}
-                Ok(None) => break false,
-                // A child whose stream lost its framing says nothing more
-                // that can be read; its exit is still reported.
-                Err(_) => break true,
-            }
-        };
-        if failed || broken || kid.conn.is_eof() {
+        // A child whose stream lost its framing says nothing more that
+        // can be read; its exit is still reported.
+        if wrap_frames(&mut kid.conn, id, &mut self.out) {
             kid.eof = true;
         }
     }

@@ -29,10 +29,10 @@ use nix::unistd::Pid;
 use super::agent::LINK_MAX_FRAME;
 use super::binary;
 use super::launcher::{Binary, Launcher};
-use super::outgoing::Outgoing;
+use super::outgoing::{Outgoing, wrap_frames};
 use super::protocol::{
     ENV, Exited, HEARTBEAT, Hello, MAGIC, MAX_SKIPPED, Refused, Spawn, Started, VERSION,
-    frame_head, split_frame, tag,
+    split_frame, tag,
 };
 use crate::error::{Error, Result};
 use crate::lock::{lock, wait_timeout};
@@ -737,17 +737,7 @@ fn from_handle(id: u32, route: &mut Route, out: &mut Outgoing) {
     if route.eof {
         return;
     }
-    let failed = route.conn.fill().is_err();
-    let broken = loop {
-        match route.conn.with_frame(|frame_tag, body| {
-            let _ = out.frame(tag::FRAME, &[&frame_head(id, frame_tag), body]);
-        }) {
-            Ok(Some(())) => {}
-            Ok(None) => break false,
-            Err(_) => break true,
-        }
-    };
-    if failed || broken || route.conn.is_eof() {
+    if wrap_frames(&mut route.conn, id, out) {
         route.eof = true;
         let _ = out.frame(tag::CLOSE, &[&id.to_le_bytes()]);
     }

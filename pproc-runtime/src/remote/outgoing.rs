@@ -6,8 +6,10 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use nix::errno::Errno;
 use nix::sys::socket::{MsgFlags, send};
 
+use super::protocol::{frame_head, tag};
 use crate::error::{Error, Result};
 use crate::wire::codec;
+use crate::wire::conn::Conn;
 
 /// Bytes not written yet to one socket; written as far as it takes them.
 #[derive(Debug, Default)]
@@ -15,6 +17,23 @@ pub(super) struct Outgoing {
     buf: Vec<u8>,
     /// `buf[head..]` is not written yet.
     head: usize,
+}
+
+/// Reads what child `id`'s socket holds and queues each frame in `out`
+/// as a `FRAME` of the link; `true` once nothing more can be read from it
+/// (its end closed, the socket failed, or its stream lost its framing).
+pub(super) fn wrap_frames(conn: &mut Conn, id: u32, out: &mut Outgoing) -> bool {
+    let failed = conn.fill().is_err();
+    let broken = loop {
+        match conn.with_frame(|frame_tag, body| {
+            let _ = out.frame(tag::FRAME, &[&frame_head(id, frame_tag), body]);
+        }) {
+            Ok(Some(())) => {}
+            Ok(None) => break false,
+            Err(_) => break true,
+        }
+    };
+    failed || broken || conn.is_eof()
 }
 
 impl Outgoing {
