@@ -236,13 +236,24 @@ pub(crate) fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 
 #[inline]
 fn decode_with<T: DeserializeOwned>(bytes: &[u8], whole: bool) -> Result<T> {
-    let budget = Cell::new(bytes.len());
-    let seed = Bounded {
-        seed: PhantomData::<T>,
-        budget: &budget,
-        depth: 0,
+    // A value that owns nothing to drop holds no container and no
+    // indirection: it can neither reserve room nor nest deeper than its
+    // type, so the bounds are not needed (a stream of numbers decodes at
+    // bincode's own speed). What its `Deserialize` builds on the way is
+    // bounded as serde bounds it: each container reserves at most 1 MiB
+    // ahead.
+    let decoded = if std::mem::needs_drop::<T>() {
+        let budget = Cell::new(bytes.len());
+        let seed = Bounded {
+            seed: PhantomData::<T>,
+            budget: &budget,
+            depth: 0,
+        };
+        bincode::serde::seed_decode_from_slice(seed, bytes, config())
+    } else {
+        bincode::serde::decode_from_slice(bytes, config())
     };
-    match bincode::serde::seed_decode_from_slice(seed, bytes, config()) {
+    match decoded {
         Ok((value, read)) if !whole || read == bytes.len() => Ok(value),
         Ok((_, read)) => Err(Error::codec(format_args!(
             "{} bytes do not decode as a `{}`: {} bytes are left over after it",

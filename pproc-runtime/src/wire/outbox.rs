@@ -377,14 +377,11 @@ impl Outbox {
             // A sender holds it, and writes it out if it must.
             Err(TryLockError::WouldBlock) => return Some(now + DEFAULT_FLUSH_AFTER),
         };
-        // A sender appends to the lane: it is done in an instant.
-        let Some(lane) = self.lane.take() else {
-            return Some(now + LANE_BUSY);
-        };
-        let mut out = Locked::new(out, lane);
-        let out = &mut *out;
+        let mut out = out;
         // The log's frames wait for their announcement as the buffer's
-        // bytes wait to be written: the earlier bound decides.
+        // bytes wait to be written: the earlier bound decides. The lane's
+        // frames are newer than every byte of the buffer, and it holds some
+        // only while the buffer does, so it is taken only to write.
         let log_due = out
             .log
             .as_ref()
@@ -402,6 +399,12 @@ impl Outbox {
         if due > now {
             return Some(due);
         }
+        // A sender appends to the lane: it is done in an instant.
+        let Some(lane) = self.lane.take() else {
+            return Some(now + LANE_BUSY);
+        };
+        let mut out = Locked::new(out, lane);
+        let out = &mut *out;
         out.announce();
         if !self.write_now(out) {
             // The peer does not read: look again later.
