@@ -147,6 +147,25 @@ pub fn log_frames(data: &[u8]) {
     }
 }
 
+/// A host's link as its parent or its agent reads it: the first byte
+/// picks the end (even: the parent, which skips to the agent's magic and
+/// reads its hello first; odd: the agent), the rest is what the other end
+/// sent.
+pub fn link(data: &[u8]) {
+    let Some((&end, data)) = data.split_first() else {
+        return;
+    };
+    let Ok((ours, mut theirs)) = UnixStream::pair() else {
+        return;
+    };
+    // As in `frames`: the socket holds the whole input.
+    if std::io::Write::write_all(&mut theirs, data).is_err() {
+        return;
+    }
+    drop(theirs);
+    crate::remote::fuzz_link(end % 2 == 0, ours.into());
+}
+
 /// A worker's reading of a `CALL` frame: the name, then the arguments.
 pub fn call_body(data: &[u8]) {
     if let Some((name, args)) = split_call(data) {
@@ -257,10 +276,62 @@ mod tests {
             .prop_map(|(role, frames)| [vec![role], frames.concat()].concat())
     }
 
+    /// What an agent might say: junk a shell printed, the magic, a hello,
+    /// then frames of the link's tags around real and mutated bodies.
+    fn link_bytes() -> impl Strategy<Value = Vec<u8>> {
+        use crate::remote::protocol::{self, Hello, MAGIC};
+        let hello = Hello {
+            version: protocol::VERSION,
+            fingerprint: 7,
+            hostname: "node".into(),
+            pid: 1,
+            cpus: 2,
+        };
+        let hello = [
+            u32::try_from(encode(&hello).unwrap().len() + 1)
+                .unwrap()
+                .to_le_bytes()
+                .to_vec(),
+            vec![protocol::tag::HELLO],
+            encode(&hello).unwrap(),
+        ]
+        .concat();
+        let frame =
+            (30u8..42, proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(tag, body)| {
+                let mut frame = u32::try_from(body.len() + 1)
+                    .unwrap()
+                    .to_le_bytes()
+                    .to_vec();
+                frame.push(tag);
+                frame.extend(body);
+                frame
+            });
+        (
+            any::<u8>(),
+            proptest::collection::vec(any::<u8>(), 0..32),
+            proptest::collection::vec(frame, 0..8),
+        )
+            .prop_map(move |(end, junk, frames)| {
+                [
+                    vec![end],
+                    junk,
+                    MAGIC.to_vec(),
+                    hello.clone(),
+                    frames.concat(),
+                ]
+                .concat()
+            })
+    }
+
     proptest! {
         #[test]
+        fn link_frames_are_refused_within_bounds(data in link_bytes()) {
+            prop_assert!(peak(|| link(&data)) <= bound(data.len()));
+        }
+
+        #[test]
         fn random_bytes_are_refused_within_bounds(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
-            for f in [frames, call_body, child_env, log_frames] {
+            for f in [frames, call_body, child_env, log_frames, link] {
                 prop_assert!(peak(|| f(&data)) <= bound(data.len()));
             }
             for frame_tag in 0..9 {

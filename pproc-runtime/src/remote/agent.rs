@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
 
-use super::outgoing::{Outgoing, wrap_frames};
+use super::outgoing::{Flow, Outgoing, wrap_frames};
 use super::protocol::{
-    Ended, Exited, HEARTBEAT, Hello, MAGIC, Refused, Spawn, Started, VERSION, split_frame, tag,
+    Ended, Exited, HEARTBEAT, Hello, MAGIC, Message, Refused, Spawn, Started, VERSION, tag,
 };
 use crate::error::Result;
 use crate::process::child::Child;
@@ -27,7 +27,7 @@ use crate::process::limits::{self, Limits};
 use crate::process::setup::ignore_sigpipe;
 use crate::process::spawn::{self, Setup};
 use crate::registry;
-use crate::wire::codec::{decode, encode};
+use crate::wire::codec::encode;
 use crate::wire::conn::{self, Conn};
 use crate::wire::frame::EXIT_PROTOCOL;
 use crate::wire::spec::Mode;
@@ -124,6 +124,10 @@ struct Kid {
     /// The parent closed its end: shut the child's down once `out` is
     /// written.
     closing: bool,
+    /// Its traffic over the link, each way.
+    flow: Flow,
+    /// It has exited: it is reaped once all it sent is read.
+    exited: bool,
 }
 
 struct Agent {
@@ -160,11 +164,11 @@ impl Agent {
             if self.out.write(self.output.as_fd()).is_err() {
                 return;
             }
-            for kid in self.kids.values_mut() {
-                if kid.out.write(kid.conn.as_fd()).is_err() {
-                    // The child is gone: what it was sent is moot.
-                    kid.out = Outgoing::default();
-                }
+            for (&id, kid) in &mut self.kids {
+                // A child that is gone drops what it was sent.
+                let _ = kid
+                    .flow
+                    .deliver(id, &mut kid.out, kid.conn.as_fd(), &mut self.out);
                 if kid.closing && kid.out.is_empty() {
                     let _ = nix::sys::socket::shutdown(
                         kid.conn.raw_fd(),
@@ -176,10 +180,21 @@ impl Agent {
             let Some((link_ready, kids_ready, exited)) = self.wait() else {
                 return;
             };
+            for id in exited {
+                if let Some(kid) = self.kids.get_mut(&id) {
+                    kid.exited = true;
+                }
+            }
             for id in kids_ready {
                 self.read_kid(id);
             }
-            for id in exited {
+            let done: Vec<u32> = self
+                .kids
+                .iter()
+                .filter(|(_, kid)| kid.exited && kid.eof)
+                .map(|(&id, _)| id)
+                .collect();
+            for id in done {
                 self.reap(id);
             }
             if link_ready && !self.read_link() {
@@ -209,7 +224,7 @@ impl Agent {
         let mut owners = Vec::new();
         for (&id, kid) in &self.kids {
             let mut events = PollFlags::empty();
-            if !kid.eof {
+            if !kid.eof && kid.flow.may_read() {
                 events |= PollFlags::POLLIN;
             }
             if !kid.out.is_empty() {
@@ -219,7 +234,7 @@ impl Agent {
                 fds.push(PollFd::new(kid.conn.as_fd(), events));
                 owners.push((id, false));
             }
-            if let Some(exit) = kid.child.exit_fd() {
+            if let Some(exit) = kid.child.exit_fd().filter(|_| !kid.exited) {
                 fds.push(PollFd::new(exit, PollFlags::POLLIN));
                 owners.push((id, true));
             }
@@ -264,22 +279,24 @@ impl Agent {
         !self.link.is_eof()
     }
 
-    /// Relays what child `id` sent.
+    /// Relays what child `id` sent, as far as its window lets it.
     fn read_kid(&mut self, id: u32) {
         let Some(kid) = self.kids.get_mut(&id) else {
             return;
         };
         // A child whose stream lost its framing says nothing more that
         // can be read; its exit is still reported.
-        if wrap_frames(&mut kid.conn, id, &mut self.out) {
+        if !kid.eof
+            && kid.flow.may_read()
+            && wrap_frames(&mut kid.conn, id, &mut self.out, &mut kid.flow)
+        {
             kid.eof = true;
         }
     }
 
-    /// Child `id` exited: relays the rest of what it sent (all of it is in
-    /// its socket now), reaps it and says how it ended.
+    /// Child `id` exited and all it sent is relayed: reaps it and says how
+    /// it ended.
     fn reap(&mut self, id: u32) {
-        self.read_kid(id);
         let Some(mut kid) = self.kids.remove(&id) else {
             return;
         };
@@ -318,21 +335,15 @@ impl Agent {
 
 /// Acts on one frame from the parent; `false` if it makes no sense.
 fn order(kids: &mut BTreeMap<u32, Kid>, out: &mut Outgoing, frame_tag: u8, body: &[u8]) -> bool {
-    match frame_tag {
-        tag::FRAME => {
-            let Some((id, inner, payload)) = split_frame(body) else {
-                return false;
-            };
+    match Message::parse(frame_tag, body) {
+        Some(Message::Frame { id, tag, payload }) => {
             // A child that has ended takes nothing more.
             if let Some(kid) = kids.get_mut(&id) {
-                let _ = kid.out.frame(inner, &[payload]);
+                let _ = kid.out.frame(tag, &[payload]);
             }
             true
         }
-        tag::SPAWN => {
-            let Ok(spawn) = decode::<Spawn>(body) else {
-                return false;
-            };
+        Some(Message::Spawn(spawn)) => {
             let id = spawn.id;
             let outcome = start(&spawn).map(|kid| {
                 let pid = kid.child.pid.as_raw().cast_unsigned();
@@ -344,26 +355,27 @@ fn order(kids: &mut BTreeMap<u32, Kid>, out: &mut Outgoing, frame_tag: u8, body:
             };
             out.frame(tag::STARTED, &[&body]).is_ok()
         }
-        tag::SIGNAL => {
-            let Ok(signal) = decode::<super::protocol::Signal>(body) else {
-                return false;
-            };
+        Some(Message::Signal(signal)) => {
             if let (Some(kid), Ok(sig)) = (kids.get(&signal.id), Signal::try_from(signal.signal)) {
                 let _ = kid.child.signal(sig);
             }
             true
         }
-        tag::HEARTBEAT => true,
-        tag::CLOSE => {
-            let Ok(id) = <[u8; 4]>::try_from(body).map(u32::from_le_bytes) else {
-                return false;
-            };
+        Some(Message::Heartbeat) => true,
+        Some(Message::Credit { id, bytes }) => {
+            if let Some(kid) = kids.get_mut(&id) {
+                kid.flow.credited(bytes);
+            }
+            true
+        }
+        Some(Message::Close(id)) => {
             if let Some(kid) = kids.get_mut(&id) {
                 kid.closing = true;
             }
             true
         }
-        _ => false,
+        // What only an agent says, or nothing of the link's.
+        Some(Message::Started(_) | Message::Exited(_)) | None => false,
     }
 }
 
@@ -422,5 +434,7 @@ fn start(spawn: &Spawn) -> std::result::Result<Kid, Refused> {
         child,
         eof: false,
         closing: false,
+        flow: Flow::default(),
+        exited: false,
     })
 }

@@ -29,17 +29,14 @@ use nix::unistd::Pid;
 use super::agent::LINK_MAX_FRAME;
 use super::binary;
 use super::launcher::{Binary, Launcher};
-use super::outgoing::{Outgoing, wrap_frames};
-use super::protocol::{
-    ENV, Exited, HEARTBEAT, Hello, MAGIC, MAX_SKIPPED, Refused, Spawn, Started, VERSION,
-    split_frame, tag,
-};
+use super::outgoing::{Flow, Outgoing, wrap_frames};
+use super::protocol::{ENV, HEARTBEAT, MAGIC, MAX_SKIPPED, Message, Refused, Spawn, VERSION, tag};
 use crate::error::{Error, Result};
 use crate::lock::{lock, wait_timeout};
 use crate::process::child::{RemoteEnd, Status};
 use crate::process::limits::Limits;
 use crate::registry;
-use crate::wire::codec::{decode, encode};
+use crate::wire::codec::encode;
 use crate::wire::conn::{Conn, Next};
 use crate::wire::spec::Mode;
 use crate::wire::wait::{Deadline, poll_until};
@@ -183,6 +180,8 @@ struct Route {
     eof: bool,
     /// The agent said how the child ended: told once `out` is written.
     ended: Option<Status>,
+    /// Its traffic over the link, each way.
+    flow: Flow,
 }
 
 impl Link {
@@ -248,6 +247,7 @@ pub(crate) fn start(
         end: Arc::clone(&end),
         eof: false,
         ended: None,
+        flow: Flow::default(),
     };
     if *lock(&link.lost) {
         return Err(Error::HostLost { host });
@@ -452,9 +452,7 @@ fn start_agent(
         Ok(conn) => conn,
         Err(err) => return Err(stop(&mut process, err.to_string())),
     };
-    let hello = match conn.next(deadline, None, |frame_tag, body| {
-        (frame_tag == tag::HELLO).then(|| decode::<Hello>(body))
-    }) {
+    let hello = match conn.next(deadline, None, super::protocol::hello) {
         Ok(Next::Frame(Some(Ok(hello)))) => hello,
         Ok(Next::Timeout) => {
             return Err(stop(
@@ -499,7 +497,10 @@ fn start_agent(
 /// Reads the link a byte at a time (so that nothing after it is taken)
 /// until the agent's magic, skipping at most [`MAX_SKIPPED`] bytes of
 /// whatever a remote shell printed first.
-fn skip_to_magic(fd: BorrowedFd<'_>, deadline: Deadline) -> std::result::Result<(), String> {
+pub(super) fn skip_to_magic(
+    fd: BorrowedFd<'_>,
+    deadline: Deadline,
+) -> std::result::Result<(), String> {
     let mut seen: Vec<u8> = Vec::new();
     loop {
         let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
@@ -657,11 +658,11 @@ fn relay(
         if out.write(conn.as_fd()).is_err() {
             return false;
         }
-        routes.retain(|_, route| {
-            if route.out.write(route.conn.as_fd()).is_err() {
-                // The handle is gone: what it was sent is moot.
-                route.out = Outgoing::default();
-            }
+        routes.retain(|&id, route| {
+            // A handle that is gone drops what it was sent.
+            let _ = route
+                .flow
+                .deliver(id, &mut route.out, route.conn.as_fd(), out);
             match route.ended {
                 Some(status) if route.out.is_empty() => {
                     route.end.finish(status);
@@ -681,7 +682,7 @@ fn relay(
         let mut owners = Vec::new();
         for (&id, route) in routes.iter() {
             let mut events = PollFlags::empty();
-            if !route.eof {
+            if !route.eof && route.flow.may_read() {
                 events |= PollFlags::POLLIN;
             }
             if !route.out.is_empty() {
@@ -734,10 +735,10 @@ fn relay(
 /// Relays what child `id`'s handle sent; tells the agent once the handle
 /// closed its end.
 fn from_handle(id: u32, route: &mut Route, out: &mut Outgoing) {
-    if route.eof {
+    if route.eof || !route.flow.may_read() {
         return;
     }
-    if wrap_frames(&mut route.conn, id, out) {
+    if wrap_frames(&mut route.conn, id, out, &mut route.flow) {
         route.eof = true;
         let _ = out.frame(tag::CLOSE, &[&id.to_le_bytes()]);
     }
@@ -759,20 +760,14 @@ fn from_agent(conn: &mut Conn, routes: &mut BTreeMap<u32, Route>) -> Option<bool
 
 /// Acts on one frame from the agent; `false` if it makes no sense.
 fn heard(routes: &mut BTreeMap<u32, Route>, frame_tag: u8, body: &[u8]) -> bool {
-    match frame_tag {
-        tag::FRAME => {
-            let Some((id, inner, payload)) = split_frame(body) else {
-                return false;
-            };
+    match Message::parse(frame_tag, body) {
+        Some(Message::Frame { id, tag, payload }) => {
             if let Some(route) = routes.get_mut(&id) {
-                let _ = route.out.frame(inner, &[payload]);
+                let _ = route.out.frame(tag, &[payload]);
             }
             true
         }
-        tag::STARTED => {
-            let Ok(started) = decode::<Started>(body) else {
-                return false;
-            };
+        Some(Message::Started(started)) => {
             if let Some(route) = routes.get(&started.id) {
                 if started.outcome.is_err() {
                     let route = routes.remove(&started.id);
@@ -786,17 +781,21 @@ fn heard(routes: &mut BTreeMap<u32, Route>, frame_tag: u8, body: &[u8]) -> bool 
             }
             true
         }
-        tag::HEARTBEAT => true,
-        tag::EXITED => {
-            let Ok(exited) = decode::<Exited>(body) else {
-                return false;
-            };
+        Some(Message::Heartbeat) => true,
+        Some(Message::Credit { id, bytes }) => {
+            if let Some(route) = routes.get_mut(&id) {
+                route.flow.credited(bytes);
+            }
+            true
+        }
+        Some(Message::Exited(exited)) => {
             if let Some(route) = routes.get_mut(&exited.id) {
                 route.ended = Some(exited.status.into());
                 lock(&route.end.state).expired = exited.expired;
             }
             true
         }
-        _ => false,
+        // What only a parent says, or nothing of the link's.
+        Some(Message::Spawn(_) | Message::Signal(_) | Message::Close(_)) | None => false,
     }
 }

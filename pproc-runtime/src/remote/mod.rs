@@ -25,3 +25,37 @@ pub(crate) mod protocol;
 
 pub use cluster::{Cluster, HostInfo};
 pub use launcher::{Binary, Launcher, Prefix, Srun, Ssh};
+
+/// A host's link as one end reads it, for the fuzz targets: `end` picks
+/// the parent's (what a remote shell printed, the magic, the hello, then
+/// the agent's frames) or the agent's (the parent's frames); `link` is the
+/// other end, written and closed. Each frame is decoded as that end's
+/// relay decodes it.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn fuzz_link(parent: bool, link: std::os::fd::OwnedFd) {
+    use std::os::fd::AsFd;
+
+    use crate::wire::wait::Deadline;
+
+    if parent
+        && link::skip_to_magic(
+            link.as_fd(),
+            Deadline::after(std::time::Duration::from_secs(1)),
+        )
+        .is_err()
+    {
+        return;
+    }
+    let Ok(mut conn) = crate::wire::conn::Conn::new(link) else {
+        return;
+    };
+    conn.without_shared_memory();
+    conn.set_max_frame(4096);
+    while matches!(conn.fill(), Ok(n) if n > 0) {}
+    if parent && !matches!(conn.with_frame(protocol::hello), Ok(Some(Some(Ok(_))))) {
+        return;
+    }
+    while let Ok(Some(true)) =
+        conn.with_frame(|frame_tag, body| protocol::Message::parse(frame_tag, body).is_some())
+    {}
+}

@@ -6,7 +6,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use nix::errno::Errno;
 use nix::sys::socket::{MsgFlags, send};
 
-use super::protocol::{frame_head, tag};
+use super::protocol::{WINDOW, credit_body, frame_head, tag};
 use crate::error::{Error, Result};
 use crate::wire::codec;
 use crate::wire::conn::Conn;
@@ -19,13 +19,63 @@ pub(super) struct Outgoing {
     head: usize,
 }
 
+/// One child's traffic over a link as one end counts it: what it sent
+/// that the other end has not yet written to the child's socket, and what
+/// it wrote (or dropped) of what it received that it has not yet said.
+/// Both count a frame as its header, tag and payload.
+#[derive(Debug, Default)]
+pub(super) struct Flow {
+    in_flight: usize,
+    owed: usize,
+}
+
+impl Flow {
+    /// Whether this end may read more of the child's socket to send on:
+    /// not while a [`WINDOW`] of it is in flight.
+    pub(super) fn may_read(&self) -> bool {
+        self.in_flight < WINDOW
+    }
+
+    /// The other end wrote `bytes` more.
+    pub(super) fn credited(&mut self, bytes: u64) {
+        let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+        self.in_flight = self.in_flight.saturating_sub(bytes);
+    }
+
+    /// Writes what `out` holds for the child to its socket, `fd`, as far
+    /// as it takes it now; then tells the other end through `link` once a
+    /// quarter window was written. If the socket is gone, what waits is
+    /// dropped, and counts as written.
+    pub(super) fn deliver(
+        &mut self,
+        id: u32,
+        out: &mut Outgoing,
+        fd: BorrowedFd<'_>,
+        link: &mut Outgoing,
+    ) -> Result<()> {
+        let before = out.pending();
+        let written = out.write(fd);
+        if written.is_err() {
+            *out = Outgoing::default();
+        }
+        self.owed += before - out.pending();
+        if self.owed >= WINDOW / 4 {
+            link.frame(tag::CREDIT, &[&credit_body(id, self.owed as u64)])?;
+            self.owed = 0;
+        }
+        written
+    }
+}
+
 /// Reads what child `id`'s socket holds and queues each frame in `out`
-/// as a `FRAME` of the link; `true` once nothing more can be read from it
-/// (its end closed, the socket failed, or its stream lost its framing).
-pub(super) fn wrap_frames(conn: &mut Conn, id: u32, out: &mut Outgoing) -> bool {
+/// as a `FRAME` of the link, counting it in `flow`; `true` once nothing
+/// more can be read from it (its end closed, the socket failed, or its
+/// stream lost its framing).
+pub(super) fn wrap_frames(conn: &mut Conn, id: u32, out: &mut Outgoing, flow: &mut Flow) -> bool {
     let failed = conn.fill().is_err();
     let broken = loop {
         match conn.with_frame(|frame_tag, body| {
+            flow.in_flight += codec::HEADER + 1 + body.len();
             let _ = out.frame(tag::FRAME, &[&frame_head(id, frame_tag), body]);
         }) {
             Ok(Some(())) => {}
@@ -59,6 +109,11 @@ impl Outgoing {
 
     pub(super) fn is_empty(&self) -> bool {
         self.head == self.buf.len()
+    }
+
+    /// How many bytes wait.
+    pub(super) fn pending(&self) -> usize {
+        self.buf.len() - self.head
     }
 
     /// Writes what the socket takes now, without blocking.

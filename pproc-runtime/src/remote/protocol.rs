@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::process::child::Status;
+use crate::wire::codec::decode;
 
 /// What the agent writes first, so that a parent can skip whatever a
 /// remote shell printed before it (a login message, say).
@@ -17,7 +18,7 @@ pub(crate) const MAGIC: &[u8] = b"\0pproc-agent\0";
 pub(crate) const MAX_SKIPPED: usize = 64 * 1024;
 
 /// The version of this protocol: an agent of another answers nothing else.
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 
 /// The environment variable that makes a program an agent. Its value is
 /// the host timeout in milliseconds: how long the agent goes on without
@@ -50,6 +51,34 @@ pub(crate) mod tag {
     /// Either way: nothing to say for a [`HEARTBEAT`](super::HEARTBEAT).
     /// The body is empty.
     pub(crate) const HEARTBEAT: u8 = 39;
+    /// Either way: this end wrote that many bytes of a child's frames to
+    /// the child's socket (or dropped them, its reader gone), so the other
+    /// end may send that many more ([`WINDOW`](super::WINDOW)). The body
+    /// is the child's number (`u32`) and the count (`u64`).
+    pub(crate) const CREDIT: u8 = 40;
+}
+
+/// The most bytes of one child's frames, one way, that an end sends over
+/// the link before the other end says it wrote them to the child's
+/// socket: a reader that falls behind holds back its own child alone, and
+/// neither end keeps more than this (and one frame) for it.
+pub(crate) const WINDOW: usize = 2 << 20;
+
+/// The body of a `CREDIT` frame.
+pub(crate) fn credit_body(id: u32, bytes: u64) -> [u8; 12] {
+    let mut body = [0; 12];
+    body[..4].copy_from_slice(&id.to_le_bytes());
+    body[4..].copy_from_slice(&bytes.to_le_bytes());
+    body
+}
+
+/// A `CREDIT` frame's child and count; `None` if it is not 12 bytes.
+pub(crate) fn split_credit(body: &[u8]) -> Option<(u32, u64)> {
+    let (id, bytes) = <&[u8; 12]>::try_from(body).ok()?.split_at(4);
+    Some((
+        u32::from_le_bytes(id.try_into().ok()?),
+        u64::from_le_bytes(bytes.try_into().ok()?),
+    ))
 }
 
 /// Who the agent is.
@@ -155,4 +184,47 @@ pub(crate) fn split_frame(body: &[u8]) -> Option<(u32, u8, &[u8])> {
     let (head, payload) = body.split_first_chunk::<5>()?;
     let [a, b, c, d, tag] = *head;
     Some((u32::from_le_bytes([a, b, c, d]), tag, payload))
+}
+
+/// The agent's first frame, `None` if it is not a hello.
+pub(crate) fn hello(frame_tag: u8, body: &[u8]) -> Option<crate::error::Result<Hello>> {
+    (frame_tag == tag::HELLO).then(|| decode::<Hello>(body))
+}
+
+/// One frame of the link, decoded: what either end may hear.
+#[derive(Debug)]
+pub(crate) enum Message<'a> {
+    Spawn(Spawn),
+    Started(Started),
+    Frame { id: u32, tag: u8, payload: &'a [u8] },
+    Signal(Signal),
+    Close(u32),
+    Exited(Exited),
+    Heartbeat,
+    Credit { id: u32, bytes: u64 },
+}
+
+impl<'a> Message<'a> {
+    /// The frame of `frame_tag` and `body`; `None` if it is none of the
+    /// link's, or its body is not what its tag says. A hello comes once,
+    /// first, and is read apart ([`hello`]).
+    pub(crate) fn parse(frame_tag: u8, body: &'a [u8]) -> Option<Self> {
+        Some(match frame_tag {
+            tag::SPAWN => Self::Spawn(decode(body).ok()?),
+            tag::STARTED => Self::Started(decode(body).ok()?),
+            tag::FRAME => {
+                let (id, tag, payload) = split_frame(body)?;
+                Self::Frame { id, tag, payload }
+            }
+            tag::SIGNAL => Self::Signal(decode(body).ok()?),
+            tag::CLOSE => Self::Close(u32::from_le_bytes(body.try_into().ok()?)),
+            tag::EXITED => Self::Exited(decode(body).ok()?),
+            tag::HEARTBEAT if body.is_empty() => Self::Heartbeat,
+            tag::CREDIT => {
+                let (id, bytes) = split_credit(body)?;
+                Self::Credit { id, bytes }
+            }
+            _ => return None,
+        })
+    }
 }
