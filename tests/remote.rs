@@ -484,3 +484,63 @@ fn a_cluster_passes_over_a_host_it_cannot_reach() {
     let none = pproc::Cluster::new().host(Prefix::new(["/nonexistent/launcher"]).host("gone"), 1);
     assert!(matches!(none.connect(), Err(Error::Launch { .. })));
 }
+
+/// Adds to a counter and a list it shares with its parent, from its host.
+#[parallel]
+fn tally(counter: pproc::manager::Value<u64>, list: pproc::manager::List<u32>, n: u64) -> u64 {
+    for _ in 0..n {
+        counter.add(1).unwrap();
+    }
+    list.push(&std::process::id()).unwrap();
+    counter.get().unwrap()
+}
+
+/// Tries a manager its parent has never reached.
+#[parallel]
+fn stray(port: u16) -> String {
+    match pproc::Manager::connect(("127.0.0.1", port), b"any key") {
+        Ok(_) => "connected".into(),
+        Err(err) => err.to_string(),
+    }
+}
+
+#[test]
+fn a_managers_objects_work_from_remote_children_through_the_link() {
+    // On loopback TCP: a child on another host reaches it only through
+    // its agent's link and its parent.
+    let manager = pproc::Manager::serve("127.0.0.1:0", b"tunnel key").unwrap();
+    let counter = manager.value(&0_u64).unwrap();
+    let list = manager.list::<u32>(&[]).unwrap();
+    let b = host("tunnel");
+    let hs: Vec<_> = (0..3)
+        .map(|_| {
+            b.start(tally::call(counter.clone(), list.clone(), 200))
+                .unwrap()
+        })
+        .collect();
+    let pids: Vec<u32> = hs.iter().map(pproc::Handle::pid).collect();
+    for h in hs {
+        assert!(h.join().unwrap() >= 200);
+    }
+    assert_eq!(counter.get().unwrap(), 600, "no update was lost");
+    let mut pushed = list.to_vec().unwrap();
+    pushed.sort_unstable();
+    let mut expected = pids;
+    expected.sort_unstable();
+    assert_eq!(pushed, expected);
+
+    // A manager this process never reached is not reached for a child.
+    let idle = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = idle.local_addr().unwrap().port();
+    let started = Instant::now();
+    let said = b.start(stray::call(port)).unwrap().join().unwrap();
+    assert_ne!(said, "connected");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "refused at once: {said}"
+    );
+    assert!(
+        idle.set_nonblocking(true).is_ok() && idle.accept().is_err(),
+        "nothing connected to it"
+    );
+}

@@ -252,3 +252,32 @@ fn inside_the_allocation() {
     println!("ran on {} nodes: {hosts:?}", hosts.len());
     cluster.disconnect();
 }
+
+/// Appends where it runs to a list its parent shares, and reads the list.
+#[parallel]
+fn sign(list: pproc::manager::List<String>) -> usize {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    list.push(&host.trim().to_owned()).unwrap();
+    list.len().unwrap()
+}
+
+#[test]
+fn a_managers_objects_work_from_another_network_namespace() {
+    let Some(bed) = testbed::sshd() else { return };
+    let Some(_link) = bed.hold_node_b() else {
+        eprintln!("skipped: no node-b here (it needs network namespaces)");
+        return;
+    };
+    // In Linux's abstract namespace, which node-b's network namespace
+    // cannot see: only the link reaches it.
+    let manager = pproc::Manager::start().unwrap();
+    let list = manager.list::<String>(&[]).unwrap();
+    let b = Builder::new().launcher(ssh(&bed, "node-b"));
+    for expected in 1..=3 {
+        assert_eq!(
+            b.start(sign::call(list.clone())).unwrap().join().unwrap(),
+            expected
+        );
+    }
+    assert_eq!(list.to_vec().unwrap(), vec!["node-b".to_owned(); 3]);
+}

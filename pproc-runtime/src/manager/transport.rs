@@ -77,6 +77,10 @@ impl Address {
     }
 }
 
+/// How long a child on another host tries a manager's TCP address from
+/// there before it goes through its parent.
+const TRY_HERE: Duration = Duration::from_secs(3);
+
 /// A connected stream, TCP or Unix.
 #[derive(Debug)]
 pub(crate) enum Stream {
@@ -85,10 +89,30 @@ pub(crate) enum Stream {
 }
 
 impl Stream {
+    /// A connection to the manager at `address`. In a child on another
+    /// host, one that cannot be made there (and any to a loopback address,
+    /// which is its parent's) goes through the link of the host's agent to
+    /// where the parent reaches it (see [`tunnel`](crate::remote::tunnel)).
     pub(crate) fn connect(address: &Address) -> io::Result<Self> {
+        let Some(agent) = std::env::var_os(crate::remote::tunnel::ENV) else {
+            return Self::direct(address, None);
+        };
+        let loopback = matches!(address, Address::Tcp(addr) if addr.ip().is_loopback());
+        if !loopback && let Ok(stream) = Self::direct(address, Some(TRY_HERE)) {
+            return Ok(stream);
+        }
+        crate::remote::tunnel::connect(&agent, address).map(Self::Unix)
+    }
+
+    /// A connection made from here, trying a TCP address for at most
+    /// `timeout`.
+    fn direct(address: &Address, timeout: Option<Duration>) -> io::Result<Self> {
         match address {
             Address::Tcp(addr) => {
-                let stream = TcpStream::connect(addr)?;
+                let stream = match timeout {
+                    Some(timeout) => TcpStream::connect_timeout(addr, timeout)?,
+                    None => TcpStream::connect(addr)?,
+                };
                 // Small requests and replies: do not wait to coalesce them.
                 stream.set_nodelay(true)?;
                 Ok(Self::Tcp(stream))

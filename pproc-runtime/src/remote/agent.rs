@@ -11,7 +11,8 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::Arc;
+use std::os::unix::net::UnixListener;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -21,6 +22,7 @@ use super::outgoing::{Flow, Outgoing, wrap_frames};
 use super::protocol::{
     Ended, Exited, HEARTBEAT, Hello, MAGIC, Message, Refused, Spawn, Started, VERSION, tag,
 };
+use super::tunnel::{self, Pipe};
 use crate::error::Result;
 use crate::process::child::Child;
 use crate::process::limits::{self, Limits};
@@ -54,7 +56,14 @@ pub(crate) fn serve(timeout: &str) -> i32 {
     };
     conn.without_shared_memory();
     conn.set_max_frame(LINK_MAX_FRAME);
+    let listener = tunnel::listen().ok().map(|(listener, name)| {
+        let _ = TUNNEL_NAME.set(name);
+        listener
+    });
     let mut agent = Agent {
+        listener,
+        tunnels: BTreeMap::new(),
+        next_tunnel: 0,
         link: conn,
         output,
         out: Outgoing::default(),
@@ -112,6 +121,15 @@ fn adopt_stdio() -> Option<(OwnedFd, OwnedFd)> {
     Some((input, output))
 }
 
+/// What a polled descriptor of the agent's is.
+#[derive(Clone, Copy)]
+enum Owner {
+    Listener,
+    Kid(u32),
+    Exit(u32),
+    Tunnel(u32),
+}
+
 /// A child of the agent's.
 struct Kid {
     /// Read for the child's frames; written through `out`.
@@ -144,7 +162,25 @@ struct Agent {
     /// The process that started it (sshd's session, srun's step): one
     /// that goes is a link that went, whatever the pipes say.
     parent: nix::unistd::Pid,
+    /// The socket its children's managers' clients connect to, if it
+    /// could listen, and their connections (see [`tunnel`]).
+    listener: Option<UnixListener>,
+    tunnels: BTreeMap<u32, Pipe>,
+    next_tunnel: u32,
 }
+
+/// What [`Agent::wait`] found ready.
+#[derive(Default)]
+struct Ready {
+    link: bool,
+    kids: Vec<u32>,
+    exited: Vec<u32>,
+    listener: bool,
+    tunnels: Vec<u32>,
+}
+
+/// The name of the agent's tunnel socket, for its children's environment.
+static TUNNEL_NAME: OnceLock<String> = OnceLock::new();
 
 impl Agent {
     fn send<T: serde::Serialize>(&mut self, frame_tag: u8, value: &T) -> Result<()> {
@@ -177,16 +213,33 @@ impl Agent {
                     kid.closing = false;
                 }
             }
-            let Some((link_ready, kids_ready, exited)) = self.wait() else {
+            for (&id, pipe) in &mut self.tunnels {
+                pipe.deliver(id, &mut self.out);
+            }
+            self.tunnels.retain(|_, pipe| !pipe.is_done());
+            let Some(ready) = self.wait() else {
                 return;
             };
-            for id in exited {
+            for id in ready.exited {
                 if let Some(kid) = self.kids.get_mut(&id) {
                     kid.exited = true;
                 }
             }
-            for id in kids_ready {
+            for id in ready.kids {
                 self.read_kid(id);
+            }
+            if ready.listener
+                && let Some(listener) = &self.listener
+            {
+                while let Some(pipe) = tunnel::accept(listener) {
+                    self.next_tunnel = self.next_tunnel.wrapping_add(1);
+                    self.tunnels.insert(tunnel::TUNNEL | self.next_tunnel, pipe);
+                }
+            }
+            for id in ready.tunnels {
+                if let Some(pipe) = self.tunnels.get_mut(&id) {
+                    pipe.read(id, &mut self.out);
+                }
             }
             let done: Vec<u32> = self
                 .kids
@@ -197,7 +250,7 @@ impl Agent {
             for id in done {
                 self.reap(id);
             }
-            if link_ready && !self.read_link() {
+            if ready.link && !self.read_link() {
                 return;
             }
             if self.heard.elapsed() > self.silence || nix::unistd::getppid() != self.parent {
@@ -207,9 +260,9 @@ impl Agent {
         }
     }
 
-    /// Waits for the link, a child's socket or a child's exit; returns
+    /// Waits for the link, a child's socket or exit, or a tunnel; returns
     /// which are ready, or `None` if polling failed.
-    fn wait(&self) -> Option<(bool, Vec<u32>, Vec<u32>)> {
+    fn wait(&self) -> Option<Ready> {
         // The link's two ends may be one socket or two pipes: room to
         // write is asked of the one written.
         let output = if self.out.is_empty() {
@@ -222,6 +275,10 @@ impl Agent {
             PollFd::new(self.output.as_fd(), output),
         ];
         let mut owners = Vec::new();
+        if let Some(listener) = &self.listener {
+            fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
+            owners.push(Owner::Listener);
+        }
         for (&id, kid) in &self.kids {
             let mut events = PollFlags::empty();
             if !kid.eof && kid.flow.may_read() {
@@ -232,11 +289,17 @@ impl Agent {
             }
             if !events.is_empty() {
                 fds.push(PollFd::new(kid.conn.as_fd(), events));
-                owners.push((id, false));
+                owners.push(Owner::Kid(id));
             }
             if let Some(exit) = kid.child.exit_fd().filter(|_| !kid.exited) {
                 fds.push(PollFd::new(exit, PollFlags::POLLIN));
-                owners.push((id, true));
+                owners.push(Owner::Exit(id));
+            }
+        }
+        for (&id, pipe) in &self.tunnels {
+            if let Some(fd) = pipe.fd().filter(|_| !pipe.events().is_empty()) {
+                fds.push(PollFd::new(fd, pipe.events()));
+                owners.push(Owner::Tunnel(id));
             }
         }
         let tick = PollTimeout::try_from(HEARTBEAT).unwrap_or(PollTimeout::MAX);
@@ -247,15 +310,22 @@ impl Agent {
                 Err(_) => return None,
             }
         }
-        let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
-        let link_ready = ready(&fds[0]);
-        let (mut kids, mut exited) = (Vec::new(), Vec::new());
-        for (fd, &(id, exit)) in fds[2..].iter().zip(&owners) {
-            if ready(fd) {
-                if exit { exited.push(id) } else { kids.push(id) }
+        let is_ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+        let mut ready = Ready {
+            link: is_ready(&fds[0]),
+            ..Ready::default()
+        };
+        for (fd, owner) in fds[2..].iter().zip(&owners) {
+            if is_ready(fd) {
+                match *owner {
+                    Owner::Listener => ready.listener = true,
+                    Owner::Kid(id) => ready.kids.push(id),
+                    Owner::Exit(id) => ready.exited.push(id),
+                    Owner::Tunnel(id) => ready.tunnels.push(id),
+                }
             }
         }
-        Some((link_ready, kids, exited))
+        Some(ready)
     }
 
     /// Reads what the link holds and acts on each frame; `false` once the
@@ -268,9 +338,13 @@ impl Agent {
         }
         loop {
             let Self {
-                link, out, kids, ..
+                link,
+                out,
+                kids,
+                tunnels,
+                ..
             } = self;
-            match link.with_frame(|frame_tag, body| order(kids, out, frame_tag, body)) {
+            match link.with_frame(|frame_tag, body| order(kids, tunnels, out, frame_tag, body)) {
                 Ok(Some(true)) => {}
                 Ok(None) => break,
                 Ok(Some(false)) | Err(_) => return false,
@@ -334,7 +408,13 @@ impl Agent {
 }
 
 /// Acts on one frame from the parent; `false` if it makes no sense.
-fn order(kids: &mut BTreeMap<u32, Kid>, out: &mut Outgoing, frame_tag: u8, body: &[u8]) -> bool {
+fn order(
+    kids: &mut BTreeMap<u32, Kid>,
+    tunnels: &mut BTreeMap<u32, Pipe>,
+    out: &mut Outgoing,
+    frame_tag: u8,
+    body: &[u8],
+) -> bool {
     match Message::parse(frame_tag, body) {
         Some(Message::Frame { id, tag, payload }) => {
             // A child that has ended takes nothing more.
@@ -365,6 +445,20 @@ fn order(kids: &mut BTreeMap<u32, Kid>, out: &mut Outgoing, frame_tag: u8, body:
         Some(Message::Credit { id, bytes }) => {
             if let Some(kid) = kids.get_mut(&id) {
                 kid.flow.credited(bytes);
+            } else if let Some(pipe) = tunnels.get_mut(&id) {
+                pipe.credited(bytes);
+            }
+            true
+        }
+        Some(Message::Bytes { id, data }) => {
+            if let Some(pipe) = tunnels.get_mut(&id) {
+                pipe.bytes(data);
+            }
+            true
+        }
+        Some(Message::Shut(id)) => {
+            if let Some(pipe) = tunnels.get_mut(&id) {
+                pipe.shut();
             }
             true
         }
@@ -375,7 +469,7 @@ fn order(kids: &mut BTreeMap<u32, Kid>, out: &mut Outgoing, frame_tag: u8, body:
             true
         }
         // What only an agent says, or nothing of the link's.
-        Some(Message::Started(_) | Message::Exited(_)) | None => false,
+        Some(Message::Started(_) | Message::Exited(_) | Message::Open { .. }) | None => false,
     }
 }
 
@@ -393,6 +487,9 @@ fn start(spawn: &Spawn) -> std::result::Result<Kid, Refused> {
         group: spawn.group,
         ..Setup::default()
     };
+    if let Some(name) = TUNNEL_NAME.get() {
+        setup.env.push((tunnel::ENV, name));
+    }
     // As a local parent does (see `Builder::spawn`): a backtrace printed
     // after a failed allocation would lose the evidence of it.
     if spawn.memory.is_some() {

@@ -31,6 +31,7 @@ use super::binary;
 use super::launcher::{Binary, Launcher};
 use super::outgoing::{Flow, Outgoing, wrap_frames};
 use super::protocol::{ENV, HEARTBEAT, MAGIC, MAX_SKIPPED, Message, Refused, Spawn, VERSION, tag};
+use super::tunnel::{self, Pipe};
 use crate::error::{Error, Result};
 use crate::lock::{lock, wait_timeout};
 use crate::process::child::{RemoteEnd, Status};
@@ -75,6 +76,8 @@ enum Order {
     Signal(u32, i32),
     /// End the link: the agent stops its children and exits.
     Disconnect,
+    /// The connection to a manager for tunnel `id`, or why there is none.
+    Opened(u32, std::io::Result<OwnedFd>),
 }
 
 /// A remote child as its handle's end knows it.
@@ -622,13 +625,16 @@ fn run(link: &Arc<Link>, mut conn: Conn, mut process: std::process::Child, silen
 /// Relays until the link ends, or is silent for `silence`; `true` if it
 /// was asked to end.
 fn relay(
-    link: &Link,
+    link: &Arc<Link>,
     conn: &mut Conn,
     out: &mut Outgoing,
     routes: &mut BTreeMap<u32, Route>,
     silence: Duration,
 ) -> bool {
     let (mut heard, mut said) = (Instant::now(), Instant::now());
+    // Connections of the host's children to managers here: they end with
+    // the link.
+    let mut tunnels: BTreeMap<u32, Pipe> = BTreeMap::new();
     loop {
         for order in std::mem::take(&mut *lock(&link.orders)) {
             let sent = match order {
@@ -644,6 +650,15 @@ fn relay(
                     let _ = out.write(conn.as_fd());
                     return true;
                 }
+                Order::Opened(id, reached) => {
+                    if let Some(pipe) = tunnels.get_mut(&id) {
+                        match reached {
+                            Ok(fd) => pipe.connected(fd),
+                            Err(_) => pipe.failed(id, out),
+                        }
+                    }
+                    Ok(())
+                }
             };
             if sent.is_err() {
                 return false;
@@ -658,68 +673,25 @@ fn relay(
         if out.write(conn.as_fd()).is_err() {
             return false;
         }
-        routes.retain(|&id, route| {
-            // A handle that is gone drops what it was sent.
-            let _ = route
-                .flow
-                .deliver(id, &mut route.out, route.conn.as_fd(), out);
-            match route.ended {
-                Some(status) if route.out.is_empty() => {
-                    route.end.finish(status);
-                    false
-                }
-                _ => true,
-            }
-        });
-        let mut events = PollFlags::POLLIN;
-        if !out.is_empty() {
-            events |= PollFlags::POLLOUT;
-        }
-        let mut fds = vec![
-            PollFd::new(conn.as_fd(), events),
-            PollFd::new(link.wake.as_fd(), PollFlags::POLLIN),
-        ];
-        let mut owners = Vec::new();
-        for (&id, route) in routes.iter() {
-            let mut events = PollFlags::empty();
-            if !route.eof && route.flow.may_read() {
-                events |= PollFlags::POLLIN;
-            }
-            if !route.out.is_empty() {
-                events |= PollFlags::POLLOUT;
-            }
-            if !events.is_empty() {
-                fds.push(PollFd::new(route.conn.as_fd(), events));
-                owners.push(id);
-            }
-        }
-        let tick = PollTimeout::try_from(HEARTBEAT).unwrap_or(PollTimeout::MAX);
-        loop {
-            match poll(&mut fds, tick) {
-                Ok(_) => break,
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(_) => return false,
-            }
-        }
-        let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
-        let link_ready = ready(&fds[0]);
-        if ready(&fds[1]) {
-            let _ = link.wake.read();
-        }
-        let readable: Vec<u32> = fds[2..]
-            .iter()
-            .zip(&owners)
-            .filter(|(fd, _)| ready(fd))
-            .map(|(_, &id)| id)
-            .collect();
-        drop(fds);
+        deliver(out, routes, &mut tunnels);
+        let Some((link_ready, readable)) = wait(link, conn, out, routes, &tunnels) else {
+            return false;
+        };
         for id in readable {
             if let Some(route) = routes.get_mut(&id) {
                 from_handle(id, route, out);
+            } else if let Some(pipe) = tunnels.get_mut(&id) {
+                pipe.read(id, out);
             }
         }
         if link_ready {
-            match from_agent(conn, routes) {
+            let mut heard_now = Heard {
+                link,
+                routes,
+                tunnels: &mut tunnels,
+                out,
+            };
+            match from_agent(conn, &mut heard_now) {
                 Some(true) => heard = Instant::now(),
                 Some(false) => {}
                 None => return false,
@@ -730,6 +702,95 @@ fn relay(
             return false;
         }
     }
+}
+
+/// Writes what waits for each child's handle and each tunnel, as far as
+/// their sockets take it now; tells the handles of children that ended
+/// once they have it all.
+fn deliver(
+    out: &mut Outgoing,
+    routes: &mut BTreeMap<u32, Route>,
+    tunnels: &mut BTreeMap<u32, Pipe>,
+) {
+    routes.retain(|&id, route| {
+        // A handle that is gone drops what it was sent.
+        let _ = route
+            .flow
+            .deliver(id, &mut route.out, route.conn.as_fd(), out);
+        match route.ended {
+            Some(status) if route.out.is_empty() => {
+                route.end.finish(status);
+                false
+            }
+            _ => true,
+        }
+    });
+    for (&id, pipe) in &mut *tunnels {
+        pipe.deliver(id, out);
+    }
+    tunnels.retain(|_, pipe| !pipe.is_done());
+}
+
+/// Waits for the link, a wake-up, a handle or a tunnel: whether the link
+/// is readable, and which handles and tunnels are ready; `None` if
+/// polling failed.
+fn wait(
+    link: &Link,
+    conn: &Conn,
+    out: &Outgoing,
+    routes: &BTreeMap<u32, Route>,
+    tunnels: &BTreeMap<u32, Pipe>,
+) -> Option<(bool, Vec<u32>)> {
+    let mut events = PollFlags::POLLIN;
+    if !out.is_empty() {
+        events |= PollFlags::POLLOUT;
+    }
+    let mut fds = vec![
+        PollFd::new(conn.as_fd(), events),
+        PollFd::new(link.wake.as_fd(), PollFlags::POLLIN),
+    ];
+    let mut owners = Vec::new();
+    for (&id, route) in routes {
+        let mut events = PollFlags::empty();
+        if !route.eof && route.flow.may_read() {
+            events |= PollFlags::POLLIN;
+        }
+        if !route.out.is_empty() {
+            events |= PollFlags::POLLOUT;
+        }
+        if !events.is_empty() {
+            fds.push(PollFd::new(route.conn.as_fd(), events));
+            owners.push(id);
+        }
+    }
+    let mut pipes = Vec::new();
+    for (&id, pipe) in tunnels {
+        if let Some(fd) = pipe.fd().filter(|_| !pipe.events().is_empty()) {
+            fds.push(PollFd::new(fd, pipe.events()));
+            pipes.push(id);
+        }
+    }
+    let tick = PollTimeout::try_from(HEARTBEAT).unwrap_or(PollTimeout::MAX);
+    loop {
+        match poll(&mut fds, tick) {
+            Ok(_) => break,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return None,
+        }
+    }
+    let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+    let link_ready = ready(&fds[0]);
+    if ready(&fds[1]) {
+        let _ = link.wake.read();
+    }
+    let readable: Vec<u32> = fds[2..]
+        .iter()
+        .zip(owners.iter().chain(&pipes))
+        .filter(|(fd, _)| ready(fd))
+        .map(|(_, &id)| id)
+        .collect();
+    drop(fds);
+    Some((link_ready, readable))
 }
 
 /// Relays what child `id`'s handle sent; tells the agent once the handle
@@ -744,12 +805,20 @@ fn from_handle(id: u32, route: &mut Route, out: &mut Outgoing) {
     }
 }
 
+/// What acts on the agent's frames.
+struct Heard<'a> {
+    link: &'a Arc<Link>,
+    routes: &'a mut BTreeMap<u32, Route>,
+    tunnels: &'a mut BTreeMap<u32, Pipe>,
+    out: &'a mut Outgoing,
+}
+
 /// Reads what the agent sent and acts on it; whether anything came, or
 /// `None` once the link has ended or broken its protocol.
-fn from_agent(conn: &mut Conn, routes: &mut BTreeMap<u32, Route>) -> Option<bool> {
+fn from_agent(conn: &mut Conn, heard: &mut Heard<'_>) -> Option<bool> {
     let got = conn.fill().ok()?;
     loop {
-        match conn.with_frame(|frame_tag, body| heard(routes, frame_tag, body)) {
+        match conn.with_frame(|frame_tag, body| heard.frame(frame_tag, body)) {
             Ok(Some(true)) => {}
             Ok(None) => break,
             Ok(Some(false)) | Err(_) => return None,
@@ -758,44 +827,93 @@ fn from_agent(conn: &mut Conn, routes: &mut BTreeMap<u32, Route>) -> Option<bool
     (!conn.is_eof()).then_some(got > 0)
 }
 
-/// Acts on one frame from the agent; `false` if it makes no sense.
-fn heard(routes: &mut BTreeMap<u32, Route>, frame_tag: u8, body: &[u8]) -> bool {
-    match Message::parse(frame_tag, body) {
-        Some(Message::Frame { id, tag, payload }) => {
-            if let Some(route) = routes.get_mut(&id) {
-                let _ = route.out.frame(tag, &[payload]);
-            }
-            true
-        }
-        Some(Message::Started(started)) => {
-            if let Some(route) = routes.get(&started.id) {
-                if started.outcome.is_err() {
-                    let route = routes.remove(&started.id);
-                    if let Some(route) = route {
-                        route.end.started(started.outcome);
-                        route.end.finish(Status::Unknown);
-                    }
-                } else {
-                    route.end.started(started.outcome);
+impl Heard<'_> {
+    /// Acts on one frame from the agent; `false` if it makes no sense.
+    fn frame(&mut self, frame_tag: u8, body: &[u8]) -> bool {
+        let routes = &mut *self.routes;
+        match Message::parse(frame_tag, body) {
+            Some(Message::Frame { id, tag, payload }) => {
+                if let Some(route) = routes.get_mut(&id) {
+                    let _ = route.out.frame(tag, &[payload]);
                 }
+                true
             }
-            true
-        }
-        Some(Message::Heartbeat) => true,
-        Some(Message::Credit { id, bytes }) => {
-            if let Some(route) = routes.get_mut(&id) {
-                route.flow.credited(bytes);
+            Some(Message::Started(started)) => {
+                if let Some(route) = routes.get(&started.id) {
+                    if started.outcome.is_err() {
+                        let route = routes.remove(&started.id);
+                        if let Some(route) = route {
+                            route.end.started(started.outcome);
+                            route.end.finish(Status::Unknown);
+                        }
+                    } else {
+                        route.end.started(started.outcome);
+                    }
+                }
+                true
             }
-            true
-        }
-        Some(Message::Exited(exited)) => {
-            if let Some(route) = routes.get_mut(&exited.id) {
-                route.ended = Some(exited.status.into());
-                lock(&route.end.state).expired = exited.expired;
+            Some(Message::Heartbeat) => true,
+            Some(Message::Credit { id, bytes }) => {
+                if let Some(route) = routes.get_mut(&id) {
+                    route.flow.credited(bytes);
+                } else if let Some(pipe) = self.tunnels.get_mut(&id) {
+                    pipe.credited(bytes);
+                }
+                true
             }
-            true
+            Some(Message::Exited(exited)) => {
+                if let Some(route) = routes.get_mut(&exited.id) {
+                    route.ended = Some(exited.status.into());
+                    lock(&route.end.state).expired = exited.expired;
+                }
+                true
+            }
+            Some(Message::Open { id, address }) => {
+                self.open(id, address);
+                true
+            }
+            Some(Message::Bytes { id, data }) => {
+                if let Some(pipe) = self.tunnels.get_mut(&id) {
+                    pipe.bytes(data);
+                }
+                true
+            }
+            Some(Message::Shut(id)) => {
+                if let Some(pipe) = self.tunnels.get_mut(&id) {
+                    pipe.shut();
+                }
+                true
+            }
+            // What only a parent says, or nothing of the link's.
+            Some(Message::Spawn(_) | Message::Signal(_) | Message::Close(_)) | None => false,
         }
-        // What only a parent says, or nothing of the link's.
-        Some(Message::Spawn(_) | Message::Signal(_) | Message::Close(_)) | None => false,
+    }
+
+    /// A child on the host connects to the manager at `address`: reached
+    /// on a thread of its own, so that the relay never waits for it, and
+    /// only if this process reaches that manager itself.
+    fn open(&mut self, id: u32, address: crate::manager::Address) {
+        if id & tunnel::TUNNEL == 0 || self.tunnels.contains_key(&id) {
+            return;
+        }
+        let mut pipe = Pipe::new(None);
+        if !crate::manager::reached(&address) {
+            pipe.failed(id, self.out);
+            return;
+        }
+        let link = Arc::downgrade(self.link);
+        let started = std::thread::Builder::new()
+            .name("pproc-tunnel".into())
+            .spawn(move || {
+                let reached = tunnel::reach(&address);
+                if let Some(link) = link.upgrade() {
+                    link.order(Order::Opened(id, reached));
+                }
+            });
+        if started.is_err() {
+            pipe.failed(id, self.out);
+            return;
+        }
+        self.tunnels.insert(id, pipe);
     }
 }

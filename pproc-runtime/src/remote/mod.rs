@@ -22,6 +22,7 @@ mod launcher;
 pub(crate) mod link;
 mod outgoing;
 pub(crate) mod protocol;
+pub(crate) mod tunnel;
 
 pub use cluster::{Cluster, HostInfo};
 pub use launcher::{Binary, Launcher, Prefix, Srun, Ssh};

@@ -36,6 +36,11 @@ impl Flow {
         self.in_flight < WINDOW
     }
 
+    /// This end sent `bytes` more.
+    pub(super) fn sent(&mut self, bytes: usize) {
+        self.in_flight += bytes;
+    }
+
     /// The other end wrote `bytes` more.
     pub(super) fn credited(&mut self, bytes: u64) {
         let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
@@ -75,7 +80,7 @@ pub(super) fn wrap_frames(conn: &mut Conn, id: u32, out: &mut Outgoing, flow: &m
     let failed = conn.fill().is_err();
     let broken = loop {
         match conn.with_frame(|frame_tag, body| {
-            flow.in_flight += codec::HEADER + 1 + body.len();
+            flow.sent(codec::HEADER + 1 + body.len());
             let _ = out.frame(tag::FRAME, &[&frame_head(id, frame_tag), body]);
         }) {
             Ok(Some(())) => {}

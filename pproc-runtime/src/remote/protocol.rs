@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::manager::Address;
 use crate::process::child::Status;
 use crate::wire::codec::decode;
 
@@ -56,6 +57,18 @@ pub(crate) mod tag {
     /// end may send that many more ([`WINDOW`](super::WINDOW)). The body
     /// is the child's number (`u32`) and the count (`u64`).
     pub(crate) const CREDIT: u8 = 40;
+    /// Agent to parent: a child on the host opened a connection to a
+    /// manager the parent reaches (see [`tunnel`](crate::remote::tunnel)).
+    /// The body is the connection's number (`u32`) and the manager's
+    /// address.
+    pub(crate) const OPEN: u8 = 41;
+    /// Either way: bytes of a tunnelled connection. The body is its number
+    /// (`u32`), then the bytes.
+    pub(crate) const BYTES: u8 = 42;
+    /// Either way: this end of a tunnelled connection has no more to send
+    /// (its socket's end closed, or it could not connect). The body is its
+    /// number (`u32`).
+    pub(crate) const SHUT: u8 = 43;
 }
 
 /// The most bytes of one child's frames, one way, that an end sends over
@@ -202,6 +215,9 @@ pub(crate) enum Message<'a> {
     Exited(Exited),
     Heartbeat,
     Credit { id: u32, bytes: u64 },
+    Open { id: u32, address: Address },
+    Bytes { id: u32, data: &'a [u8] },
+    Shut(u32),
 }
 
 impl<'a> Message<'a> {
@@ -224,7 +240,25 @@ impl<'a> Message<'a> {
                 let (id, bytes) = split_credit(body)?;
                 Self::Credit { id, bytes }
             }
+            tag::OPEN => {
+                let (id, address) = split_id(body)?;
+                Self::Open {
+                    id,
+                    address: decode(address).ok()?,
+                }
+            }
+            tag::BYTES => {
+                let (id, data) = split_id(body)?;
+                Self::Bytes { id, data }
+            }
+            tag::SHUT => Self::Shut(u32::from_le_bytes(body.try_into().ok()?)),
             _ => return None,
         })
     }
+}
+
+/// A body's leading number, and what follows it.
+fn split_id(body: &[u8]) -> Option<(u32, &[u8])> {
+    let (id, rest) = body.split_first_chunk::<4>()?;
+    Some((u32::from_le_bytes(*id), rest))
 }
