@@ -222,9 +222,40 @@ fn limits_and_deadlines_hold_on_the_host() {
     }
 }
 
+/// Prints `n` lines to its standard output and one to its error.
+#[parallel]
+fn chatty(n: u32) -> u32 {
+    for i in 0..n {
+        println!("line {i}");
+    }
+    eprintln!("done");
+    n
+}
+
+#[test]
+fn a_remote_childs_output_is_captured_as_a_local_ones() {
+    let b = host("capture").capture_output(true);
+    // More than a pipe holds, and more than a link's window.
+    let n = 300_000;
+    let out = b.start(chatty::call(n)).unwrap().join_output();
+    assert_eq!(out.result.unwrap(), n);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), n as usize);
+    assert_eq!(
+        stdout.lines().last(),
+        Some(format!("line {}", n - 1).as_str())
+    );
+    assert_eq!(out.stderr, b"done\n");
+
+    // How it ended travels as from a local child, beside its output.
+    let out = b.start(fails::call(7)).unwrap().join_output();
+    assert!(matches!(out.result, Err(Error::Exited { code: 7 })));
+    assert!(out.stdout.is_empty() && out.stderr.is_empty());
+}
+
 #[test]
 fn what_a_launcher_cannot_carry_yet_is_refused() {
-    let b = host("capture").capture_output(true);
+    let b = host("program").program("/bin/true");
     match b.start(square::call(1)) {
         Err(Error::Spawn(err)) => assert!(err.to_string().contains("launcher"), "{err}"),
         other => panic!("{other:?}"),

@@ -281,3 +281,35 @@ fn a_managers_objects_work_from_another_network_namespace() {
     }
     assert_eq!(list.to_vec().unwrap(), vec!["node-b".to_owned(); 3]);
 }
+
+/// Prints where it runs, to each stream.
+#[parallel]
+fn announce() -> u8 {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    println!("out from {}", host.trim());
+    eprintln!("err from {}", host.trim());
+    7
+}
+
+#[test]
+fn output_over_ssh_is_captured() {
+    let Some(bed) = testbed::sshd() else { return };
+    let _link = bed.hold_node_b();
+    for host in bed.hosts() {
+        let b = Builder::new()
+            .launcher(ssh(&bed, host))
+            .capture_output(true);
+        let out = b.start(announce::call()).unwrap().join_output();
+        assert_eq!(out.result.unwrap(), 7);
+        let name = String::from_utf8(out.stdout).unwrap();
+        assert!(name.starts_with("out from "), "{name:?}");
+        if host == "node-b" {
+            assert_eq!(name, "out from node-b\n");
+        }
+        assert!(
+            String::from_utf8(out.stderr)
+                .unwrap()
+                .starts_with("err from ")
+        );
+    }
+}

@@ -147,10 +147,12 @@ impl Builder {
     ///
     /// The agent applies the builder's resource limits and deadline on the
     /// host, so they end a child there as here ([`Error::LimitExceeded`],
-    /// [`Error::Timeout`]). Output capture and [`program`](Self::program)
-    /// do not reach other hosts yet: a builder with a launcher and either
-    /// fails to start children with [`Error::Spawn`]. Large buffers cross
-    /// as bytes (shared memory stays on one host).
+    /// [`Error::Timeout`]). Captured output ([`capture_output`](Self::capture_output))
+    /// crosses the link beside the child's frames, and a manager's proxies
+    /// work there, through the link. [`program`](Self::program) does not
+    /// reach other hosts yet: a builder with a launcher and a program fails
+    /// to start children with [`Error::Spawn`]. Large buffers cross as
+    /// bytes (shared memory stays on one host).
     ///
     /// # Examples
     ///
@@ -447,9 +449,6 @@ impl Builder {
                 launcher.host()
             ))))
         };
-        if self.capture {
-            return refuse("output capture");
-        }
         if self.program.is_some() {
             return refuse("another program");
         }
@@ -468,8 +467,20 @@ impl Builder {
             limits: self.limits,
             backtrace: self.backtrace || (self.limits.memory.is_some() && asked),
         };
-        let (conn, pid, end) = crate::remote::link::start(launcher, name, mode, &options)?;
+        let pipes = if self.capture {
+            Some((capture::pipe()?, capture::pipe()?))
+        } else {
+            None
+        };
+        let (readers, writers) = match pipes {
+            Some(((out, out_w), (err, err_w))) => (Some((out, err)), Some([out_w, err_w])),
+            None => (None, None),
+        };
+        let (conn, pid, end) = crate::remote::link::start(launcher, name, mode, &options, writers)?;
         let mut handle = Handle::remote(name.to_owned(), conn, pid, end);
+        if let Some((out, err)) = readers {
+            handle.set_capture(capture::Capture::start(out, err)?);
+        }
         handle.set_group(self.group);
         // The agent applied them: the handle tells by them how it ended.
         handle.note_limits(self.limits);

@@ -20,10 +20,12 @@ use nix::sys::signal::Signal;
 
 use super::outgoing::{Flow, Outgoing, wrap_frames};
 use super::protocol::{
-    Ended, Exited, HEARTBEAT, Hello, MAGIC, Message, Refused, Spawn, Started, VERSION, tag,
+    Ended, Exited, HEARTBEAT, Hello, MAGIC, Message, Refused, Spawn, Started, VERSION, output_ids,
+    tag,
 };
 use super::tunnel::{self, Pipe};
 use crate::error::Result;
+use crate::process::capture;
 use crate::process::child::Child;
 use crate::process::limits::{self, Limits};
 use crate::process::setup::ignore_sigpipe;
@@ -144,8 +146,12 @@ struct Kid {
     closing: bool,
     /// Its traffic over the link, each way.
     flow: Flow,
-    /// It has exited: it is reaped once all it sent is read.
-    exited: bool,
+    /// When it exited: it is reaped once all it sent is read, and its
+    /// captured output with it (or [`GRACE`] after its exit, for a
+    /// descendant that keeps its output open).
+    exited: Option<Instant>,
+    /// The read ends of its captured output, until the relay takes them.
+    outputs: Vec<OwnedFd>,
 }
 
 struct Agent {
@@ -222,7 +228,7 @@ impl Agent {
             };
             for id in ready.exited {
                 if let Some(kid) = self.kids.get_mut(&id) {
-                    kid.exited = true;
+                    kid.exited = Some(Instant::now());
                 }
             }
             for id in ready.kids {
@@ -244,7 +250,15 @@ impl Agent {
             let done: Vec<u32> = self
                 .kids
                 .iter()
-                .filter(|(_, kid)| kid.exited && kid.eof)
+                .filter(|&(id, kid)| {
+                    kid.exited.is_some_and(|at| {
+                        kid.eof
+                            && (at.elapsed() > GRACE
+                                || output_ids(*id).iter().all(|stream| {
+                                    self.tunnels.get(stream).is_none_or(Pipe::is_done)
+                                }))
+                    })
+                })
                 .map(|(&id, _)| id)
                 .collect();
             for id in done {
@@ -291,7 +305,7 @@ impl Agent {
                 fds.push(PollFd::new(kid.conn.as_fd(), events));
                 owners.push(Owner::Kid(id));
             }
-            if let Some(exit) = kid.child.exit_fd().filter(|_| !kid.exited) {
+            if let Some(exit) = kid.child.exit_fd().filter(|_| kid.exited.is_none()) {
                 fds.push(PollFd::new(exit, PollFlags::POLLIN));
                 owners.push(Owner::Exit(id));
             }
@@ -425,8 +439,11 @@ fn order(
         }
         Some(Message::Spawn(spawn)) => {
             let id = spawn.id;
-            let outcome = start(&spawn).map(|kid| {
+            let outcome = start(&spawn).map(|mut kid| {
                 let pid = kid.child.pid.as_raw().cast_unsigned();
+                for (fd, stream) in kid.outputs.drain(..).zip(output_ids(id)) {
+                    tunnels.insert(stream, Pipe::source(fd));
+                }
                 kids.insert(id, kid);
                 pid
             });
@@ -483,10 +500,22 @@ fn start(spawn: &Spawn) -> std::result::Result<Kid, Refused> {
     }
     let failed = |err: crate::error::Error| Refused::Spawn(crate::error::with_causes(&err));
     let (ours, theirs) = conn::socketpair().map_err(failed)?;
+    let pipes = if spawn.capture {
+        Some((
+            capture::pipe().map_err(failed)?,
+            capture::pipe().map_err(failed)?,
+        ))
+    } else {
+        None
+    };
     let mut setup = Setup {
         group: spawn.group,
         ..Setup::default()
     };
+    if let Some(((_, out), (_, err))) = &pipes {
+        setup.stdout = Some(out.as_fd());
+        setup.stderr = Some(err.as_fd());
+    }
     if let Some(name) = TUNNEL_NAME.get() {
         setup.env.push((tunnel::ENV, name));
     }
@@ -514,7 +543,13 @@ fn start(spawn: &Spawn) -> std::result::Result<Kid, Refused> {
         &setup,
     )
     .map_err(failed)?;
+    drop(setup);
     drop(theirs);
+    let mut outputs = Vec::new();
+    for (read, _) in pipes.into_iter().flat_map(|(out, err)| [out, err]) {
+        tunnel::nonblocking(&read).map_err(|err| failed(crate::error::Error::Io(err)))?;
+        outputs.push(read);
+    }
     let mut child = Child::new(spawned.pid, spawned.pidfd.map(Arc::new));
     child.group = spawn.group;
     // Before the parent hears it started: its arguments come after.
@@ -532,6 +567,7 @@ fn start(spawn: &Spawn) -> std::result::Result<Kid, Refused> {
         eof: false,
         closing: false,
         flow: Flow::default(),
-        exited: false,
+        exited: None,
+        outputs,
     })
 }

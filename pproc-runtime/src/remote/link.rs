@@ -30,7 +30,9 @@ use super::agent::LINK_MAX_FRAME;
 use super::binary;
 use super::launcher::{Binary, Launcher};
 use super::outgoing::{Flow, Outgoing, wrap_frames};
-use super::protocol::{ENV, HEARTBEAT, MAGIC, MAX_SKIPPED, Message, Refused, Spawn, VERSION, tag};
+use super::protocol::{
+    ENV, HEARTBEAT, MAGIC, MAX_SKIPPED, Message, Refused, Spawn, VERSION, output_ids, tag,
+};
 use super::tunnel::{self, Pipe};
 use crate::error::{Error, Result};
 use crate::lock::{lock, wait_timeout};
@@ -185,6 +187,8 @@ struct Route {
     ended: Option<Status>,
     /// Its traffic over the link, each way.
     flow: Flow,
+    /// Where its captured output goes, until the relay takes them.
+    outputs: Vec<(u32, Pipe)>,
 }
 
 impl Link {
@@ -198,11 +202,15 @@ impl Link {
 /// host `launcher` reaches (connecting to it first if this process has not
 /// yet). Returns the connection its handle reads, its pid there, and its
 /// end.
+///
+/// With `capture`, the write ends of two pipes, the child's standard
+/// output and error arrive there.
 pub(crate) fn start(
     launcher: &Arc<dyn Launcher>,
     name: &str,
     mode: Mode,
     options: &Options,
+    capture: Option<[OwnedFd; 2]>,
 ) -> Result<(Conn, Pid, Arc<End>)> {
     let Options {
         group,
@@ -243,7 +251,13 @@ pub(crate) fn start(
         memory: limits.memory,
         cpu: limits.cpu,
         backtrace,
+        capture: capture.is_some(),
     })?;
+    let mut outputs = Vec::new();
+    for (fd, stream) in capture.into_iter().flatten().zip(output_ids(id)) {
+        tunnel::nonblocking(&fd).map_err(Error::Spawn)?;
+        outputs.push((stream, Pipe::sink(fd)));
+    }
     let route = Route {
         conn: relayed,
         out: Outgoing::default(),
@@ -251,6 +265,7 @@ pub(crate) fn start(
         eof: false,
         ended: None,
         flow: Flow::default(),
+        outputs,
     };
     if *lock(&link.lost) {
         return Err(Error::HostLost { host });
@@ -638,8 +653,9 @@ fn relay(
     loop {
         for order in std::mem::take(&mut *lock(&link.orders)) {
             let sent = match order {
-                Order::Spawn(route, body) => {
+                Order::Spawn(mut route, body) => {
                     let id = route.end.id;
+                    tunnels.extend(route.outputs.drain(..));
                     routes.insert(id, *route);
                     out.frame(tag::SPAWN, &[&body])
                 }
@@ -842,6 +858,9 @@ impl Heard<'_> {
                 if let Some(route) = routes.get(&started.id) {
                     if started.outcome.is_err() {
                         let route = routes.remove(&started.id);
+                        for stream in output_ids(started.id) {
+                            self.tunnels.remove(&stream);
+                        }
                         if let Some(route) = route {
                             route.end.started(started.outcome);
                             route.end.finish(Status::Unknown);

@@ -121,6 +121,20 @@ pub(crate) struct Spawn {
     pub(crate) cpu: Option<u64>,
     /// Whether a panic captures a backtrace.
     pub(crate) backtrace: bool,
+    /// Whether its standard output and error cross the link, as the
+    /// streams [`output_ids`] names.
+    pub(crate) capture: bool,
+}
+
+/// Streams of a child's captured output are numbered with this bit set
+/// (and [`TUNNEL`](crate::remote::tunnel::TUNNEL) clear).
+const OUTPUT: u32 = 1 << 30;
+
+/// The streams that carry child `id`'s standard output and error, as
+/// `BYTES` then `SHUT`, when it is captured.
+pub(crate) fn output_ids(id: u32) -> [u32; 2] {
+    let base = OUTPUT | (id.wrapping_mul(2) & !(OUTPUT | crate::remote::tunnel::TUNNEL));
+    [base, base | 1]
 }
 
 /// Child `id` started as `pid` on the agent's host, or why not.

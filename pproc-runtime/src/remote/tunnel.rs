@@ -93,10 +93,16 @@ pub(super) fn reach(address: &Address) -> io::Result<OwnedFd> {
             UnixStream::connect_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)?.into()
         }
     };
-    let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)?;
-    let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-    nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+    nonblocking(&fd)?;
     Ok(fd)
+}
+
+/// Makes `fd` non-blocking.
+pub(crate) fn nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)?;
+    let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+    Ok(())
 }
 
 /// One tunnelled connection at either end: its socket (none while the
@@ -128,6 +134,21 @@ impl Pipe {
             shut: false,
             write_done: false,
         }
+    }
+
+    /// One way only, into `fd` (the parent's end of a captured output).
+    pub(super) fn sink(fd: OwnedFd) -> Self {
+        let mut pipe = Self::new(Some(fd));
+        pipe.read_done = true;
+        pipe
+    }
+
+    /// One way only, out of `fd` (a child's captured output, at its
+    /// agent).
+    pub(super) fn source(fd: OwnedFd) -> Self {
+        let mut pipe = Self::new(Some(fd));
+        pipe.write_done = true;
+        pipe
     }
 
     /// The parent reached the manager.
@@ -251,7 +272,10 @@ impl Pipe {
         {
             self.write_done = true;
         } else if self.shut && self.out.is_empty() {
-            let _ = shutdown(std::os::fd::AsRawFd::as_raw_fd(fd), Shutdown::Write);
+            if shutdown(std::os::fd::AsRawFd::as_raw_fd(fd), Shutdown::Write).is_err() {
+                // A pipe: its reader sees the end once it is closed.
+                self.fd = None;
+            }
             self.write_done = true;
         }
     }
