@@ -254,10 +254,23 @@ fn a_remote_childs_output_is_captured_as_a_local_ones() {
 }
 
 #[test]
-fn what_a_launcher_cannot_carry_yet_is_refused() {
-    let b = host("program").program("/bin/true");
-    match b.start(square::call(1)) {
-        Err(Error::Spawn(err)) => assert!(err.to_string().contains("launcher"), "{err}"),
+fn a_remote_child_runs_from_another_program_of_the_same_build() {
+    let me = std::env::current_exe().unwrap();
+    let b = host("program").program(&me);
+    assert_eq!(b.start(square::call(9)).unwrap().join().unwrap(), 81);
+    let probe = env!("CARGO_BIN_EXE_pproc-probe");
+    let err = host("program")
+        .program(probe)
+        .start(square::call(1))
+        .unwrap()
+        .join()
+        .unwrap_err();
+    assert!(matches!(err, Error::VersionSkew { .. }), "{err}");
+    match host("program")
+        .program("/nonexistent/program")
+        .start(square::call(1))
+    {
+        Err(Error::Spawn(err)) => assert!(err.to_string().contains("No such file"), "{err}"),
         other => panic!("{other:?}"),
     }
 }

@@ -149,10 +149,9 @@ impl Builder {
     /// host, so they end a child there as here ([`Error::LimitExceeded`],
     /// [`Error::Timeout`]). Captured output ([`capture_output`](Self::capture_output))
     /// crosses the link beside the child's frames, and a manager's proxies
-    /// work there, through the link. [`program`](Self::program) does not
-    /// reach other hosts yet: a builder with a launcher and a program fails
-    /// to start children with [`Error::Spawn`]. Large buffers cross as
-    /// bytes (shared memory stays on one host).
+    /// work there, through the link. A [`program`](Self::program) is run
+    /// from the same path on the host. Large buffers cross as bytes
+    /// (shared memory stays on one host).
     ///
     /// # Examples
     ///
@@ -449,9 +448,6 @@ impl Builder {
                 launcher.host()
             ))))
         };
-        if self.program.is_some() {
-            return refuse("another program");
-        }
         let mode = match mode {
             // A result log is memory shared with the parent: not there.
             Mode::Worker { .. } => Mode::Worker { log: false },
@@ -463,6 +459,7 @@ impl Builder {
         let asked = std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0");
         let options = crate::remote::link::Options {
             group: self.group,
+            program: self.program.as_deref(),
             max_frame: self.max_frame,
             limits: self.limits,
             backtrace: self.backtrace || (self.limits.memory.is_some() && asked),

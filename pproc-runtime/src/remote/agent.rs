@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixListener;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -534,9 +535,13 @@ fn start(spawn: &Spawn) -> std::result::Result<Kid, Refused> {
         memory: spawn.memory,
         cpu: spawn.cpu,
     };
+    let program = spawn
+        .program
+        .as_deref()
+        .map(|path| std::path::Path::new(std::ffi::OsStr::from_bytes(path)));
     let spawned = spawn::spawn(
         &spawn.name,
-        None,
+        program,
         &theirs,
         registry::fingerprint(),
         mode,

@@ -15,6 +15,7 @@ use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -209,7 +210,7 @@ pub(crate) fn start(
     launcher: &Arc<dyn Launcher>,
     name: &str,
     mode: Mode,
-    options: &Options,
+    options: &Options<'_>,
     capture: Option<[OwnedFd; 2]>,
 ) -> Result<(Conn, Pid, Arc<End>)> {
     let Options {
@@ -217,6 +218,7 @@ pub(crate) fn start(
         max_frame,
         limits,
         backtrace,
+        program,
     } = *options;
     let link = connected(launcher)?;
     let host = launcher.host();
@@ -252,6 +254,7 @@ pub(crate) fn start(
         cpu: limits.cpu,
         backtrace,
         capture: capture.is_some(),
+        program: program.map(|path| path.as_os_str().as_bytes().to_vec()),
     })?;
     let mut outputs = Vec::new();
     for (fd, stream) in capture.into_iter().flatten().zip(output_ids(id)) {
@@ -284,8 +287,10 @@ pub(crate) fn start(
 
 /// What a child on another host is started with, from its builder.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Options {
+pub(crate) struct Options<'a> {
     pub(crate) group: bool,
+    /// The program to run it from, at this path on the host.
+    pub(crate) program: Option<&'a std::path::Path>,
     pub(crate) max_frame: usize,
     pub(crate) limits: Limits,
     pub(crate) backtrace: bool,

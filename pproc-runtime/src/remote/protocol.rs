@@ -121,6 +121,9 @@ pub(crate) struct Spawn {
     pub(crate) cpu: Option<u64>,
     /// Whether a panic captures a backtrace.
     pub(crate) backtrace: bool,
+    /// The program to run it from on the host (its path's bytes), if not
+    /// the agent's own.
+    pub(crate) program: Option<Vec<u8>>,
     /// Whether its standard output and error cross the link, as the
     /// streams [`output_ids`] names.
     pub(crate) capture: bool,
