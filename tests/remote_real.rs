@@ -33,9 +33,12 @@ fn sleeps(ch: Channel<(String, u32, u32)>) {
     std::thread::sleep(Duration::from_secs(60));
 }
 
-fn ssh(bed: &Sshd, host: &str) -> Ssh {
+/// Ssh to `host`, on a link of `test`'s own: a link that another test's
+/// cut of node-b ended may linger until its heartbeats say so.
+fn ssh(bed: &Sshd, host: &str, test: &str) -> Ssh {
     Ssh::new(host)
         .config(bed.config())
+        .option(format!("HostKeyAlias={test}-{host}"))
         .connect_timeout(Duration::from_secs(10))
 }
 
@@ -44,7 +47,7 @@ fn a_call_runs_on_each_ssh_host() {
     let Some(bed) = testbed::sshd() else { return };
     let _link = bed.hold_node_b();
     for host in bed.hosts() {
-        let b = Builder::new().launcher(ssh(&bed, host));
+        let b = Builder::new().launcher(ssh(&bed, host, "each"));
         assert_eq!(b.start(square::call(11)).unwrap().join().unwrap(), 121);
         let (name, _, agent) = b.start(whereabouts::call()).unwrap().join().unwrap();
         if host == "node-b" {
@@ -62,8 +65,8 @@ fn a_map_spreads_over_two_ssh_hosts() {
         return;
     };
     let cluster = Cluster::new()
-        .host(ssh(&bed, "node-a"), 2)
-        .host(ssh(&bed, "node-b"), 2);
+        .host(ssh(&bed, "node-a", "map"), 2)
+        .host(ssh(&bed, "node-b", "map"), 2);
     cluster.connect().unwrap();
     let hosts: std::collections::BTreeSet<String> = Map::new(|_| whereabouts::call(), 0..300)
         .cluster(&cluster)
@@ -272,7 +275,7 @@ fn a_managers_objects_work_from_another_network_namespace() {
     // cannot see: only the link reaches it.
     let manager = pproc::Manager::start().unwrap();
     let list = manager.list::<String>(&[]).unwrap();
-    let b = Builder::new().launcher(ssh(&bed, "node-b"));
+    let b = Builder::new().launcher(ssh(&bed, "node-b", "tunnel"));
     for expected in 1..=3 {
         assert_eq!(
             b.start(sign::call(list.clone())).unwrap().join().unwrap(),
@@ -297,7 +300,7 @@ fn output_over_ssh_is_captured() {
     let _link = bed.hold_node_b();
     for host in bed.hosts() {
         let b = Builder::new()
-            .launcher(ssh(&bed, host))
+            .launcher(ssh(&bed, host, "capture"))
             .capture_output(true);
         let out = b.start(announce::call()).unwrap().join_output();
         assert_eq!(out.result.unwrap(), 7);
