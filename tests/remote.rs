@@ -588,3 +588,44 @@ fn a_managers_objects_work_from_remote_children_through_the_link() {
         "nothing connected to it"
     );
 }
+
+/// `x`, and the pid of the agent it ran under, after a tenth of a second.
+#[parallel]
+fn slow_where(x: u64) -> (u64, u32) {
+    std::thread::sleep(Duration::from_millis(100));
+    (x, std::os::unix::process::parent_id())
+}
+
+/// Maps 30 slow items over a cluster of two hosts and kills the agent of
+/// the host that ran the first item once it is in: what each item gave.
+fn map_losing_a_host(name: &str, retry: usize) -> Vec<pproc::Result<(u64, u32)>> {
+    let cluster = pproc::Cluster::new()
+        .host(Prefix::new(["env"]).host(format!("{name}-a")), 2)
+        .host(Prefix::new(["env"]).host(format!("{name}-b")), 2);
+    let mut items = Map::new(slow_where::call, 0..30)
+        .cluster(&cluster)
+        .retry_lost(retry);
+    let first = items.next().unwrap().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.1.cast_signed()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let mut got = vec![Ok(first)];
+    got.extend(items);
+    cluster.disconnect();
+    got
+}
+
+#[test]
+fn lost_calls_run_again_elsewhere_only_when_asked() {
+    let got = map_losing_a_host("retry", 2);
+    let values: Vec<u64> = got.iter().map(|r| r.as_ref().unwrap().0).collect();
+    assert_eq!(values, (0..30).collect::<Vec<_>>(), "every item, in order");
+
+    let got = map_losing_a_host("no-retry", 0);
+    assert!(
+        got.iter().any(|r| matches!(r, Err(Error::HostLost { .. }))),
+        "{got:?}"
+    );
+}

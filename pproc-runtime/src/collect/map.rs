@@ -377,6 +377,15 @@ macro_rules! options {
             self
         }
 
+        /// An item whose worker was on a host that was lost
+        /// ([`Error::HostLost`]) runs again on another worker, up to
+        /// `times` times, before it fails (see
+        /// [`Exchange::retry_lost`]). None by default.
+        pub fn retry_lost(mut self, times: usize) -> Self {
+            self.engine.configure(|ex| ex.retry_lost(times));
+            self
+        }
+
         /// How many items a reused worker is sent at once: measured as
         /// the items run by default ([`BatchSize::Auto`]). No effect with
         /// [`reuse(false)`](Self::reuse).

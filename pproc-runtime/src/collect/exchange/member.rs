@@ -366,6 +366,12 @@ impl<S> Exchange<S> {
                         },
                         (error, _) => error,
                     };
+                    // A lost host's call may run again, as asked.
+                    if matches!(error, Error::HostLost { .. }) && self.requeue_lost(slot) {
+                        drop(self.take(slot)?);
+                        self.replenish()?;
+                        return Ok(stored);
+                    }
                     // Only the call it was running fails: the rest of its
                     // batch runs elsewhere, first in line.
                     self.requeue_rest(slot);
@@ -375,6 +381,32 @@ impl<S> Exchange<S> {
                 }
             }
         }
+    }
+
+    /// Puts back at the head of the queue, in order, every call a worker on
+    /// a lost host was sent, the one it was running included, if that one
+    /// may run again ([`retry_lost`](Exchange::retry_lost)): it has
+    /// delivered nothing, and has not run out of retries. Whether they were
+    /// put back.
+    fn requeue_lost(&mut self, slot: usize) -> bool {
+        let retry = self.retry_lost;
+        let Some(member) = self.member_mut(slot) else {
+            return false;
+        };
+        let State::Worker(worker) = &mut member.state else {
+            return false;
+        };
+        match worker.batch.front_mut() {
+            Some(running) if running.job.values == 0 && running.lost < retry => {
+                running.lost += 1;
+            }
+            _ => return false,
+        }
+        let batch: Vec<_> = worker.batch.drain(..).collect();
+        for queued in batch.into_iter().rev() {
+            self.waiting.push_front(queued);
+        }
+        true
     }
 
     /// Puts back at the head of the queue, in order, the calls a worker was

@@ -41,6 +41,8 @@ const FORKED: &str = "pproc::create";
 struct Queued<S> {
     job: Job<S>,
     args: Result<Vec<u8>, String>,
+    /// How many times a lost host took it back ([`Exchange::retry_lost`]).
+    lost: usize,
 }
 
 /// Runs many children and stores their results as they arrive (pprocess's
@@ -150,6 +152,8 @@ pub struct Exchange<S> {
     bar: Bar,
     /// How many queued calls an idle worker is sent at once.
     grain: Grain,
+    /// How many times a call runs again after its host was lost.
+    retry_lost: usize,
 }
 
 impl<S> Exchange<S> {
@@ -170,6 +174,7 @@ impl<S> Exchange<S> {
             next_index: 0,
             bar: Bar::default(),
             grain: Grain::default(),
+            retry_lost: 0,
         }
     }
 
@@ -197,6 +202,22 @@ impl<S> Exchange<S> {
     /// leaky function can accumulate in one process.
     pub fn recycle(mut self, calls: usize) -> Self {
         self.recycle = Some(calls.max(1));
+        self
+    }
+
+    /// With [`reuse`](Self::reuse), a call whose worker was on a host that
+    /// was lost ([`Error::HostLost`](crate::Error::HostLost)) runs again,
+    /// first in line, on another worker (on a
+    /// [`cluster`](crate::Builder::cluster), the host with the most slots
+    /// free that can be reached), up to `times` times; only then does it
+    /// fail. A streaming call that has delivered a value is not run
+    /// again. None is by default: nothing runs twice unless asked, since a
+    /// call may have done part of its work before its host went.
+    ///
+    /// Without `reuse`, each call's arguments go to its process and are
+    /// not kept: a lost call fails.
+    pub fn retry_lost(mut self, times: usize) -> Self {
+        self.retry_lost = times;
         self
     }
 
@@ -749,6 +770,7 @@ impl<S> Exchange<S> {
         self.waiting.push_back(Queued {
             job: Job::new::<F, K::Item<R, V>, K>(name, index),
             args,
+            lost: 0,
         });
         index
     }
