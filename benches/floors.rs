@@ -134,12 +134,14 @@ fn main() {
     }
     if want("remote") {
         run_row(remote_calls_row(&plan, &Via::Env));
+        run_row(remote_echo_row(&plan, &Via::Env));
         run_row(connect_row(&plan, &Via::Env));
         // Through a real sshd on loopback, where the test bed can start
         // one (ci/scaleout).
         if let Some(bed) = pproc_workspace::testbed::sshd() {
             let ssh = Via::Ssh(bed.config().to_owned());
             run_row(remote_calls_row(&plan, &ssh));
+            run_row(remote_echo_row(&plan, &ssh));
             run_row(connect_row(&plan, &ssh));
         }
     }
@@ -1159,13 +1161,32 @@ impl Echo {
         Self { child, frame, back }
     }
 
-    /// One 64-byte frame there and back.
+    /// As [`start`](Self::start), with a frame of `len` bytes.
+    fn with_frame(via: &Via, len: usize) -> Self {
+        let mut echo = Self::start(via);
+        echo.frame = vec![7; len];
+        echo.back = vec![0; len];
+        echo
+    }
+
+    /// One frame there and back: written while it is read back, so that a
+    /// frame larger than the pipes hold does not wait on itself.
     fn round_trip(&mut self) {
         let input = self.child.stdin.as_mut().expect("stdin");
-        input.write_all(&self.frame).expect("write");
-        input.flush().expect("flush");
         let output = self.child.stdout.as_mut().expect("stdout");
-        output.read_exact(&mut self.back).expect("read");
+        let frame = &self.frame;
+        if frame.len() <= 4 * KIB {
+            input.write_all(frame).expect("write");
+            input.flush().expect("flush");
+        } else {
+            std::thread::scope(|s| {
+                s.spawn(|| input.write_all(frame).expect("write"));
+                output.read_exact(&mut self.back).expect("read");
+            });
+        }
+        if frame.len() <= 4 * KIB {
+            output.read_exact(&mut self.back).expect("read");
+        }
         assert!(self.back == self.frame, "echoed wrong");
     }
 }
@@ -1213,6 +1234,49 @@ fn remote_calls_row(plan: &Plan, via: &Via) -> Row<'static> {
     }
 }
 
+/// Large payloads there and back to a warm child on another host: what a
+/// big argument or result costs over the link, beside the launcher's own
+/// pipe carrying as much.
+fn remote_echo_row(plan: &Plan, via: &Via) -> Row<'static> {
+    let len = plan.small;
+    let times = 16;
+    let mut echo = Echo::with_frame(via, len);
+    let h = via
+        .launcher(&format!("echo-{}", via.name()))
+        .start(echo_bytes::call())
+        .expect("an echo on the host");
+    let payload = Bytes::from(vec![7_u8; len]);
+    Row {
+        work: format!(
+            "echo {times} x {} KiB to a warm child, via {}",
+            len / KIB,
+            via.name()
+        ),
+        rounds: plan.rounds,
+        warmup: plan.warmup.max(1),
+        entries: vec![
+            entry(
+                "the same bytes there and back via the launcher",
+                move || {
+                    clock(|| {
+                        for _ in 0..times {
+                            echo.round_trip();
+                        }
+                    })
+                },
+            ),
+            entry("Channel<Bytes, Bytes> on the host", move || {
+                clock(|| {
+                    for _ in 0..times {
+                        h.send(&payload).expect("send");
+                        assert_eq!(h.recv().expect("recv").len(), len);
+                    }
+                })
+            }),
+        ],
+    }
+}
+
 /// A cluster of `n` hosts of names not used before.
 fn fresh_hosts(via: &Via, n: usize) -> pproc::Cluster {
     static ROUND: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -1239,6 +1303,9 @@ fn connect_row(plan: &Plan, via: &Via) -> Row<'static> {
         warmup: plan.warmup,
         entries: vec![
             entry("1 host", connect(1)),
+            // As many as this machine has cores, then twice as many: the
+            // handshakes overlap as far as the cores let them.
+            entry("Cluster::connect, 2 hosts at once", connect(2)),
             entry("Cluster::connect, 4 hosts at once", connect(4)),
         ],
     }
