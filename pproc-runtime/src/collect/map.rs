@@ -98,6 +98,14 @@ mod sealed {
 /// # Ok(())
 /// # }
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a task that pproc can run in a child process",
+    label = "the function given to a map returns `{Self}`, where a task is due",
+    note = "a map's function makes each item's task, the call of a `#[parallel]` function: \
+            `Map::new(square::call, items)`, or `Map::new(|x| power::call(x, 2), items)`",
+    note = "to run a closure in a child as it is, return `pproc::fork(...)` from it \
+            (`unsafe`: it forks this process)"
+)]
 pub trait Task: sealed::Sealed {
     /// The type of the value it delivers.
     type Item;

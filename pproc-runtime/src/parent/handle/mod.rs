@@ -756,6 +756,45 @@ impl<'a, R, S, V: DeserializeOwned, K> IntoIterator for &'a Handle<R, S, V, K> {
     }
 }
 
+impl<R, S, V, K> AsFd for Handle<R, S, V, K> {
+    /// The socket under the channel, borrowed for as long as the handle:
+    /// for registering it with an event loop of your own (`poll`, `epoll`,
+    /// tokio's `AsyncFd`) without `unsafe`. It is readable when a frame
+    /// may be there; [`try_recv`](Self::try_recv) takes what arrived, and
+    /// may find more than one value. Reading or writing it directly breaks
+    /// the framing.
+    ///
+    /// The values sent before are written out first, as far as the
+    /// socket takes them now: [`flush`](Self::flush) to be sure of all.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::os::fd::AsFd;
+    ///
+    /// use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    /// use pproc::{parallel, Channel};
+    ///
+    /// #[parallel]
+    /// fn hello(ch: Channel<String>) {
+    ///     ch.send(&"hello".to_owned()).unwrap();
+    /// }
+    ///
+    /// # fn main() -> pproc::Result<()> {
+    /// let h = hello::start()?;
+    /// let mut fds = [PollFd::new(h.as_fd(), PollFlags::POLLIN)];
+    /// poll(&mut fds, PollTimeout::NONE).unwrap();
+    /// assert_eq!(h.try_recv()?.as_deref(), Some("hello"));
+    /// h.join()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.out.flush_now();
+        self.socket.as_fd()
+    }
+}
+
 impl<R, S, V, K> AsRawFd for Handle<R, S, V, K> {
     /// The socket under the channel, for polling it in an event loop of
     /// your own. Reading or writing it directly breaks the framing.
@@ -765,18 +804,6 @@ impl<R, S, V, K> AsRawFd for Handle<R, S, V, K> {
     fn as_raw_fd(&self) -> RawFd {
         self.out.flush_now();
         self.socket.as_raw_fd()
-    }
-}
-
-impl<R, S, V, K> AsFd for Handle<R, S, V, K> {
-    /// The socket under the channel, for polling it in an event loop of
-    /// your own. Reading or writing it directly breaks the framing.
-    ///
-    /// The values sent before are written out first, as far as the
-    /// socket takes them now: [`flush`](Self::flush) to be sure of all.
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.out.flush_now();
-        self.socket.as_fd()
     }
 }
 
