@@ -21,6 +21,7 @@ mod parent;
 mod process;
 mod registry;
 mod remote;
+mod trace;
 mod wire;
 
 #[doc(hidden)]

@@ -283,7 +283,9 @@
 //! | --- | --- | --- |
 //! | `progress` | off | progress bars ([indicatif]) on [`Map`], [`Queue`], [`Exchange`](struct@Exchange) and [`Pool`]: `.progress(true)` draws one on standard error where it is a terminal, `.progress_bar(bar)` takes a `ProgressBar` of yours (your style, your `MultiProgress`); `pproc::indicatif` re-exports the crate |
 //!
-//! Without the feature, a call to a progress method fails to compile with
+//! | `tracing` | off | [tracing] events and spans, target `pproc`, each naming the child by `function` and `pid`: a child started (in a `spawn` span, with its host) and exited (status, lifetime), a call that failed, a batch dispatched to a worker and the batch size chosen, a worker that died and was replaced, a host connected, not connected, lost or disconnected, a manager connection. Levels: failures and losses `warn`, hosts `info`, the rest `debug`. `examples/tracing.rs` prints them with `tracing-subscriber` |
+//!
+//! Without the `progress` feature, a call to a progress method fails to compile with
 //! a message that says which feature to turn on:
 //!
 //! ```toml
@@ -292,6 +294,7 @@
 //! ```
 //!
 //! [indicatif]: https://docs.rs/indicatif
+//! [tracing]: https://docs.rs/tracing
 //!
 //! # Platform support
 //!

@@ -48,6 +48,7 @@ impl Client {
             .map_err(Error::Io)?;
         auth::connect_handshake(&mut stream, key, address)?;
         stream.set_read_timeout(None).map_err(Error::Io)?;
+        crate::trace::manager_connected(address);
         let mut reached = lock(&REACHED);
         if !reached.contains(address) {
             reached.push(address.clone());

@@ -407,14 +407,20 @@ impl Builder {
         if early {
             conn.send_bytes(tag::ARGS, args)?;
         }
-        let spawned = spawn::spawn(
-            &name,
-            self.program.as_deref(),
-            &theirs,
-            registry::fingerprint(),
-            mode,
-            &setup,
-        )?;
+        let spawned = {
+            let _span = crate::trace::spawn_span(&name, None);
+            let began = std::time::Instant::now();
+            let spawned = spawn::spawn(
+                &name,
+                self.program.as_deref(),
+                &theirs,
+                registry::fingerprint(),
+                mode,
+                &setup,
+            )?;
+            crate::trace::spawned(&name, spawned.pid.as_raw().cast_unsigned(), began.elapsed());
+            spawned
+        };
         drop(setup);
         drop(theirs);
         let capture = pipes.map(|((out, _), (err, _))| capture::Capture::start(out, err));
@@ -473,7 +479,11 @@ impl Builder {
             Some(((out, out_w), (err, err_w))) => (Some((out, err)), Some([out_w, err_w])),
             None => (None, None),
         };
+        let host = launcher.host();
+        let _span = crate::trace::spawn_span(name, Some(&host));
+        let began = std::time::Instant::now();
         let (conn, pid, end) = crate::remote::link::start(launcher, name, mode, &options, writers)?;
+        crate::trace::spawned(name, pid.as_raw().cast_unsigned(), began.elapsed());
         let mut handle = Handle::remote(name.to_owned(), conn, pid, end);
         if let Some((out, err)) = readers {
             handle.set_capture(capture::Capture::start(out, err)?);

@@ -340,7 +340,9 @@ fn connected(launcher: &Arc<dyn Launcher>) -> Result<Arc<Link>> {
     {
         return Ok(Arc::clone(link));
     }
-    let (conn, agent) = connect(launcher.as_ref())?;
+    let (conn, agent) = connect(launcher.as_ref()).inspect_err(|err| {
+        crate::trace::agent_failed(&launcher.host(), err);
+    })?;
     let silence = launcher.host_timeout();
     let link = Arc::new(Link {
         host: launcher.host(),
@@ -415,6 +417,7 @@ fn start_agent(
     launcher: &dyn Launcher,
     exe: &OsStr,
 ) -> std::result::Result<(Conn, std::process::Child), Failed> {
+    let began = Instant::now();
     let host = launcher.host();
     let failed = |message: String| Error::Launch {
         host: host.clone(),
@@ -514,6 +517,7 @@ fn start_agent(
             host: Some(host),
         }));
     }
+    crate::trace::agent_connected(&host, hello.pid, &hello.hostname, began.elapsed());
     Ok((conn, process))
 }
 
@@ -617,6 +621,7 @@ fn run(link: &Arc<Link>, mut conn: Conn, mut process: std::process::Child, silen
     let mut routes: BTreeMap<u32, Route> = BTreeMap::new();
     let mut out = Outgoing::default();
     let asked = relay(link, &mut conn, &mut out, &mut routes, silence);
+    crate::trace::link_ended(&link.host, asked);
     // The next child on this host starts a new agent.
     *lock(&link.lost) = true;
     if asked {

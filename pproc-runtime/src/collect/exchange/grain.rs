@@ -111,7 +111,9 @@ impl Grain {
         // fast batch does not commit a worker to thousands of calls. Shrink
         // at once.
         let next = ideal.min(calls.max(self.size).saturating_mul(2));
+        let was = self.size;
         self.size = next.clamp(1, MAX_BATCH);
+        crate::trace::batch_size(was, self.size, calls, took);
     }
 }
 

@@ -366,6 +366,10 @@ impl<S> Exchange<S> {
                         },
                         (error, _) => error,
                     };
+                    if let Some(member) = self.members.get(slot).and_then(Option::as_ref) {
+                        let function = member.job().map_or("", |job| job.name.as_str());
+                        crate::trace::worker_replaced(function, member.handle.pid(), &error);
+                    }
                     // A lost host's call may run again, as asked.
                     if matches!(error, Error::HostLost { .. }) && self.requeue_lost(slot) {
                         drop(self.take(slot)?);

@@ -515,6 +515,9 @@ impl<S> Exchange<S> {
         });
         if member.handle.send_calls(calls).is_ok() {
             if let State::Worker(worker) = &mut member.state {
+                if let Some(first) = ready.front() {
+                    crate::trace::dispatched(&first.job.name, member.handle.pid(), ready.len());
+                }
                 worker.sent(ready);
             }
             return Ok(());

@@ -45,6 +45,9 @@ pub(super) struct Inner {
     /// A worker's result log, and the frames read from it, not yet taken.
     pub(super) log: Option<log::Reader>,
     logged: VecDeque<(u8, Vec<u8>)>,
+    /// When it started, and whether its exit was traced.
+    started: std::time::Instant,
+    traced: bool,
 }
 
 /// `DATA` frames read ahead of the connection, each whole, older than
@@ -178,6 +181,8 @@ impl Inner {
             book: Book::default(),
             log: None,
             logged: VecDeque::new(),
+            started: std::time::Instant::now(),
+            traced: false,
         }
     }
 
@@ -284,14 +289,28 @@ impl Inner {
                 Event::Timeout => return Err(Error::Timeout),
             }
         }
-        self.child.wait(deadline)
+        let status = self.child.wait(deadline)?;
+        if !self.traced {
+            self.traced = true;
+            crate::trace::exited(
+                &self.name,
+                self.child.pid.as_raw().cast_unsigned(),
+                status,
+                self.started.elapsed(),
+            );
+        }
+        Ok(status)
     }
 
     pub(super) fn result<R: DeserializeOwned>(&self, status: Status) -> Result<R> {
-        match &self.outcome {
+        let result = match &self.outcome {
             Some(Outcome::Value(kept)) => kept.decode(),
-            _ => decode(self.result_bytes(status)?),
+            _ => self.result_bytes(status).and_then(decode),
+        };
+        if let Err(error) = &result {
+            crate::trace::failed(&self.name, self.child.pid.as_raw().cast_unsigned(), error);
         }
+        result
     }
 
     /// The serialized result, or how the child failed.
