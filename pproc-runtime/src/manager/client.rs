@@ -15,24 +15,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::auth;
 use super::protocol::{Answer, ObjectOp, Op};
 use super::server;
-use super::transport::{Address, Stream};
+use super::transport::{self, Address, Stream};
 use crate::error::{Error, Result};
-use crate::lock::lock;
 use crate::wire::codec;
 use crate::wire::codec::{decode, encode};
 
 /// How long a client waits for the manager's half of the handshake.
 const HANDSHAKE: Duration = Duration::from_secs(10);
-
-/// The managers this process has reached, their keys proved: the ones a
-/// child on another host may reach through its link (see
-/// [`tunnel`](crate::remote::tunnel)).
-static REACHED: Mutex<Vec<Address>> = Mutex::new(Vec::new());
-
-/// Whether this process has reached the manager at `address`.
-pub(crate) fn reached(address: &Address) -> bool {
-    lock(&REACHED).contains(address)
-}
 
 /// One authenticated connection to a manager.
 #[derive(Debug)]
@@ -49,10 +38,7 @@ impl Client {
         auth::connect_handshake(&mut stream, key, address)?;
         stream.set_read_timeout(None).map_err(Error::Io)?;
         crate::trace::manager_connected(address);
-        let mut reached = lock(&REACHED);
-        if !reached.contains(address) {
-            reached.push(address.clone());
-        }
+        transport::reached(address);
         Ok(Self { stream })
     }
 

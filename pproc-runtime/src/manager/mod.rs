@@ -100,7 +100,6 @@ use crate::wire::conn::Conn;
 use crate::wire::frame::EXIT_PROTOCOL;
 use crate::wire::frame::tag;
 use crate::wire::spec::Mode;
-pub(crate) use client::reached;
 use client::{Client, Line, Proxy, Target};
 use objects::custom::NewCustom;
 use objects::lock::NewLock;

@@ -81,6 +81,24 @@ impl Address {
 /// there before it goes through its parent.
 const TRY_HERE: Duration = Duration::from_secs(3);
 
+/// The managers this process has reached, their keys proved: the ones a
+/// child on another host may reach through its link (see
+/// [`tunnel`](crate::remote::tunnel)).
+static REACHED: std::sync::Mutex<Vec<Address>> = std::sync::Mutex::new(Vec::new());
+
+/// This process has reached the manager at `address`, its key proved:
+/// from now on a child on another host may reach it too.
+pub(crate) fn reached(address: &Address) {
+    let mut reached = crate::lock::lock(&REACHED);
+    if !reached.contains(address) {
+        reached.push(address.clone());
+    }
+    crate::remote::tunnel::set_opener(Stream::for_tunnel);
+}
+
+/// How long a parent tries to reach a manager for a child's tunnel.
+const TUNNEL_CONNECT: Duration = Duration::from_secs(10);
+
 /// A connected stream, TCP or Unix.
 #[derive(Debug)]
 pub(crate) enum Stream {
@@ -101,7 +119,25 @@ impl Stream {
         if !loopback && let Ok(stream) = Self::direct(address, Some(TRY_HERE)) {
             return Ok(stream);
         }
-        crate::remote::tunnel::connect(&agent, address).map(Self::Unix)
+        let said = crate::wire::codec::encode(address).map_err(io::Error::other)?;
+        crate::remote::tunnel::connect(&agent, &said).map(Self::Unix)
+    }
+
+    /// The parent's end of a tunnel to a manager for a child on another
+    /// host ([`tunnel::Opener`](crate::remote::tunnel::Opener)): the
+    /// address as the child's client encoded it, if this process reaches
+    /// that manager itself.
+    pub(crate) fn for_tunnel(said: &[u8]) -> Option<io::Result<std::os::fd::OwnedFd>> {
+        let address = crate::wire::codec::decode::<Address>(said).ok()?;
+        if !crate::lock::lock(&REACHED).contains(&address) {
+            return None;
+        }
+        Some(
+            Self::direct(&address, Some(TUNNEL_CONNECT)).map(|stream| match stream {
+                Self::Tcp(stream) => stream.into(),
+                Self::Unix(stream) => stream.into(),
+            }),
+        )
     }
 
     /// A connection made from here, trying a TCP address for at most

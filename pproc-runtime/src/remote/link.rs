@@ -920,21 +920,19 @@ impl Heard<'_> {
 
     /// A child on the host connects to the manager at `address`: reached
     /// on a thread of its own, so that the relay never waits for it, and
-    /// only if this process reaches that manager itself.
-    fn open(&mut self, id: u32, address: crate::manager::Address) {
+    /// only if this process reaches that manager itself (see
+    /// [`tunnel::Opener`]).
+    fn open(&mut self, id: u32, address: &[u8]) {
         if id & tunnel::TUNNEL == 0 || self.tunnels.contains_key(&id) {
             return;
         }
         let mut pipe = Pipe::new(None);
-        if !crate::manager::reached(&address) {
-            pipe.failed(id, self.out);
-            return;
-        }
+        let address = address.to_vec();
         let link = Arc::downgrade(self.link);
         let started = std::thread::Builder::new()
             .name("pproc-tunnel".into())
             .spawn(move || {
-                let reached = tunnel::reach(&address);
+                let reached = tunnel::open(&address);
                 if let Some(link) = link.upgrade() {
                     link.order(Order::Opened(id, reached));
                 }

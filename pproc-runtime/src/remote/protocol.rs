@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::manager::Address;
 use crate::process::child::Status;
 use crate::wire::codec::decode;
 
@@ -129,14 +128,18 @@ pub(crate) struct Spawn {
     pub(crate) capture: bool,
 }
 
+/// Tunnels (see [`tunnel`](crate::remote::tunnel)) are numbered with
+/// this bit set, children without it: a `CREDIT` names one or the other.
+pub(crate) const TUNNEL: u32 = 1 << 31;
+
 /// Streams of a child's captured output are numbered with this bit set
-/// (and [`TUNNEL`](crate::remote::tunnel::TUNNEL) clear).
+/// (and [`TUNNEL`] clear).
 const OUTPUT: u32 = 1 << 30;
 
 /// The streams that carry child `id`'s standard output and error, as
 /// `BYTES` then `SHUT`, when it is captured.
 pub(crate) fn output_ids(id: u32) -> [u32; 2] {
-    let base = OUTPUT | (id.wrapping_mul(2) & !(OUTPUT | crate::remote::tunnel::TUNNEL));
+    let base = OUTPUT | (id.wrapping_mul(2) & !(OUTPUT | TUNNEL));
     [base, base | 1]
 }
 
@@ -226,14 +229,28 @@ pub(crate) fn hello(frame_tag: u8, body: &[u8]) -> Option<crate::error::Result<H
 pub(crate) enum Message<'a> {
     Spawn(Spawn),
     Started(Started),
-    Frame { id: u32, tag: u8, payload: &'a [u8] },
+    Frame {
+        id: u32,
+        tag: u8,
+        payload: &'a [u8],
+    },
     Signal(Signal),
     Close(u32),
     Exited(Exited),
     Heartbeat,
-    Credit { id: u32, bytes: u64 },
-    Open { id: u32, address: Address },
-    Bytes { id: u32, data: &'a [u8] },
+    Credit {
+        id: u32,
+        bytes: u64,
+    },
+    /// The address as the client said it, encoded by the manager.
+    Open {
+        id: u32,
+        address: &'a [u8],
+    },
+    Bytes {
+        id: u32,
+        data: &'a [u8],
+    },
     Shut(u32),
 }
 
@@ -259,10 +276,7 @@ impl<'a> Message<'a> {
             }
             tag::OPEN => {
                 let (id, address) = split_id(body)?;
-                Self::Open {
-                    id,
-                    address: decode(address).ok()?,
-                }
+                Self::Open { id, address }
             }
             tag::BYTES => {
                 let (id, data) = split_id(body)?;

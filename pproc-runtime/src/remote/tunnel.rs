@@ -17,23 +17,19 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
-use std::time::Duration;
+use std::sync::OnceLock;
 
 use nix::errno::Errno;
 use nix::poll::PollFlags;
 use nix::sys::socket::{Shutdown, shutdown};
 
 use super::outgoing::{Flow, Outgoing};
+pub(crate) use super::protocol::TUNNEL;
 use super::protocol::tag;
-use crate::manager::Address;
 use crate::wire::codec;
 
 /// The environment variable that names the agent's socket to its children.
 pub(crate) const ENV: &str = "PPROC_TUNNEL";
-
-/// Tunnels are numbered with this bit set, children without it: a
-/// `CREDIT` names one or the other.
-pub(crate) const TUNNEL: u32 = 1 << 31;
 
 /// The longest address a client may say.
 const MAX_PREAMBLE: usize = 4096;
@@ -41,16 +37,37 @@ const MAX_PREAMBLE: usize = 4096;
 /// The most bytes read from a socket at once.
 const CHUNK: usize = 64 * 1024;
 
-/// How long a parent tries to reach a manager for a tunnel.
-const CONNECT: Duration = Duration::from_secs(10);
+/// How the parent reaches what a tunnel names, given the address as the
+/// client said it (its encoding is the manager's): `None` if it does not
+/// reach it for a child. The manager's client sets it when it first
+/// reaches a manager; until then every tunnel is refused.
+pub(crate) type Opener = fn(&[u8]) -> Option<io::Result<OwnedFd>>;
 
-/// A client's connection to the manager at `address`, through the agent's
-/// socket `name`: the address goes first, then the manager's protocol.
-pub(crate) fn connect(name: &std::ffi::OsStr, address: &Address) -> io::Result<UnixStream> {
+static OPENER: OnceLock<Opener> = OnceLock::new();
+
+/// Sets how the parent reaches what a tunnel names (see [`Opener`]).
+pub(crate) fn set_opener(opener: Opener) {
+    let _ = OPENER.set(opener);
+}
+
+/// The parent's connection for a tunnel to `address`, made non-blocking;
+/// an error if it does not reach it.
+pub(super) fn open(address: &[u8]) -> io::Result<OwnedFd> {
+    let fd = OPENER
+        .get()
+        .and_then(|open| open(address))
+        .unwrap_or_else(|| Err(io::Error::other("not a manager this process reaches")))?;
+    nonblocking(&fd)?;
+    Ok(fd)
+}
+
+/// A client's connection through the agent's socket `name` to what
+/// `address` (encoded by the client's layer) names: the address goes
+/// first, then the client's protocol.
+pub(crate) fn connect(name: &std::ffi::OsStr, address: &[u8]) -> io::Result<UnixStream> {
     let at = SocketAddr::from_abstract_name(name.as_encoded_bytes())?;
     let mut stream = UnixStream::connect_addr(&at)?;
-    let body = codec::encode(address).map_err(io::Error::other)?;
-    codec::write_frame(&mut stream, &body).map_err(io::Error::other)?;
+    codec::write_frame(&mut stream, address).map_err(io::Error::other)?;
     Ok(stream)
 }
 
@@ -78,23 +95,6 @@ pub(super) fn accept(listener: &UnixListener) -> Option<Pipe> {
             return Some(pipe);
         }
     }
-}
-
-/// The parent's connection to the manager at `address`, for a tunnel.
-pub(super) fn reach(address: &Address) -> io::Result<OwnedFd> {
-    let fd: OwnedFd = match address {
-        Address::Tcp(addr) => {
-            let stream = std::net::TcpStream::connect_timeout(addr, CONNECT)?;
-            stream.set_nodelay(true)?;
-            stream.into()
-        }
-        Address::Unix(path) => UnixStream::connect(path)?.into(),
-        Address::Local(name) => {
-            UnixStream::connect_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)?.into()
-        }
-    };
-    nonblocking(&fd)?;
-    Ok(fd)
 }
 
 /// Makes `fd` non-blocking.
