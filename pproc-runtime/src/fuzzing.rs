@@ -247,6 +247,12 @@ mod tests {
         256 * 1024 + 256 * len
     }
 
+    /// One frame: its length, `tag`, then `body`.
+    fn framed(tag: u8, body: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(body.len() + 1).unwrap();
+        [&len.to_le_bytes()[..], &[tag], body].concat()
+    }
+
     /// Frames of every tag around real and mutated bodies.
     fn frame_bytes() -> impl Strategy<Value = Vec<u8>> {
         let body = prop_oneof![
@@ -263,13 +269,7 @@ mod tests {
                     let at = at % body.len();
                     body[at] = byte;
                 }
-                let mut frame = u32::try_from(body.len() + 1)
-                    .unwrap()
-                    .to_le_bytes()
-                    .to_vec();
-                frame.push(tag);
-                frame.extend(body);
-                frame
+                framed(tag, &body)
             });
         // The first byte picks the end that reads (see `frames`).
         (any::<u8>(), proptest::collection::vec(frame, 0..6))
@@ -287,25 +287,10 @@ mod tests {
             pid: 1,
             cpus: 2,
         };
-        let hello = [
-            u32::try_from(encode(&hello).unwrap().len() + 1)
-                .unwrap()
-                .to_le_bytes()
-                .to_vec(),
-            vec![protocol::tag::HELLO],
-            encode(&hello).unwrap(),
-        ]
-        .concat();
-        let frame =
-            (30u8..42, proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(tag, body)| {
-                let mut frame = u32::try_from(body.len() + 1)
-                    .unwrap()
-                    .to_le_bytes()
-                    .to_vec();
-                frame.push(tag);
-                frame.extend(body);
-                frame
-            });
+        let hello = framed(protocol::tag::HELLO, &encode(&hello).unwrap());
+        // Every tag of the link's (32 to 43), and a few around them.
+        let frame = (30u8..46, proptest::collection::vec(any::<u8>(), 0..64))
+            .prop_map(|(tag, body)| framed(tag, &body));
         (
             any::<u8>(),
             proptest::collection::vec(any::<u8>(), 0..32),
