@@ -295,13 +295,7 @@ impl Agent {
             owners.push(Owner::Listener);
         }
         for (&id, kid) in &self.kids {
-            let mut events = PollFlags::empty();
-            if !kid.eof && kid.flow.may_read() {
-                events |= PollFlags::POLLIN;
-            }
-            if !kid.out.is_empty() {
-                events |= PollFlags::POLLOUT;
-            }
+            let events = kid.flow.events(kid.eof, &kid.out);
             if !events.is_empty() {
                 fds.push(PollFd::new(kid.conn.as_fd(), events));
                 owners.push(Owner::Kid(id));

@@ -777,13 +777,7 @@ fn wait(
     ];
     let mut owners = Vec::new();
     for (&id, route) in routes {
-        let mut events = PollFlags::empty();
-        if !route.eof && route.flow.may_read() {
-            events |= PollFlags::POLLIN;
-        }
-        if !route.out.is_empty() {
-            events |= PollFlags::POLLOUT;
-        }
+        let events = route.flow.events(route.eof, &route.out);
         if !events.is_empty() {
             fds.push(PollFd::new(route.conn.as_fd(), events));
             owners.push(id);

@@ -4,6 +4,7 @@
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use nix::errno::Errno;
+use nix::poll::PollFlags;
 use nix::sys::socket::{MsgFlags, send};
 
 use super::protocol::{WINDOW, credit_body, frame_head, tag};
@@ -39,6 +40,19 @@ impl Flow {
     /// This end sent `bytes` more.
     pub(super) fn sent(&mut self, bytes: usize) {
         self.in_flight += bytes;
+    }
+
+    /// What to poll a child's socket for: to read while it has not ended
+    /// (`eof`) and the window has room, to write while `out` holds bytes.
+    pub(super) fn events(&self, eof: bool, out: &Outgoing) -> PollFlags {
+        let mut events = PollFlags::empty();
+        if !eof && self.may_read() {
+            events |= PollFlags::POLLIN;
+        }
+        if !out.is_empty() {
+            events |= PollFlags::POLLOUT;
+        }
+        events
     }
 
     /// The other end wrote `bytes` more.

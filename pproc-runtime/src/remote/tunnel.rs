@@ -169,16 +169,10 @@ impl Pipe {
 
     /// What to poll its socket for.
     pub(super) fn events(&self) -> PollFlags {
-        let mut events = PollFlags::empty();
-        if self.fd.is_some() {
-            if !self.read_done && self.flow.may_read() {
-                events |= PollFlags::POLLIN;
-            }
-            if !self.out.is_empty() {
-                events |= PollFlags::POLLOUT;
-            }
+        match self.fd {
+            Some(_) => self.flow.events(self.read_done, &self.out),
+            None => PollFlags::empty(),
         }
-        events
     }
 
     /// Reads what the socket holds and sends it over `link`: at the agent,
