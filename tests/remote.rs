@@ -52,6 +52,26 @@ fn host(name: &str) -> Builder {
     Builder::new().launcher(Prefix::new(["env"]).host(name))
 }
 
+/// A closure that captures nothing runs on another host as on this one:
+/// the agent's child is the same build, so its code lies at the same
+/// offset.
+#[test]
+fn a_closure_runs_on_another_host() {
+    let b = host("closures");
+    let h = b
+        .start(pproc::call((6_u64, 7_u64), |(a, b): (u64, u64)| {
+            (a * b, std::os::unix::process::parent_id())
+        }))
+        .unwrap();
+    let (product, parent) = h.join().unwrap();
+    assert_eq!(product, 42);
+    assert_ne!(
+        parent,
+        std::process::id(),
+        "the agent is the child's parent"
+    );
+}
+
 #[test]
 fn a_remote_child_returns_streams_and_fails_as_a_local_one() {
     let b = host("values");

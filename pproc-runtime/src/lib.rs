@@ -41,6 +41,7 @@ pub use collect::timer::{MAX_RATE_OVERLAP, Timer, interval, later, rate};
 pub use error::{Error, Limit, Result};
 pub use parent::builder::Builder;
 pub use parent::call::Call;
+pub use parent::closure::{call, closure, spawn};
 pub use parent::delivery::{Delivery, Returns, Streams};
 pub use parent::function::{ByName, Function};
 pub use parent::handle::{Handle, Output};

@@ -29,6 +29,11 @@ impl Context {
     pub(crate) fn into_parts(self) -> (Payload, SharedConn) {
         (self.args, self.conn)
     }
+
+    /// The serialized arguments.
+    pub(crate) fn args(&self) -> &[u8] {
+        self.args.bytes()
+    }
 }
 
 /// One registered `#[parallel]` function.
@@ -145,40 +150,99 @@ impl Fnv {
     }
 }
 
+/// The main executable as it is loaded: where, its build-id, and where its
+/// code lies.
+#[derive(Debug, Default)]
+struct Image {
+    /// The load bias: what the loader added to every address the linker
+    /// gave.
+    base: usize,
+    build_id: Option<Vec<u8>>,
+    /// The executable segments, as loaded.
+    code: Vec<std::ops::Range<usize>>,
+}
+
+/// The main executable, read once.
+fn image() -> &'static Image {
+    static IMAGE: OnceLock<Image> = OnceLock::new();
+    IMAGE.get_or_init(read_image)
+}
+
 /// The main executable's `NT_GNU_BUILD_ID` note, if the linker wrote one.
 fn build_id() -> Option<Vec<u8>> {
+    image().build_id.clone()
+}
+
+/// Where the code at `addr` lies in the main executable: its distance
+/// from the load address, the same in every process of this build. `None`
+/// if `addr` is not in the executable's code, or the build has no
+/// build-id, without which a child of another build could not be told
+/// from one of this.
+pub(crate) fn code_offset(addr: usize) -> Option<u64> {
+    let image = image();
+    image.build_id.as_ref()?;
+    image
+        .code
+        .iter()
+        .any(|range| range.contains(&addr))
+        .then(|| u64::try_from(addr - image.base).ok())
+        .flatten()
+}
+
+/// The address of the code at `offset` from the load address (see
+/// [`code_offset`]), if that lies in the main executable's code.
+pub(crate) fn code_at(offset: u64) -> Option<usize> {
+    let image = image();
+    image.build_id.as_ref()?;
+    let addr = usize::try_from(offset).ok()?.checked_add(image.base)?;
+    image
+        .code
+        .iter()
+        .any(|range| range.contains(&addr))
+        .then_some(addr)
+}
+
+fn read_image() -> Image {
     unsafe extern "C" fn visit(
         info: *mut libc::dl_phdr_info,
         _size: libc::size_t,
         data: *mut libc::c_void,
     ) -> libc::c_int {
         // SAFETY: `dl_iterate_phdr` passes a valid `dl_phdr_info` for each
-        // loaded object, and `data` is the `Option<Vec<u8>>` we passed below.
-        // The first object is the main executable; its program headers and
-        // the segments they describe are mapped for the life of the process.
+        // loaded object, and `data` is the `Image` we passed below. The
+        // first object is the main executable; its program headers and the
+        // segments they describe are mapped for the life of the process.
         unsafe {
             let info = &*info;
-            let out = &mut *data.cast::<Option<Vec<u8>>>();
+            let out = &mut *data.cast::<Image>();
+            let Ok(base) = usize::try_from(info.dlpi_addr) else {
+                return 1;
+            };
+            out.base = base;
             let headers = std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum));
-            for header in headers.iter().filter(|h| h.p_type == libc::PT_NOTE) {
-                let (Ok(base), Ok(offset), Ok(len)) = (
-                    usize::try_from(info.dlpi_addr),
+            for header in headers {
+                let (Ok(offset), Ok(len)) = (
                     usize::try_from(header.p_vaddr),
                     usize::try_from(header.p_memsz),
                 ) else {
                     continue;
                 };
-                let notes = std::slice::from_raw_parts((base + offset) as *const u8, len);
-                if let Some(id) = find_build_id(notes) {
-                    *out = Some(id.to_vec());
-                    break;
+                let Some(start) = base.checked_add(offset) else {
+                    continue;
+                };
+                if header.p_type == libc::PT_LOAD && header.p_flags & libc::PF_X != 0 {
+                    out.code.push(start..start.saturating_add(len));
+                }
+                if header.p_type == libc::PT_NOTE && out.build_id.is_none() {
+                    let notes = std::slice::from_raw_parts(start as *const u8, len);
+                    out.build_id = find_build_id(notes).map(<[u8]>::to_vec);
                 }
             }
         }
         // Stop after the main executable.
         1
     }
-    let mut out: Option<Vec<u8>> = None;
+    let mut out = Image::default();
     // SAFETY: `visit` only reads the structures the loader hands it and
     // writes to `out`, which outlives the call.
     unsafe {
@@ -218,6 +282,18 @@ mod tests {
         assert!(id.len() >= 8, "{id:?}");
         assert_eq!(fingerprint(), fingerprint());
     }
+
+    #[test]
+    fn code_is_found_again_from_its_offset() {
+        let addr = fingerprint as fn() -> u64 as usize;
+        let offset = code_offset(addr).expect("a function is in the executable's code");
+        assert_eq!(code_at(offset), Some(addr));
+        let data = &raw const IMAGE_PROBE as usize;
+        assert_eq!(code_offset(data), None, "a static is not code");
+        assert_eq!(code_at(u64::MAX), None);
+    }
+
+    static IMAGE_PROBE: u8 = 0;
 
     #[test]
     fn notes_are_walked_past_other_kinds() {

@@ -317,9 +317,9 @@ pub use pproc_runtime::{
     EXIT_STACK_OVERFLOW, EXIT_UNREGISTERED, EXIT_VERSION_SKEW, Error, Exchange, Failure, Fork,
     Function, Gathered, Handle, HostInfo, Iter, Launcher, Limit, MAX_RATE_OVERLAP, Managed, Map,
     Node, Origin, Output, Pending, Pool, Prefix, Queue, Reply, Request, RequestId, Result, Returns,
-    Route, Srun, Ssh, Store, Streams, Task, Timer, children, fork, free_shared_memory, interval,
-    is_registered, join_all, join_any, later, parent, pmap, rate, registered, select,
-    start_background, tree, waitall,
+    Route, Srun, Ssh, Store, Streams, Task, Timer, call, children, closure, fork,
+    free_shared_memory, interval, is_registered, join_all, join_any, later, parent, pmap, rate,
+    registered, select, spawn, start_background, tree, waitall,
 };
 
 #[cfg(feature = "progress")]

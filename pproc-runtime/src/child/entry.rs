@@ -14,7 +14,7 @@ use super::panic::{catch, share};
 use super::prelude::{find, first_frame};
 use crate::error::Error;
 use crate::lock::lock;
-use crate::registry::Context;
+use crate::registry::{self, Context, Entry};
 use crate::wire::conn::{Conn, SharedConn};
 use crate::wire::frame::{EXIT_PROTOCOL, Refusal, tag};
 
@@ -73,6 +73,65 @@ where
     R: Serialize,
 {
     run(cx, |args, conn| f(Channel::new(conn), args));
+}
+
+/// The name under which a closure's calls run: the child finds the
+/// closure itself from the first bytes of the arguments (see
+/// [`run_closure`]).
+pub(crate) const CLOSURE: &str = "pproc::closure";
+
+inventory::submit! {
+    Entry::new(CLOSURE, "the code offset of a closure's shim", dispatch_closure)
+}
+
+/// The arguments of a closure's call: the code offset of its shim
+/// ([`registry::code_offset`]), then the closure's own arguments.
+pub(crate) type ClosureArgs<A> = ([u8; 8], A);
+
+/// Runs the closure whose shim the arguments name, once the child has
+/// checked that the offset lies in its code: a call of another build is
+/// refused by the fingerprint before it gets here, and a forged offset
+/// cannot send the child anywhere but into code.
+fn dispatch_closure(cx: Context) {
+    let offset = cx
+        .args()
+        .first_chunk::<8>()
+        .map(|bytes| u64::from_le_bytes(*bytes));
+    if let Some(addr) = offset.and_then(registry::code_at) {
+        // SAFETY: a parent of this very build (the fingerprint says so)
+        // wrote the offset of `run_closure::<F, A, R>`, a `fn(Context)`,
+        // which is where the address points in this process.
+        let shim = unsafe { std::mem::transmute::<usize, fn(Context)>(addr) };
+        shim(cx);
+        return;
+    }
+    let name = match offset {
+        Some(offset) => format!("{CLOSURE} at code offset {offset:#x}"),
+        None => CLOSURE.to_owned(),
+    };
+    let (_, conn) = cx.into_parts();
+    let _ = lock(&conn).send_value(tag::FAIL, &Refusal::Unregistered { name });
+}
+
+/// The shim of a closure `F` that captures nothing: conjures it, and runs
+/// it as a return-value function.
+pub(crate) fn run_closure<F, A, R>(cx: Context)
+where
+    F: FnOnce(A) -> R,
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    crate::process::setup::running(std::any::type_name::<F>());
+    run(cx, |(_, args): ClosureArgs<A>, _| {
+        // Refused when the call was built, in the build itself: this
+        // only keeps the promise local.
+        assert!(size_of::<F>() == 0, "a closure that captures something");
+        // SAFETY: `F` has no bytes (asserted above), so every value of it
+        // is this one: a closure that captures nothing, or a function
+        // item.
+        let f = unsafe { std::mem::zeroed::<F>() };
+        f(args)
+    });
 }
 
 fn run<A, R>(cx: Context, f: impl FnOnce(A, SharedConn) -> R)

@@ -103,8 +103,10 @@ mod sealed {
     label = "the function given to a map returns `{Self}`, where a task is due",
     note = "a map's function makes each item's task, the call of a `#[parallel]` function: \
             `Map::new(square::call, items)`, or `Map::new(|x| power::call(x, 2), items)`",
-    note = "to run a closure in a child as it is, return `pproc::fork(...)` from it \
-            (`unsafe`: it forks this process)"
+    note = "a closure that captures nothing runs in a child through `pproc::closure`: \
+            `Map::new(pproc::closure(|x: u64| x * x), items)`; pass what it needs as arguments",
+    note = "to run a closure that captures in a child as it is, return `pproc::fork(...)` \
+            from it (`unsafe`: it forks this process)"
 )]
 pub trait Task: sealed::Sealed {
     /// The type of the value it delivers.

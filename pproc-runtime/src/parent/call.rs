@@ -71,6 +71,19 @@ impl<R, S, V, K> Call<R, S, V, K> {
     }
 }
 
+impl<R, S, V, K> Call<R, S, V, K> {
+    /// A call of the function registered as `name` with arguments already
+    /// serialized, or why they could not be.
+    pub(crate) fn from_parts(name: &str, args: Result<Vec<u8>, String>) -> Self {
+        Self {
+            name: name.to_owned(),
+            args,
+            _types: PhantomData,
+            _function: PhantomData,
+        }
+    }
+}
+
 impl<R, S, V, K, F> Call<R, S, V, K, F> {
     /// The same call, as a call of the function `F2`.
     pub(crate) fn retype<F2>(self) -> Call<R, S, V, K, F2> {

@@ -3,6 +3,7 @@
 
 pub(crate) mod builder;
 pub(crate) mod call;
+pub(crate) mod closure;
 pub(crate) mod delivery;
 pub(crate) mod function;
 pub(crate) mod handle;
