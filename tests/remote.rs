@@ -52,6 +52,30 @@ fn host(name: &str) -> Builder {
     Builder::new().launcher(Prefix::new(["env"]).host(name))
 }
 
+static REMOTE_SCALE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A builder's initializer runs on the other host, in each process, before
+/// its call; one that fails there fails the call with `Error::Setup`.
+#[test]
+fn an_initializer_runs_on_another_host() {
+    use std::sync::atomic::Ordering;
+    let init = pproc::call(6_u64, |s: u64| REMOTE_SCALE.store(s, Ordering::Relaxed));
+    let b = host("initializer").initializer(init);
+    let scaled = |x: u64| pproc::call(x, |x: u64| x * REMOTE_SCALE.load(Ordering::Relaxed));
+    assert_eq!(b.start(scaled(7)).unwrap().join().unwrap(), 42);
+    let got: Vec<u64> = Map::new(scaled, 0..20)
+        .builder(b)
+        .collect::<pproc::Result<_>>()
+        .unwrap();
+    assert_eq!(got, (0..20).map(|x| 6 * x).collect::<Vec<_>>());
+
+    let failing = host("initializer").initializer(pproc::call((), |()| panic!("not here")));
+    match failing.start(scaled(1)).unwrap().join() {
+        Err(Error::Setup { message, .. }) => assert_eq!(message, "not here"),
+        other => panic!("{other:?}"),
+    }
+}
+
 /// A closure that captures nothing runs on another host as on this one:
 /// the agent's child is the same build, so its code lies at the same
 /// offset.

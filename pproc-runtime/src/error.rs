@@ -142,6 +142,19 @@ pub enum Error {
         /// The name that was asked for.
         name: String,
     },
+    /// The process's setup failed before its first call: a function the
+    /// program marked with `pproc::setup!` or the initializer
+    /// of its builder, pool, map, queue or exchange panicked, or was not
+    /// found. Every call that process was given fails with this error,
+    /// and a pool or map does not start another process for it in its
+    /// place: the same setup would fail again.
+    #[error("the child's setup `{name}` failed: {message}")]
+    Setup {
+        /// The setup function's name, or the initializer's registered name.
+        name: String,
+        /// Its panic message, or why it did not run.
+        message: String,
+    },
     /// A value reached an [`Exchange`](crate::Exchange) whose store has no
     /// field for the function that produced it: a store of yours may say
     /// so; a derived one routes when the program compiles.

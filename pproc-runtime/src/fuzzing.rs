@@ -61,7 +61,7 @@ pub fn body(frame_tag: u8, body: &[u8]) {
         tag::PANIC => drop(decode::<PanicReport>(body)),
         tag::FAIL => drop(decode::<Refusal>(body)),
         tag::ERROR => drop(remote(body)),
-        tag::CALL => call_body(body),
+        tag::CALL | tag::INIT => call_body(body),
         _ => {
             user_values(body);
             drop(decode::<PanicReport>(body));

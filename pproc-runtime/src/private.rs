@@ -28,7 +28,7 @@ pub trait Param<const N: usize> {
 /// the message of a progress method called without it.
 pub const PROGRESS: bool = cfg!(feature = "progress");
 pub use crate::manager::objects::custom::{SharedEntry, shared_create, shared_invoke};
-pub use crate::registry::{Context, Entry};
+pub use crate::registry::{Context, Entry, Setup};
 
 use std::marker::PhantomData;
 

@@ -72,6 +72,43 @@ impl Entry {
 
 inventory::collect!(Entry);
 
+/// A function that every child of this program runs before its first
+/// call: `pproc::setup!` submits one.
+///
+/// Not public API.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Setup {
+    name: &'static str,
+    run: fn(),
+}
+
+impl Setup {
+    /// A registration: the function's full path, and the function.
+    #[must_use]
+    pub const fn new(name: &'static str, run: fn()) -> Self {
+        Self { name, run }
+    }
+
+    /// The function's registered name.
+    pub(crate) fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub(crate) fn run(&self) {
+        (self.run)();
+    }
+}
+
+inventory::collect!(Setup);
+
+/// The setup functions every child runs, in the order of their names.
+pub(crate) fn setups() -> Vec<&'static Setup> {
+    let mut setups: Vec<_> = inventory::iter::<Setup>.into_iter().collect();
+    setups.sort_by_key(|setup| setup.name);
+    setups
+}
+
 /// The entry registered under `name`: none if two functions are (see
 /// [`registered_twice`]), for a child must not run the wrong one.
 pub(crate) fn lookup(name: &str) -> Option<&'static Entry> {

@@ -465,6 +465,57 @@ macro_rules! __shared_ret {
     };
 }
 
+/// Marks functions that every child of this program runs before its
+/// first call, whatever started it (`start`, a `Builder`, a pool, a map,
+/// an exchange), and on every host: loggers, config, statics that `main`
+/// would set up. A child runs instead of `main`, so what `main` sets up is
+/// not there; this is where it goes.
+///
+/// Each function takes nothing and returns nothing; they run in the order
+/// of their paths, before the initializer of a builder or a pool
+/// ([`Builder::initializer`]) and before the call. One that panics fails
+/// every call of its process with [`Error::Setup`] (a reused worker stays,
+/// answering each call so, and is not replaced). Background children
+/// ([`start_background`]), which outlive their parent, do not run them.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::OnceLock;
+///
+/// static CONFIG: OnceLock<String> = OnceLock::new();
+///
+/// fn load_config() {
+///     CONFIG.get_or_init(|| "from the environment, a file, ...".to_owned());
+/// }
+///
+/// pproc::setup!(load_config);
+///
+/// #[pproc::parallel]
+/// fn config() -> Option<String> {
+///     CONFIG.get().cloned()
+/// }
+///
+/// fn main() -> pproc::Result<()> {
+///     load_config(); // the parent sets itself up as usual
+///     assert_eq!(config::start()?.join()?.as_deref(), CONFIG.get().map(String::as_str));
+///     Ok(())
+/// }
+/// ```
+#[macro_export]
+macro_rules! setup {
+    ($($f:path),+ $(,)?) => {
+        $(
+            $crate::__private::inventory::submit! {
+                $crate::__private::Setup::new(
+                    ::core::concat!(::core::module_path!(), "::", ::core::stringify!($f)),
+                    $f,
+                )
+            }
+        )+
+    };
+}
+
 // Not public API. Used by code that `#[parallel]` generates.
 #[doc(hidden)]
 pub mod __private {

@@ -3,6 +3,7 @@
 //! (`RESULT`, `PANIC` or `FAIL`), through the panic hook too when a panic
 //! aborts.
 
+use std::cell::{Cell, RefCell};
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
@@ -11,7 +12,7 @@ use serde::de::DeserializeOwned;
 
 use super::channel::Channel;
 use super::panic::{catch, share};
-use super::prelude::{find, first_frame};
+use super::prelude::{Init, find, first_frames};
 use crate::error::Error;
 use crate::lock::lock;
 use crate::registry::{self, Context, Entry};
@@ -25,11 +26,62 @@ pub(crate) fn run_call(mut conn: Conn, name: &str) -> i32 {
         Ok(entry) => entry,
         Err(code) => return code,
     };
-    let Some(args) = first_frame(&mut conn) else {
+    let Some((init, args)) = first_frames(&mut conn) else {
         return EXIT_PROTOCOL;
     };
-    entry.run(Context::new(args, share(conn)));
+    let conn = share(conn);
+    if let Err(refusal) = prepare(&conn, init) {
+        let _ = lock(&conn).send_value(tag::FAIL, &refusal);
+        return 0;
+    }
+    entry.run(Context::new(args, conn));
     0
+}
+
+thread_local! {
+    /// Set while an initializer runs: its outcome is kept here, not sent.
+    static CAPTURING: Cell<bool> = const { Cell::new(false) };
+    /// How the initializer ended: `Err` with why it failed.
+    static CAPTURED: RefCell<Option<Result<(), String>>> = const { RefCell::new(None) };
+}
+
+/// Runs what a process runs before its first call: the program's setup
+/// functions (`pproc::setup!`), in the order of their names, then the
+/// initializer its parent sent, a return-value function of no result.
+/// Returns the refusal that answers every call of this process if one of
+/// them panics, or the initializer is not registered.
+pub(crate) fn prepare(conn: &SharedConn, init: Option<Init>) -> Result<(), Refusal> {
+    for setup in registry::setups() {
+        crate::process::setup::running(setup.name());
+        catch(|| setup.run()).map_err(|report| Refusal::Setup {
+            name: setup.name().to_owned(),
+            message: report.message,
+        })?;
+    }
+    let Some((name, args)) = init else {
+        return Ok(());
+    };
+    let shown = if name == CLOSURE {
+        "the initializer closure".to_owned()
+    } else {
+        name.clone()
+    };
+    let Some(entry) = registry::lookup(&name) else {
+        return Err(Refusal::Setup {
+            name: shown,
+            message: "no `#[parallel]` function of that name is registered".to_owned(),
+        });
+    };
+    CAPTURING.set(true);
+    entry.run(Context::new(args, Arc::clone(conn)));
+    CAPTURING.set(false);
+    match CAPTURED.take() {
+        Some(Err(message)) => Err(Refusal::Setup {
+            name: shown,
+            message,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// The body of a forked child ([`process::fork`](crate::process::fork)):
@@ -148,7 +200,11 @@ where
         Ok(args) => args,
         Err(err) => {
             let message = format!("the arguments do not decode: {err}");
-            let _ = lock(&conn).send_value(tag::FAIL, &Refusal::Codec { message });
+            if CAPTURING.get() {
+                CAPTURED.set(Some(Err(message)));
+            } else {
+                let _ = lock(&conn).send_value(tag::FAIL, &Refusal::Codec { message });
+            }
             return;
         }
     };
@@ -158,6 +214,10 @@ where
 /// Calls `f` under `catch_unwind` and sends its result or its panic.
 fn report<R: Serialize>(conn: &Mutex<Conn>, f: impl FnOnce() -> R) {
     let outcome = catch(f);
+    if CAPTURING.get() {
+        CAPTURED.set(Some(outcome.map(drop).map_err(|report| report.message)));
+        return;
+    }
     let mut conn = lock(conn);
     // The parent may be gone; then there is nobody to tell.
     let _ = match outcome {

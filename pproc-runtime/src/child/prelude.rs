@@ -6,7 +6,7 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use crate::registry::{self, Entry};
 use crate::wire::conn::{Conn, Next};
-use crate::wire::frame::{EXIT_UNREGISTERED, EXIT_VERSION_SKEW, Refusal, tag};
+use crate::wire::frame::{EXIT_UNREGISTERED, EXIT_VERSION_SKEW, Refusal, split_call, tag};
 use crate::wire::shm::Payload;
 use crate::wire::wait::Deadline;
 
@@ -52,6 +52,36 @@ pub(crate) fn find(conn: &mut Conn, name: &str) -> Result<&'static Entry, i32> {
 /// something else.
 pub(crate) fn first_frame(conn: &mut Conn) -> Option<Payload> {
     wait_for(conn, tag::ARGS, |body| Some(Payload::of(body)))
+}
+
+/// A process's initializer, as its `INIT` frame names it: the registered
+/// name and the serialized arguments.
+pub(crate) type Init = (String, Vec<u8>);
+
+/// Waits for the `ARGS` frame, and the `INIT` frame before it that names
+/// the process's initializer, where its parent set one: the
+/// initializer's name and arguments, then the arguments. `None` if the
+/// parent went away or sent something else.
+pub(crate) fn first_frames(conn: &mut Conn) -> Option<(Option<Init>, Payload)> {
+    enum First {
+        Init(String, Vec<u8>),
+        Args(Payload),
+    }
+    let mut init = None;
+    loop {
+        let next = conn.next(Deadline::Never, None, |tag, body| match tag {
+            tag::INIT if init.is_none() => {
+                split_call(body).map(|(name, args)| First::Init(name, args))
+            }
+            tag::ARGS => Some(First::Args(Payload::of(body))),
+            _ => None,
+        });
+        match next {
+            Ok(Next::Frame(Some(First::Init(name, args)))) => init = Some((name, args)),
+            Ok(Next::Frame(Some(First::Args(args)))) => return Some((init, args)),
+            _ => return None,
+        }
+    }
 }
 
 /// Blocks until the next frame, and reads it with `read` if its tag is

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use nix::fcntl::{FcntlArg, FdFlag};
 
+use super::entry::prepare;
 use super::panic::share;
-use super::prelude::first_frame;
+use super::prelude::first_frames;
 use crate::lock::lock;
 use crate::registry::{self, Context, Entry};
 use crate::wire::conn::{Conn, Next};
@@ -25,10 +26,13 @@ pub(crate) fn serve(mut conn: Conn, log: bool) -> i32 {
             _ => return EXIT_PROTOCOL,
         }
     }
-    if first_frame(&mut conn).is_none() {
+    let Some((init, _)) = first_frames(&mut conn) else {
         return EXIT_PROTOCOL;
-    }
+    };
     let conn = share(conn);
+    // A setup that failed fails every call, and the process stays: a
+    // new one in its place would fail the same way.
+    let failed = prepare(&conn, init).err();
     // A batch calls the same function over and over: keep the last one
     // found.
     let mut last: Option<&'static Entry> = None;
@@ -38,6 +42,12 @@ pub(crate) fn serve(mut conn: Conn, log: bool) -> i32 {
             // The parent closed the channel: no more work.
             return 0;
         };
+        if let Some(refusal) = &failed {
+            if lock(&conn).send_value(tag::FAIL, refusal).is_err() {
+                return 0;
+            }
+            continue;
+        }
         let entry = match last {
             Some(entry) if entry.name() == name => Some(entry),
             _ => registry::lookup(&name),

@@ -14,7 +14,7 @@ use crate::child::channel::Channel;
 use crate::error::{Error, Result};
 use crate::parent::builder::Builder;
 use crate::parent::call::Call;
-use crate::parent::delivery::Delivery;
+use crate::parent::delivery::{Delivery, Returns};
 
 /// The outcomes of started items: by index for a map, in order of arrival
 /// for a queue.
@@ -430,6 +430,17 @@ macro_rules! options {
                 self.engine.configure(|ex| ex.limit(n));
             }
             self.engine.configure(|ex| ex.builder(builder).reuse(reuse));
+            self
+        }
+
+        /// Runs `init` once in each process the items run in, before its
+        /// first item: a `#[parallel]` function of no result, or a
+        /// closure that captures nothing ([`pproc::call`](crate::call)).
+        /// An initializer that panics fails the items of its process with
+        /// [`Error::Setup`], and no other worker is started in its place;
+        /// see [`Builder::initializer`].
+        pub fn initializer<F>(mut self, init: Call<(), (), (), Returns, F>) -> Self {
+            self.engine.configure(|ex| ex.initializer(init));
             self
         }
 

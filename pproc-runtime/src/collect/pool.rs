@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::lock::lock;
 use crate::parent::builder::Builder;
 use crate::parent::call::Call;
-use crate::parent::delivery::Delivery;
+use crate::parent::delivery::{Delivery, Returns};
 
 /// How long one turn of driving the pool may hold its lock, so that other
 /// threads can start calls meanwhile.
@@ -128,6 +128,42 @@ impl Pool {
         Ok(Self {
             shared: Arc::new(Mutex::new(exchange)),
         })
+    }
+
+    /// Starts `n` workers (at least one), each of which runs `init` once
+    /// before its first call: a `#[parallel]` function of no result, or a
+    /// closure that captures nothing ([`pproc::call`](crate::call)). This
+    /// is `with_builder(n, Builder::new().initializer(init))` (see
+    /// [`Builder::initializer`]): a worker whose initializer panicked
+    /// fails every call it is given with [`Error::Setup`], and is not
+    /// replaced.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Spawn`] if a worker cannot be started.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pproc::{parallel, Pool};
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    ///
+    /// static SCALE: AtomicU64 = AtomicU64::new(1);
+    ///
+    /// #[parallel]
+    /// fn scaled(x: u64) -> u64 {
+    ///     x * SCALE.load(Ordering::Relaxed)
+    /// }
+    ///
+    /// # fn main() -> pproc::Result<()> {
+    /// let init = pproc::call(10_u64, |s: u64| SCALE.store(s, Ordering::Relaxed));
+    /// let pool = Pool::with_initializer(2, init)?;
+    /// assert_eq!(pool.map(scaled::call, 1..=3)?, [10, 20, 30]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_initializer<F>(n: usize, init: Call<(), (), (), Returns, F>) -> Result<Self> {
+        Self::with_builder(n, Builder::new().initializer(init))
     }
 
     /// One worker for each slot of `cluster`, on its hosts (see

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::call::Call;
+use super::delivery::Returns;
 use super::handle::Handle;
 use crate::error::{Error, Result};
 use crate::process::limits::Limits;
@@ -14,7 +15,7 @@ use crate::process::{capture, spawn};
 use crate::registry;
 use crate::remote::{Cluster, Launcher};
 use crate::wire::conn::{self, Conn, DEFAULT_MAX_FRAME};
-use crate::wire::frame::tag;
+use crate::wire::frame::{call_body, tag};
 use crate::wire::log;
 use crate::wire::spec::Mode;
 
@@ -88,6 +89,10 @@ pub struct Builder {
     /// Where children run: here, or on the hosts of a launcher or a
     /// cluster.
     placement: Placement,
+    /// The body of the `INIT` frame each process gets before its first
+    /// call (the initializer's name and arguments), or why its arguments
+    /// did not serialize.
+    init: Option<Arc<Result<Vec<u8>, String>>>,
 }
 
 /// Where a builder's children run.
@@ -118,6 +123,7 @@ impl Builder {
             capture: false,
             backtrace: false,
             placement: Placement::Here,
+            init: None,
         }
     }
 
@@ -278,6 +284,84 @@ impl Builder {
         self
     }
 
+    /// Runs `init` once in each process these options start, before its
+    /// first call (multiprocessing's `Pool(initializer=...)`): a
+    /// `#[parallel]` function of no result, or a closure that captures
+    /// nothing ([`pproc::call`](crate::call)). It sets up what a child does
+    /// not inherit from `main`: statics, `OnceLock`s, loggers, config. A
+    /// reused worker runs it once, then call after call. For setup that
+    /// every child of the program runs, whatever started it, see
+    /// `pproc::setup!`.
+    ///
+    /// An initializer that panics fails every call of its process with
+    /// [`Error::Setup`] (its panic message), and the process stays: a pool
+    /// or map does not start another in its place, which would fail the
+    /// same way. [`Pool`](crate::Pool), [`Map`](crate::Map),
+    /// [`Queue`](crate::Queue) and [`Exchange`](crate::Exchange) have an
+    /// `initializer` of their own, which sets this on their builder.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pproc::{parallel, Builder};
+    /// use std::sync::OnceLock;
+    ///
+    /// static GREETING: OnceLock<String> = OnceLock::new();
+    ///
+    /// #[parallel]
+    /// fn set_greeting(greeting: String) {
+    ///     GREETING.set(greeting).unwrap();
+    /// }
+    ///
+    /// #[parallel]
+    /// fn greet(name: String) -> String {
+    ///     format!("{}, {name}", GREETING.get().map_or("?", String::as_str))
+    /// }
+    ///
+    /// # fn main() -> pproc::Result<()> {
+    /// let builder = Builder::new().initializer(set_greeting::call("hello".into()));
+    /// let h = builder.start(greet::call("child".into()))?;
+    /// assert_eq!(h.join()?, "hello, child");
+    ///
+    /// // A failing initializer fails the call, with its panic message.
+    /// let failing = Builder::new().initializer(pproc::call((), |()| panic!("no config")));
+    /// let err = failing.start(greet::call("child".into()))?.join().unwrap_err();
+    /// assert!(matches!(err, pproc::Error::Setup { .. }));
+    /// assert!(err.to_string().contains("no config"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn initializer<F>(mut self, init: Call<(), (), (), Returns, F>) -> Self {
+        let (name, args) = init.into_parts();
+        let body = args.and_then(|args| call_body(&name, &args).map_err(|err| err.to_string()));
+        self.init = Some(Arc::new(body));
+        self
+    }
+
+    /// These options, with `other`'s initializer where these have none:
+    /// for a collection given a builder after its initializer.
+    pub(crate) fn keeping_init(mut self, other: &Self) -> Self {
+        if self.init.is_none() {
+            self.init.clone_from(&other.init);
+        }
+        self
+    }
+
+    /// The `INIT` frame's body for a child of `mode`, where an initializer
+    /// is set and the child runs calls.
+    fn init_for(&self, mode: Mode) -> Result<Option<&[u8]>> {
+        match (&self.init, mode) {
+            (Some(init), Mode::Call | Mode::Worker { .. }) => match &**init {
+                Ok(body) => Ok(Some(body)),
+                Err(message) => Err(Error::Codec {
+                    message: format!("the initializer's arguments: {message}"),
+                }),
+            },
+            _ => Ok(None),
+        }
+    }
+
     /// Has the child capture a backtrace when it panics, as if
     /// `RUST_BACKTRACE=1` were set there (it is, for the child): it arrives
     /// in [`Error::Panicked`]'s `backtrace`. Without this option, a child
@@ -404,7 +488,11 @@ impl Builder {
         // code runs before.
         let early =
             self.limits.memory.is_none() && self.limits.cpu.is_none() && args.len() <= EARLY_ARGS;
+        let init = self.init_for(mode)?;
         if early {
+            if let Some(init) = init {
+                conn.send_bytes(tag::INIT, init)?;
+            }
             conn.send_bytes(tag::ARGS, args)?;
         }
         let spawned = {
@@ -435,7 +523,7 @@ impl Builder {
         // Before the arguments: no user code runs before they arrive.
         handle.limit(self.limits)?;
         if !early {
-            handle.send_args(args)?;
+            handle.send_args(init, args)?;
         }
         Ok(handle)
     }
@@ -491,7 +579,7 @@ impl Builder {
         handle.set_group(self.group);
         // The agent applied them: the handle tells by them how it ended.
         handle.note_limits(self.limits);
-        handle.send_args(args)?;
+        handle.send_args(self.init_for(mode)?, args)?;
         Ok(handle)
     }
 }

@@ -53,6 +53,9 @@ pub(crate) mod tag {
     /// Child to parent: it unmapped one frame of a slab it was lent. The
     /// body is the slab's number (`u32`).
     pub(crate) const RELEASE: u8 = 13;
+    /// Parent to child, before `ARGS`: the initializer to run once before
+    /// the process's first call. The body is a `CALL` frame's.
+    pub(crate) const INIT: u8 = 14;
 }
 
 /// The error an `ERROR` frame carries.
@@ -101,6 +104,7 @@ pub(crate) enum Refusal {
     Unregistered { name: String },
     VersionSkew { parent: u64, child: u64 },
     Codec { message: String },
+    Setup { name: String, message: String },
 }
 
 impl From<Refusal> for Error {
@@ -113,6 +117,7 @@ impl From<Refusal> for Error {
                 host: None,
             },
             Refusal::Codec { message } => Self::Codec { message },
+            Refusal::Setup { name, message } => Self::Setup { name, message },
         }
     }
 }
@@ -141,6 +146,18 @@ pub(crate) fn split_call(body: &[u8]) -> Option<(String, Vec<u8>)> {
     let len = usize::try_from(u32::from_le_bytes(body.get(..4)?.try_into().ok()?)).ok()?;
     let name = std::str::from_utf8(body.get(4..4 + len)?).ok()?;
     Some((name.to_owned(), body[4 + len..].to_vec()))
+}
+
+/// The body of a `CALL` or `INIT` frame: the name's length, the name, the
+/// arguments.
+pub(crate) fn call_body(name: &str, args: &[u8]) -> Result<Vec<u8>, Error> {
+    let name_len = u32::try_from(name.len())
+        .map_err(|_| Error::codec(format_args!("a function name of {} bytes", name.len())))?;
+    let mut body = Vec::with_capacity(4 + name.len() + args.len());
+    body.extend_from_slice(&name_len.to_le_bytes());
+    body.extend_from_slice(name.as_bytes());
+    body.extend_from_slice(args);
+    Ok(body)
 }
 
 /// Appends a whole `CALL` frame (header, tag and body) to `out`, so that

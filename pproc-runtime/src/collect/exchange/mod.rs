@@ -25,7 +25,7 @@ use crate::child::entry::run_forked;
 use crate::error::{Error, Result};
 use crate::parent::builder::Builder;
 use crate::parent::call::Call;
-use crate::parent::delivery::{Delivery, Streams};
+use crate::parent::delivery::{Delivery, Returns, Streams};
 use crate::parent::function::ByName;
 use crate::parent::handle::Handle;
 use crate::process::fork::fork;
@@ -292,9 +292,21 @@ impl<S> Exchange<S> {
         self
     }
 
-    /// The options children are started with.
+    /// The options children are started with. An
+    /// [`initializer`](Self::initializer) set before stays, unless
+    /// `builder` has one.
     pub fn builder(mut self, builder: Builder) -> Self {
-        self.builder = builder;
+        self.builder = builder.keeping_init(&self.builder);
+        self
+    }
+
+    /// Runs `init` once in each process the exchange starts, before its
+    /// first call: a `#[parallel]` function of no result, or a closure
+    /// that captures nothing ([`pproc::call`](crate::call)). One that
+    /// panics fails that process's calls with [`Error::Setup`]; see
+    /// [`Builder::initializer`].
+    pub fn initializer<F>(mut self, init: Call<(), (), (), Returns, F>) -> Self {
+        self.builder = self.builder.initializer(init);
         self
     }
 

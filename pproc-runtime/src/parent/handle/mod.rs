@@ -252,8 +252,15 @@ impl<R, S, V, K> Handle<R, S, V, K> {
         limits::apply(&mut inner.child, limits)
     }
 
-    pub(crate) fn send_args(&self, args: &[u8]) -> Result<()> {
-        match self.lock().conn.send_bytes(tag::ARGS, args) {
+    /// Sends the `INIT` frame, where there is an initializer, then the
+    /// arguments.
+    pub(crate) fn send_args(&self, init: Option<&[u8]>, args: &[u8]) -> Result<()> {
+        let mut inner = self.lock();
+        let sent = match init {
+            Some(init) => inner.conn.send_bytes(tag::INIT, init),
+            None => Ok(()),
+        };
+        match sent.and_then(|()| inner.conn.send_bytes(tag::ARGS, args)) {
             // The child refused to start (and said why): `join` reports it.
             Err(Error::Disconnected) | Ok(()) => Ok(()),
             Err(err) => Err(err),
