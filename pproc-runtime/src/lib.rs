@@ -21,6 +21,9 @@ mod parent;
 mod process;
 mod registry;
 mod remote;
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub mod tokio;
 mod trace;
 mod wire;
 

@@ -284,6 +284,7 @@
 //! | `progress` | off | progress bars ([indicatif]) on [`Map`], [`Queue`], [`Exchange`](struct@Exchange) and [`Pool`]: `.progress(true)` draws one on standard error where it is a terminal, `.progress_bar(bar)` takes a `ProgressBar` of yours (your style, your `MultiProgress`); `pproc::indicatif` re-exports the crate |
 //!
 //! | `tracing` | off | [tracing] events and spans, target `pproc`, each naming the child by `function` and `pid`: a child started (in a `spawn` span, with its host) and exited (status, lifetime), a call that failed, a batch dispatched to a worker and the batch size chosen, a worker that died and was replaced, a host connected, not connected, lost or disconnected, a manager connection. Levels: failures and losses `warn`, hosts `info`, the rest `debug`. `examples/tracing.rs` prints them with `tracing-subscriber` |
+//! | `tokio` | off | [`pproc::tokio`](tokio): a child's result, values and sends as futures and a `Stream` that wait in tokio's reactor (`AsyncHandle`), `JoinSet` for many children, `pool.start(call)?.await`, and a map as a `Stream`; dropping or aborting a future kills and reaps its child. `examples/tokio.rs` |
 //!
 //! Without the `progress` feature, a call to a progress method fails to compile with
 //! a message that says which feature to turn on:
@@ -328,6 +329,9 @@ pub use pproc_runtime::indicatif;
 pub use pproc_runtime::manager;
 #[doc(no_inline)]
 pub use pproc_runtime::manager::Manager;
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use pproc_runtime::tokio;
 
 /// Registers a type of your own for sharing through a
 /// [`Manager`](manager::Manager), with the methods it exposes, and declares

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::iter::Fuse;
 use std::marker::PhantomData;
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -349,11 +350,16 @@ where
     /// Starts what may start, then waits until an outcome arrives. Returns
     /// `false` if nothing runs and nothing is left to start.
     fn pump(&mut self) -> Result<bool> {
+        self.pump_within(None)
+    }
+
+    /// As [`pump`](Self::pump), waiting at most `timeout` for a result.
+    fn pump_within(&mut self, timeout: Option<Duration>) -> Result<bool> {
         self.feed()?;
         if self.in_flight() == 0 {
             return Ok(false);
         }
-        self.exchange.store(None)?;
+        self.exchange.store(timeout)?;
         Ok(true)
     }
 }
@@ -481,6 +487,18 @@ macro_rules! options {
             self.engine.held()
         }
     };
+}
+
+/// What a wait for a map's or a queue's next result, bounded in time,
+/// found. Not re-exported: for the async front's map stream.
+#[derive(Debug)]
+pub enum Within<T> {
+    /// The next result.
+    Item(T),
+    /// No more results.
+    End,
+    /// Nothing yet.
+    Later,
 }
 
 /// Runs `f(item)` for every item in child processes, at most as many at a
@@ -627,28 +645,49 @@ where
 
     fn next(&mut self) -> Option<Result<T>> {
         loop {
+            match self.next_within(None) {
+                Within::Item(next) => return Some(next),
+                Within::End => return None,
+                Within::Later => {}
+            }
+        }
+    }
+}
+
+impl<C, T> Map<C, T>
+where
+    C: Iterator,
+    C::Item: Task<Item = T>,
+{
+    /// The next result, as [`next`](Iterator::next), if it comes within
+    /// `timeout` (`None` waits as long as it takes).
+    pub(crate) fn next_within(&mut self, timeout: Option<Duration>) -> Within<Result<T>> {
+        loop {
             let slots = self.engine.exchange.get_mut();
             if let Some(outcome) = slots.done.remove(&self.next) {
                 self.next += 1;
                 if outcome.is_err() {
                     self.end();
                 }
-                return Some(outcome);
+                return Within::Item(outcome);
             }
             if self.ended {
-                return None;
+                return Within::End;
             }
             self.engine.cursor = self.engine.cursor.max(self.next);
-            match self.engine.pump() {
+            match self.engine.pump_within(timeout) {
                 Ok(true) => {}
                 Ok(false) => {
                     self.end();
-                    return None;
+                    return Within::End;
                 }
                 Err(error) => {
                     self.end();
-                    return Some(Err(error));
+                    return Within::Item(Err(error));
                 }
+            }
+            if timeout.is_some() && !self.engine.exchange.get_ref().done.contains_key(&self.next) {
+                return Within::Later;
             }
         }
     }
@@ -776,21 +815,36 @@ where
     /// The next result to arrive, with the index of its item in the input.
     pub fn next_indexed(&mut self) -> Option<(usize, Result<T>)> {
         loop {
-            if let Some((index, outcome)) = self.engine.exchange.get_mut().arrivals.pop_front() {
-                return Some((index, outcome));
+            match self.next_within(None) {
+                Within::Item(next) => return Some(next),
+                Within::End => return None,
+                Within::Later => {}
             }
-            match self.engine.pump() {
+        }
+    }
+
+    /// The next result to arrive, as [`next_indexed`](Self::next_indexed),
+    /// if one comes within `timeout` (`None` waits as long as it takes).
+    pub(crate) fn next_within(&mut self, timeout: Option<Duration>) -> Within<(usize, Result<T>)> {
+        loop {
+            if let Some((index, outcome)) = self.engine.exchange.get_mut().arrivals.pop_front() {
+                return Within::Item((index, outcome));
+            }
+            match self.engine.pump_within(timeout) {
                 Ok(true) => {}
                 Ok(false) => {
                     // Every item is over: the workers go.
                     self.engine.stop();
-                    return None;
+                    return Within::End;
                 }
                 Err(error) => {
                     // The exchange itself failed: nothing more can arrive.
                     self.engine.stop();
-                    return Some((usize::MAX, Err(error)));
+                    return Within::Item((usize::MAX, Err(error)));
                 }
+            }
+            if timeout.is_some() && self.engine.exchange.get_ref().arrivals.is_empty() {
+                return Within::Later;
             }
         }
     }

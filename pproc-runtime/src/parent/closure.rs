@@ -72,7 +72,7 @@ where
 }
 
 /// The call of `f(args)` in a child, for closures as `f::call` is for
-/// `#[parallel]` functions: start it, give it to a [`Builder`], a
+/// `#[parallel]` functions: start it, give it to a [`Builder`](crate::Builder), a
 /// [`Pool`](crate::Pool) or an [`Exchange`](crate::Exchange), or return it
 /// from a [`Map`](crate::Map)'s function (see [`closure`] for that).
 ///

@@ -438,6 +438,35 @@ impl Outbox {
         true
     }
 
+    /// Adds a frame of `tag` holding `value` to the buffer whatever its
+    /// size (its long byte runs copied in), and writes what the socket
+    /// takes now, without waiting: for an async sender, which waits for
+    /// room itself and writes the rest with [`flush_now`](Self::flush_now)
+    /// ([`is_dirty`](Self::is_dirty) says whether bytes wait). The flusher
+    /// writes the rest too, so a sender that stops waiting loses nothing.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn push_nowait<T: Serialize + ?Sized>(
+        self: &Arc<Self>,
+        tag: u8,
+        value: &T,
+    ) -> Result<()> {
+        let mut out = self.lock()?;
+        out.check()?;
+        if !out.encode_plain(tag, value)? {
+            let payload = encoding(|| codec::encode(value))?;
+            out.append(tag, &payload)?;
+        }
+        if !self.write_now(&mut out) {
+            let now = Instant::now();
+            out.since.get_or_insert(now);
+            self.dirty.store(true, Ordering::Relaxed);
+            if !out.queued {
+                out.queued = Flusher::get().map(|f| f.queue(self, now)).is_some();
+            }
+        }
+        out.check()
+    }
+
     /// Writes out what the socket takes now of what waits, for a
     /// connection that goes away: a peer that does not read loses the
     /// rest, rather than keeping its sender waiting.

@@ -215,6 +215,30 @@ impl<R, S, V, K> Handle<R, S, V, K> {
         self.pidfd.as_deref().map(AsFd::as_fd)
     }
 
+    /// The socket under the channel, without writing out what waits.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn socket(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+
+    /// Sends `value` as a `DATA` frame without waiting for room: what the
+    /// socket does not take now waits in the outbox. Returns whether
+    /// bytes still wait ([`flush_now`](Self::flush_now) writes more).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn send_nowait<T: Serialize + ?Sized>(&self, value: &T) -> Result<bool> {
+        self.out.push_nowait(tag::DATA, value)?;
+        Ok(self.out.is_dirty())
+    }
+
+    /// Writes what the socket takes now of what waits; whether bytes
+    /// still wait.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn flush_now(&self) -> Result<bool> {
+        self.out.flush_now();
+        self.out.lock()?.check()?;
+        Ok(self.out.is_dirty())
+    }
+
     /// Shuts the channel down both ways: the child's sends and receives
     /// fail with `Disconnected` from now on, and a reusable worker exits.
     pub(crate) fn close_channel(&self) {
