@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use pproc::tokio::{AsyncHandle, JoinSet};
-use pproc::{Channel, Error, Map, Pool, Queue, parallel};
+use pproc::{Builder, Channel, Error, Map, Pool, Prefix, Queue, parallel};
 use pproc_workspace::{children, serial, wait_gone};
 
 #[parallel]
@@ -241,4 +241,32 @@ fn pool_calls_and_maps_are_awaited() {
         assert!(std::time::Instant::now() < deadline, "{:?}", children());
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A child on another host (through the `env` launcher, so its agent runs
+/// here too) is awaited, streamed and cancelled as a local one: its exit
+/// is the link's, and dropping its future kills it on its host.
+#[test]
+fn a_remote_child_is_awaited_as_a_local_one() {
+    let _serial = serial();
+    current_thread().block_on(async {
+        let remote = Builder::new().launcher(Prefix::new(["env"]).host("async"));
+        let child = AsyncHandle::start_with(&remote, square::call(12)).unwrap();
+        assert_eq!(child.await.unwrap(), 144);
+
+        let mut child = AsyncHandle::start_with(&remote, chatty::call(100)).unwrap();
+        let got: Vec<u64> = child.stream().take(100).map(Result::unwrap).collect().await;
+        assert_eq!(got, (0..100).collect::<Vec<_>>());
+        child.send(&vec![0; 3]).await.unwrap();
+        assert_eq!(child.recv().await.unwrap(), 3);
+        child.send(&Vec::new()).await.unwrap();
+        assert_eq!(child.join().await.unwrap(), 3);
+
+        let child = AsyncHandle::start_with(&remote, nap::call(60_000)).unwrap();
+        let pid = child.pid();
+        let waited = tokio::time::timeout(Duration::from_millis(200), child.join()).await;
+        assert!(waited.is_err());
+        // The pid is the child's on its host, which is this machine.
+        wait_gone(pid);
+    });
 }

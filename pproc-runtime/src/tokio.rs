@@ -159,7 +159,11 @@ impl<R, S, V, K> AsyncHandle<R, S, V, K> {
         Self::new(Builder::new().start(call)?)
     }
 
-    /// Starts `call` with the options of `builder`.
+    /// Starts `call` with the options of `builder`. With a launcher, the
+    /// first child on a host connects to it first, a handshake (through
+    /// ssh, a fraction of a second) made on this thread: connect a
+    /// [`Cluster`](crate::Cluster) before, or start the first child in
+    /// `spawn_blocking`.
     ///
     /// # Errors
     ///
