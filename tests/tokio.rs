@@ -180,17 +180,22 @@ fn a_thousand_children_are_awaited_at_once_on_one_thread() {
     let _serial = serial();
     current_thread().block_on(async {
         let mut set = JoinSet::new();
+        let mut naps = std::collections::HashMap::new();
         for x in 0..1000 {
-            set.spawn(nap::call(x % 50)).unwrap();
+            let pid = set.spawn(nap::call(x % 50)).unwrap();
+            naps.insert(pid, x % 50);
         }
         assert_eq!(set.len(), 1000);
         let mut total = 0;
         let mut ended = 0;
-        while let Some(result) = set.join_next().await {
-            total += result.unwrap();
+        while let Some((pid, result)) = set.join_next_with_pid().await {
+            let slept = result.unwrap();
+            assert_eq!(naps.remove(&pid), Some(slept), "pid {pid}");
+            total += slept;
             ended += 1;
         }
         assert_eq!(ended, 1000);
+        assert!(naps.is_empty());
         assert_eq!(total, (0..1000).map(|x| x % 50).sum::<u64>());
     });
     assert_eq!(children(), Vec::<u32>::new());

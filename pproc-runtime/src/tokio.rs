@@ -529,8 +529,11 @@ mod sealed {
 /// thousand children in a set on a current-thread runtime take no thread
 /// of their own.
 pub struct JoinSet<R> {
-    running: FuturesUnordered<Pin<Box<dyn Future<Output = Result<R>> + Send>>>,
+    running: FuturesUnordered<Joining<R>>,
 }
+
+/// A child's `join` in a [`JoinSet`], with its pid.
+type Joining<R> = Pin<Box<dyn Future<Output = (u32, Result<R>)> + Send>>;
 
 impl<R: DeserializeOwned + Send + 'static> JoinSet<R> {
     /// An empty set.
@@ -578,13 +581,21 @@ impl<R: DeserializeOwned + Send + 'static> JoinSet<R> {
     /// None yet: the `Result` leaves room for the reactor's.
     pub fn push(&mut self, child: AsyncHandle<R>) -> Result<u32> {
         let pid = child.pid();
-        self.running.push(Box::pin(child.join()));
+        self.running
+            .push(Box::pin(async move { (pid, child.join().await) }));
         Ok(pid)
     }
 
     /// Waits for the next child to end and returns its result; `None` once
     /// the set is empty.
     pub async fn join_next(&mut self) -> Option<Result<R>> {
+        Some(self.join_next_with_pid().await?.1)
+    }
+
+    /// As [`join_next`](Self::join_next), with the pid of the child that
+    /// ended (what [`spawn`](Self::spawn) returned for it), as tokio's
+    /// `join_next_with_id` gives the task's id.
+    pub async fn join_next_with_pid(&mut self) -> Option<(u32, Result<R>)> {
         self.running.next().await
     }
 
