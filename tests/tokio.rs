@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use pproc::tokio::{AsyncHandle, JoinSet};
-use pproc::{Builder, Channel, Error, Map, Pool, Prefix, Queue, parallel};
+use pproc::{Builder, Channel, Cluster, Error, Map, Pool, Prefix, Queue, parallel};
 use pproc_workspace::{children, serial, wait_gone};
 
 #[parallel]
@@ -255,7 +255,8 @@ fn pool_calls_and_maps_are_awaited() {
 fn a_remote_child_is_awaited_as_a_local_one() {
     let _serial = serial();
     current_thread().block_on(async {
-        let remote = Builder::new().launcher(Prefix::new(["env"]).host("async"));
+        let cluster = Cluster::new().host(Prefix::new(["env"]).host("async"), 4);
+        let remote = Builder::new().cluster(&cluster);
         let child = AsyncHandle::start_with(&remote, square::call(12)).unwrap();
         assert_eq!(child.await.unwrap(), 144);
 
@@ -273,5 +274,12 @@ fn a_remote_child_is_awaited_as_a_local_one() {
         assert!(waited.is_err());
         // The pid is the child's on its host, which is this machine.
         wait_gone(pid);
+        // The agent goes too, so that the other tests find no child here.
+        cluster.disconnect();
     });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !children().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "{:?}", children());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
