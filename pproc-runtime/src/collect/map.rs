@@ -490,8 +490,10 @@ macro_rules! options {
 }
 
 /// What a wait for a map's or a queue's next result, bounded in time,
-/// found. Not re-exported: for the async front's map stream.
+/// found. Not re-exported: for the async front's map stream, whose sealed
+/// trait names it (public there, hence `pub`).
 #[derive(Debug)]
+#[cfg_attr(not(feature = "tokio"), allow(unreachable_pub))]
 pub enum Within<T> {
     /// The next result.
     Item(T),
