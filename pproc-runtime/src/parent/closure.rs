@@ -103,11 +103,7 @@ where
     A: Serialize + DeserializeOwned,
     R: Serialize + DeserializeOwned,
 {
-    captures_nothing::<F>();
-    // A value of a type with no bytes holds nothing to drop but its type's
-    // own `Drop`, which a closure does not have.
-    std::mem::forget(f);
-    call_of::<F, A, R>(args)
+    closure(f)(args)
 }
 
 /// A function that makes each item's call of `f`, for a
@@ -136,6 +132,8 @@ where
     R: Serialize + DeserializeOwned,
 {
     captures_nothing::<F>();
+    // A value of a type with no bytes holds nothing to drop but its type's
+    // own `Drop`, which a closure does not have.
     std::mem::forget(f);
     |args: A| call_of::<F, A, R>(args)
 }

@@ -151,22 +151,23 @@ pub(crate) fn split_call(body: &[u8]) -> Option<(String, Vec<u8>)> {
 /// The body of a `CALL` or `INIT` frame: the name's length, the name, the
 /// arguments.
 pub(crate) fn call_body(name: &str, args: &[u8]) -> Result<Vec<u8>, Error> {
-    let name_len = u32::try_from(name.len())
-        .map_err(|_| Error::codec(format_args!("a function name of {} bytes", name.len())))?;
     let mut body = Vec::with_capacity(4 + name.len() + args.len());
-    body.extend_from_slice(&name_len.to_le_bytes());
-    body.extend_from_slice(name.as_bytes());
-    body.extend_from_slice(args);
+    put_call_body(&mut body, name, args)?;
     Ok(body)
 }
 
 /// Appends a whole `CALL` frame (header, tag and body) to `out`, so that
 /// a batch of calls goes out in one write.
 pub(crate) fn push_call(out: &mut Vec<u8>, name: &str, args: &[u8]) -> Result<(), Error> {
-    let name_len = u32::try_from(name.len())
-        .map_err(|_| Error::codec(format_args!("a function name of {} bytes", name.len())))?;
     out.extend_from_slice(&header(1 + 4 + name.len() + args.len())?);
     out.push(tag::CALL);
+    put_call_body(out, name, args)
+}
+
+/// Appends the body of a `CALL` or `INIT` frame to `out`.
+fn put_call_body(out: &mut Vec<u8>, name: &str, args: &[u8]) -> Result<(), Error> {
+    let name_len = u32::try_from(name.len())
+        .map_err(|_| Error::codec(format_args!("a function name of {} bytes", name.len())))?;
     out.extend_from_slice(&name_len.to_le_bytes());
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(args);
