@@ -53,6 +53,19 @@ fn send_then_panic(ch: Channel<u64>, n: u64) {
     panic!("after {n} values");
 }
 
+/// Sends `rounds` runs of small values, each run followed by a value of
+/// `big` numbers, which crosses the socket in many reads.
+#[parallel]
+fn small_and_big(ch: Channel<Vec<u64>>, rounds: u64, small: u64, big: u64) {
+    for round in 0..rounds {
+        for i in 0..small {
+            ch.send(&vec![round, i]).expect("the parent reads on");
+        }
+        let big: Vec<u64> = (0..big).map(|i| i * round).collect();
+        ch.send(&big).expect("the parent reads on");
+    }
+}
+
 /// Sums what the parent sends, until it closes its end.
 #[parallel]
 fn sum(ch: Channel<(), u64>) -> u64 {
@@ -184,6 +197,24 @@ fn values_sent_from_several_threads_all_arrive_each_in_order() {
         next[usize::try_from(t).unwrap()] += 1;
     }
     assert_eq!(next, [n; 3]);
+    h.join().unwrap();
+}
+
+#[test]
+fn small_values_around_large_ones_arrive_whole_and_in_order() {
+    // Each large value arrives in parts behind a run of small ones, and
+    // leaves the receive buffer larger than a run is read ahead from.
+    let (rounds, small, big) = (4, 3_000, 300_000);
+    let h = small_and_big::start(rounds, small, big).unwrap();
+    for round in 0..rounds {
+        for i in 0..small {
+            assert_eq!(h.recv().unwrap(), [round, i]);
+        }
+        let got = h.recv().unwrap();
+        assert_eq!(got.len(), usize::try_from(big).unwrap());
+        assert!(got.iter().zip(0..).all(|(&v, i)| v == i * round));
+    }
+    assert!(matches!(h.recv(), Err(Error::Disconnected)));
     h.join().unwrap();
 }
 

@@ -43,6 +43,12 @@ pub(crate) enum Wake {
     Timeout,
 }
 
+/// The largest receive buffer that [`Conn::lend_ahead`] swaps out whole.
+const LEND_CAP: usize = 1 << 20;
+
+/// The most bytes of frames [`Conn::lend_ahead`] copies from a larger one.
+const AHEAD: usize = 4 * 1024;
+
 /// One end of a framed connection.
 #[derive(Debug)]
 pub(crate) struct Conn {
@@ -884,20 +890,31 @@ impl Conn {
         Some(&self.rbuf[at + 1..at + len])
     }
 
-    /// Moves the whole `DATA` frames at the head of the buffer, headers
-    /// included, to `into`, up to `max` bytes in all, while nothing else
-    /// waits to be said: the short way for a stream of small values, which
-    /// receives then take one by one without the connection. A frame of
-    /// more than `max` bytes stays for [`next_data`](Self::next_data).
-    pub(crate) fn read_ahead(&mut self, into: &mut Vec<u8>, max: usize) {
+    /// Lends what the buffer holds to `into`, for a stream of small
+    /// values that receives then take one by one without the connection:
+    /// returns where it starts there, and [`unlend`](Self::unlend) puts
+    /// back what they did not take. Only whole `DATA` frames may be taken.
+    ///
+    /// A buffer of at most [`LEND_CAP`] bytes is lent whole: the two swap,
+    /// and nothing is copied. From a larger one, the whole `DATA` frames at
+    /// its head are copied, up to [`AHEAD`] bytes of them; a longer frame
+    /// stays for [`next_data`](Self::next_data).
+    pub(crate) fn lend_ahead(&mut self, into: &mut Vec<u8>) -> usize {
+        into.clear();
         if self.deferred.is_some() || self.broken.is_some() {
-            return;
+            return 0;
+        }
+        if self.rbuf.capacity() <= LEND_CAP {
+            std::mem::swap(into, &mut self.rbuf);
+            return std::mem::take(&mut self.rpos);
         }
         let start = self.rpos;
         let mut end = start;
         while let Ok(Some(len)) = codec::announced(&self.rbuf[end..], 1, self.max_frame) {
             let next = end + HEADER + len;
-            if next > self.rbuf.len() || self.rbuf[end + HEADER] != tag::DATA || next - start > max
+            if next > self.rbuf.len()
+                || self.rbuf[end + HEADER] != tag::DATA
+                || next - start > AHEAD
             {
                 break;
             }
@@ -905,6 +922,23 @@ impl Conn {
         }
         into.extend_from_slice(&self.rbuf[start..end]);
         self.rpos = end;
+        0
+    }
+
+    /// Puts back `buf[from..]`, lent by [`lend_ahead`](Self::lend_ahead)
+    /// and not taken, in front of everything the buffer holds.
+    pub(crate) fn unlend(&mut self, buf: &mut Vec<u8>, from: usize) {
+        if from < buf.len() {
+            buf.extend_from_slice(&self.rbuf[self.rpos..]);
+            std::mem::swap(buf, &mut self.rbuf);
+            self.rpos = from;
+        }
+        buf.clear();
+    }
+
+    /// The most bytes a frame's header may announce.
+    pub(crate) fn max_frame(&self) -> usize {
+        self.max_frame
     }
 
     /// The body length of the frame at the head of the buffer, once it
@@ -1395,6 +1429,90 @@ mod tests {
         out
     }
 
+    /// The length of the whole `DATA` frame at `buf[at..]`, if there is one.
+    fn data_at(buf: &[u8], at: usize) -> Option<usize> {
+        let len = codec::split_frame(buf.get(at..)?, 1, usize::MAX)
+            .ok()??
+            .len();
+        (buf[at + HEADER] == tag::DATA).then_some(HEADER + len)
+    }
+
+    #[test]
+    fn lent_bytes_not_taken_go_back_in_front_of_what_came_since() {
+        let (mut a, mut b) = pair();
+        for v in 1_u8..=3 {
+            a.send_value(tag::DATA, &v).unwrap();
+        }
+        a.send_bytes(tag::RESULT, &[4]).unwrap();
+        a.flush().unwrap();
+        b.fill().unwrap();
+        let mut lent = Vec::new();
+        let mut at = b.lend_ahead(&mut lent);
+        // Lent whole: nothing is left behind.
+        assert_eq!(b.rbuf.len(), 0);
+        at += data_at(&lent, at).unwrap();
+        // What comes meanwhile waits behind what was lent.
+        a.send_value(tag::DATA, &5_u8).unwrap();
+        a.flush().unwrap();
+        b.wait(None, Deadline::Never).unwrap();
+        b.fill().unwrap();
+        b.unlend(&mut lent, at);
+        assert!(lent.is_empty());
+        assert_eq!(
+            frames(&mut b, 4),
+            [
+                (tag::DATA, vec![2]),
+                (tag::DATA, vec![3]),
+                (tag::RESULT, vec![4]),
+                (tag::DATA, vec![5])
+            ]
+        );
+    }
+
+    #[test]
+    fn a_large_receive_buffer_lends_a_copy_of_a_few_whole_data_frames() {
+        let (mut a, mut b) = pair();
+        b.rbuf.reserve(2 * LEND_CAP);
+        let n = 2_000_u64;
+        for v in 0..n {
+            a.send_value(tag::DATA, &v).unwrap();
+        }
+        a.send_bytes(tag::RESULT, &[]).unwrap();
+        a.flush().unwrap();
+        let mut got = Vec::new();
+        let mut lent = Vec::new();
+        while got.len() < usize::try_from(n).unwrap() {
+            if data_at(&b.rbuf, b.rpos).is_none() {
+                b.wait(None, Deadline::Never).unwrap();
+                b.fill().unwrap();
+            }
+            // (Frames given back may leave the buffer a smaller one.)
+            b.rbuf.reserve(2 * LEND_CAP);
+            let mut at = b.lend_ahead(&mut lent);
+            assert!(lent.len() <= AHEAD);
+            // Only whole `DATA` frames are copied, and then taken, but for
+            // one in three runs, whose rest goes back.
+            let keep = got.len() % 3 == 0;
+            while let Some(len) = data_at(&lent, at) {
+                got.push(decode::<u64>(&lent[at + HEADER + 1..at + len]).unwrap());
+                at += len;
+                if keep {
+                    break;
+                }
+            }
+            assert!(keep || at == lent.len());
+            b.unlend(&mut lent, at);
+            while let Some(v) = b.next_data().map(|body| decode::<u64>(body).unwrap()) {
+                got.push(v);
+                if got.len() % 7 == 0 {
+                    break;
+                }
+            }
+        }
+        assert_eq!(got, (0..n).collect::<Vec<_>>());
+        assert_eq!(frames(&mut b, 1), [(tag::RESULT, vec![])]);
+    }
+
     #[test]
     fn values_in_the_lane_keep_their_place_among_other_frames() {
         let (mut a, mut b) = pair();
@@ -1448,6 +1566,32 @@ mod tests {
             frames(&mut b, 2),
             [(tag::DATA, vec![1]), (tag::DATA, vec![2])]
         );
+    }
+
+    #[test]
+    fn the_lane_joins_the_bytes_waiting_before_it_few_or_many() {
+        // A value of a few bytes waits ahead of the lane, which keeps room
+        // for it at its front; then one longer than that room.
+        for first in [vec![1_u64], (0..2_000).collect::<Vec<u64>>()] {
+            let (mut a, mut b) = pair();
+            let outbox = a.outbox();
+            outbox.set_after(Duration::MAX);
+            for round in 0..3_u64 {
+                a.send_value(tag::DATA, &first).unwrap();
+                for i in 0..100 {
+                    let pushed = outbox.push(tag::DATA, &vec![round, i]).unwrap();
+                    assert_eq!(pushed, Pushed::Held);
+                }
+                assert!(outbox.lane_holds_frames());
+                a.flush().unwrap();
+                let got = frames(&mut b, 101);
+                assert_eq!(decode::<Vec<u64>>(&got[0].1).unwrap(), first);
+                for (i, (tag, body)) in (0..).zip(&got[1..]) {
+                    assert_eq!(*tag, tag::DATA);
+                    assert_eq!(decode::<Vec<u64>>(body).unwrap(), [round, i]);
+                }
+            }
+        }
     }
 
     #[test]

@@ -70,8 +70,13 @@ pub(crate) struct Outbox {
 /// and sets whether the lane is open again when it unlocks.
 #[derive(Debug, Default)]
 struct Lane {
-    /// Whole frames, sent after every byte in the state's buffer.
+    /// Whole frames, sent after every byte in the state's buffer, at
+    /// `buf[front..]`.
     buf: Vec<u8>,
+    /// Room kept at the front for the bytes that wait in the state's
+    /// buffer, so that the lane's frames join them without a copy: the
+    /// buffers swap instead (see [`Locked::new`]).
+    front: usize,
     /// Whether a sender may append here.
     open: bool,
     /// The bytes the lane holds before the buffer must be written out.
@@ -178,7 +183,9 @@ impl Outbox {
     /// Whether values wait in the lane, for the tests of its order.
     #[cfg(test)]
     pub(crate) fn lane_holds_frames(&self) -> bool {
-        self.lane.take().is_some_and(|lane| !lane.buf.is_empty())
+        self.lane
+            .take()
+            .is_some_and(|lane| lane.buf.len() > lane.front)
     }
 
     /// Whether bytes wait to be written.
@@ -255,7 +262,7 @@ impl Outbox {
         if !lane.open || !encode_frame(&mut lane.buf, tag, value)? {
             return Ok(None);
         }
-        Ok(Some(if lane.buf.len() < lane.room {
+        Ok(Some(if lane.buf.len() - lane.front < lane.room {
             Pushed::Held
         } else {
             Pushed::Full
@@ -656,18 +663,32 @@ impl Out {
 /// one (a large value that is not a byte run) is freed.
 const KEEP: usize = 1 << 20;
 
+/// The most bytes waiting in an outbox's buffer that its lane keeps room
+/// for at its front.
+const FRONT: usize = 4 * 1024;
+
 /// How soon the flusher looks again at an outbox whose lane a sender had.
 const LANE_BUSY: Duration = Duration::from_micros(50);
 
 impl<'a> Locked<'a> {
-    /// Moves the lane's frames to the end of the buffer.
+    /// Moves the lane's frames to the end of the buffer: where the lane
+    /// kept room for the bytes that wait there, those go to the lane's
+    /// front and the two buffers swap, so that a stream of values is not
+    /// copied once more on its way out.
     fn new(mut out: MutexGuard<'a, Out>, mut lane: Taken<'a, Lane>) -> Self {
-        if !lane.buf.is_empty() {
-            out.buf.extend_from_slice(&lane.buf);
-            lane.buf.clear();
-            if lane.buf.capacity() > KEEP {
-                lane.buf = Vec::new();
+        let front = std::mem::take(&mut lane.front);
+        if lane.buf.len() > front {
+            if front == out.pending().len() {
+                lane.buf[..front].copy_from_slice(out.pending());
+                std::mem::swap(&mut out.buf, &mut lane.buf);
+                out.head = 0;
+            } else {
+                out.buf.extend_from_slice(&lane.buf[front..]);
             }
+        }
+        lane.buf.clear();
+        if lane.buf.capacity() > KEEP {
+            lane.buf = Vec::new();
         }
         Self { lane, out }
     }
@@ -688,11 +709,18 @@ impl DerefMut for Locked<'_> {
 }
 
 impl Drop for Locked<'_> {
-    /// Opens the lane for the values that follow, or closes it.
+    /// Opens the lane for the values that follow, with room at its front
+    /// for the bytes waiting now when they are few, or closes it.
     fn drop(&mut self) {
         let room = self.out.lane_room();
-        self.lane.open = room.is_some();
-        self.lane.room = room.unwrap_or(0);
+        let lane = &mut *self.lane;
+        lane.open = room.is_some();
+        lane.room = room.unwrap_or(0);
+        let waiting = self.out.pending().len();
+        if lane.open && waiting <= FRONT {
+            lane.front = waiting;
+            lane.buf.resize(waiting, 0);
+        }
     }
 }
 

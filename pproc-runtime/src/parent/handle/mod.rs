@@ -155,7 +155,7 @@ impl<R, S, V, K> Handle<R, S, V, K> {
     /// reader that holds its lock, and hands over the emptied box.
     fn take_ahead(&self, inner: &mut Inner) -> Taken<'_, Ahead> {
         let mut ahead = self.ahead.wait();
-        ahead.put_back(&mut inner.pending);
+        ahead.put_back(&mut inner.conn, &mut inner.pending);
         ahead
     }
 
@@ -164,7 +164,9 @@ impl<R, S, V, K> Handle<R, S, V, K> {
             .inner
             .get_mut()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.ahead.get_mut().put_back(&mut inner.pending);
+        self.ahead
+            .get_mut()
+            .put_back(&mut inner.conn, &mut inner.pending);
         inner
     }
 

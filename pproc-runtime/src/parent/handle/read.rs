@@ -50,56 +50,69 @@ pub(super) struct Inner {
     traced: bool,
 }
 
-/// `DATA` frames read ahead of the connection, each whole, older than
-/// everything the handle's state holds: a receive takes the next one
-/// without the state's lock, and whoever takes the lock puts what is
-/// left back in front of the state's values first
-/// ([`put_back`](Self::put_back)).
+/// `DATA` frames read ahead of the connection, older than everything the
+/// handle's state holds: a receive takes the next one without the
+/// state's lock, and whoever takes the lock puts what is left back in
+/// front of the state's values first ([`put_back`](Self::put_back)).
 #[derive(Debug, Default)]
 pub(super) struct Ahead {
-    /// The frames, headers and tags included; `buf[pos..]` is not taken.
+    /// The connection's received bytes, lent (see [`Conn::lend_ahead`]);
+    /// `buf[pos..]` is not taken. Receives take the whole `DATA` frames at
+    /// its head, and stop at anything else.
     buf: Vec<u8>,
     pos: usize,
+    /// The longest frame the connection takes.
+    max: usize,
 }
 
-/// The most bytes of frames a receive reads ahead at once.
-const AHEAD: usize = 4 * 1024;
-
 impl Ahead {
-    /// The body of the next frame, taken.
+    /// The length of the next frame, if it is a whole `DATA` frame.
     #[inline]
-    pub(super) fn next(&mut self) -> Option<&[u8]> {
+    fn whole(&self) -> Option<usize> {
         let rest = self.buf.get(self.pos..)?;
-        let head = rest.get(..codec::HEADER)?;
+        let head = rest.get(..=codec::HEADER)?;
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        // The tag, checked when the frame was read, is skipped.
-        let body = rest.get(codec::HEADER + 1..codec::HEADER + len)?;
-        self.pos += codec::HEADER + len;
-        Some(body)
+        let whole = (1..=self.max).contains(&len) && rest.len() - codec::HEADER >= len;
+        (whole && head[codec::HEADER] == tag::DATA).then_some(len)
     }
 
-    /// Reads the `DATA` frames at the head of `conn`'s buffer ahead, and
-    /// takes the first; `None` if there is none there.
+    /// The body of the next frame, taken, if it is a whole `DATA` frame.
+    #[inline]
+    pub(super) fn next(&mut self) -> Option<&[u8]> {
+        let len = self.whole()?;
+        let body = self.pos + codec::HEADER + 1;
+        self.pos += codec::HEADER + len;
+        Some(&self.buf[body..self.pos])
+    }
+
+    /// Takes the bytes `conn` received ahead, and the first value among
+    /// them; `None`, with the bytes given back, if there is none there.
     pub(super) fn fill(&mut self, conn: &mut Conn) -> Option<&[u8]> {
-        self.buf.clear();
-        self.pos = 0;
-        conn.read_ahead(&mut self.buf, AHEAD);
+        self.max = conn.max_frame();
+        self.pos = conn.lend_ahead(&mut self.buf);
+        if self.whole().is_none() {
+            conn.unlend(&mut self.buf, self.pos);
+            self.pos = 0;
+            return None;
+        }
         self.next()
     }
 
-    /// Puts the frames not taken in front of `pending`, in order.
-    pub(super) fn put_back(&mut self, pending: &mut VecDeque<Result<Vec<u8>>>) {
-        if self.pos == self.buf.len() {
-            return;
+    /// Puts the frames not taken back where they came from: in front of
+    /// what `conn` holds, or of `pending` where that holds values.
+    pub(super) fn put_back(&mut self, conn: &mut Conn, pending: &mut VecDeque<Result<Vec<u8>>>) {
+        if pending.is_empty() {
+            conn.unlend(&mut self.buf, self.pos);
+        } else {
+            let mut bodies = Vec::new();
+            while let Some(body) = self.next() {
+                bodies.push(body.to_vec());
+            }
+            for body in bodies.into_iter().rev() {
+                pending.push_front(Ok(body));
+            }
+            conn.unlend(&mut self.buf, self.pos);
         }
-        let mut bodies = Vec::new();
-        while let Some(body) = self.next() {
-            bodies.push(body.to_vec());
-        }
-        for body in bodies.into_iter().rev() {
-            pending.push_front(Ok(body));
-        }
-        self.buf.clear();
         self.pos = 0;
     }
 }
