@@ -239,29 +239,49 @@ fn decode_with<T: DeserializeOwned>(bytes: &[u8], whole: bool) -> Result<T> {
     // A value that owns nothing to drop holds no container and no
     // indirection: it can neither reserve room nor nest deeper than its
     // type, so the bounds are not needed (a stream of numbers decodes at
-    // bincode's own speed). What its `Deserialize` builds on the way is
-    // bounded as serde bounds it: each container reserves at most 1 MiB
-    // ahead.
-    let decoded = if std::mem::needs_drop::<T>() {
-        let budget = Cell::new(bytes.len());
-        let seed = Bounded {
-            seed: PhantomData::<T>,
-            budget: &budget,
-            depth: 0,
+    // bincode's own speed, inline where it is received). What its
+    // `Deserialize` builds on the way is bounded as serde bounds it: each
+    // container reserves at most 1 MiB ahead.
+    if !std::mem::needs_drop::<T>() {
+        return match bincode::serde::decode_from_slice(bytes, config()) {
+            Ok((value, read)) if !whole || read == bytes.len() => Ok(value),
+            decoded => Err(not_decoded::<T>(bytes.len(), decoded.map(|(_, read)| read))),
         };
-        bincode::serde::seed_decode_from_slice(seed, bytes, config())
-    } else {
-        bincode::serde::decode_from_slice(bytes, config())
+    }
+    decode_bounded(bytes, whole)
+}
+
+/// [`decode_with`] for a type that may hold containers: with a budget of
+/// bytes and a depth limit.
+#[inline]
+fn decode_bounded<T: DeserializeOwned>(bytes: &[u8], whole: bool) -> Result<T> {
+    let budget = Cell::new(bytes.len());
+    let seed = Bounded {
+        seed: PhantomData::<T>,
+        budget: &budget,
+        depth: 0,
     };
-    match decoded {
+    match bincode::serde::seed_decode_from_slice(seed, bytes, config()) {
         Ok((value, read)) if !whole || read == bytes.len() => Ok(value),
-        Ok((_, read)) => Err(Error::codec(format_args!(
-            "{} bytes do not decode as a `{}`: {} bytes are left over after it",
-            bytes.len(),
+        decoded => Err(not_decoded::<T>(bytes.len(), decoded.map(|(_, read)| read))),
+    }
+}
+
+/// The error for `len` bytes that did not decode as a whole `T`: bincode's
+/// error, or how many bytes it read of them.
+#[cold]
+#[inline(never)]
+fn not_decoded<T>(
+    len: usize,
+    decoded: std::result::Result<usize, bincode::error::DecodeError>,
+) -> Error {
+    match decoded {
+        Ok(read) => Error::codec(format_args!(
+            "{len} bytes do not decode as a `{}`: {} bytes are left over after it",
             std::any::type_name::<T>(),
-            bytes.len() - read
-        ))),
-        Err(err) => Err(decode_error::<T>(bytes.len(), &err)),
+            len - read
+        )),
+        Err(err) => decode_error::<T>(len, &err),
     }
 }
 
