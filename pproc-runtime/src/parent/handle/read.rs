@@ -543,3 +543,90 @@ impl<R, S, V, K> Handle<R, S, V, K> {
         inner.conn.send_framed(&frames)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    type Said = std::result::Result<(u8, Vec<u8>), String>;
+
+    /// What a connection that received `data` says, frame by frame, up to
+    /// the first error. With a `plan`, runs of values are taken ahead
+    /// first, as receives take them: each step of the plan takes that many
+    /// (none: it reads the connection only), and gives the rest back.
+    fn read_all(data: &[u8], plan: &[u8]) -> Vec<Said> {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let mut conn = Conn::new(ours.into()).unwrap();
+        conn.set_max_frame(64);
+        theirs.write_all(data).unwrap();
+        drop(theirs);
+        while matches!(conn.fill(), Ok(n) if n > 0) {}
+        let (mut ahead, mut pending) = (Ahead::default(), VecDeque::new());
+        let mut said = Vec::new();
+        for step in (0..).map(|i| plan.get(i % plan.len().max(1)).copied()) {
+            if let Some(take @ 1..) = step {
+                if let Some(body) = ahead.fill(&mut conn) {
+                    said.push(Ok((tag::DATA, body.to_vec())));
+                    for _ in 1..take {
+                        let Some(body) = ahead.next() else { break };
+                        said.push(Ok((tag::DATA, body.to_vec())));
+                    }
+                }
+                ahead.put_back(&mut conn, &mut pending);
+            }
+            match conn.with_frame(|tag, body| (tag, body.to_vec())) {
+                Ok(Some(frame)) => said.push(Ok(frame)),
+                Ok(None) => break,
+                Err(err) => {
+                    said.push(Err(err.to_string()));
+                    break;
+                }
+            }
+        }
+        assert!(pending.is_empty());
+        said
+    }
+
+    /// Frames of values and others, some with lying lengths, and junk.
+    fn stream() -> impl Strategy<Value = Vec<u8>> {
+        let tags = prop_oneof![
+            3 => Just(tag::DATA),
+            1 => Just(tag::ERROR),
+            1 => Just(tag::RESULT),
+            1 => any::<u8>(),
+        ];
+        let frame = (
+            tags,
+            proptest::collection::vec(any::<u8>(), 0..80),
+            proptest::option::weighted(0.05, any::<u32>()),
+        );
+        let frames = proptest::collection::vec(frame, 0..40);
+        let tail = proptest::collection::vec(any::<u8>(), 0..8);
+        (frames, tail).prop_map(|(frames, tail)| {
+            let mut out = Vec::new();
+            for (tag, body, lie) in frames {
+                let len = lie.unwrap_or_else(|| u32::try_from(body.len() + 1).unwrap());
+                out.extend_from_slice(&len.to_le_bytes());
+                out.push(tag);
+                out.extend_from_slice(&body);
+            }
+            out.extend_from_slice(&tail);
+            out
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn frames_taken_ahead_are_those_the_connection_would_give(
+            data in stream(),
+            plan in proptest::collection::vec(0_u8..5, 1..12),
+        ) {
+            prop_assert_eq!(read_all(&data, &plan), read_all(&data, &[]));
+        }
+    }
+}
