@@ -338,6 +338,18 @@ fn misannounced(len: usize, min: usize, max: usize) -> Error {
     }
 }
 
+/// The length a frame at the start of `buf` announces, if it has all
+/// arrived and is of `tag`: `None` otherwise, and for a length no frame
+/// may have (zero, or over `max`), which the reader that checks lengths
+/// reports. The short way for a stream of values, which builds no error.
+#[inline]
+pub(crate) fn whole_of(buf: &[u8], tag: u8, max: usize) -> Option<usize> {
+    let head = buf.get(..=HEADER)?;
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let whole = (1..=max).contains(&len) && buf.len() - HEADER >= len;
+    (whole && head[HEADER] == tag).then_some(len)
+}
+
 /// The body of the frame at the start of `buf`, once it has all arrived.
 /// `min` and `max` bound the length its header may announce.
 pub(crate) fn split_frame(buf: &[u8], min: usize, max: usize) -> Result<Option<&[u8]>> {

@@ -880,11 +880,7 @@ impl Conn {
         if self.deferred.is_some() || self.broken.is_some() {
             return None;
         }
-        let have = &self.rbuf[self.rpos..];
-        let len = codec::announced(have, 1, self.max_frame).ok()??;
-        if have.len() < HEADER + len || have[HEADER] != super::frame::tag::DATA {
-            return None;
-        }
+        let len = codec::whole_of(&self.rbuf[self.rpos..], tag::DATA, self.max_frame)?;
         let at = self.rpos + HEADER;
         self.rpos = at + len;
         Some(&self.rbuf[at + 1..at + len])
@@ -910,12 +906,9 @@ impl Conn {
         }
         let start = self.rpos;
         let mut end = start;
-        while let Ok(Some(len)) = codec::announced(&self.rbuf[end..], 1, self.max_frame) {
+        while let Some(len) = codec::whole_of(&self.rbuf[end..], tag::DATA, self.max_frame) {
             let next = end + HEADER + len;
-            if next > self.rbuf.len()
-                || self.rbuf[end + HEADER] != tag::DATA
-                || next - start > AHEAD
-            {
+            if next - start > AHEAD {
                 break;
             }
             end = next;
@@ -1431,10 +1424,7 @@ mod tests {
 
     /// The length of the whole `DATA` frame at `buf[at..]`, if there is one.
     fn data_at(buf: &[u8], at: usize) -> Option<usize> {
-        let len = codec::split_frame(buf.get(at..)?, 1, usize::MAX)
-            .ok()??
-            .len();
-        (buf[at + HEADER] == tag::DATA).then_some(HEADER + len)
+        codec::whole_of(buf.get(at..)?, tag::DATA, usize::MAX).map(|len| HEADER + len)
     }
 
     #[test]

@@ -69,11 +69,7 @@ impl Ahead {
     /// The length of the next frame, if it is a whole `DATA` frame.
     #[inline]
     fn whole(&self) -> Option<usize> {
-        let rest = self.buf.get(self.pos..)?;
-        let head = rest.get(..=codec::HEADER)?;
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let whole = (1..=self.max).contains(&len) && rest.len() - codec::HEADER >= len;
-        (whole && head[codec::HEADER] == tag::DATA).then_some(len)
+        codec::whole_of(self.buf.get(self.pos..)?, tag::DATA, self.max)
     }
 
     /// The body of the next frame, taken, if it is a whole `DATA` frame.
@@ -101,9 +97,7 @@ impl Ahead {
     /// Puts the frames not taken back where they came from: in front of
     /// what `conn` holds, or of `pending` where that holds values.
     pub(super) fn put_back(&mut self, conn: &mut Conn, pending: &mut VecDeque<Result<Vec<u8>>>) {
-        if pending.is_empty() {
-            conn.unlend(&mut self.buf, self.pos);
-        } else {
+        if !pending.is_empty() {
             let mut bodies = Vec::new();
             while let Some(body) = self.next() {
                 bodies.push(body.to_vec());
@@ -111,8 +105,8 @@ impl Ahead {
             for body in bodies.into_iter().rev() {
                 pending.push_front(Ok(body));
             }
-            conn.unlend(&mut self.buf, self.pos);
         }
+        conn.unlend(&mut self.buf, self.pos);
         self.pos = 0;
     }
 }
