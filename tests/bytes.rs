@@ -165,3 +165,102 @@ fn measure_echo() {
         );
     }
 }
+
+/// A value with long runs among short fields, as users write them.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Mixed {
+    id: u64,
+    blob: serde_bytes::ByteBuf,
+    name: String,
+    more: serde_bytes::ByteBuf,
+    tail: Vec<u32>,
+}
+
+/// Sends back every value it gets; returns how many, and its peak memory
+/// over what it held at the start, in KiB.
+#[parallel]
+fn echo_mixed(ch: Channel<Mixed, Mixed>) -> (usize, u64) {
+    let before = status_kib("VmRSS");
+    let mut n = 0;
+    loop {
+        match ch.recv() {
+            Ok(value) => ch.send(&value).expect("the parent reads on"),
+            Err(pproc::Error::Disconnected) => break,
+            Err(err) => panic!("value {n}: {err}"),
+        }
+        n += 1;
+    }
+    (n, status_kib("VmHWM") - before)
+}
+
+#[test]
+fn long_runs_read_in_place_come_back_whole_among_other_fields() {
+    let mib = 1 << 20;
+    let sizes = [
+        (0, 0, 0),
+        (mib - 1, 10, mib + 1),
+        (mib, mib + 3, 0),
+        (mib + 1, 0, 3 * mib),
+        (9 * mib + 7, 2 * mib, 5 * mib),
+    ];
+    let values: Vec<Mixed> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &(blob, name, more))| Mixed {
+            id: i as u64,
+            blob: pattern(blob, 1).into(),
+            name: "né ".repeat(name / 4 + usize::from(name > 0)),
+            more: pattern(more, 2).into(),
+            tail: (0..u32::try_from(i).unwrap() * 1000).collect(),
+        })
+        .collect();
+    let h = echo_mixed::start().unwrap();
+    // One at a time, then all in flight at once.
+    for value in &values {
+        h.send(value).unwrap();
+        assert_eq!(&h.recv().unwrap(), value, "value {}", value.id);
+    }
+    for value in &values {
+        h.send(value).unwrap();
+    }
+    for value in &values {
+        assert_eq!(&h.recv().unwrap(), value, "value {} in flight", value.id);
+    }
+    h.close();
+    assert_eq!(h.join().unwrap().0, 2 * values.len());
+}
+
+#[test]
+fn a_large_byte_buffer_is_read_into_the_vector_it_arrives_in() {
+    // Read through a receive buffer and copied out, 64 MiB would take
+    // 128 MiB on each side, the buffer and the value.
+    let len = 64 << 20;
+    let value = Mixed {
+        id: 1,
+        blob: pattern(len, 5).into(),
+        name: String::new(),
+        more: Vec::new().into(),
+        tail: vec![7],
+    };
+    let h = echo_mixed::start().unwrap();
+    // A first value, so that the child is receiving when the large ones
+    // arrive: bytes that come while it starts are read as they come.
+    let small = Mixed {
+        blob: Vec::new().into(),
+        ..value.clone()
+    };
+    h.send(&small).unwrap();
+    assert_eq!(h.recv().unwrap(), small);
+    for _ in 0..2 {
+        h.send(&value).unwrap();
+        assert!(h.recv().unwrap() == value);
+    }
+    h.close();
+    let (n, peak) = h.join().unwrap();
+    assert_eq!(n, 3);
+    let payload = u64::try_from(len >> 10).unwrap();
+    assert!(
+        peak < payload * 3 / 2,
+        "the child peaked {peak} KiB over its start for a payload of {payload} KiB"
+    );
+}

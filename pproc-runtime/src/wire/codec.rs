@@ -236,6 +236,9 @@ pub(crate) fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 
 #[inline]
 fn decode_with<T: DeserializeOwned>(bytes: &[u8], whole: bool) -> Result<T> {
+    if RUN.with_borrow(Option::is_some) {
+        return decode_around_run(bytes, whole);
+    }
     // A value that owns nothing to drop holds no container and no
     // indirection: it can neither reserve room nor nest deeper than its
     // type, so the bounds are not needed (a stream of numbers decodes at
@@ -486,7 +489,6 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Bounded<'_, D> {
         deserialize_f64();
         deserialize_char();
         deserialize_str();
-        deserialize_bytes();
         deserialize_option();
         deserialize_unit();
         deserialize_unit_struct(name: &'static str);
@@ -503,13 +505,29 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Bounded<'_, D> {
 
     /// Taken from the body as it is, then copied: a length that claims
     /// more than the body holds fails before anything is allocated.
+    /// A long run read in place (see [`Run`]) is handed over as the vector
+    /// it was read into (a [`Bytes`](crate::Bytes) keeps it).
+    fn deserialize_bytes<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        HAND_OVER.set(true);
+        let value = self.seed.deserialize_bytes(HandOver(visitor));
+        HAND_OVER.set(false);
+        value
+    }
+
+    /// A long run read in place (see [`Run`]) is handed over whole.
     fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
-        self.seed.deserialize_str(Owned(visitor))
+        HAND_OVER.set(true);
+        let value = self.seed.deserialize_str(Owned(visitor));
+        HAND_OVER.set(false);
+        value
     }
 
     /// As [`Self::deserialize_string`].
     fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
-        self.seed.deserialize_bytes(Owned(visitor))
+        HAND_OVER.set(true);
+        let value = self.seed.deserialize_bytes(Owned(visitor));
+        HAND_OVER.set(false);
+        value
     }
 
     fn is_human_readable(&self) -> bool {
@@ -691,11 +709,349 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Owned<V> {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<V::Value, E> {
+        if let Some(run) = handed(v.as_bytes()) {
+            return match String::from_utf8(run) {
+                Ok(string) => self.0.visit_string(string),
+                Err(err) => Err(E::custom(format_args!(
+                    "a string of {} bytes that is not UTF-8: {}",
+                    err.as_bytes().len(),
+                    err.utf8_error()
+                ))),
+            };
+        }
         self.0.visit_string(v.to_owned())
     }
 
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<V::Value, E> {
+        if let Some(run) = handed(v) {
+            return self.0.visit_byte_buf(run);
+        }
         self.0.visit_byte_buf(copy_of(v))
+    }
+}
+
+/// A visitor of bytes that may be a run read in place: it gets the run's
+/// vector, where the bytes would be.
+struct HandOver<V>(V);
+
+impl<'de, V: Visitor<'de>> Visitor<'de> for HandOver<V> {
+    type Value = V::Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.expecting(f)
+    }
+
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<V::Value, E> {
+        match handed(v) {
+            Some(run) => self.0.visit_byte_buf(run),
+            None => self.0.visit_bytes(v),
+        }
+    }
+
+    fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<V::Value, E> {
+        match handed(v) {
+            Some(run) => self.0.visit_byte_buf(run),
+            None => self.0.visit_borrowed_bytes(v),
+        }
+    }
+
+    fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<V::Value, E> {
+        self.0.visit_byte_buf(v)
+    }
+}
+
+/// The run [`Around`] handed over in place of `v`, its empty stand-in.
+fn handed(v: &[u8]) -> Option<Vec<u8>> {
+    if v.is_empty() { HANDED.take() } else { None }
+}
+
+// ---------------------------------------------------------------------------
+// Long byte runs read in place.
+//
+// A connection that receives a large frame asks [`locate`] where its first
+// long byte run starts, decoding what has arrived as the type that will
+// read it. It then reads the run from the socket straight into a vector of
+// its own, and the rest of the body behind the bytes before it; the frame's
+// reader decodes the two together with [`with_run`], and the `String` or
+// byte buffer that the run belongs to takes the vector as it is. So a
+// 64 MiB `serde_bytes::ByteBuf` costs the kernel's copy and nothing more.
+
+/// A byte run this long or longer is read in place.
+pub(crate) const IN_PLACE: usize = 1 << 20;
+
+/// Where a body's first long byte run is, from the bytes that have
+/// arrived (`head`) of a body of `len` bytes.
+pub(crate) type Locate = fn(head: &[u8], len: usize) -> Located;
+
+/// What a [`Locate`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Located {
+    /// A run of `len` bytes at offset `at`, not all arrived.
+    At { at: usize, len: usize },
+    /// Not enough has arrived to tell.
+    Short,
+    /// No such run: the value has none before what arrived, or it does
+    /// not decode.
+    Not,
+}
+
+/// A long byte run, read in place: it belongs at offset `at` of its body.
+#[derive(Debug)]
+pub(crate) struct Run {
+    pub(crate) at: usize,
+    pub(crate) bytes: Vec<u8>,
+}
+
+thread_local! {
+    /// The run of the body being read (see [`with_run`]).
+    static RUN: std::cell::RefCell<Option<Run>> = const { std::cell::RefCell::new(None) };
+    /// Whether the next bytes taken are for an owned string or buffer.
+    static HAND_OVER: Cell<bool> = const { Cell::new(false) };
+    /// A run handed to the owned string or buffer that reads it.
+    static HANDED: Cell<Option<Vec<u8>>> = const { Cell::new(None) };
+    /// What [`decode_around_run`] starts its budget with.
+    static BUDGET: Cell<usize> = const { Cell::new(0) };
+}
+
+/// A [`Locate`] for `T`.
+pub(crate) fn locate<T: DeserializeOwned>(head: &[u8], len: usize) -> Located {
+    let around = Around {
+        head,
+        hole: Gap::Unknown { len },
+        tail: &[],
+        taken: 0,
+        run: None,
+        located: Located::Not,
+    };
+    decode_in::<T>(around, len).1.located
+}
+
+/// Runs `read`, the reader of a body whose run `run` was left out of it:
+/// [`decode`] and [`decode_prefix`] put it back, and [`owned_body`] too.
+pub(crate) fn with_run<T>(run: Run, read: impl FnOnce() -> T) -> T {
+    /// Forgets the run however `read` ends.
+    struct Forget;
+    impl Drop for Forget {
+        fn drop(&mut self) {
+            RUN.set(None);
+        }
+    }
+    RUN.set(Some(run));
+    let _forget = Forget;
+    read()
+}
+
+/// A body as a vector of its own, with the run [`with_run`] left out of
+/// it, if any, put back.
+pub(crate) fn owned_body(body: &[u8]) -> Vec<u8> {
+    match RUN.take() {
+        Some(run) => flat(body, &run),
+        None => body.to_vec(),
+    }
+}
+
+/// `body` with `run` put back where it belongs.
+fn flat(body: &[u8], run: &Run) -> Vec<u8> {
+    let at = run.at.min(body.len());
+    [&body[..at], &run.bytes, &body[at..]].concat()
+}
+
+/// Decodes a body whose run was left out of it (see [`with_run`]); a
+/// type that reads it otherwise than as one string or byte buffer gets the
+/// whole body put back together, and decodes that.
+#[cold]
+fn decode_around_run<T: DeserializeOwned>(body: &[u8], whole: bool) -> Result<T> {
+    let Some(run) = RUN.take() else {
+        return decode_bounded(body, whole);
+    };
+    let len = body.len() + run.bytes.len();
+    let at = run.at.min(body.len());
+    let (head, tail) = body.split_at(at);
+    let around = Around {
+        head,
+        hole: Gap::Known(run.bytes.len()),
+        tail,
+        taken: 0,
+        run: Some(run.bytes),
+        located: Located::Not,
+    };
+    let (decoded, mut reader) = decode_in::<T>(around, len);
+    if let Some(bytes) = reader.run.take() {
+        // Read otherwise: decode it whole.
+        return decode_bounded(&flat(body, &Run { at, bytes }), whole);
+    }
+    let read = len - reader.head.len() - reader.tail.len();
+    match decoded {
+        Ok(value) if !whole || read == len => Ok(value),
+        decoded => Err(not_decoded::<T>(len, decoded.map(|_| read))),
+    }
+}
+
+/// Decodes a `T` from `around`, bounded as [`decode_bounded`] bounds a
+/// body of `len` bytes; gives the reader back, as the decoder left it.
+fn decode_in<T: DeserializeOwned>(
+    around: Around<'_>,
+    len: usize,
+) -> (
+    std::result::Result<T, bincode::error::DecodeError>,
+    Around<'_>,
+) {
+    let mut reading = bincode::de::DecoderImpl::new(around, config(), ());
+    BUDGET.set(len);
+    let value =
+        <bincode::serde::BorrowCompat<Budgeted<T>> as bincode::BorrowDecode<'_, ()>>::borrow_decode(
+            &mut reading,
+        );
+    HAND_OVER.set(false);
+    HANDED.set(None);
+    let spent = Around {
+        head: &[],
+        hole: Gap::Taken,
+        tail: &[],
+        taken: 0,
+        run: None,
+        located: Located::Not,
+    };
+    let around = std::mem::replace(bincode::de::Decoder::reader(&mut reading), spent);
+    (value.map(|value| value.0.0), around)
+}
+
+/// A `T` decoded within the bounds of [`decode_bounded`], with the budget
+/// [`BUDGET`] holds.
+struct Budgeted<T>(T);
+
+impl<'de, T: DeserializeOwned> serde::Deserialize<'de> for Budgeted<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let budget = Cell::new(BUDGET.get());
+        let seed = Bounded {
+            seed: PhantomData::<T>,
+            budget: &budget,
+            depth: 0,
+        };
+        seed.deserialize(deserializer).map(Budgeted)
+    }
+}
+
+/// Where a body's long run is, to [`Around`].
+#[derive(Clone, Copy)]
+enum Gap {
+    /// Not known yet: [`locate`] is looking for it in a body of `len`
+    /// bytes, of which `head` has arrived.
+    Unknown { len: usize },
+    /// Right after `head`, this long, not taken yet.
+    Known(usize),
+    /// Taken: `tail` is what follows it.
+    Taken,
+}
+
+/// A reader of a body with a hole where its long run goes: `head`, the
+/// run, then `tail`.
+struct Around<'de> {
+    head: &'de [u8],
+    hole: Gap,
+    tail: &'de [u8],
+    /// Bytes taken from `head`.
+    taken: usize,
+    /// The run, until it is handed over.
+    run: Option<Vec<u8>>,
+    /// What [`locate`] found.
+    located: Located,
+}
+
+impl<'de> Around<'de> {
+    /// What is read next: `head` up to the hole, then `tail`.
+    fn next(&mut self) -> &mut &'de [u8] {
+        if matches!(self.hole, Gap::Taken) {
+            &mut self.tail
+        } else {
+            &mut self.head
+        }
+    }
+}
+
+impl Around<'_> {
+    /// The error for bytes that are not there: past what arrived, to
+    /// [`locate`]; in the run, to [`decode_around_run`].
+    fn short(&mut self) -> bincode::error::DecodeError {
+        if matches!(self.hole, Gap::Unknown { .. }) {
+            self.located = Located::Short;
+        }
+        into_hole()
+    }
+}
+
+/// Bincode's error for reading into the hole: the reader takes the whole
+/// body instead.
+fn into_hole() -> bincode::error::DecodeError {
+    bincode::error::DecodeError::Other("the body's long run is read otherwise")
+}
+
+impl bincode::de::read::Reader for Around<'_> {
+    #[inline]
+    fn read(&mut self, bytes: &mut [u8]) -> Result<(), bincode::error::DecodeError> {
+        let next = self.next();
+        let Some((now, rest)) = next.split_at_checked(bytes.len()) else {
+            return Err(self.short());
+        };
+        bytes.copy_from_slice(now);
+        *next = rest;
+        if !matches!(self.hole, Gap::Taken) {
+            self.taken += bytes.len();
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn peek_read(&mut self, n: usize) -> Option<&[u8]> {
+        self.next().get(..n)
+    }
+
+    #[inline]
+    fn consume(&mut self, n: usize) {
+        let next = self.next();
+        *next = next.get(n..).unwrap_or_default();
+        if !matches!(self.hole, Gap::Taken) {
+            self.taken += n;
+        }
+    }
+}
+
+impl<'de> bincode::de::read::BorrowReader<'de> for Around<'de> {
+    fn take_bytes(&mut self, length: usize) -> Result<&'de [u8], bincode::error::DecodeError> {
+        let owned = HAND_OVER.replace(false);
+        match self.hole {
+            Gap::Unknown { len }
+                if owned
+                    && length >= IN_PLACE
+                    && length > self.head.len()
+                    && length <= len - self.taken =>
+            {
+                self.located = Located::At {
+                    at: self.taken,
+                    len: length,
+                };
+                return Err(into_hole());
+            }
+            Gap::Known(run) if owned && self.head.is_empty() && length == run => {
+                self.hole = Gap::Taken;
+                HANDED.set(self.run.take());
+                return Ok(&[]);
+            }
+            _ => {}
+        }
+        let (now, rest) = if matches!(self.hole, Gap::Taken) {
+            self.tail.split_at_checked(length)
+        } else {
+            self.taken += length;
+            self.head.split_at_checked(length)
+        }
+        .ok_or_else(|| self.short())?;
+        if matches!(self.hole, Gap::Taken) {
+            self.tail = rest;
+        } else {
+            self.head = rest;
+        }
+        Ok(now)
     }
 }
 
@@ -936,6 +1292,70 @@ mod tests {
         assert!(read_frame(&mut ok.as_slice(), 3).is_err());
     }
 
+    /// Values with long runs among short fields, and the same bytes read
+    /// as another type.
+    type Runs = (u8, String, Vec<u16>, crate::Bytes, serde_bytes_like::Buf);
+    type Other = (u8, crate::Bytes, Vec<u16>, String, Vec<u8>);
+
+    fn runs() -> impl proptest::strategy::Strategy<Value = Runs> {
+        use proptest::prelude::*;
+        let len = prop_oneof![
+            Just(0),
+            Just(3),
+            Just(IN_PLACE - 1),
+            Just(IN_PLACE),
+            Just(IN_PLACE + 2)
+        ];
+        (any::<u8>(), len.clone(), 0..40_u16, len.clone(), len).prop_map(
+            |(first, text, shorts, bytes, buf)| {
+                (
+                    first,
+                    "é".repeat(text / 2) + &"a".repeat(text % 2),
+                    (0..shorts).map(|i| i * 700).collect(),
+                    crate::Bytes::from(vec![first; bytes]),
+                    serde_bytes_like::Buf(vec![first ^ 0xff; buf]),
+                )
+            },
+        )
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Whatever has arrived of a body, the run `locate` finds there,
+        /// once left out and put back by `with_run`, decodes as the whole
+        /// body does, as its own type and as another.
+        #[test]
+        fn a_body_read_around_its_run_decodes_as_the_whole_body(
+            value in runs(),
+            arrived in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let body = encode(&value).unwrap();
+            let arrived = arrived.index(body.len() + 1);
+            let (at, len) = match locate::<Runs>(&body[..arrived], body.len()) {
+                Located::At { at, len } => (at, len),
+                Located::Short | Located::Not => return Ok(()),
+            };
+            proptest::prop_assert!(len >= IN_PLACE && at + len > arrived && at + len <= body.len());
+            let holed = [&body[..at], &body[at + len..]].concat();
+            let run = || super::Run { at, bytes: body[at..at + len].to_vec() };
+            let ours = with_run(run(), || decode::<Runs>(&holed)).unwrap();
+            proptest::prop_assert_eq!(&ours, &value);
+            let other = with_run(run(), || decode::<Other>(&holed));
+            match (other, decode::<Other>(&body)) {
+                (Ok(a), Ok(b)) => proptest::prop_assert_eq!(a, b),
+                (Err(_), Err(_)) => {}
+                (a, b) => proptest::prop_assert!(false, "{:?} against {:?}", a.is_ok(), b.is_ok()),
+            }
+            proptest::prop_assert_eq!(owned_body_of(run(), &holed), body);
+        }
+    }
+
+    /// The body [`owned_body`] puts back together.
+    fn owned_body_of(run: super::Run, holed: &[u8]) -> Vec<u8> {
+        with_run(run, || owned_body(holed))
+    }
+
     /// A byte buffer that deserializes through `deserialize_byte_buf`, as
     /// `serde_bytes::ByteBuf` does.
     mod serde_bytes_like {
@@ -943,8 +1363,14 @@ mod tests {
 
         use serde::de::{Deserialize, Deserializer, Visitor};
 
-        #[derive(Debug)]
-        pub(super) struct Buf(#[allow(dead_code)] pub(super) Vec<u8>);
+        #[derive(Debug, PartialEq)]
+        pub(super) struct Buf(pub(super) Vec<u8>);
+
+        impl serde::Serialize for Buf {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(&self.0)
+            }
+        }
 
         impl<'de> Deserialize<'de> for Buf {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

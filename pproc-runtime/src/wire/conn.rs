@@ -77,6 +77,45 @@ pub(crate) struct Conn {
     fds: VecDeque<OwnedFd>,
     /// Which end of a parent and child this is, for slabs.
     role: Role,
+    /// Where the long byte run of a large `DATA` frame is, as the type
+    /// that reads them sees it: the run is then read in place.
+    locate: Option<codec::Locate>,
+    /// The runs of frames in the buffer, read in place, in order: the
+    /// buffer holds those frames without them. Only the last may still be
+    /// arriving, and then nothing after it is in the buffer.
+    runs: VecDeque<InPlace>,
+    /// Where the frame that `locate` was last asked about starts, and how
+    /// much of it had arrived: it is asked again once twice as much has,
+    /// if that was too little to tell.
+    asked: Option<(usize, usize)>,
+    /// Where a frame starts that is not known to be whole, at or after
+    /// `rpos`: the frames before it are.
+    scanned: usize,
+}
+
+/// A long byte run of a frame, read from the socket into a vector of its
+/// own (see [`codec::Run`]).
+#[derive(Debug)]
+struct InPlace {
+    /// Where the frame starts in the buffer.
+    frame: usize,
+    /// Where it belongs in the frame's body.
+    at: usize,
+    /// How long it is.
+    len: usize,
+    /// What has arrived of it.
+    bytes: Vec<u8>,
+}
+
+impl InPlace {
+    /// Bytes of the frame that are in the run rather than the buffer,
+    /// once it has all arrived.
+    fn whole(run: Option<&Self>) -> Option<usize> {
+        match run {
+            None => Some(0),
+            Some(run) => (run.bytes.len() == run.len).then_some(run.len),
+        }
+    }
 }
 
 /// How a connection's ends share slabs (see [`shm`]).
@@ -133,7 +172,17 @@ impl Conn {
             eof: false,
             broken: None,
             deferred: None,
+            locate: None,
+            runs: VecDeque::new(),
+            asked: None,
+            scanned: 0,
         })
+    }
+
+    /// Reads the long byte run of a large `DATA` frame in place, where
+    /// `locate` finds one: the receives that decode them find it there.
+    pub(crate) fn read_runs_as(&mut self, locate: codec::Locate) {
+        self.locate = Some(locate);
     }
 
     /// Large frames go through the socket, both ways: for a socket whose
@@ -220,7 +269,10 @@ impl Conn {
     /// Whether a whole frame has been received and not taken yet.
     fn has_frame(&self) -> bool {
         let have = &self.rbuf[self.rpos..];
-        matches!(codec::announced(have, 1, self.max_frame), Ok(Some(len)) if have.len() >= HEADER + len)
+        matches!(
+            (codec::announced(have, 1, self.max_frame), InPlace::whole(self.head_run())),
+            (Ok(Some(len)), Some(run)) if have.len() + run >= HEADER + len
+        )
     }
 
     /// Sends one frame whose payload is `value` serialized. A value
@@ -621,11 +673,19 @@ impl Conn {
         let mut total = 0;
         loop {
             if self.rpos > 0 && self.rpos == self.rbuf.len() {
+                self.shift(self.rpos);
                 self.rbuf.clear();
-                self.rpos = 0;
             } else if self.rpos > 0 && self.rpos >= self.rbuf.len() / 2 {
-                self.rbuf.drain(..self.rpos);
-                self.rpos = 0;
+                let by = self.rpos;
+                self.shift(by);
+                self.rbuf.drain(..by);
+            }
+            if let Some(want) = self.run_room() {
+                let (got, passed) = self.recv_spare(want, true);
+                match self.received(got, want, passed, true, &mut total) {
+                    Some(done) => return done,
+                    None => continue,
+                }
             }
             // Read a whole pending frame at once where its length is known,
             // but reserve no more ahead than has arrived already: a header
@@ -640,42 +700,162 @@ impl Conn {
             if self.rbuf.capacity() != had {
                 codec::advise_huge(self.rbuf.spare_capacity_mut());
             }
-            let start = self.rbuf.len();
-            let (got, passed) = self.recv_spare(want);
-            match usize::try_from(got) {
-                Ok(0) => {
-                    self.eof = true;
-                    return Ok(total);
-                }
-                Ok(n) => {
-                    // SAFETY: `recv` initialized the first `n` bytes of the
-                    // spare capacity.
-                    unsafe { self.rbuf.set_len(start + n) };
-                    total += n;
-                    // A read stops short where descriptors came: more
-                    // may wait behind them.
-                    if n < want && !passed {
-                        return Ok(total);
-                    }
-                }
-                Err(_) => match Errno::last() {
-                    Errno::EINTR => {}
-                    Errno::EAGAIN => return Ok(total),
-                    Errno::ECONNRESET => {
-                        self.eof = true;
-                        return Ok(total);
-                    }
-                    err => return Err(Error::from_errno(err)),
-                },
+            let (got, passed) = self.recv_spare(want, false);
+            if let Some(done) = self.received(got, want, passed, false, &mut total) {
+                return done;
+            }
+            if self.locate.is_some() {
+                self.locate_run();
             }
         }
+    }
+
+    /// What a receive of up to `want` bytes (into the run, if `run`) got:
+    /// the end of [`fill`](Self::fill), or `None` to read on.
+    fn received(
+        &mut self,
+        got: isize,
+        want: usize,
+        passed: bool,
+        run: bool,
+        total: &mut usize,
+    ) -> Option<Result<usize>> {
+        match usize::try_from(got) {
+            Ok(0) => {
+                self.eof = true;
+                Some(Ok(*total))
+            }
+            Ok(n) => {
+                let buf = match self.runs.back_mut() {
+                    Some(InPlace { bytes, .. }) if run => bytes,
+                    _ => &mut self.rbuf,
+                };
+                // SAFETY: `recv` initialized the first `n` bytes of the
+                // spare capacity.
+                unsafe { buf.set_len(buf.len() + n) };
+                *total += n;
+                // A read stops short where descriptors came: more may wait
+                // behind them.
+                (n < want && !passed).then_some(Ok(*total))
+            }
+            Err(_) => match Errno::last() {
+                Errno::EINTR => None,
+                Errno::EAGAIN => Some(Ok(*total)),
+                Errno::ECONNRESET => {
+                    self.eof = true;
+                    Some(Ok(*total))
+                }
+                err => Some(Err(Error::from_errno(err))),
+            },
+        }
+    }
+
+    /// Notes that the first `by` bytes of the buffer are about to go: what
+    /// points into it moves back.
+    fn shift(&mut self, by: usize) {
+        self.rpos -= by;
+        self.scanned = self.scanned.saturating_sub(by);
+        let kept = by..self.rbuf.len();
+        self.asked = self
+            .asked
+            .filter(|(at, _)| kept.contains(at))
+            .map(|(at, had)| (at - by, had));
+        for run in &mut self.runs {
+            run.frame -= by;
+        }
+    }
+
+    /// The run read in place, if it is the frame at the head's.
+    fn head_run(&self) -> Option<&InPlace> {
+        self.runs.front().filter(|run| run.frame == self.rpos)
+    }
+
+    /// Bytes the run being read in place is still missing, if any.
+    fn run_room(&self) -> Option<usize> {
+        let run = self.runs.back()?;
+        Some(run.len - run.bytes.len()).filter(|&missing| missing > 0)
+    }
+
+    /// Asks `locate` where the long byte run of a large `DATA` frame that
+    /// has not all arrived is, once per frame; the rest of the run is then
+    /// read in place: what arrived of it moves from the buffer into its
+    /// own vector.
+    fn locate_run(&mut self) {
+        let Some(locate) = self.locate else { return };
+        if self.run_room().is_some() {
+            return;
+        }
+        // The last frame in the buffer is the one still arriving.
+        let mut frame = self.scanned.max(self.rpos);
+        let len = loop {
+            let Ok(Some(len)) = codec::announced(&self.rbuf[frame..], 1, self.max_frame) else {
+                return;
+            };
+            let kept = self.runs.iter().find(|run| run.frame == frame);
+            let here = HEADER + len - kept.map_or(0, |run| run.len);
+            if self.rbuf.len() - frame >= here {
+                frame += here;
+            } else if kept.is_some() {
+                // Its run is in place already; the rest is arriving.
+                return;
+            } else {
+                break len;
+            }
+        };
+        self.scanned = frame;
+        let have = &self.rbuf[frame..];
+        if len <= codec::IN_PLACE || have.len() <= HEADER || have[HEADER] != tag::DATA {
+            return;
+        }
+        if matches!(self.asked, Some((at, had)) if at == frame && have.len() / 2 < had) {
+            return;
+        }
+        let head = &have[HEADER + 1..];
+        let body = len - 1;
+        let (at, run) = match locate(head, body) {
+            codec::Located::At { at, len } => {
+                self.asked = Some((frame, usize::MAX));
+                (at, len)
+            }
+            codec::Located::Short => {
+                self.asked = Some((frame, have.len()));
+                return;
+            }
+            codec::Located::Not => {
+                self.asked = Some((frame, usize::MAX));
+                return;
+            }
+        };
+        // `locate` checked these; a lie here would misplace bytes.
+        if at > head.len() || at + run <= head.len() || at + run > body || run < codec::IN_PLACE {
+            return;
+        }
+        let start = frame + HEADER + 1 + at;
+        // Reserved whole: growing it would copy what arrived (memory
+        // advised huge is not remapped). It is address space: memory backs
+        // it as the bytes arrive, so a length that lies costs what the
+        // peer really sends.
+        let mut bytes = Vec::with_capacity(run);
+        codec::advise_huge(bytes.spare_capacity_mut());
+        bytes.extend_from_slice(&self.rbuf[start..]);
+        self.rbuf.truncate(start);
+        self.runs.push_back(InPlace {
+            frame,
+            at,
+            len: run,
+            bytes,
+        });
     }
 
     /// Receives up to `want` bytes into the receive buffer's spare
     /// capacity, and any descriptors that come with them; returns what
     /// `recv` does, and whether descriptors came.
-    fn recv_spare(&mut self, want: usize) -> (isize, bool) {
-        let spare = &mut self.rbuf.spare_capacity_mut()[..want];
+    fn recv_spare(&mut self, want: usize, run: bool) -> (isize, bool) {
+        let buf = match self.runs.back_mut() {
+            Some(InPlace { bytes, .. }) if run => bytes,
+            _ => &mut self.rbuf,
+        };
+        let spare = &mut buf.spare_capacity_mut()[..want];
         if !self.socket {
             // SAFETY: as below; the descriptor is non-blocking (`new`).
             let got = unsafe { libc::read(self.fd.as_raw_fd(), spare.as_mut_ptr().cast(), want) };
@@ -840,6 +1020,11 @@ impl Conn {
     fn take<T>(&mut self, len: usize, read: impl FnOnce(u8, &[u8]) -> T) -> Result<T> {
         let at = self.rpos + HEADER;
         let kind = self.rbuf[at];
+        if self.head_run().is_some()
+            && let Some(run) = self.runs.pop_front()
+        {
+            return Ok(self.take_around(at, len, run, read));
+        }
         if is_stand_in(kind) {
             let body: Vec<u8> = self.rbuf[at + 1..at + len].to_vec();
             let (tag, mapping) = self.stand_in_frame(kind, &body)?;
@@ -851,12 +1036,33 @@ impl Conn {
         Ok(out)
     }
 
+    /// [`take`](Self::take) for a frame whose run was read in place.
+    #[cold]
+    fn take_around<T>(
+        &mut self,
+        at: usize,
+        len: usize,
+        run: InPlace,
+        read: impl FnOnce(u8, &[u8]) -> T,
+    ) -> T {
+        let end = at + len - run.len;
+        let run = codec::Run {
+            at: run.at,
+            bytes: run.bytes,
+        };
+        let out = codec::with_run(run, || read(self.rbuf[at], &self.rbuf[at + 1..end]));
+        self.rpos = end;
+        out
+    }
+
     /// Bytes still missing from the frame at the head of the buffer, once
-    /// its length is known and within the limit.
+    /// its length is known and within the limit: those of a run read in
+    /// place are not.
     fn missing(&self) -> usize {
         let have = &self.rbuf[self.rpos..];
+        let run = self.head_run().map_or(0, |run| run.len);
         match codec::announced(have, 1, self.max_frame) {
-            Ok(Some(len)) => (HEADER + len).saturating_sub(have.len()),
+            Ok(Some(len)) => (HEADER + len - run).saturating_sub(have.len()),
             _ => 0,
         }
     }
@@ -880,6 +1086,9 @@ impl Conn {
         if self.deferred.is_some() || self.broken.is_some() {
             return None;
         }
+        if !self.runs.is_empty() {
+            return None;
+        }
         let len = codec::whole_of(&self.rbuf[self.rpos..], tag::DATA, self.max_frame)?;
         let at = self.rpos + HEADER;
         self.rpos = at + len;
@@ -897,9 +1106,11 @@ impl Conn {
     /// stays for [`next_data`](Self::next_data).
     pub(crate) fn lend_ahead(&mut self, into: &mut Vec<u8>) -> usize {
         into.clear();
-        if self.deferred.is_some() || self.broken.is_some() {
+        if self.deferred.is_some() || self.broken.is_some() || !self.runs.is_empty() {
             return 0;
         }
+        // What points into the buffer is lost with it.
+        (self.asked, self.scanned) = (None, 0);
         if self.rbuf.capacity() <= LEND_CAP {
             std::mem::swap(into, &mut self.rbuf);
             return std::mem::take(&mut self.rpos);
@@ -921,6 +1132,7 @@ impl Conn {
     /// Puts back `buf[from..]`, lent by [`lend_ahead`](Self::lend_ahead)
     /// and not taken, in front of everything the buffer holds.
     pub(crate) fn unlend(&mut self, buf: &mut Vec<u8>, from: usize) {
+        (self.asked, self.scanned) = (None, 0);
         if from < buf.len() {
             buf.extend_from_slice(&self.rbuf[self.rpos..]);
             std::mem::swap(buf, &mut self.rbuf);
@@ -943,8 +1155,9 @@ impl Conn {
                 return Err(Error::codec(why));
             }
             let have = &self.rbuf[self.rpos..];
+            let run = InPlace::whole(self.head_run());
             return match codec::announced(have, 1, self.max_frame) {
-                Ok(Some(len)) if have.len() >= HEADER + len => {
+                Ok(Some(len)) if run.is_some_and(|run| have.len() + run >= HEADER + len) => {
                     if have[HEADER] == tag::RELEASE {
                         self.released(len)?;
                         continue;
@@ -970,8 +1183,10 @@ impl Conn {
             let why = format!(
                 "the peer closed the channel in the middle of a frame ({} bytes left over)",
                 self.rbuf.len() - self.rpos
+                    + self.runs.iter().map(|run| run.bytes.len()).sum::<usize>()
             );
             self.broken = Some(why.clone());
+            self.runs.clear();
             return Err(Error::Codec { message: why });
         }
         Ok(None)
@@ -1291,6 +1506,109 @@ mod tests {
         });
         assert!(matches!(read_frames(&mut b, 1), Err(Error::Codec { .. })));
         writer.join().unwrap();
+    }
+
+    /// A `DATA` frame of `body`.
+    fn data_frame(body: &[u8]) -> Vec<u8> {
+        let mut frame = codec::header(body.len() + 1).unwrap().to_vec();
+        frame.push(tag::DATA);
+        frame.extend_from_slice(body);
+        frame
+    }
+
+    /// A connection that reads `(u32, String)` values, and a thread that
+    /// writes `bytes` to it and closes its end.
+    fn reading_runs(bytes: Vec<u8>) -> (Conn, std::thread::JoinHandle<()>) {
+        use std::io::Write;
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut conn = Conn::new(ours.into()).unwrap();
+        conn.read_runs_as(codec::locate::<(u32, String)>);
+        let writer = std::thread::spawn(move || {
+            // The reader may stop reading at an error: then this fails.
+            let _ = theirs.write_all(&bytes);
+        });
+        (conn, writer)
+    }
+
+    /// The next frame, decoded as `(u32, String)`.
+    fn next_pair(conn: &mut Conn) -> Result<Option<(u32, String)>> {
+        match conn.next(Deadline::Never, None, |_, body| decode(body))? {
+            Next::Frame(value) => value.map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    #[test]
+    fn long_runs_are_read_in_place_among_other_frames() {
+        let long = |n: usize, c: char| std::iter::repeat_n(c, n).collect::<String>();
+        let values = [
+            (1, "a".to_owned()),
+            (2, long(3 << 20, 'x')),
+            (3, long(10, 'y')),
+            (4, long(codec::IN_PLACE, 'é')),
+            (5, long(codec::IN_PLACE + 1, 'z')),
+        ];
+        let bytes = values
+            .iter()
+            .flat_map(|value| data_frame(&codec::encode(value).unwrap()))
+            .collect();
+        let (mut conn, writer) = reading_runs(bytes);
+        for value in &values {
+            assert_eq!(next_pair(&mut conn).unwrap().as_ref(), Some(value));
+        }
+        assert_eq!(next_pair(&mut conn).unwrap(), None);
+        writer.join().unwrap();
+        // The long strings never passed through the receive buffer.
+        assert!(conn.rbuf.capacity() < 1 << 20, "{}", conn.rbuf.capacity());
+    }
+
+    #[test]
+    fn a_body_read_around_its_run_is_whole_to_a_reader_that_copies_it() {
+        let value = (9_u32, "q".repeat(2 << 20));
+        let body = codec::encode(&value).unwrap();
+        let (mut conn, writer) = reading_runs(data_frame(&body));
+        let got = loop {
+            if let Some(got) = conn.with_frame(|_, body| codec::owned_body(body)).unwrap() {
+                break got;
+            }
+            conn.wait(None, Deadline::Never).unwrap();
+            conn.fill().unwrap();
+        };
+        writer.join().unwrap();
+        assert!(got == body);
+    }
+
+    #[test]
+    fn a_run_that_lies_or_is_cut_short_is_a_codec_error() {
+        let mib = 1 << 20;
+        // The length of a string: bincode's varint of a `u32`.
+        let length = |n: usize| [&[0xfc][..], &u32::try_from(n).unwrap().to_le_bytes()].concat();
+        let body = |parts: &[&[u8]]| parts.concat();
+        let cases: [(Vec<u8>, &str); 3] = [
+            // A string that claims more than its frame holds.
+            (
+                data_frame(&body(&[&[7], &length(3 * mib), &vec![b'a'; 2 * mib]])),
+                "too soon",
+            ),
+            // Bytes that are not UTF-8.
+            (
+                data_frame(&body(&[&[7], &length(2 * mib), &vec![0xff; 2 * mib]])),
+                "UTF-8",
+            ),
+            // A frame cut in the middle of its run.
+            (
+                data_frame(&body(&[&[7], &length(2 * mib), &vec![b'a'; 2 * mib]]))[..mib].to_vec(),
+                "in the middle of a frame",
+            ),
+        ];
+        for (bytes, why) in cases {
+            let (mut conn, writer) = reading_runs(bytes);
+            match next_pair(&mut conn) {
+                Err(Error::Codec { message }) => assert!(message.contains(why), "{message}"),
+                other => panic!("{why}: {other:?}"),
+            }
+            writer.join().unwrap();
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::process::capture::Capture;
 use crate::process::child::{Child, Status};
 use crate::process::limits::{Limits, status_error};
-use crate::wire::codec::{self, decode};
+use crate::wire::codec::{self, decode, locate, owned_body};
 use crate::wire::conn::{Conn, Next};
 use crate::wire::frame::{PanicReport, Refusal, push_call, remote, tag};
 use crate::wire::log;
@@ -288,7 +288,7 @@ impl Inner {
     /// what it sent meanwhile when `keep` is set; then reaps the child.
     pub(super) fn settle(&mut self, deadline: Deadline, keep: bool) -> Result<Status> {
         while self.outcome.is_none() {
-            match self.next_event(deadline, |body| Ok(keep.then(|| body.to_vec())))? {
+            match self.next_event(deadline, |body| Ok(keep.then(|| owned_body(body))))? {
                 Event::Data(Some(bytes)) => self.pending.push_back(Ok(bytes)),
                 Event::Sent(error) if keep => self.pending.push_back(Err(error)),
                 Event::Data(None) | Event::Sent(_) | Event::Ended => {}
@@ -341,6 +341,7 @@ impl Inner {
     }
 
     pub(super) fn recv<V: DeserializeOwned>(&mut self, deadline: Deadline) -> Result<V> {
+        self.conn.read_runs_as(locate::<V>);
         self.recv_via(deadline, decode::<V>)
     }
 
@@ -460,7 +461,7 @@ impl<R, S, V, K> Handle<R, S, V, K> {
         if let Some(value) = inner.pending.pop_front() {
             return Ok(value.map_or_else(Event::Sent, Event::Data));
         }
-        inner.next_event(Deadline::Now, |body| Ok(body.to_vec()))
+        inner.next_event(Deadline::Now, |body| Ok(owned_body(body)))
     }
 
     /// Reads what the socket holds now into the handle, and tells whether
@@ -480,7 +481,7 @@ impl<R, S, V, K> Handle<R, S, V, K> {
         if let Some(value) = inner.pending.pop_front() {
             return Ok(Some(value.map_or_else(Event::Sent, Event::Data)));
         }
-        inner.buffered_event(|body| Ok(body.to_vec()))
+        inner.buffered_event(|body| Ok(owned_body(body)))
     }
 
     /// Takes in what a dead worker wrote to its log and did not announce:

@@ -13,7 +13,7 @@ use nix::poll::{PollFd, PollFlags};
 use super::Handle;
 use crate::error::{Error, Result};
 use crate::lock::wait_timeout;
-use crate::wire::codec::decode;
+use crate::wire::codec::{decode, owned_body};
 use crate::wire::rpc::{Reply, Request, RequestId, reply_id};
 use crate::wire::wait::{Deadline, poll_until};
 
@@ -179,7 +179,7 @@ impl<R, S, V, K> Handle<R, S, V, K> {
             // Read what is there, without waiting.
             let mut filed = false;
             let ended = loop {
-                match inner.recv_via(Deadline::Now, |body| Ok(body.to_vec())) {
+                match inner.recv_via(Deadline::Now, |body| Ok(owned_body(body))) {
                     Ok(body) => {
                         let id = reply_id(&body)?;
                         if id == key {
