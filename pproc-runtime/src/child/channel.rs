@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 use crate::lock::lock;
-use crate::wire::codec::{decode, locate};
+use crate::wire::codec::{decode, locator};
 use crate::wire::conn::{Next, SharedConn};
 use crate::wire::frame::{remote, tag};
 use crate::wire::outbox::{Outbox, Pushed};
@@ -195,7 +195,7 @@ impl<S, V> Channel<S, V> {
 impl<S, V: DeserializeOwned> Channel<S, V> {
     fn recv_until(&self, deadline: Deadline) -> Result<V> {
         let mut conn = lock(&self.conn);
-        conn.read_runs_as(locate::<V>);
+        conn.read_runs_as(locator::<V>());
         let next = conn.next(deadline, None, |tag, body| match tag {
             tag::DATA => decode::<V>(body),
             tag::ERROR => Err(remote(body)),

@@ -236,9 +236,6 @@ pub(crate) fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 
 #[inline]
 fn decode_with<T: DeserializeOwned>(bytes: &[u8], whole: bool) -> Result<T> {
-    if RUN.with_borrow(Option::is_some) {
-        return decode_around_run(bytes, whole);
-    }
     // A value that owns nothing to drop holds no container and no
     // indirection: it can neither reserve room nor nest deeper than its
     // type, so the bounds are not needed (a stream of numbers decodes at
@@ -258,6 +255,16 @@ fn decode_with<T: DeserializeOwned>(bytes: &[u8], whole: bool) -> Result<T> {
 /// bytes and a depth limit.
 #[inline]
 fn decode_bounded<T: DeserializeOwned>(bytes: &[u8], whole: bool) -> Result<T> {
+    // Only such a type is located (see [`locator`]).
+    if RUN.with_borrow(Option::is_some) {
+        return decode_around_run(bytes, whole);
+    }
+    decode_body(bytes, whole)
+}
+
+/// [`decode_bounded`] of a whole body.
+#[inline]
+fn decode_body<T: DeserializeOwned>(bytes: &[u8], whole: bool) -> Result<T> {
     let budget = Cell::new(bytes.len());
     let seed = Bounded {
         seed: PhantomData::<T>,
@@ -813,8 +820,15 @@ thread_local! {
     static BUDGET: Cell<usize> = const { Cell::new(0) };
 }
 
-/// A [`Locate`] for `T`.
-pub(crate) fn locate<T: DeserializeOwned>(head: &[u8], len: usize) -> Located {
+/// The [`Locate`] of `T`, unless `T` has nothing to drop: then it holds
+/// no string or buffer that could keep a run.
+pub(crate) fn locator<T: DeserializeOwned>() -> Option<Locate> {
+    std::mem::needs_drop::<T>().then_some(locate::<T>)
+}
+
+/// Where `T` has a long run in `head`, a body of `len` bytes of which
+/// `head` has arrived.
+fn locate<T: DeserializeOwned>(head: &[u8], len: usize) -> Located {
     let around = Around {
         head,
         hole: Gap::Unknown { len },
@@ -862,7 +876,7 @@ fn flat(body: &[u8], run: &Run) -> Vec<u8> {
 #[cold]
 fn decode_around_run<T: DeserializeOwned>(body: &[u8], whole: bool) -> Result<T> {
     let Some(run) = RUN.take() else {
-        return decode_bounded(body, whole);
+        return decode_body(body, whole);
     };
     let len = body.len() + run.bytes.len();
     let at = run.at.min(body.len());
@@ -878,7 +892,7 @@ fn decode_around_run<T: DeserializeOwned>(body: &[u8], whole: bool) -> Result<T>
     let (decoded, mut reader) = decode_in::<T>(around, len);
     if let Some(bytes) = reader.run.take() {
         // Read otherwise: decode it whole.
-        return decode_bounded(&flat(body, &Run { at, bytes }), whole);
+        return decode_body(&flat(body, &Run { at, bytes }), whole);
     }
     let read = len - reader.head.len() - reader.tail.len();
     match decoded {
@@ -1349,6 +1363,24 @@ mod tests {
             }
             proptest::prop_assert_eq!(owned_body_of(run(), &holed), body);
         }
+    }
+
+    #[test]
+    fn only_types_that_can_hold_a_run_are_located() {
+        assert!(locator::<u64>().is_none());
+        assert!(locator::<(u32, [u8; 16])>().is_none());
+        assert!(locator::<String>().is_some());
+        assert!(locator::<Runs>().is_some());
+        let body = encode(&"x".repeat(IN_PLACE)).unwrap();
+        assert_eq!(
+            locator::<String>().unwrap()(&body[..100], body.len()),
+            Located::At {
+                at: 5,
+                len: IN_PLACE
+            }
+        );
+        assert_eq!(locate::<String>(&body[..3], body.len()), Located::Short);
+        assert_eq!(locate::<(u8, u8)>(&body[..100], body.len()), Located::Not);
     }
 
     /// The body [`owned_body`] puts back together.

@@ -180,9 +180,10 @@ impl Conn {
     }
 
     /// Reads the long byte run of a large `DATA` frame in place, where
-    /// `locate` finds one: the receives that decode them find it there.
-    pub(crate) fn read_runs_as(&mut self, locate: codec::Locate) {
-        self.locate = Some(locate);
+    /// `locate` finds one (see [`codec::locator`]): the receives that
+    /// decode them find it there. `None` reads every frame whole.
+    pub(crate) fn read_runs_as(&mut self, locate: Option<codec::Locate>) {
+        self.locate = locate;
     }
 
     /// Large frames go through the socket, both ways: for a socket whose
@@ -1522,7 +1523,7 @@ mod tests {
         use std::io::Write;
         let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         let mut conn = Conn::new(ours.into()).unwrap();
-        conn.read_runs_as(codec::locate::<(u32, String)>);
+        conn.read_runs_as(codec::locator::<(u32, String)>());
         let writer = std::thread::spawn(move || {
             // The reader may stop reading at an error: then this fails.
             let _ = theirs.write_all(&bytes);

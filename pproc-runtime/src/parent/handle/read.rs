@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::process::capture::Capture;
 use crate::process::child::{Child, Status};
 use crate::process::limits::{Limits, status_error};
-use crate::wire::codec::{self, decode, locate, owned_body};
+use crate::wire::codec::{self, decode, locator, owned_body};
 use crate::wire::conn::{Conn, Next};
 use crate::wire::frame::{PanicReport, Refusal, push_call, remote, tag};
 use crate::wire::log;
@@ -341,7 +341,7 @@ impl Inner {
     }
 
     pub(super) fn recv<V: DeserializeOwned>(&mut self, deadline: Deadline) -> Result<V> {
-        self.conn.read_runs_as(locate::<V>);
+        self.conn.read_runs_as(locator::<V>());
         self.recv_via(deadline, decode::<V>)
     }
 
