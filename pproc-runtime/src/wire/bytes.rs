@@ -20,7 +20,11 @@ use super::shm::Mapping;
 /// field marked `#[serde(with = "serde_bytes")]`) is copied in one go
 /// instead: over a pproc channel that is a `memcpy` at each end, and a
 /// large one is written to the socket straight from the buffer you hand to
-/// `send`. Use it for any byte payload larger than a few hundred bytes.
+/// `send`. Where one of 1 MiB or more comes through the socket (from a
+/// host without shared memory, and `serde_bytes` buffers and `String`s
+/// always), the receiver reads it straight into the vector the value
+/// keeps: the kernel's copy is the only one. Use it for any byte payload
+/// larger than a few hundred bytes.
 ///
 /// A value that holds a buffer of 4 MiB or more crosses in shared memory:
 /// the sender copies it once, and the socket carries only a descriptor. A
