@@ -984,11 +984,19 @@ impl<'de> Around<'de> {
 }
 
 impl Around<'_> {
-    /// The error for bytes that are not there: past what arrived, to
-    /// [`locate`]; in the run, to [`decode_around_run`].
-    fn short(&mut self) -> bincode::error::DecodeError {
-        if matches!(self.hole, Gap::Unknown { .. }) {
-            self.located = Located::Short;
+    /// The error for `want` bytes where `have` are left before the hole or
+    /// the end: past what arrived, to [`locate`]; into the run, to
+    /// [`decode_around_run`], which reads the whole body instead; past the
+    /// end, bincode's own.
+    fn short(&mut self, want: usize, have: usize) -> bincode::error::DecodeError {
+        match self.hole {
+            Gap::Unknown { .. } => self.located = Located::Short,
+            Gap::Known(_) => {}
+            Gap::Taken => {
+                return bincode::error::DecodeError::UnexpectedEnd {
+                    additional: want - have,
+                };
+            }
         }
         into_hole()
     }
@@ -1005,7 +1013,8 @@ impl bincode::de::read::Reader for Around<'_> {
     fn read(&mut self, bytes: &mut [u8]) -> Result<(), bincode::error::DecodeError> {
         let next = self.next();
         let Some((now, rest)) = next.split_at_checked(bytes.len()) else {
-            return Err(self.short());
+            let have = next.len();
+            return Err(self.short(bytes.len(), have));
         };
         bytes.copy_from_slice(now);
         *next = rest;
@@ -1053,13 +1062,13 @@ impl<'de> bincode::de::read::BorrowReader<'de> for Around<'de> {
             }
             _ => {}
         }
-        let (now, rest) = if matches!(self.hole, Gap::Taken) {
-            self.tail.split_at_checked(length)
-        } else {
+        let from = *self.next();
+        let Some((now, rest)) = from.split_at_checked(length) else {
+            return Err(self.short(length, from.len()));
+        };
+        if !matches!(self.hole, Gap::Taken) {
             self.taken += length;
-            self.head.split_at_checked(length)
         }
-        .ok_or_else(|| self.short())?;
         if matches!(self.hole, Gap::Taken) {
             self.tail = rest;
         } else {
@@ -1381,6 +1390,25 @@ mod tests {
         );
         assert_eq!(locate::<String>(&body[..3], body.len()), Located::Short);
         assert_eq!(locate::<(u8, u8)>(&body[..100], body.len()), Located::Not);
+    }
+
+    #[test]
+    fn a_body_cut_short_after_its_run_is_a_codec_error_that_says_so() {
+        let value = (7_u8, "r".repeat(IN_PLACE), vec![1_u16, 2, 3]);
+        let body = encode(&value).unwrap();
+        let Located::At { at, len } = locate::<(u8, String, Vec<u16>)>(&body[..64], body.len())
+        else {
+            panic!("no run found");
+        };
+        let cut = [&body[..at], &body[at + len..body.len() - 2]].concat();
+        let run = super::Run {
+            at,
+            bytes: body[at..at + len].to_vec(),
+        };
+        match with_run(run, || decode::<(u8, String, Vec<u16>)>(&cut)) {
+            Err(Error::Codec { message }) => assert!(message.contains("too soon"), "{message}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     /// The body [`owned_body`] puts back together.
