@@ -11,7 +11,7 @@ use std::panic;
 use crate::child::{entry, prelude, worker};
 use crate::collect::background;
 use crate::manager;
-use crate::process::setup::{ignore_sigpipe, tie_to_parent, watch_aborts, watch_overflows};
+use crate::process::setup::{Thread, ignore_sigpipe, tie_to_parent, watch_aborts, watch_overflows};
 use crate::process::tree;
 use crate::remote;
 use crate::wire::conn::Conn;
@@ -136,7 +136,7 @@ fn tied(spec: &Spec<'_>) -> Result<Conn, i32> {
     }
     tree::set_parent(spec.parent);
     watch_aborts();
-    watch_overflows();
+    watch_overflows(Thread::Initial);
     ignore_sigpipe();
     let fd = prelude::adopt(spec.fd).ok_or(EXIT_PROTOCOL)?;
     let mut conn = Conn::new(fd).map_err(|_| EXIT_PROTOCOL)?;

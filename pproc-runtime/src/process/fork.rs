@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::os::fd::OwnedFd;
 
-use super::setup::{tie_to_parent, watch_aborts, watch_overflows};
+use super::setup::{Thread, tie_to_parent, watch_aborts, watch_overflows};
 use super::spawn::Spawned;
 use super::tree;
 use crate::error::{Error, Result};
@@ -29,6 +29,9 @@ pub(crate) unsafe fn fork(
 ) -> Result<(OwnedFd, Spawned)> {
     let (ours, theirs) = socketpair()?;
     let parent = nix::unistd::getpid();
+    // The child's one thread is this one: the process's initial thread, or
+    // one that was started.
+    let thread = Thread::current();
     // Anything buffered now would be written twice, once by each process.
     let _ = std::io::stdout().flush();
     // SAFETY: the caller upholds fork's contract; the child below only
@@ -56,7 +59,7 @@ pub(crate) unsafe fn fork(
             }
             tree::set_parent(parent.as_raw());
             watch_aborts();
-            watch_overflows();
+            watch_overflows(thread);
             let code = if tie_to_parent(parent) {
                 body(theirs)
             } else {

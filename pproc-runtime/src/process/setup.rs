@@ -67,6 +67,13 @@ static WATCHED: AtomicI32 = AtomicI32::new(0);
 static GUARD_START: AtomicUsize = AtomicUsize::new(0);
 static GUARD_END: AtomicUsize = AtomicUsize::new(0);
 
+/// For the process's initial thread, an address on its stack, whose guard
+/// region is found only when a fault needs it (see [`initial_guard`]); 0
+/// when the region is in `GUARD_START` and `GUARD_END`.
+static STACK_MARK: AtomicUsize = AtomicUsize::new(0);
+/// The page size, read when the stack was watched.
+static PAGE: AtomicUsize = AtomicUsize::new(0);
+
 /// The registered name of the function the child runs, for the message:
 /// set by [`running`] before it runs.
 static NAME: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
@@ -80,26 +87,62 @@ pub(crate) fn running(name: &'static str) {
     NAME_LEN.store(name.len(), Ordering::Release);
 }
 
-/// Tells a stack overflow on the calling thread from any other fault.
+/// Which thread [`watch_overflows`] is called on: the process's initial
+/// thread, whose stack the kernel grows up to its resource limit, or one
+/// that `pthread_create` started, whose stack glibc allocated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Thread {
+    Initial,
+    Started,
+}
+
+impl Thread {
+    /// The calling thread.
+    pub(crate) fn current() -> Self {
+        if nix::unistd::gettid() == nix::unistd::getpid() {
+            Self::Initial
+        } else {
+            Self::Started
+        }
+    }
+}
+
+/// Tells a stack overflow on the calling thread, `thread`, from any other
+/// fault.
 ///
 /// std's runtime does this for `main` and the threads it spawns, but a
 /// child runs its function from a constructor, before that runtime starts,
 /// so without this an overflow is a bare `SIGSEGV`. As std does, this
-/// finds the thread's stack (`pthread_getattr_np`), gives the thread an
-/// alternate signal stack, and installs a `SIGSEGV` and `SIGBUS` handler
-/// that runs there. A fault whose address lies in the guard region just
-/// below the stack is an overflow: the handler writes a line to standard
-/// error, naming the function [`running`] recorded, and exits with
-/// [`EXIT_STACK_OVERFLOW`]. Any other fault, on this thread or another,
-/// goes on as one: the handler restores the default action and returns, so
-/// that the fault kills the process with its signal.
+/// gives the thread an alternate signal stack and installs a `SIGSEGV` and
+/// `SIGBUS` handler that runs there. A fault whose address lies in the
+/// guard region just below the stack is an overflow: the handler writes a
+/// line to standard error, naming the function [`running`] recorded, and
+/// exits with [`EXIT_STACK_OVERFLOW`]. Any other fault, on this thread or
+/// another, goes on as one: the handler restores the default action and
+/// returns, so that the fault kills the process with its signal.
+///
+/// The guard region is std's (see [`guard_region`]). For a started thread
+/// glibc knows it at once; for the initial thread glibc would read
+/// `/proc/self/maps`, which costs a new process more than the rest of its
+/// start-up together, so the handler reads it instead, when a fault asks
+/// (see [`initial_guard`]).
 ///
 /// Only this thread is checked. Threads the function spawns have no
 /// alternate stack: an overflow there kills the process with `SIGSEGV`, as
 /// before.
-pub(crate) fn watch_overflows() {
-    let Some((start, end)) = guard_region() else {
-        return;
+pub(crate) fn watch_overflows(thread: Thread) {
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|size| usize::try_from(size).ok())
+        .unwrap_or(4096);
+    let mark = 0u8;
+    let region = match thread {
+        Thread::Initial => None,
+        Thread::Started => match guard_region(page) {
+            Some(region) => Some(region),
+            None => return,
+        },
     };
     // SAFETY: an anonymous private mapping of our own, never unmapped: the
     // alternate stack lives as long as the process.
@@ -125,10 +168,16 @@ pub(crate) fn watch_overflows() {
     if unsafe { libc::sigaltstack(&raw const alt, std::ptr::null_mut()) } != 0 {
         return;
     }
-    // SAFETY: gettid(2) has no preconditions.
-    WATCHED.store(unsafe { libc::gettid() }, Ordering::Relaxed);
-    GUARD_START.store(start, Ordering::Relaxed);
-    GUARD_END.store(end, Ordering::Relaxed);
+    WATCHED.store(nix::unistd::gettid().as_raw(), Ordering::Relaxed);
+    PAGE.store(page, Ordering::Relaxed);
+    match region {
+        Some((start, end)) => {
+            GUARD_START.store(start, Ordering::Relaxed);
+            GUARD_END.store(end, Ordering::Relaxed);
+            STACK_MARK.store(0, Ordering::Relaxed);
+        }
+        None => STACK_MARK.store((&raw const mark).addr(), Ordering::Relaxed),
+    }
     let handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) = on_fault;
     // SAFETY: a zeroed sigaction is valid; the handler makes only
     // async-signal-safe calls (see `on_fault`).
@@ -145,10 +194,8 @@ pub(crate) fn watch_overflows() {
 /// The guard region of the calling thread's stack, as std finds it: the
 /// page (or the thread's guard size, if larger) below the lowest address
 /// of the stack, and for a thread of glibc's the guard size above it too
-/// (glibc before 2.27 counted the guard in the stack). For the main thread
-/// glibc reads the lowest address off the stack's resource limit: the
-/// kernel grows the stack that far and faults below it.
-fn guard_region() -> Option<(usize, usize)> {
+/// (glibc before 2.27 counted the guard in the stack).
+fn guard_region(page: usize) -> Option<(usize, usize)> {
     // SAFETY: a zeroed attribute object is what pthread_getattr_np fills;
     // it is destroyed once read.
     unsafe {
@@ -163,7 +210,6 @@ fn guard_region() -> Option<(usize, usize)> {
             == 0
             && libc::pthread_attr_getguardsize(&raw const attr, &raw mut guard) == 0;
         libc::pthread_attr_destroy(&raw mut attr);
-        let page = usize::try_from(libc::sysconf(libc::_SC_PAGESIZE)).ok()?;
         let end = bottom as usize;
         (read && end != 0).then(|| {
             (
@@ -174,24 +220,141 @@ fn guard_region() -> Option<(usize, usize)> {
     }
 }
 
+/// The guard region of the initial thread's stack, the one that holds
+/// `mark`, found as glibc's `pthread_getattr_np` finds it, with only
+/// async-signal-safe calls: the stack's mapping in `/proc/self/maps` ends
+/// at its top, the kernel grows it down by at most the stack's resource
+/// limit and never into the mapping below, and the page below that lowest
+/// address is the guard. `None` if the mapping is not found.
+fn initial_guard(mark: usize, page: usize) -> Option<(usize, usize)> {
+    let (below, top) = mapping_around(mark)?;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) fills the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_STACK, &raw mut limit) } != 0 {
+        return None;
+    }
+    let limit = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX) & !(page - 1);
+    let bottom = top.saturating_sub(limit).max(below);
+    Some((bottom.saturating_sub(page), bottom))
+}
+
+/// The end of the mapping below the one that holds `addr` (0 if none),
+/// and the end of that one, read from `/proc/self/maps` with open(2),
+/// read(2) and close(2) through a small buffer.
+fn mapping_around(addr: usize) -> Option<(usize, usize)> {
+    // SAFETY: open(2) with a NUL-terminated path.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/maps".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    let mut lines = Ranges::default();
+    let mut last_to = 0;
+    let mut found = None;
+    let mut buf = [0u8; 1024];
+    'read: loop {
+        // SAFETY: read(2) writes at most `buf.len()` bytes into `buf`.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        let Some(read) = usize::try_from(n).ok().filter(|&n| n > 0) else {
+            break;
+        };
+        for &byte in &buf[..read] {
+            if let Some((from, to)) = lines.push(byte) {
+                if (from..to).contains(&addr) {
+                    found = Some((last_to, to));
+                    break 'read;
+                }
+                last_to = to;
+            }
+        }
+    }
+    // SAFETY: we opened `fd` above and close it once.
+    unsafe { libc::close(fd) };
+    found
+}
+
+/// Reads the address ranges off the lines of `/proc/self/maps` a byte at
+/// a time, so that a line may span reads: each line starts `from-to `, in
+/// hexadecimal. A line that does not is skipped.
+#[derive(Debug, Default)]
+struct Ranges {
+    at: Field,
+    from: usize,
+    to: usize,
+}
+
+/// Where a [`Ranges`] is in its line.
+#[derive(Clone, Copy, Debug, Default)]
+enum Field {
+    #[default]
+    From,
+    To,
+    Rest,
+}
+
+impl Ranges {
+    /// Takes the next byte; returns the line's range once it is read.
+    fn push(&mut self, byte: u8) -> Option<(usize, usize)> {
+        let digit = char::from(byte).to_digit(16).map(|d| d as usize);
+        let mut range = None;
+        self.at = match (self.at, byte, digit) {
+            (_, b'\n', _) => {
+                self.from = 0;
+                self.to = 0;
+                Field::From
+            }
+            (Field::From, _, Some(d)) => {
+                self.from = self.from.wrapping_shl(4) | d;
+                Field::From
+            }
+            (Field::From, b'-', None) => Field::To,
+            (Field::To, _, Some(d)) => {
+                self.to = self.to.wrapping_shl(4) | d;
+                Field::To
+            }
+            (Field::To, b' ', None) => {
+                range = Some((self.from, self.to));
+                Field::Rest
+            }
+            (Field::From | Field::To | Field::Rest, _, _) => Field::Rest,
+        };
+        range
+    }
+}
+
 /// The `SIGSEGV` and `SIGBUS` handler of [`watch_overflows`].
 extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     // SAFETY: the kernel hands a valid siginfo to an SA_SIGINFO handler;
-    // gettid, write, _exit, sigaction and raise are async-signal-safe, and
-    // the name is a `&'static str` that `running` published.
+    // gettid, open, read, close, getrlimit, write, _exit, sigaction and
+    // raise are async-signal-safe, and the name is a `&'static str` that
+    // `running` published.
     unsafe {
         let info = &*info;
         // A positive code: the kernel raised it for a fault, and `si_addr`
         // is the faulting address (a process's `kill` has none).
         let fault = info.si_code > 0;
         let addr = info.si_addr() as usize;
-        if fault
-            && libc::gettid() == WATCHED.load(Ordering::Relaxed)
-            && (GUARD_START.load(Ordering::Relaxed)..GUARD_END.load(Ordering::Relaxed))
-                .contains(&addr)
-        {
-            report_overflow();
-            libc::_exit(EXIT_STACK_OVERFLOW);
+        if fault && libc::gettid() == WATCHED.load(Ordering::Relaxed) {
+            let mark = STACK_MARK.load(Ordering::Relaxed);
+            let region = if mark == 0 {
+                Some((
+                    GUARD_START.load(Ordering::Relaxed),
+                    GUARD_END.load(Ordering::Relaxed),
+                ))
+            } else {
+                initial_guard(mark, PAGE.load(Ordering::Relaxed))
+            };
+            if region.is_some_and(|(start, end)| (start..end).contains(&addr)) {
+                report_overflow();
+                libc::_exit(EXIT_STACK_OVERFLOW);
+            }
         }
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = libc::SIG_DFL;
@@ -296,4 +459,70 @@ pub(crate) fn tie_to_parent(parent: nix::unistd::Pid) -> bool {
         return false;
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ranges_of(text: &[u8], chunk: usize) -> Vec<(usize, usize)> {
+        let mut lines = Ranges::default();
+        text.chunks(chunk)
+            .flat_map(|part| {
+                part.iter()
+                    .filter_map(|&b| lines.push(b))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ranges_are_read_off_lines_however_they_are_cut() {
+        let text = b"55d0c0a00000-55d0c0a2c000 r--p 00000000 08:01 123 /usr/bin/x\n\
+            not a line of maps\n\
+            7ffd1c3e0000-7ffd1c401000 rw-p 00000000 00:00 0                          [stack]\n\
+            ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0 [vsyscall]\n";
+        let want = vec![
+            (0x55d0_c0a0_0000, 0x55d0_c0a2_c000),
+            (0x7ffd_1c3e_0000, 0x7ffd_1c40_1000),
+            (0xffff_ffff_ff60_0000, 0xffff_ffff_ff60_1000),
+        ];
+        for chunk in [1, 2, 7, 64, text.len()] {
+            assert_eq!(ranges_of(text, chunk), want, "read {chunk} bytes at a time");
+        }
+    }
+
+    #[test]
+    fn the_initial_stack_is_found_as_the_maps_file_lists_it() {
+        unsafe extern "C" {
+            // glibc's: an address near the top of the initial thread's
+            // stack.
+            static __libc_stack_end: *const libc::c_void;
+        }
+        // SAFETY: the loader sets it before any code of ours runs.
+        let addr = unsafe { __libc_stack_end }.addr();
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let mut below = 0;
+        let mut want = None;
+        for line in maps.lines() {
+            let (from, rest) = line.split_once('-').unwrap();
+            let to = rest.split_once(' ').unwrap().0;
+            let (from, to) = (
+                usize::from_str_radix(from, 16).unwrap(),
+                usize::from_str_radix(to, 16).unwrap(),
+            );
+            if (from..to).contains(&addr) {
+                assert!(line.ends_with("[stack]"), "{line}");
+                want = Some((below, to));
+                break;
+            }
+            below = to;
+        }
+        assert_eq!(mapping_around(addr), want);
+        let (below, top) = want.unwrap();
+        let page = 4096;
+        let (start, end) = initial_guard(addr, page).unwrap();
+        assert_eq!(end - start, page);
+        assert!(below <= end && end < top, "{below:x} {end:x} {top:x}");
+    }
 }
