@@ -19,6 +19,12 @@ fn pid() -> u32 {
     std::process::id()
 }
 
+/// What `ps` and `pkill` know the process by.
+#[parallel]
+fn comm() -> String {
+    std::fs::read_to_string("/proc/self/comm").unwrap()
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum Shape {
     Circle { r: f64 },
@@ -283,4 +289,11 @@ fn two_functions_of_one_name_in_two_bodies_are_refused() {
             other => panic!("unexpected {other:?}"),
         }
     }
+}
+
+#[test]
+fn a_child_goes_by_its_programs_name() {
+    let ours = std::fs::read_to_string("/proc/self/comm").unwrap();
+    assert_ne!(ours.trim(), "exe");
+    assert_eq!(comm::start().unwrap().join().unwrap(), ours);
 }

@@ -5,13 +5,16 @@
 //! agent (see [`remote`](crate::remote)). This is the only file that knows
 //! every role.
 
+use std::ffi::CStr;
 use std::io::Write;
 use std::panic;
 
 use crate::child::{entry, prelude, worker};
 use crate::collect::background;
 use crate::manager;
-use crate::process::setup::{Thread, ignore_sigpipe, tie_to_parent, watch_aborts, watch_overflows};
+use crate::process::setup::{
+    Thread, ignore_sigpipe, name_after, tie_to_parent, watch_aborts, watch_overflows,
+};
 use crate::process::tree;
 use crate::remote;
 use crate::wire::conn::Conn;
@@ -47,6 +50,10 @@ extern "C" fn dispatch(
     // SAFETY: we are a constructor called by the loader with its own
     // arguments, and we never return to it (see below).
     unsafe { run_later_constructors(count, args, env) };
+    if count > 0 {
+        // SAFETY: the loader passes `count` NUL-terminated arguments.
+        name_after(unsafe { CStr::from_ptr(*args) });
+    }
     // SAFETY: constructors run before `main`, while the process has one
     // thread, so nothing reads the environment concurrently.
     unsafe { std::env::remove_var(ENV) };

@@ -1,11 +1,29 @@
 //! What a child process sets up about itself before anything else runs:
 //! dying with its parent, telling an out-of-memory abort from any other,
-//! telling a stack overflow from any other fault, and surviving writes to
-//! closed pipes.
+//! telling a stack overflow from any other fault, surviving writes to
+//! closed pipes, and going by its program's name.
 
+use std::ffi::CStr;
 use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicUsize, Ordering};
 
 use crate::wire::frame::{EXIT_OUT_OF_MEMORY, EXIT_STACK_OVERFLOW};
+
+/// Names the process (its `comm`, what `ps`, `top` and `pkill` show) after
+/// `program`, the path its parent was run as: a child is started from
+/// `/proc/self/exe`, which would name it `exe`.
+pub(crate) fn name_after(program: &CStr) {
+    let path = program.to_bytes_with_nul();
+    let base = path
+        .iter()
+        .rposition(|&b| b == b'/')
+        .map_or(path, |slash| &path[slash + 1..]);
+    // The kernel keeps the first 15 bytes.
+    if let Ok(name) = CStr::from_bytes_with_nul(base)
+        && !name.is_empty()
+    {
+        let _ = nix::sys::prctl::set_name(name);
+    }
+}
 
 /// As Rust's runtime does for `main`: writes to a closed pipe fail with
 /// `EPIPE` instead of killing the process.
